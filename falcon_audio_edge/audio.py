@@ -1,0 +1,150 @@
+"""The audio front-end: the one module that owns the audio constants.
+
+Everything that needs the sample rate, the STFT sizes or the window length
+imports them from here (as in openai/whisper ``audio.py``). The log-mel
+spectrogram is computed in numpy and matches transformers'
+``WhisperFeatureExtractor`` (tested against it), so the runtime needs neither
+torch nor transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from falcon_audio_edge.errors import AudioError
+
+SAMPLE_RATE = 16000  # Hz: what Whisper was trained on
+N_FFT = 400  # 25 ms window
+HOP_LENGTH = 160  # 10 ms hop: 100 mel frames per second
+CHUNK_LENGTH = 30  # seconds: Whisper's window
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30 s window
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: anything shorter is not speech
+SILENCE_PEAK = 1e-4  # -80 dBFS: a clip whose peak is below this is silent
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Mono float32 samples at SAMPLE_RATE, with where they came from."""
+
+    samples: np.ndarray
+    source: str
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+def load_audio(path: str | Path) -> Audio:
+    """Read an audio file as mono float32 at 16 kHz (downmix, resample), validated."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types for bad files
+        raise AudioError(f"cannot read audio file {path}: {exc}") from exc
+    samples = data.mean(axis=1)  # (n, channels) -> (n,): downmix to mono
+    return Audio(validate_samples(resample(samples, rate), str(path)), str(path))
+
+
+def resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Resample mono samples from ``rate`` to SAMPLE_RATE (soxr, high quality)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate == SAMPLE_RATE or samples.size == 0:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+
+
+def validate_samples(samples: np.ndarray, source: str = "audio") -> np.ndarray:
+    """Check that samples are usable speech input; raise AudioError naming the problem."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise AudioError(f"{source}: expected mono samples, got shape {samples.shape}")
+    if samples.size == 0:
+        raise AudioError(f"{source}: the audio is empty (0 samples)")
+    if not np.all(np.isfinite(samples)):
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise AudioError(f"{source}: the audio has {bad} NaN or infinite samples")
+    if samples.size < MIN_SAMPLES:
+        raise AudioError(
+            f"{source}: the audio is {samples.size / SAMPLE_RATE:.3f} s long, "
+            f"shorter than the minimum {MIN_SAMPLES / SAMPLE_RATE:.1f} s"
+        )
+    peak = float(np.max(np.abs(samples)))
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"{source}: the audio is silent (peak {peak:.2e}), nothing to answer")
+    return samples
+
+
+def split_windows(samples: np.ndarray) -> list[np.ndarray]:
+    """Cut samples into Whisper windows of at most 30 s each."""
+    return [samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)]
+
+
+def hz_to_mel(freq: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    freq = np.asarray(freq, dtype=np.float64)
+    min_log_hz, min_log_mel, logstep = 1000.0, 15.0, 27.0 / np.log(6.4)
+    mels = 3.0 * freq / 200.0
+    log_part = min_log_mel + np.log(np.maximum(freq, min_log_hz) / min_log_hz) * logstep
+    return np.where(freq >= min_log_hz, log_part, mels)
+
+
+def mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    min_log_hz, min_log_mel, logstep = 1000.0, 15.0, np.log(6.4) / 27.0
+    freq = 200.0 * mels / 3.0
+    log_part = min_log_hz * np.exp(logstep * (mels - min_log_mel))
+    return np.where(mels >= min_log_mel, log_part, freq)
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Slaney-normalised triangular filters, (n_mels, N_FFT // 2 + 1), float32."""
+    fft_freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    mel_points = np.linspace(hz_to_mel(0.0), hz_to_mel(SAMPLE_RATE / 2), n_mels + 2)
+    hz_points = mel_to_hz(mel_points)
+    widths = np.diff(hz_points)
+    slopes = hz_points[:, None] - fft_freqs[None, :]  # (n_mels + 2, n_bins)
+    down = -slopes[:-2] / widths[:-1, None]
+    up = slopes[2:] / widths[1:, None]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    filters *= (2.0 / (hz_points[2:] - hz_points[:-2]))[:, None]  # slaney area norm
+    return filters.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _hann() -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float64)
+
+
+def log_mel_spectrogram(samples: np.ndarray, n_mels: int, pad_to_30s: bool = False) -> np.ndarray:
+    """Whisper log-mel features, (n_mels, n_frames) float32, n_frames = len // HOP_LENGTH.
+
+    With ``pad_to_30s`` the samples are zero-padded to 30 s first (Whisper's
+    training-time input, 3000 frames), as WhisperFeatureExtractor does by default.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if len(samples) > N_SAMPLES:
+        raise AudioError(f"one window holds at most {CHUNK_LENGTH} s, got {len(samples) / SAMPLE_RATE:.1f} s")
+    if pad_to_30s:
+        samples = np.pad(samples, (0, N_SAMPLES - len(samples)))
+    padded = np.pad(samples, (N_FFT // 2, N_FFT // 2), mode="reflect")
+    n_frames = 1 + (len(padded) - N_FFT) // HOP_LENGTH
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]
+    spectrum = np.fft.rfft(frames * _hann(), axis=1)  # (n_frames, N_FFT // 2 + 1)
+    power = (spectrum.real**2 + spectrum.imag**2).T  # (n_frames, bins) -> (bins, n_frames)
+    mel = mel_filters(n_mels).astype(np.float64) @ power
+    log_spec = np.log10(np.maximum(mel, 1e-10))[:, :-1]  # drop the last frame, as Whisper does
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)

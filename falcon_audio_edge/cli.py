@@ -1,0 +1,160 @@
+"""``fa-edge``: the command line. It only builds settings and calls the library.
+
+Bad input ends in one line on stderr (``error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from falcon_audio_edge.errors import FaEdgeError
+from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.splitlines()[0]
+)
+
+
+@app.command()
+def init(
+    out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    preset: Annotated[str, typer.Option(help="tiny | falcon3-audio-1b")] = "tiny",
+    encoder: Annotated[str | None, typer.Option(help="encoder preset, e.g. whisper-small, whisper-large-v3")] = None,
+    pool_factor: Annotated[int, typer.Option(help="encoder frames stacked per audio token")] = 2,
+    connector: Annotated[str, typer.Option(help="linear | mlp")] = "mlp",
+    pad_to_30s: Annotated[bool, typer.Option(help="encode every window padded to 30 s")] = False,
+    seed: int = 0,
+    force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
+) -> None:
+    """Write a random-weight checkpoint of a named preset."""
+    from falcon_audio_edge.checkpoint import init_checkpoint
+
+    path = init_checkpoint(
+        preset, out, encoder=encoder, seed=seed, force=force,
+        pool_factor=pool_factor, connector=connector, pad_to_30s=pad_to_30s,
+    )  # fmt: skip
+    typer.echo(f"wrote checkpoint {path}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")],
+    decoder_type: Annotated[str, typer.Option(help="f32 | f16")] = "f16",
+    force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
+) -> None:
+    """Export a checkpoint to a bundle: encoder.onnx + decoder.gguf + manifest.json."""
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    path = export_bundle(checkpoint, out, decoder_type=decoder_type, force=force)
+    typer.echo(f"wrote bundle {path}")
+
+
+def _open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:
+    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
+
+    if (model / MANIFEST_FILE).is_file():
+        from falcon_audio_edge.runtime.backend import open_bundle
+
+        return open_bundle(model, runtime), "bundle"
+    from falcon_audio_edge.checkpoint import is_checkpoint
+
+    if is_checkpoint(model):
+        from falcon_audio_edge.reference import open_checkpoint
+
+        return open_checkpoint(model, runtime.threads), "pytorch"
+    raise FaEdgeError(f"{model} is neither a bundle (no manifest.json) nor a checkpoint (no fa_edge_config.json)")
+
+
+@app.command()
+def ask(
+    model: Annotated[Path, typer.Argument(help="bundle folder, or checkpoint folder for the PyTorch reference")],
+    audio: Annotated[Path, typer.Option(help="WAV/FLAC/OGG file with the question")],
+    prompt: Annotated[
+        str | None, typer.Option(help="text instruction; without it the model answers the speech")
+    ] = None,
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int = 40,
+    top_p: float = 0.95,
+    seed: int | None = None,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
+    n_ctx: int = 4096,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
+) -> None:
+    """Answer a spoken question, streaming tokens to the terminal."""
+    generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
+    chat, backend = _open_chat(model, runtime)
+    with chat:
+        turn = chat.ask(audio, prompt, generation)
+        for piece in turn:
+            if not as_json:
+                typer.echo(piece, nl=False)
+                sys.stdout.flush()
+        result = turn.result
+    if not as_json:
+        typer.echo("")
+        return
+    data = result.to_dict()
+    data.update(backend=backend, model=str(model), load_ms=chat.load_ms, split_into_windows=result.windows > 1)
+    if result.windows > 1:
+        data["note"] = f"audio of {result.audio_seconds:.1f} s was split into {result.windows} windows of up to 30 s"
+    typer.echo(json.dumps(data, indent=2))
+
+
+@app.command()
+def info(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """Show what a bundle holds (dims, files, types, versions); checksums are verified."""
+    from falcon_audio_edge.runtime.bundle import read_bundle
+
+    b = read_bundle(bundle, verify=True)
+    if as_json:
+        typer.echo(json.dumps(b.manifest, indent=2))
+        return
+    d = b.dims
+    lines = [
+        f"bundle   {b.path}  ({b.size_bytes / 2**20:.1f} MiB, checksums OK)",
+        f"model    {d.name}",
+        f"encoder  Whisper d_model={d.encoder.d_model} layers={d.encoder.n_layers} heads={d.encoder.n_heads} "
+        f"mels={d.encoder.n_mels}  [{b.manifest['encoder']['dtype']}]",
+        f"audio    pool x{d.audio.pool_factor} ({50 // d.audio.pool_factor} tokens/s), connector={d.audio.connector}, "
+        f"pad_to_30s={d.audio.pad_to_30s}",
+        f"decoder  llama hidden={d.decoder.hidden} layers={d.decoder.n_layers} heads={d.decoder.n_heads}/"
+        f"{d.decoder.n_kv_heads} head_dim={d.decoder.head_dim} ffn={d.decoder.ffn_dim} vocab={d.decoder.vocab_size}"
+        f"  [{b.decoder_type}]",
+        f"prompt   chat_format={d.prompt.chat_format} tokenizer_pre={d.tokenizer_pre}",
+    ]
+    lines += [f"file     {name}  {f['bytes'] / 2**20:.2f} MiB  sha256 {f['sha256'][:16]}…" for name, f in
+              b.manifest["files"].items()]  # fmt: skip
+    lines.append("versions " + ", ".join(f"{k} {v}" for k, v in b.manifest.get("versions", {}).items()))
+    typer.echo("\n".join(lines))
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)  # unwind, so half-written outputs are removed
+    try:
+        app()  # standalone: usage errors are printed by typer and exit 2
+    except FaEdgeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Errors the toolkit raises on bad input. The CLI prints them as one line and exits 2."""
+
+
+class FaEdgeError(Exception):
+    """Base class: a problem with the user's input, described in one line."""
+
+
+class ConfigError(FaEdgeError, ValueError):
+    """A setting or a dims file has a bad, unknown or conflicting value."""
+
+
+class AudioError(FaEdgeError, ValueError):
+    """An audio input is missing, unreadable, empty, silent, or not finite."""
+
+
+class BundleError(FaEdgeError):
+    """A bundle is missing files, has a bad checksum, or does not match its manifest."""
+
+
+class CheckpointError(FaEdgeError):
+    """A checkpoint folder is missing files or its weights do not match its dims."""
+
+
+class ExportError(FaEdgeError):
+    """An export cannot proceed (output folder in use, unmapped tensor, ...)."""

@@ -1,0 +1,125 @@
+"""The PyTorch model: Whisper encoder -> frame stacking -> connector -> Llama causal LM.
+
+Imports torch and transformers; the runtime never imports this module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from falcon_audio_edge.config import DecoderDims, EncoderDims, ModelDims
+
+
+def whisper_config(enc: EncoderDims) -> WhisperConfig:
+    config = WhisperConfig(
+        num_mel_bins=enc.n_mels,
+        d_model=enc.d_model,
+        encoder_layers=enc.n_layers,
+        encoder_attention_heads=enc.n_heads,
+        encoder_ffn_dim=enc.ffn_dim,
+        max_source_positions=enc.n_positions,
+        decoder_layers=1,
+        decoder_attention_heads=enc.n_heads,
+        decoder_ffn_dim=enc.ffn_dim,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def llama_config(dec: DecoderDims) -> LlamaConfig:
+    config = LlamaConfig(
+        vocab_size=dec.vocab_size,
+        hidden_size=dec.hidden,
+        intermediate_size=dec.ffn_dim,
+        num_hidden_layers=dec.n_layers,
+        num_attention_heads=dec.n_heads,
+        num_key_value_heads=dec.n_kv_heads,
+        head_dim=dec.head_dim,
+        max_position_embeddings=dec.max_positions,
+        rms_norm_eps=dec.rms_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": dec.rope_theta},
+        tie_word_embeddings=dec.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def whisper_encode(encoder: WhisperEncoder, mel: torch.Tensor) -> torch.Tensor:
+    """Whisper encoder on a mel of any length up to 30 s: (B, n_mels, T) -> (B, ceil(T/2), D).
+
+    transformers' WhisperEncoder.forward insists on exactly 3000 frames; this runs
+    the same modules on the frames given, with the first positions' embeddings.
+    """
+    x = nn.functional.gelu(encoder.conv1(mel))
+    x = nn.functional.gelu(encoder.conv2(x))
+    x = x.permute(0, 2, 1)  # (B, D, T') -> (B, T', D)
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    for layer in encoder.layers:
+        out = layer(x, None)
+        x = out[0] if isinstance(out, tuple) else out
+    return encoder.layer_norm(x)
+
+
+def stack_frames(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Stack k consecutive frames, zero-padding the tail: (B, T, D) -> (B, ceil(T/k), D*k)."""
+    if k == 1:
+        return x
+    b, _, d = x.shape
+    pad = x.new_zeros(b, k - 1, d)
+    n = (x.shape[1] + k - 1) // k
+    x = torch.cat([x, pad], dim=1)[:, : n * k]  # (B, T, D) -> (B, n*k, D)
+    return x.reshape(b, n, d * k)  # (B, n*k, D) -> (B, n, D*k)
+
+
+class Connector(nn.Module):
+    """Projects stacked encoder frames into the decoder's embedding space."""
+
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        d_in = dims.encoder.d_model * dims.audio.pool_factor
+        d_out = dims.decoder.hidden
+        if dims.audio.connector == "linear":
+            self.proj = nn.Sequential(nn.Linear(d_in, d_out))
+        else:
+            self.proj = nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class AudioLanguageModel(nn.Module):
+    """Whisper encoder + frame stacking + connector + Llama-architecture causal LM."""
+
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        self.dims = dims
+        self.encoder = WhisperEncoder(whisper_config(dims.encoder))
+        self.connector = Connector(dims)
+        self.llm = LlamaForCausalLM(llama_config(dims.decoder))
+
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """Audio embeddings in the decoder's width: (B, n_mels, T) -> (B, ceil(T/2/k), H)."""
+        frames = whisper_encode(self.encoder, mel)
+        return self.connector(stack_frames(frames, self.dims.audio.pool_factor))
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(ids)
+
+
+class AudioEncoderForExport(nn.Module):
+    """The exported graph: log-mel (1, n_mels, T) -> audio embeddings (1, ceil(T/2/k), H)."""
+
+    def __init__(self, model: AudioLanguageModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_audio(mel)

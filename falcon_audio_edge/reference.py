@@ -1,0 +1,97 @@
+"""The PyTorch reference backend: the checkpoint run in transformers, same conversation loop."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from falcon_audio_edge.checkpoint import Checkpoint, load_checkpoint
+from falcon_audio_edge.runtime.engine import AudioChat
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2 byte-level alphabet: the printable character each byte is written as -> the byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+class TorchBackend:
+    def __init__(self, ckpt: Checkpoint):
+        self.model = ckpt.model
+        self.tokenizer = ckpt.tokenizer
+        self.bos_id = self.tokenizer.bos_token_id
+        self.special_ids = set(self.tokenizer.all_special_ids) | {
+            i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special
+        }
+        self.cache = None
+        self.n_past = 0
+        self._logits: np.ndarray | None = None
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.model.encode_audio(torch.from_numpy(mel)[None])[0].numpy()  # (1, N, H) -> (N, H)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def token_bytes(self, token: int) -> bytes:
+        if token in self.special_ids:
+            return b""
+        table = _byte_decoder()
+        return bytes(table[c] for c in self.tokenizer.convert_ids_to_tokens(token))
+
+    def feed_tokens(self, ids: list[int]) -> None:
+        with torch.no_grad():
+            self._forward(self.model.embed_tokens(torch.tensor([ids])))
+
+    def feed_embeddings(self, embeds: np.ndarray) -> None:
+        self._forward(torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32))[None])
+
+    def _forward(self, embeds: torch.Tensor) -> None:
+        n = embeds.shape[1]
+        positions = torch.arange(self.n_past, self.n_past + n)[None]
+        with torch.no_grad():
+            out = self.model.llm(inputs_embeds=embeds, use_cache=True, position_ids=positions, **self._cache_kw())
+        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        self.n_past += n
+        self._logits = out.logits[0, -1].float().numpy()
+
+    def _cache_kw(self) -> dict:
+        """transformers >= 5.24 names the KV cache argument ``cache``; older ones ``past_key_values``."""
+        name = "cache" if "cache" in inspect.signature(self.model.llm.forward).parameters else "past_key_values"
+        return {name: self.cache}
+
+    def logits(self) -> np.ndarray:
+        assert self._logits is not None, "feed something first"
+        return self._logits.copy()
+
+    def reset(self) -> None:
+        self.cache, self.n_past, self._logits = None, 0, None
+
+    def close(self) -> None:
+        self.reset()
+
+
+def open_checkpoint(path: str | Path, threads: int = 0) -> AudioChat:
+    """Load a checkpoint and start a conversation on the PyTorch reference."""
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(path)
+    chat = AudioChat(TorchBackend(ckpt), ckpt.dims)
+    chat.load_ms = (time.perf_counter() - t0) * 1e3
+    return chat

@@ -1,0 +1,66 @@
+"""The bundle backend: onnxruntime encoder + llama.cpp decoder. No torch, no transformers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from falcon_audio_edge.errors import BundleError
+from falcon_audio_edge.runtime.bundle import Bundle, read_bundle
+from falcon_audio_edge.runtime.decoder import LlamaDecoder
+from falcon_audio_edge.runtime.encoder import OnnxEncoder
+from falcon_audio_edge.runtime.engine import AudioChat
+from falcon_audio_edge.settings import RuntimeSettings
+
+
+class BundleBackend:
+    def __init__(self, bundle: Bundle, settings: RuntimeSettings):
+        self.encoder = OnnxEncoder(bundle.encoder_path, settings.n_threads)
+        self.decoder = LlamaDecoder(bundle.decoder_path, settings.n_ctx, settings.n_batch, settings.n_threads)
+        dec = bundle.dims.decoder
+        if self.decoder.n_embd != dec.hidden or self.decoder.n_vocab != dec.vocab_size:
+            raise BundleError(
+                f"{bundle.decoder_path}: n_embd={self.decoder.n_embd}, n_vocab={self.decoder.n_vocab} "
+                f"do not match the manifest's hidden={dec.hidden}, vocab_size={dec.vocab_size}"
+            )
+        self.bos_id = self.decoder.bos_id if self.decoder.bos_id >= 0 else None
+
+    @property
+    def n_past(self) -> int:
+        return self.decoder.n_past
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        return self.encoder(mel)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.decoder.tokenize(text)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.decoder.token_bytes(token)
+
+    def feed_tokens(self, ids: list[int]) -> None:
+        self.decoder.feed_tokens(ids)
+
+    def feed_embeddings(self, embeds: np.ndarray) -> None:
+        self.decoder.feed_embeddings(embeds)
+
+    def logits(self) -> np.ndarray:
+        return self.decoder.logits()
+
+    def reset(self) -> None:
+        self.decoder.reset()
+
+    def close(self) -> None:
+        self.decoder.close()
+
+
+def open_bundle(path: str | Path, settings: RuntimeSettings | None = None) -> AudioChat:
+    """Load a bundle (checksums verified) and start a conversation on it."""
+    settings = settings or RuntimeSettings()
+    t0 = time.perf_counter()
+    bundle = read_bundle(path, verify=settings.verify_checksums)
+    chat = AudioChat(BundleBackend(bundle, settings), bundle.dims)
+    chat.load_ms = (time.perf_counter() - t0) * 1e3
+    return chat

@@ -1,0 +1,123 @@
+"""Bundle folders: encoder.onnx + decoder.gguf + manifest.json (dims, audio constants, sha256 of each file).
+
+Torch-free: the runtime reads bundles with this module alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from falcon_audio_edge import audio
+from falcon_audio_edge.config import ModelDims
+from falcon_audio_edge.errors import BundleError, FaEdgeError
+
+BUNDLE_FORMAT = "falcon-audio-edge-bundle"
+BUNDLE_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.gguf"
+
+
+def audio_constants() -> dict[str, int]:
+    return {
+        "sample_rate": audio.SAMPLE_RATE,
+        "n_fft": audio.N_FFT,
+        "hop_length": audio.HOP_LENGTH,
+        "chunk_length": audio.CHUNK_LENGTH,
+    }
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle's manifest, read and checked."""
+
+    path: Path
+    dims: ModelDims
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.path / ENCODER_FILE
+
+    @property
+    def decoder_path(self) -> Path:
+        return self.path / DECODER_FILE
+
+    @property
+    def decoder_type(self) -> str:
+        return self.manifest["decoder"]["type"]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.manifest["files"].values())
+
+
+def write_manifest(folder: Path, dims: ModelDims, extra: dict[str, Any]) -> dict[str, Any]:
+    """Hash every file in ``folder`` and write manifest.json beside them."""
+    files = {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "dims": dims.to_dict(),
+        "audio": {**audio_constants(), "n_mels": dims.encoder.n_mels},
+        "files": files,
+        **extra,
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Read a bundle's manifest; with ``verify`` check every file's size and sha256."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise BundleError(f"bundle folder not found: {path}")
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not a bundle: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != BUNDLE_FORMAT or manifest.get("format_version") != BUNDLE_VERSION:
+        raise BundleError(f"{manifest_path}: not a {BUNDLE_FORMAT} v{BUNDLE_VERSION} manifest")
+    try:
+        dims = ModelDims.from_dict(manifest["dims"])
+    except (FaEdgeError, KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest_path}: bad dims: {exc}") from exc
+    want = {**audio_constants(), "n_mels": dims.encoder.n_mels}
+    if manifest.get("audio") != want:
+        raise BundleError(f"{manifest_path}: audio constants {manifest.get('audio')} differ from this toolkit's {want}")
+    for name in (ENCODER_FILE, DECODER_FILE):
+        if name not in manifest.get("files", {}):
+            raise BundleError(f"{manifest_path} does not list {name}")
+    if verify:
+        verify_files(path, manifest["files"])
+    return Bundle(path=path, dims=dims, manifest=manifest)
+
+
+def verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"bundle file {file} is missing")
+        if file.stat().st_size != entry["bytes"]:
+            raise BundleError(f"bundle file {file} has {file.stat().st_size} bytes, manifest says {entry['bytes']}")
+        if sha256_file(file) != entry["sha256"]:
+            raise BundleError(f"bundle file {file} does not match its sha256 in the manifest (corrupt or modified)")

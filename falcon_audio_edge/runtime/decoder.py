@@ -1,0 +1,159 @@
+"""The GGUF decoder through llama-cpp-python's low-level API, with audio embeddings injected.
+
+Text goes in as token batches; audio goes in as a ``llama_batch`` made by
+``llama_batch_init(n, n_embd, 1)`` whose ``embd`` holds the embeddings. The KV
+cache is kept across calls, so a conversation never re-reads its history.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+from falcon_audio_edge.errors import BundleError, FaEdgeError
+
+_LOG_CALLBACK = None
+
+
+def _silence_llama_logs(lc) -> None:
+    """llama.cpp logs every load to stderr; keep the terminal for the answer."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+        _LOG_CALLBACK = lc.llama_log_callback(lambda level, text, user_data: None)
+        lc.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+def safe_model_params(lc):
+    """Model params that avoid the AMX crash.
+
+    llama.cpp's extra buffer types repack weights for AMX; on a native build on
+    an AMX CPU the first decode of a quantized GGUF segfaults with them on.
+    They only speed up some quantized matmuls on some CPUs, so they stay off.
+    """
+    params = lc.llama_model_default_params()
+    params.n_gpu_layers = 0
+    if hasattr(params, "use_extra_bufts"):
+        params.use_extra_bufts = False
+    return params
+
+
+class LlamaDecoder:
+    """One llama.cpp model + context, fed token or embedding batches, KV cache kept."""
+
+    def __init__(self, path: Path, n_ctx: int, n_batch: int, n_threads: int):
+        import llama_cpp as lc
+
+        self._lc = lc
+        _silence_llama_logs(lc)
+        lc.llama_backend_init()
+        self.model = lc.llama_model_load_from_file(str(path).encode(), safe_model_params(lc))
+        if not self.model:
+            raise BundleError(f"llama.cpp could not load {path}")
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
+        cparams.n_threads, cparams.n_threads_batch = n_threads, n_threads
+        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise BundleError(f"llama.cpp could not create a context for {path} (n_ctx={n_ctx})")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_embd = lc.llama_model_n_embd(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx = lc.llama_n_ctx(self.ctx)
+        self.n_batch = n_batch
+        self.n_past = 0
+        self.bos_id = lc.llama_vocab_bos(self.vocab)
+        self.eos_id = lc.llama_vocab_eos(self.vocab)
+        self._tokens = lc.llama_batch_init(n_batch, 0, 1)
+        self._embeds = lc.llama_batch_init(n_batch, self.n_embd, 1)
+
+    def close(self) -> None:
+        lc = self._lc
+        if getattr(self, "ctx", None):
+            lc.llama_batch_free(self._tokens)
+            lc.llama_batch_free(self._embeds)
+            lc.llama_free(self.ctx)
+            lc.llama_model_free(self.model)
+            self.ctx = self.model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- text --
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text``, special tokens parsed, no BOS added."""
+        data = text.encode("utf-8")
+        buf = (self._lc.llama_token * (len(data) + 8))()
+        n = self._lc.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        if n < 0:
+            raise FaEdgeError(f"tokenization needs {-n} tokens, more than the buffer")
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for; empty for control tokens."""
+        buf = ctypes.create_string_buffer(64)
+        n = self._lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    # -- decoding --
+    def _room(self, n: int) -> None:
+        if self.n_past + n > self.n_ctx:
+            raise FaEdgeError(
+                f"the conversation needs {self.n_past + n} positions, more than the context n_ctx={self.n_ctx}; "
+                "reset the conversation or raise n_ctx"
+            )
+
+    def feed_tokens(self, ids: list[int]) -> None:
+        self._room(len(ids))
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start : start + self.n_batch]
+            batch = self._tokens
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                self._set_position(batch, i, last=start + i == len(ids) - 1)
+            batch.n_tokens = len(chunk)
+            self._decode(batch)
+
+    def feed_embeddings(self, embeds: np.ndarray) -> None:
+        """Audio embeddings (N, n_embd) float32 into the KV cache at the next N positions."""
+        embeds = np.ascontiguousarray(embeds, dtype=np.float32)
+        if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
+            raise FaEdgeError(f"embeddings must be (N, {self.n_embd}), got {embeds.shape}")
+        self._room(len(embeds))
+        for start in range(0, len(embeds), self.n_batch):
+            chunk = embeds[start : start + self.n_batch]
+            batch = self._embeds
+            ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
+            for i in range(len(chunk)):
+                self._set_position(batch, i, last=start + i == len(embeds) - 1)
+            batch.n_tokens = len(chunk)
+            self._decode(batch)
+
+    def _set_position(self, batch, i: int, last: bool) -> None:
+        batch.pos[i] = self.n_past + i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = 1 if last else 0
+
+    def _decode(self, batch) -> None:
+        rc = self._lc.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise FaEdgeError(f"llama_decode failed with code {rc}")
+        self.n_past += batch.n_tokens
+
+    def logits(self) -> np.ndarray:
+        """Next-token logits after the last fed position, (n_vocab,) float32 (a copy)."""
+        ptr = self._lc.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def reset(self) -> None:
+        self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
+        self.n_past = 0

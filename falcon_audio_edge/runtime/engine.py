@@ -1,0 +1,228 @@
+"""The conversation: prompt + audio embeddings in, streamed tokens out, KV cache kept across turns.
+
+``AudioChat`` runs on a ``Backend``: the bundle (onnxruntime + llama.cpp) or the
+PyTorch reference (``falcon_audio_edge.reference``). Both go through this same
+loop, so their outputs can be compared token by token.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from falcon_audio_edge.audio import Audio, load_audio
+from falcon_audio_edge.config import ModelDims
+from falcon_audio_edge.errors import FaEdgeError
+from falcon_audio_edge.frontend import audio_features, encode_features
+from falcon_audio_edge.settings import GenerationSettings
+
+
+class Backend(Protocol):
+    """What the conversation needs from an encoder + decoder pair."""
+
+    n_past: int
+    bos_id: int | None
+
+    def encode(self, mel: np.ndarray) -> np.ndarray: ...
+    def tokenize(self, text: str) -> list[int]: ...
+    def token_bytes(self, token: int) -> bytes: ...
+    def feed_tokens(self, ids: list[int]) -> None: ...
+    def feed_embeddings(self, embeds: np.ndarray) -> None: ...
+    def logits(self) -> np.ndarray: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage of one turn (first_token: audio ready -> first token out)."""
+
+    mel_ms: float = 0.0
+    encoder_ms: float = 0.0
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0
+    decode_ms: float = 0.0
+    total_ms: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+@dataclass
+class AskResult:
+    """One answered turn."""
+
+    text: str
+    tokens: list[int]
+    audio_tokens: int
+    audio_seconds: float
+    windows: int
+    prompt_tokens: int
+    stop_reason: str  # "end_of_turn" or "max_tokens"
+    timings: Timings = field(default_factory=Timings)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["generated_tokens"] = len(self.tokens)
+        return data
+
+
+def sample_token(logits: np.ndarray, settings: GenerationSettings, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0; else temperature, top-k, then top-p (nucleus) sampling."""
+    if settings.greedy:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / settings.temperature
+    order = np.argsort(-scaled)
+    if settings.top_k:
+        order = order[: settings.top_k]
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    probs /= probs.sum()
+    keep = int(np.searchsorted(np.cumsum(probs), settings.top_p) + 1)
+    probs = probs[:keep] / probs[:keep].sum()
+    return int(order[rng.choice(keep, p=probs)])
+
+
+class Turn:
+    """A streaming answer: iterate for text pieces; ``result`` is set once it is exhausted."""
+
+    def __init__(self, steps: Iterator[str]):
+        self._steps = steps
+        self.result: AskResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.result = yield from self._steps
+
+    def run(self) -> AskResult:
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+
+class AudioChat:
+    """A multi-turn conversation with audio turns, on a bundle or on the PyTorch reference."""
+
+    def __init__(self, backend: Backend, dims: ModelDims):
+        self.backend = backend
+        self.dims = dims
+        self.layout = dims.prompt
+        eot = backend.tokenize(self.layout.end_of_turn)
+        if len(eot) != 1:
+            raise FaEdgeError(f"end-of-turn {self.layout.end_of_turn!r} is not one token in the vocab ({eot})")
+        self.stop_ids = {eot[0]}
+        self._close_previous: list[int] = []
+        self.turns = 0
+
+    def reset(self) -> None:
+        """Forget the conversation (clears the KV cache)."""
+        self.backend.reset()
+        self._close_previous = []
+        self.turns = 0
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> AudioChat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ask(
+        self,
+        audio: Audio | np.ndarray | str | Path | None,
+        prompt: str | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> Turn:
+        """Start a turn; with audio None the turn is text only (``prompt`` required)."""
+        if audio is None and not prompt:
+            raise FaEdgeError("a turn needs audio, a prompt, or both")
+        return Turn(self._turn(audio, prompt, generation or GenerationSettings()))
+
+    def _prefix_ids(self, text: str) -> list[int]:
+        ids = list(self._close_previous)
+        if self.turns == 0 and self.layout.add_bos and self.backend.bos_id is not None:
+            ids.append(self.backend.bos_id)
+        return ids + self.backend.tokenize(text)
+
+    def _encode(self, audio: Any, timings: Timings) -> tuple[np.ndarray | None, Any]:
+        if audio is None:
+            return None, None
+        t0 = time.perf_counter()
+        if isinstance(audio, (str, Path)):
+            audio = load_audio(audio)
+        samples, source = (audio.samples, audio.source) if isinstance(audio, Audio) else (audio, "audio")
+        features = audio_features(samples, self.dims, source)
+        t1 = time.perf_counter()
+        embeds = encode_features(features, self.backend.encode)
+        timings.mel_ms, timings.encoder_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        return embeds, features
+
+    def _prefill(self, audio: Any, prompt: str | None, timings: Timings) -> tuple[int, Any, np.ndarray | None]:
+        embeds, features = self._encode(audio, timings)
+        t0 = time.perf_counter()
+        if embeds is None:
+            before, after = self.layout.text_turn(prompt or "", self.turns == 0), ""
+        else:
+            before, after = self.layout.around_audio(prompt, self.turns == 0)
+        ids_before, ids_after = self._prefix_ids(before), self.backend.tokenize(after)
+        self.backend.feed_tokens(ids_before)
+        if embeds is not None:
+            self.backend.feed_embeddings(embeds)
+        if ids_after:
+            self.backend.feed_tokens(ids_after)
+        timings.prefill_ms = (time.perf_counter() - t0) * 1e3
+        self._close_previous = []
+        return len(ids_before) + len(ids_after), features, embeds
+
+    def _turn(self, audio: Any, prompt: str | None, gen: GenerationSettings):
+        timings = Timings()
+        start = time.perf_counter()
+        n_prompt, features, embeds = self._prefill(audio, prompt, timings)
+        rng = np.random.default_rng(gen.seed)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        tokens: list[int] = []
+        pieces: list[str] = []
+        stop_reason = "max_tokens"
+        first = None
+        try:
+            for _ in range(gen.max_tokens):
+                token = sample_token(self.backend.logits(), gen, rng)
+                if token in self.stop_ids:
+                    stop_reason = "end_of_turn"
+                    break
+                tokens.append(token)
+                piece = utf8.decode(self.backend.token_bytes(token))
+                if first is None:
+                    first = time.perf_counter()
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+                self.backend.feed_tokens([token])
+            tail = utf8.decode(b"", final=True)
+            if tail:
+                pieces.append(tail)
+                yield tail
+        finally:
+            self._close_previous = self.backend.tokenize(self.layout.assistant_end)
+            self.turns += 1
+        end = time.perf_counter()
+        first = first or end
+        timings.first_token_ms = (first - start) * 1e3
+        timings.decode_ms = (end - first) * 1e3
+        timings.total_ms = (end - start) * 1e3
+        timings.tokens_per_s = (len(tokens) - 1) / (end - first) if len(tokens) > 1 and end > first else 0.0
+        return AskResult(
+            text="".join(pieces),
+            tokens=tokens,
+            audio_tokens=0 if embeds is None else len(embeds),
+            audio_seconds=0.0 if features is None else features.seconds,
+            windows=0 if features is None else features.windows,
+            prompt_tokens=n_prompt,
+            stop_reason=stop_reason,
+            timings=timings,
+        )
