@@ -113,10 +113,12 @@ def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
 
 
 def verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Missing files first (cheap), then sizes and hashes."""
+    missing = [name for name in files if not (path / name).is_file()]
+    if missing:
+        raise BundleError(f"bundle {path} is missing {', '.join(missing)}")
     for name, entry in files.items():
         file = path / name
-        if not file.is_file():
-            raise BundleError(f"bundle file {file} is missing")
         if file.stat().st_size != entry["bytes"]:
             raise BundleError(f"bundle file {file} has {file.stat().st_size} bytes, manifest says {entry['bytes']}")
         if sha256_file(file) != entry["sha256"]:

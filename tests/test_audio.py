@@ -1,0 +1,83 @@
+"""The numpy front-end against transformers' WhisperFeatureExtractor, and bad audio input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from falcon_audio_edge.audio import (
+    N_FRAMES,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    load_audio,
+    log_mel_spectrogram,
+    split_windows,
+    validate_samples,
+)
+from falcon_audio_edge.errors import AudioError
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+@pytest.mark.parametrize("clip", ["1s", "7s", "30s"])
+def test_log_mel_matches_whisper_feature_extractor(clips, clip, n_mels):
+    from transformers import WhisperFeatureExtractor
+
+    samples = load_audio(clips[clip]).samples
+    fe = WhisperFeatureExtractor(feature_size=n_mels)
+    want = fe(samples, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
+    got = log_mel_spectrogram(samples, n_mels, pad_to_30s=True)
+    assert got.shape == want.shape == (n_mels, N_FRAMES)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_log_mel_unpadded_has_one_frame_per_hop(clips):
+    samples = load_audio(clips["7s"]).samples
+    mel = log_mel_spectrogram(samples, 80)
+    assert mel.shape == (80, len(samples) // 160)
+    assert np.isfinite(mel).all()
+    assert -1.5 <= mel.min() and mel.max() <= 3.0  # Whisper's normalised range
+
+
+def test_stereo_44k_and_8k_are_downmixed_and_resampled(clips, tmp_path):
+    mono = load_audio(clips["q0"]).samples
+    import soxr
+
+    stereo = np.stack([mono, mono], axis=1)
+    sf.write(tmp_path / "stereo44.wav", soxr.resample(stereo, SAMPLE_RATE, 44100), 44100)
+    sf.write(tmp_path / "mono8k.wav", soxr.resample(mono, SAMPLE_RATE, 8000), 8000)
+    for name in ("stereo44.wav", "mono8k.wav"):
+        got = load_audio(tmp_path / name).samples
+        assert abs(len(got) - len(mono)) <= 2
+        n = min(len(got), len(mono))
+        corr = np.corrcoef(got[:n], mono[:n])[0, 1]
+        assert corr > (0.99 if name.startswith("stereo") else 0.8)
+
+
+def test_long_audio_splits_into_30s_windows():
+    samples = np.ones(int(N_SAMPLES * 2.5), dtype=np.float32)
+    windows = split_windows(samples)
+    assert [len(w) for w in windows] == [N_SAMPLES, N_SAMPLES, N_SAMPLES // 2]
+
+
+@pytest.mark.parametrize(
+    "samples, message",
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.zeros(SAMPLE_RATE, dtype=np.float32), "silent"),
+        (np.full(SAMPLE_RATE, np.nan, dtype=np.float32), "NaN"),
+        (np.full(100, 0.5, dtype=np.float32), "shorter than"),
+    ],
+)
+def test_bad_samples_are_refused(samples, message):
+    with pytest.raises(AudioError, match=message):
+        validate_samples(samples, "clip.wav")
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(AudioError, match="not found"):
+        load_audio(tmp_path / "nope.wav")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00garbage that is not audio")
+    with pytest.raises(AudioError, match="cannot read"):
+        load_audio(bad)

@@ -1,0 +1,108 @@
+"""The exported bundle (ONNX + GGUF on llama.cpp) against the PyTorch checkpoint it came from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from falcon_audio_edge.audio import load_audio
+from falcon_audio_edge.runtime.backend import open_bundle
+from falcon_audio_edge.settings import GenerationSettings
+from tests.conftest import QUESTIONS, fa_edge
+
+GREEDY_32 = GenerationSettings(max_tokens=32)
+
+
+def prefill_logits(chat, clip, prompt):
+    """Next-token logits after the prompt with audio, through the conversation's own prefill."""
+    from falcon_audio_edge.runtime.engine import Timings
+
+    chat.reset()
+    chat._prefill(load_audio(clip), prompt, Timings())
+    return chat.backend.logits()
+
+
+def test_f32_next_token_logits_agree(bundle_f32, reference, clips):
+    with open_bundle(bundle_f32) as chat:
+        for clip in ("q0", "q3"):
+            got = prefill_logits(chat, clips[clip], "Transcribe the audio.")
+            want = prefill_logits(reference, clips[clip], "Transcribe the audio.")
+            assert got.shape == want.shape
+            assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+
+
+def test_f32_greedy_32_tokens_identical_through_cli(bundle_f32, tiny_ckpt, clips):
+    args = ["--audio", clips["q1"], "--prompt", "Answer briefly.", "--max-tokens", "32", "--json"]
+    bundle = json.loads(fa_edge("ask", bundle_f32, *args).stdout)
+    torch_ref = json.loads(fa_edge("ask", tiny_ckpt, *args).stdout)
+    assert (bundle["backend"], torch_ref["backend"]) == ("bundle", "pytorch")
+    assert bundle["tokens"] == torch_ref["tokens"]
+    assert bundle["text"] == torch_ref["text"]
+    assert bundle["audio_tokens"] == torch_ref["audio_tokens"] > 0
+    assert set(bundle["timings"]) >= {"mel_ms", "encoder_ms", "prefill_ms", "first_token_ms", "tokens_per_s"}
+
+
+def test_f16_greedy_identical_on_at_least_9_of_10_prompts(bundle_f16, reference, clips):
+    same = 0
+    with open_bundle(bundle_f16) as chat:
+        for i in range(len(QUESTIONS)):
+            chat.reset()
+            reference.reset()
+            got = chat.ask(clips[f"q{i}"], None, GREEDY_32).run().tokens
+            want = reference.ask(clips[f"q{i}"], None, GREEDY_32).run().tokens
+            same += got == want
+    assert same >= 9, f"only {same}/10 prompts gave identical greedy output"
+
+
+def test_multi_turn_keeps_the_kv_cache(bundle_f32, reference, clips):
+    """Turn 2 feeds only its own tokens (history stays in the KV cache) and answers as the reference does."""
+    gen = GenerationSettings(max_tokens=8)
+    with open_bundle(bundle_f32) as chat:
+        first = chat.ask(clips["q0"], "Remember this.", gen).run()
+        after_first = chat.backend.n_past
+        second = chat.ask(clips["q1"], "And this?", gen).run()
+        fed = second.prompt_tokens + second.audio_tokens + len(second.tokens)
+        assert chat.backend.n_past == after_first + fed
+        assert after_first == first.prompt_tokens + first.audio_tokens + len(first.tokens)
+    reference.reset()
+    ref_first = reference.ask(clips["q0"], "Remember this.", gen).run()
+    ref_second = reference.ask(clips["q1"], "And this?", gen).run()
+    assert (first.tokens, second.tokens) == (ref_first.tokens, ref_second.tokens)
+
+
+def test_sampling_is_seeded_and_varies(bundle_f32, clips):
+    gen = GenerationSettings(max_tokens=16, temperature=1.0, top_k=0, top_p=1.0, seed=7)
+    with open_bundle(bundle_f32) as chat:
+        a = chat.ask(clips["q2"], None, gen).run().tokens
+        chat.reset()
+        b = chat.ask(clips["q2"], None, gen).run().tokens
+        chat.reset()
+        c = chat.ask(clips["q2"], None, GenerationSettings(max_tokens=16, temperature=1.0, seed=8)).run().tokens
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("prompt", [None, "Transcribe the audio."])
+def test_streamed_pieces_join_to_the_text(bundle_f32, clips, prompt):
+    with open_bundle(bundle_f32) as chat:
+        turn = chat.ask(clips["q4"], prompt, GREEDY_32)
+        pieces = list(turn)
+    assert "".join(pieces) == turn.result.text
+    assert turn.result.stop_reason in {"end_of_turn", "max_tokens"}
+
+
+def test_pad_to_30s_bundle_matches_reference(workdir, clips):
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    from falcon_audio_edge.checkpoint import init_checkpoint
+    from falcon_audio_edge.reference import open_checkpoint
+
+    ckpt = init_checkpoint("tiny", workdir / "ckpt-pad30", seed=1, pad_to_30s=True)
+    bundle = export_bundle(ckpt, workdir / "bundle-pad30", decoder_type="f32")
+    with open_bundle(bundle) as chat, open_checkpoint(ckpt) as ref:
+        got = chat.ask(clips["7s"], None, GREEDY_32).run()
+        want = ref.ask(clips["7s"], None, GREEDY_32).run()
+    assert got.audio_tokens == want.audio_tokens == 175  # 7 s at 25 tokens/s, trimmed from 750
+    assert got.tokens == want.tokens
