@@ -1,8 +1,9 @@
 """``fa-edge export``: a checkpoint -> a bundle folder (encoder.onnx, decoder.gguf, manifest.json).
 
-The bundle is written under a temporary sibling folder and moved into place
-only when complete, so an interrupted export leaves nothing that looks like a
-bundle.
+The bundle is written under a temporary sibling folder and moved into place only when complete, so an
+interrupted export leaves nothing that looks like a bundle. A quantized decoder or encoder type is
+reached through an f16 GGUF / fp32 ONNX intermediate, quantized in the same run. At the end the bundle is
+verified against the checkpoint and the figures go into the manifest.
 """
 
 from __future__ import annotations
@@ -31,27 +32,71 @@ def versions() -> dict[str, str]:
     return found
 
 
-def export_bundle(checkpoint: str | Path, out: str | Path, decoder_type: str = "f16", force: bool = False) -> Path:
-    if decoder_type not in DECODER_TYPES:
-        raise ExportError(f"unknown decoder type {decoder_type!r}; choose one of {DECODER_TYPES}")
+def _check_types(decoder_type: str, encoder_type: str) -> None:
+    from falcon_audio_edge.quantize.decoder import DECODER_QUANTS
+    from falcon_audio_edge.quantize.encoder import ENCODER_TYPES
+
+    valid = sorted(set(DECODER_TYPES) | set(DECODER_QUANTS))
+    if decoder_type not in valid:
+        raise ExportError(f"unknown decoder type {decoder_type!r}; valid: {', '.join(valid)}")
+    if encoder_type not in ENCODER_TYPES:
+        raise ExportError(f"unknown encoder type {encoder_type!r}; valid: {', '.join(ENCODER_TYPES)}")
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out: str | Path,
+    decoder_type: str = "f16",
+    encoder_type: str = "fp32",
+    force: bool = False,
+    verify: bool = True,
+) -> Path:
+    _check_types(decoder_type, encoder_type)
     out = Path(out)
     if Path(checkpoint).resolve() == out.resolve():
         raise ExportError(f"output folder {out} is the checkpoint folder; choose another")
     ckpt = load_checkpoint(checkpoint)
     vers = versions()
     with staged_dir(out, force) as tmp:
-        export_encoder(ckpt.model, tmp / ENCODER_FILE)
-        write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, tmp / DECODER_FILE, decoder_type,
-                   vers.get("falcon-audio-edge", "0"))  # fmt: skip
-        write_manifest(
-            tmp,
-            ckpt.dims,
-            {
-                "encoder": {"dtype": "fp32", "input": "mel", "output": "audio_embeds"},
-                "decoder": {"type": decoder_type, "arch": "llama"},
-                "source": {"checkpoint": str(Path(checkpoint).resolve())},
-                "versions": vers,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            },
-        )
+        _write_files(ckpt, tmp, decoder_type, encoder_type, vers.get("falcon-audio-edge", "0"))
+        extra = {
+            "encoder": {"dtype": encoder_type, "input": "mel", "output": "audio_embeds"},
+            "decoder": {"type": decoder_type, "arch": "llama"},
+            "source": {"checkpoint": str(Path(checkpoint).resolve())},
+            "versions": vers,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_manifest(tmp, ckpt.dims, extra)
+        if verify:
+            from falcon_audio_edge.quantize.bundle import attach_verification
+
+            from falcon_audio_edge.reference import TorchBackend
+            from falcon_audio_edge.runtime.engine import AudioChat
+
+            attach_verification(tmp, ckpt.dims, extra, AudioChat(TorchBackend(ckpt), ckpt.dims))
     return out
+
+
+def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version: str) -> None:
+    if decoder_type in DECODER_TYPES and encoder_type == "fp32":
+        export_encoder(ckpt.model, tmp / ENCODER_FILE)
+        write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, tmp / DECODER_FILE, decoder_type, version)
+        return
+    from falcon_audio_edge.quantize.bundle import quantize_files
+
+    stage = tmp / ".stage"
+    stage.mkdir()
+    float_type = decoder_type if decoder_type in DECODER_TYPES else "f16"
+    export_encoder(ckpt.model, stage / ENCODER_FILE)
+    write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, stage / DECODER_FILE, float_type, version)
+    source = {"encoder": {"dtype": "fp32"}, "decoder": {"type": float_type}}
+    if decoder_type == float_type:  # only the encoder changes
+        (stage / DECODER_FILE).rename(tmp / DECODER_FILE)
+        from falcon_audio_edge.quantize.encoder import convert_encoder
+
+        convert_encoder(stage / ENCODER_FILE, tmp / ENCODER_FILE, encoder_type, "fp32", False)
+    else:
+        quantize_files(stage, tmp, source, decoder_type, encoder_type, allow_requantize=False)
+    for leftover in stage.iterdir():
+        leftover.unlink()
+    stage.rmdir()

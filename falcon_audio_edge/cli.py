@@ -47,14 +47,55 @@ def init(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
     out: Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")],
-    decoder_type: Annotated[str, typer.Option(help="f32 | f16")] = "f16",
+    decoder_type: Annotated[str, typer.Option(help="f32 | f16 | q8_0 | q5_k_m | q4_k_m | q4_0")] = "f16",
+    encoder_type: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
+    verify: Annotated[bool, typer.Option(help="measure the bundle against the checkpoint, into the manifest")] = True,
     force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
 ) -> None:
     """Export a checkpoint to a bundle: encoder.onnx + decoder.gguf + manifest.json."""
     from falcon_audio_edge.export.bundle import export_bundle
 
-    path = export_bundle(checkpoint, out, decoder_type=decoder_type, force=force)
+    path = export_bundle(checkpoint, out, decoder_type, encoder_type, force=force, verify=verify)
     typer.echo(f"wrote bundle {path}")
+
+
+@app.command()
+def quantize(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder (f16/f32 decoder, fp32 encoder)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="new bundle folder to write")],
+    decoder: Annotated[str, typer.Option(help="q8_0 | q5_k_m | q4_k_m | q4_0 | f16")] = "q8_0",
+    encoder: Annotated[str, typer.Option(help="int8 | fp16 | fp32")] = "int8",
+    reference: Annotated[Path | None, typer.Option(help="checkpoint to verify against (default: the source's)")] = None,
+    verify: Annotated[bool, typer.Option(help="measure the new bundle against the checkpoint")] = True,
+    allow_requantize: Annotated[bool, typer.Option(help="quantize an already-quantized decoder")] = False,
+    force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
+) -> None:
+    """Write a quantized copy of a bundle (llama.cpp quantizer for the decoder, onnxruntime for the encoder)."""
+    from falcon_audio_edge.quantize.bundle import quantize_bundle
+
+    path = quantize_bundle(bundle, out, decoder, encoder, allow_requantize, force, reference, verify)
+    typer.echo(f"wrote bundle {path}")
+
+
+@app.command(name="verify")
+def verify_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    reference: Annotated[Path, typer.Option(help="the PyTorch checkpoint the bundle came from")],
+    audio: Annotated[
+        list[Path] | None, typer.Option(help="clips to compare on (default: built-in espeak clips)")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="prompt for every clip; a transcription prompt adds WER")] = None,
+    max_tokens: int = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Compare a bundle with its PyTorch checkpoint: encoder cosine, top-1 agreement, KL, greedy match."""
+    from falcon_audio_edge.verify import verify_bundle
+
+    report = verify_bundle(bundle, reference, audio or None, prompt, max_tokens).to_dict()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo("\n".join(f"{k:22s} {v}" for k, v in report.items()))
 
 
 def _open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:
@@ -137,6 +178,10 @@ def info(
     ]
     lines += [f"file     {name}  {f['bytes'] / 2**20:.2f} MiB  sha256 {f['sha256'][:16]}…" for name, f in
               b.manifest["files"].items()]  # fmt: skip
+    check = b.manifest.get("verification")
+    if check:
+        lines.append("verified " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in check.items()))  # fmt: skip
     lines.append("versions " + ", ".join(f"{k} {v}" for k, v in b.manifest.get("versions", {}).items()))
     typer.echo("\n".join(lines))
 

@@ -20,7 +20,7 @@ def prefill_logits(chat, clip, prompt):
     from falcon_audio_edge.runtime.engine import Timings
 
     chat.reset()
-    chat._prefill(load_audio(clip), prompt, Timings())
+    chat.prefill(load_audio(clip), prompt, Timings())
     return chat.backend.logits()
 
 

@@ -17,7 +17,7 @@ from falcon_audio_edge.errors import BundleError, FaEdgeError
 _LOG_CALLBACK = None
 
 
-def _silence_llama_logs(lc) -> None:
+def silence_llama_logs(lc) -> None:
     """llama.cpp logs every load to stderr; keep the terminal for the answer."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is None:
@@ -46,7 +46,7 @@ class LlamaDecoder:
         import llama_cpp as lc
 
         self._lc = lc
-        _silence_llama_logs(lc)
+        silence_llama_logs(lc)
         lc.llama_backend_init()
         self.model = lc.llama_model_load_from_file(str(path).encode(), safe_model_params(lc))
         if not self.model:

@@ -162,7 +162,7 @@ class AudioChat:
         timings.mel_ms, timings.encoder_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
         return embeds, features
 
-    def _prefill(self, audio: Any, prompt: str | None, timings: Timings) -> tuple[int, Any, np.ndarray | None]:
+    def prefill(self, audio: Any, prompt: str | None, timings: Timings) -> tuple[int, Any, np.ndarray | None]:
         embeds, features = self._encode(audio, timings)
         t0 = time.perf_counter()
         if embeds is None:
@@ -182,7 +182,7 @@ class AudioChat:
     def _turn(self, audio: Any, prompt: str | None, gen: GenerationSettings):
         timings = Timings()
         start = time.perf_counter()
-        n_prompt, features, embeds = self._prefill(audio, prompt, timings)
+        n_prompt, features, embeds = self.prefill(audio, prompt, timings)
         rng = np.random.default_rng(gen.seed)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens: list[int] = []

@@ -1,0 +1,75 @@
+"""``fa-edge quantize``: a bundle -> a new, complete bundle with a quantized decoder and/or encoder.
+
+The new bundle gets a new manifest (types, checksums, where it came from) and, where its reference
+checkpoint can be found, the verification figures against it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from falcon_audio_edge.export.bundle import versions
+from falcon_audio_edge.quantize.decoder import check_decoder_type, quantize_decoder
+from falcon_audio_edge.quantize.encoder import check_encoder_type, convert_encoder
+
+from falcon_audio_edge.errors import FaEdgeError
+from falcon_audio_edge.runtime.bundle import DECODER_FILE, ENCODER_FILE, read_bundle, write_manifest
+from falcon_audio_edge.settings import default_threads
+from falcon_audio_edge.staging import staged_dir
+
+
+def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str, encoder: str,
+                   allow_requantize: bool) -> None:  # fmt: skip
+    """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src."""
+    check_decoder_type(decoder)
+    check_encoder_type(encoder)
+    convert_encoder(src / ENCODER_FILE, dst / ENCODER_FILE, encoder, manifest["encoder"]["dtype"], allow_requantize)
+    quantize_decoder(src / DECODER_FILE, dst / DECODER_FILE, decoder, manifest["decoder"]["type"], allow_requantize,
+                     default_threads())  # fmt: skip
+
+
+def quantize_bundle(
+    src: str | Path,
+    out: str | Path,
+    decoder: str = "q8_0",
+    encoder: str = "int8",
+    allow_requantize: bool = False,
+    force: bool = False,
+    reference: str | Path | None = None,
+    verify: bool = True,
+) -> Path:
+    check_decoder_type(decoder)
+    check_encoder_type(encoder)
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise FaEdgeError(f"output folder {out} is the input bundle; choose another")
+    source = read_bundle(src, verify=True)
+    manifest = source.manifest
+    with staged_dir(out, force) as tmp:
+        quantize_files(src, tmp, manifest, decoder, encoder, allow_requantize)
+        extra = {
+            "encoder": {**manifest["encoder"], "dtype": encoder},
+            "decoder": {**manifest["decoder"], "type": decoder},
+            "source": {**manifest.get("source", {}), "bundle": str(src.resolve())},
+            "versions": versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_manifest(tmp, source.dims, extra)
+        if verify:
+            attach_verification(tmp, source.dims, extra, reference or manifest.get("source", {}).get("checkpoint"))
+    return out
+
+
+def attach_verification(folder: Path, dims: Any, extra: dict[str, Any], reference: Any) -> None:
+    """Verify the bundle in ``folder`` against its checkpoint and store the figures in its manifest."""
+    from falcon_audio_edge.checkpoint import is_checkpoint
+    from falcon_audio_edge.verify import verify_bundle
+
+    if reference is None or (not hasattr(reference, "backend") and not is_checkpoint(reference)):
+        extra["verification"] = {"skipped": f"reference checkpoint not found: {reference}"}
+    else:
+        report = verify_bundle(folder, reference, max_tokens=16, n_builtin=2, check_files=False)
+        extra["verification"] = report.to_dict()
+    write_manifest(folder, dims, extra)

@@ -1,0 +1,70 @@
+"""Encoder conversion with onnxruntime's tools: int8 dynamic quantization, fp16 weights, or fp32 as is."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from falcon_audio_edge.errors import FaEdgeError
+
+ENCODER_TYPES = ("fp32", "fp16", "int8")
+
+
+def check_encoder_type(name: str) -> None:
+    if name not in ENCODER_TYPES:
+        raise FaEdgeError(f"unknown encoder type {name!r}; valid: {', '.join(ENCODER_TYPES)}")
+
+
+def convert_encoder(src: Path, dst: Path, etype: str, source_type: str, allow_requantize: bool) -> None:
+    """Write ``dst`` as ``etype`` from ``src`` (an fp32 encoder unless ``allow_requantize``)."""
+    check_encoder_type(etype)
+    if etype == source_type:
+        shutil.copyfile(src, dst)
+        return
+    if source_type != "fp32" and not allow_requantize:
+        raise FaEdgeError(f"the encoder is already {source_type}; convert from an fp32 bundle or --allow-requantize")
+    if etype == "int8":
+        _int8(src, dst)
+    elif etype == "fp16":
+        _fp16(src, dst)
+    else:
+        raise FaEdgeError(f"cannot turn a {source_type} encoder back into fp32")
+    _copy_metadata(src, dst)
+
+
+def _int8(src: Path, dst: Path) -> None:
+    """Dynamic int8: MatMul weights quantized ahead of time, activations at run time (the Whisper
+    encoder's cost is in its MatMuls; the two small convolutions stay fp32)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it advises pre-processing on the root logger for every model
+    try:
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and compute, fp32 input and output (the graph's interface is unchanged)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+
+
+def _copy_metadata(src: Path, dst: Path) -> None:
+    """Keep the dims in the converted graph's metadata."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    model = onnx.load(str(dst))
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(dst))
