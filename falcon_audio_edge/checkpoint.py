@@ -126,19 +126,28 @@ def builtin_corpus() -> list[str]:
 def init_checkpoint(
     preset: str,
     out_dir: str | Path,
-    encoder: str | None = None,
+    encoder: str | Path | None = None,
     llm: str | Path | None = None,
     seed: int = 0,
     force: bool = False,
+    name: str | None = None,
     **audio: Any,
 ) -> Path:
-    """A checkpoint of a named preset: random weights and a small BPE tokenizer trained here, or, with
-    ``llm``, that pretrained LLM (HF folder or .gguf) behind a fresh encoder and connector."""
+    """A checkpoint of a named preset: random weights and a small BPE tokenizer trained here. ``encoder`` is an
+    encoder preset name or a pretrained Whisper folder (HF or CTranslate2); ``llm`` a pretrained LLM (HF folder
+    or .gguf). Pretrained parts are copied in (every key and shape checked); the connector is always fresh."""
     import torch
 
     from falcon_audio_edge.model import AudioLanguageModel
 
-    dims = preset_dims(preset, encoder=encoder, **audio)
+    encoder_state = None
+    if encoder is not None and Path(encoder).exists():
+        from falcon_audio_edge.whisper_import import load_whisper_encoder
+
+        encoder_dims, encoder_state = load_whisper_encoder(encoder)
+        dims = replace(preset_dims(preset, **audio), encoder=encoder_dims)
+    else:
+        dims = preset_dims(preset, encoder=encoder, **audio)
     imported = None
     if llm is not None:
         from falcon_audio_edge.importers import load_llm
@@ -149,10 +158,14 @@ def init_checkpoint(
         tokenizer = imported.tokenizer
     else:
         tokenizer, dims = _random_preset_tokenizer(preset, dims)
+    if name:
+        dims = replace(dims, name=name)
     torch.manual_seed(seed)
     model = AudioLanguageModel(dims).eval()
     if imported is not None:
         copy_state(model.llm, imported.model.state_dict(), str(llm))
+    if encoder_state is not None:
+        copy_state(model.encoder, encoder_state, str(encoder))
     return save_checkpoint(model, tokenizer, out_dir, force=force)
 
 

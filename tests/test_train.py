@@ -1,0 +1,139 @@
+"""The training recipe on the tiny model: config and manifest errors, a short run, resume, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from falcon_audio_edge.train.config import TrainConfig
+from falcon_audio_edge.train.data import read_manifest
+from safetensors.numpy import load_file
+
+from falcon_audio_edge.audio import SAMPLE_RATE
+from falcon_audio_edge.errors import ConfigError
+from tests.conftest import QUESTIONS
+
+
+@pytest.fixture(scope="module")
+def manifest(clips, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("manifest")
+    rows = [{"audio": str(clips[f"q{i}"]), "instruction": "Transcribe the audio.", "target": QUESTIONS[i]}
+            for i in range(8)]  # fmt: skip
+    rows += [{"audio": str(clips[f"q{i}"]), "instruction": "", "target": "An answer."} for i in range(8, 10)]
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConfig:
+    data = dict(checkpoint=str(ckpt), train_manifest=str(manifest), eval_manifest=str(manifest),
+                output_dir=str(tmp_path / "run"), max_steps=6, warmup_steps=2, batch_size=2, grad_accum=2,
+                eval_every=3, save_every=2, learning_rate=5e-3, bf16=False)  # fmt: skip
+    data.update(overrides)
+    return TrainConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"colour": "red"}, r"unknown keys \['colour'\]"),
+        ({"train": ["connector", "decoder"]}, r"unknown parts \['decoder'\]"),
+        ({"train": ["lora"]}, "must include 'connector'"),
+        ({"load_in_4bit": True}, "load_in_4bit \\(QLoRA\\) needs 'lora'"),
+        ({"warmup_steps": 6}, "warmup_steps=6 must be >= 0 and < max_steps=6"),
+        ({"optimizer": "sgd"}, "optimizer must be one of"),
+    ],
+)
+def test_bad_configs_are_rejected_naming_the_keys(tmp_path, tiny_ckpt, manifest, patch, message):
+    with pytest.raises(ConfigError, match=message):
+        config(tmp_path, tiny_ckpt, manifest, **patch)
+
+
+def test_missing_keys_and_bad_yaml(tmp_path):
+    (tmp_path / "c.yaml").write_text("train_manifest: x.jsonl\n")
+    with pytest.raises(ConfigError, match=r"missing \['checkpoint', 'output_dir'\]"):
+        TrainConfig.load(tmp_path / "c.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        TrainConfig.load(tmp_path / "bad.yaml")
+
+
+def test_bad_manifest_rows_are_skipped_with_a_count(tmp_path, clips, checkpoint):
+    long = tmp_path / "long.wav"
+    sf.write(long, np.resize(sf.read(clips["q0"])[0], 31 * SAMPLE_RATE), SAMPLE_RATE)
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    rows = [
+        {"audio": str(clips["q0"]), "instruction": "", "target": "ok"},
+        {"audio": "missing.wav", "instruction": "", "target": "x"},
+        {"audio": "broken.wav", "instruction": "", "target": "x"},
+        {"audio": str(clips["q1"]), "instruction": "", "target": "  "},
+        {"audio": str(long), "instruction": "", "target": "x"},
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    with pytest.warns(UserWarning, match="skipped 5 rows") as record:
+        examples = read_manifest(path, checkpoint.dims)
+    assert len(examples) == 1
+    message = str(record[0].message)
+    assert "2 missing or unreadable audio" in message and "1 empty target" in message and "audio over 30 s" in message
+    path.write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(ConfigError, match="no usable rows left"), pytest.warns(UserWarning):
+        read_manifest(path, checkpoint.dims)
+
+
+def test_short_run_trains_the_connector_only(tmp_path, tiny_ckpt, manifest, checkpoint):
+    from falcon_audio_edge.train.trainer import train
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    result = train(config(tmp_path, tiny_ckpt, manifest), progress=False)
+    assert result.steps == 6 and np.isfinite(result.final_loss) and result.eval_loss is not None
+    trained = load_file(str(result.trainable))
+    assert trained and all(k.startswith("connector.") for k in trained)
+    after = load_checkpoint(result.checkpoint).model.state_dict()
+    before = checkpoint.model.state_dict()
+    changed = {k.split(".")[0] for k in before if not np.allclose(before[k].numpy(), after[k].numpy())}
+    assert changed == {"connector"}
+
+
+def test_resume_continues_where_the_run_stopped(tmp_path, tiny_ckpt, manifest, monkeypatch):
+    import falcon_audio_edge.train.trainer as trainer
+
+    full = trainer.train(config(tmp_path / "a", tiny_ckpt, manifest), progress=False)
+    real_save = trainer.save_state
+
+    def save_then_die(out, step, *args):
+        real_save(out, step, *args)
+        if step == 4:
+            raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(trainer, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config(tmp_path / "b", tiny_ckpt, manifest), progress=False)
+    monkeypatch.setattr(trainer, "save_state", real_save)
+    resumed = trainer.train(config(tmp_path / "b", tiny_ckpt, manifest), progress=False)
+    a, b = load_file(str(full.trainable)), load_file(str(resumed.trainable))
+    assert resumed.steps == 6
+    for key in a:
+        assert np.allclose(a[key], b[key], atol=1e-6), key
+    with pytest.raises(ConfigError, match=r"other \['batch_size'\]"):
+        trainer.train(config(tmp_path / "b", tiny_ckpt, manifest, batch_size=4, max_steps=8), progress=False)
+
+
+def test_accelerate_launch_with_two_cpu_processes(tmp_path, tiny_ckpt, manifest):
+    cfg = config(tmp_path, tiny_ckpt, manifest, max_steps=4, eval_every=4, save_every=4, grad_accum=1, batch_size=4)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "falcon_audio_edge.train", str(path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained 4 steps" in proc.stdout
+    assert (tmp_path / "run" / "trainable.safetensors").is_file()

@@ -1,0 +1,1 @@
+"""Training: synthetic speech instruction data and the one-stage recipe (``fa-edge train config.yaml``)."""

@@ -1,0 +1,96 @@
+"""The training recipe's settings: one dataclass, loaded from YAML, validated in one place.
+
+Unknown keys and conflicting settings are rejected, naming them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from falcon_audio_edge.errors import ConfigError
+
+TRAINABLE = ("connector", "lora", "encoder")
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+@dataclass
+class TrainConfig:
+    checkpoint: str  # the starting checkpoint (fa-edge init ...)
+    train_manifest: str
+    output_dir: str
+    eval_manifest: str | None = None
+    train: list[str] = field(default_factory=lambda: ["connector"])  # any of TRAINABLE; connector always
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    load_in_4bit: bool = False  # QLoRA: NF4 base LLM (bitsandbytes, CUDA only)
+    optimizer: str = "adamw"  # or adamw8bit (bitsandbytes, CUDA only)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 30
+    max_steps: int = 300
+    batch_size: int = 8
+    grad_accum: int = 1
+    bf16: bool = True  # bf16 autocast (CPU or CUDA)
+    eval_every: int = 100
+    save_every: int = 100
+    max_eval_examples: int = 64
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("lora_r", "lora_alpha", "max_steps", "batch_size", "grad_accum", "eval_every", "save_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
+            raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}")
+        unknown = sorted(set(self.train) - set(TRAINABLE))
+        if unknown:
+            raise ConfigError(f"train has unknown parts {unknown}; choose from {list(TRAINABLE)}")
+        if "connector" not in self.train:
+            raise ConfigError("train must include 'connector' (a fresh connector is never left untrained)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.load_in_4bit and "lora" not in self.train:
+            raise ConfigError("load_in_4bit (QLoRA) needs 'lora' in train: a 4-bit base LLM cannot train itself")
+        if self.load_in_4bit and "encoder" in self.train:
+            raise ConfigError("load_in_4bit conflicts with training the encoder in this recipe; pick one")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"the config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config has unknown keys {unknown}; known: {sorted(known)}")
+        missing = sorted(k for k in ("checkpoint", "train_manifest", "output_dir") if k not in data)
+        if missing:
+            raise ConfigError(f"config is missing {missing}")
+        data = dict(data)
+        if base is not None:  # paths in a config file are relative to the file
+            for key in ("checkpoint", "train_manifest", "output_dir", "eval_manifest"):
+                if data.get(key) and not Path(data[key]).is_absolute():
+                    data[key] = str((base / data[key]).resolve())
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        return cls.from_dict(data or {}, base=path.parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,88 @@
+"""JSONL manifests (audio, instruction, target) -> validated examples with their log-mel features.
+
+One row per line: {"audio": "clips/0001.wav", "instruction": "Transcribe the audio.", "target": "..."};
+``audio`` is relative to the manifest's folder (or absolute); an empty instruction means the model answers
+the speech itself. Rows with missing or unreadable audio, empty targets or clips over 30 s are skipped
+with a count and a warning; a manifest with nothing usable left is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from falcon_audio_edge.audio import CHUNK_LENGTH, load_audio
+from falcon_audio_edge.config import ModelDims
+from falcon_audio_edge.errors import ConfigError, FaEdgeError
+from falcon_audio_edge.frontend import audio_features
+
+
+@dataclass(frozen=True)
+class Example:
+    mel: np.ndarray  # (n_mels, T) float32, padded to 30 s when the dims say so
+    n_audio_tokens: int
+    instruction: str | None
+    target: str
+    task: str
+    source: str
+
+
+def _row_problem(row: object) -> str | None:
+    if not isinstance(row, dict):
+        return "not an object"
+    if not isinstance(row.get("audio"), str) or not row["audio"]:
+        return "no audio path"
+    if not isinstance(row.get("target"), str) or not row["target"].strip():
+        return "empty target"
+    if not isinstance(row.get("instruction", ""), str):
+        return "instruction is not text"
+    return None
+
+
+def read_manifest(path: str | Path, dims: ModelDims, limit: int | None = None) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"manifest not found: {path}")
+    examples, skipped = [], Counter()
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            skipped["not valid JSON"] += 1
+            continue
+        problem = _row_problem(row)
+        if problem is None:
+            problem = _load(row, path.parent, dims, examples, f"{path.name}:{line_no}")
+        if problem:
+            skipped[problem] += 1
+        if limit and len(examples) >= limit:
+            break
+    if skipped:
+        detail = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
+        warnings.warn(f"{path}: skipped {sum(skipped.values())} rows ({detail})", stacklevel=2)
+    if not examples:
+        raise ConfigError(f"{path}: no usable rows left ({dict(skipped) or 'the manifest is empty'})")
+    return examples
+
+
+def _load(row: dict, base: Path, dims: ModelDims, out: list[Example], where: str) -> str | None:
+    audio = Path(row["audio"]) if Path(row["audio"]).is_absolute() else base / row["audio"]
+    try:
+        clip = load_audio(audio)
+    except FaEdgeError:
+        return "missing or unreadable audio"
+    if clip.seconds > CHUNK_LENGTH:
+        return f"audio over {CHUNK_LENGTH} s"
+    features = audio_features(clip.samples, dims, where)
+    out.append(Example(
+        mel=features.mels[0], n_audio_tokens=features.tokens[0], instruction=row.get("instruction") or None,
+        target=row["target"].strip(), task=row.get("task", ""), source=where,
+    ))  # fmt: skip
+    return None

@@ -1,0 +1,149 @@
+"""The quality report of a trained model, measured through its exported bundle (ONNX + GGUF, not PyTorch).
+
+    python -m falcon_audio_edge.train.quality BUNDLE --heldout DATA/heldout/manifest.jsonl \\
+        --whisper WHISPER_CT2_DIR --out docs/quality.md
+
+On the held-out split (sentences and voices never seen in training):
+- transcription WER with "Transcribe the audio.", next to Whisper tiny.en's own WER on the same clips
+  (faster-whisper, greedy, English);
+- spoken-question agreement: how often the greedy answer to the spoken question is the same text as the
+  greedy answer to the question typed as text, through the same bundle's decoder (exact match after
+  lower-casing and removing punctuation; first-sentence match and word-overlap F1 are shown beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shlex
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from falcon_audio_edge.runtime.backend import open_bundle
+from falcon_audio_edge.runtime.bundle import read_bundle
+from falcon_audio_edge.settings import GenerationSettings
+from falcon_audio_edge.verify import word_error_rate, words
+
+TRANSCRIBE = "Transcribe the audio."
+
+
+def first_sentence(text: str) -> str:
+    return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+
+
+def overlap_f1(a: str, b: str) -> float:
+    wa, wb = Counter(words(a)), Counter(words(b))
+    common = sum((wa & wb).values())
+    if not common:
+        return 0.0
+    p, r = common / sum(wa.values()), common / sum(wb.values())
+    return 2 * p * r / (p + r)
+
+
+def whisper_transcripts(model_dir: Path, clips: list[Path]) -> list[str]:
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(model_dir), device="cpu", compute_type="float32")
+    out = []
+    for clip in clips:
+        segments, _ = model.transcribe(str(clip), language="en", beam_size=1, vad_filter=False)
+        out.append(" ".join(s.text.strip() for s in segments))
+    return out
+
+
+def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int = 64) -> dict:
+    rows = [json.loads(line) for line in heldout.read_text().splitlines() if line.strip()]
+    base = heldout.parent
+    gen = GenerationSettings(max_tokens=max_tokens)
+    trans = [r for r in rows if r["task"] == "transcribe"]
+    qa = [r for r in rows if r["task"] == "qa"]
+    result: dict = {"bundle": str(bundle), "transcribe_clips": len(trans), "qa_clips": len(qa)}
+    with open_bundle(bundle) as chat:
+        hyps, t0 = [], time.perf_counter()
+        for r in trans:
+            chat.reset()
+            hyps.append(chat.ask(base / r["audio"], TRANSCRIBE, gen).run().text)
+        result["wer"] = word_error_rate([r["text"] for r in trans], hyps)
+        result["transcribe_s_per_clip"] = (time.perf_counter() - t0) / max(1, len(trans))
+        exact = first = 0
+        f1 = []
+        examples = []
+        for r in qa:
+            chat.reset()
+            spoken = chat.ask(base / r["audio"], None, gen).run().text
+            chat.reset()
+            typed = chat.ask(None, r["text"], gen).run().text
+            exact += words(spoken) == words(typed)
+            first += words(first_sentence(spoken)) == words(first_sentence(typed))
+            f1.append(overlap_f1(spoken, typed))
+            if len(examples) < 4:
+                examples.append({"question": r["text"], "voice": r["voice"], "spoken": spoken, "typed": typed})
+        result.update(
+            agreement=exact / max(1, len(qa)),
+            first_sentence_agreement=first / max(1, len(qa)),
+            mean_word_f1=sum(f1) / max(1, len(f1)),
+            examples=examples,
+            transcripts=[
+                {"text": r["text"], "voice": r["voice"], "bundle": h} for r, h in zip(trans[:6], hyps[:6], strict=True)
+            ],
+        )
+    if whisper is not None:
+        whisper_hyps = whisper_transcripts(whisper, [base / r["audio"] for r in trans])
+        result["whisper_wer"] = word_error_rate([r["text"] for r in trans], whisper_hyps)
+    return result
+
+
+def markdown(result: dict, command: str) -> str:
+    bundle = read_bundle(result["bundle"], verify=False)
+    lines = [
+        f"Bundle `{result['bundle']}` ({bundle.dims.name}; decoder {bundle.decoder_type}, encoder "
+        f"{bundle.manifest['encoder']['dtype']}), held-out split: {result['transcribe_clips']} transcription "
+        f"clips, {result['qa_clips']} spoken questions (sentences and voices never seen in training).",
+        f"Machine: {platform.machine()}, {platform.system()} {platform.release()}.",
+        f"Command: `{command}`",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| transcription WER (bundle) | {result['wer']:.3f} |",
+    ]
+    if "whisper_wer" in result:
+        lines.append(f"| transcription WER (Whisper tiny.en alone, faster-whisper) | {result['whisper_wer']:.3f} |")
+    lines += [
+        f"| spoken-question agreement (exact answer match) | {result['agreement']:.3f} |",
+        f"| first-sentence agreement | {result['first_sentence_agreement']:.3f} |",
+        f"| mean word-overlap F1, spoken vs typed answer | {result['mean_word_f1']:.3f} |",
+        f"| seconds per transcription (2 threads) | {result['transcribe_s_per_clip']:.2f} |",
+        "",
+        "Examples (spoken question -> answer; the same question typed -> answer):",
+        "",
+    ]
+    for ex in result["examples"]:
+        lines.append(f"- *{ex['question']}* ({ex['voice']})\n  - spoken: {ex['spoken']!r}\n  - typed: {ex['typed']!r}")
+    lines += ["", "Transcripts:", ""]
+    lines += [f"- {t['text']!r} ({t['voice']}) -> {t['bundle']!r}" for t in result["transcripts"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--heldout", type=Path, required=True)
+    parser.add_argument("--whisper", type=Path, default=None, help="Whisper CTranslate2 folder for the baseline")
+    parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
+    parser.add_argument("--json", dest="as_json", action="store_true")
+    args = parser.parse_args()
+    result = evaluate(args.bundle, args.heldout, args.whisper)
+    command = "python -m falcon_audio_edge.train.quality " + shlex.join(sys.argv[1:])
+    if args.out:
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(markdown(result, command))
+        tmp.replace(args.out)
+    print(json.dumps(result, indent=2) if args.as_json else markdown(result, command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Checkpoint and resume of a training run: the trainable weights, optimizer, scheduler and step.
+
+Written atomically (temporary file, then rename), so an interrupted run resumes from its last save.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from falcon_audio_edge.errors import ConfigError
+
+STATE_FILE = "state.pt"
+# settings that must not change between a run and its resume
+RESUME_KEYS = ("checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed")
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_state(out: Path, step: int, model, optimizer, scheduler, cfg) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "trainable": trainable_state(model),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "config": {k: getattr(cfg, k) for k in RESUME_KEYS},
+    }
+    path = out / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state(out: Path, model, optimizer, scheduler) -> int:
+    """Restore the last save in ``out`` (if any); returns the step to continue from."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        return 0
+    state = torch.load(path, weights_only=False)
+    want = trainable_state(model)
+    if set(state["trainable"]) != set(want):
+        raise ConfigError(f"{path} was saved with other trainable parts; use a new output_dir or the same config")
+    model.load_state_dict(state["trainable"], strict=False)
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def check_resume(out: Path, cfg) -> None:
+    path = out / STATE_FILE
+    if not path.is_file():
+        return
+    saved = torch.load(path, weights_only=False)["config"]
+    changed = sorted(k for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k))
+    if changed:
+        raise ConfigError(f"{out} holds a run with other {changed}; resume with the same settings or a new output_dir")
+
+
+def save_trainable(model, path: Path, cfg) -> Path:
+    """The trained weights alone (connector, LoRA, encoder as configured): small enough to ship."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in trainable_state(model).items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"train": ",".join(cfg.train), "dims": model.dims.to_json()})
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,181 @@
+"""An offline synthetic speech instruction set: espeak-ng voices, the LLM's own answers as targets.
+
+Sentences come from the hand-written lists in ``train/sentences/`` (questions on many topics and everyday
+statements; the ``*_heldout.txt`` lists never reach training). Each clip is spoken by espeak-ng with an
+accent, a voice variant, a rate and a pitch, and may get gain and white noise. Held-out clips use accents
+and variants that training never hears.
+
+Tasks (one JSONL row each: audio, instruction, target):
+- transcribe: "Transcribe the audio." (or another wording) -> the sentence.
+- spoken QA: no instruction, the question is only in the audio -> the LLM's answer to the text question.
+- instruct: a text instruction about what was said -> the LLM's answer with the sentence as text.
+Targets for the last two come from the LLM itself (behaviour alignment): the same chat layout, with the
+sentence's text where the audio embeddings will be.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from falcon_audio_edge.audio import SAMPLE_RATE, load_audio
+from falcon_audio_edge.settings import default_threads
+
+SENTENCES = Path(__file__).parent / "sentences"
+TRAIN_ACCENTS = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029"]
+TRAIN_VARIANTS = ["", "m1", "m2", "m3", "m4", "f1", "f2", "f3", "klatt"]
+HELDOUT_ACCENTS = ["en-gb-x-gbclan", "en-gb-x-gbcwmd"]
+HELDOUT_VARIANTS = ["m7", "f4", "f5"]
+TRANSCRIBE_PROMPTS = [
+    "Transcribe the audio.",
+    "Transcribe the audio.",
+    "Write down exactly what was said.",
+    "What did the speaker say? Give the exact words.",
+]
+INSTRUCTIONS = [
+    "Summarize what was said in a few words.",
+    "What is the main topic of what was said?",
+    "Is the speaker asking a question? Answer yes or no.",
+    "How would you reply to this?",
+    "Rewrite what was said in a more formal way.",
+    "List the most important words in what was said.",
+]
+
+
+def read_lines(name: str) -> list[str]:
+    return [line.strip() for line in (SENTENCES / name).read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class Voice:
+    accent: str
+    variant: str
+    rate: int
+    pitch: int
+
+    @property
+    def name(self) -> str:
+        return self.accent + (f"+{self.variant}" if self.variant else "")
+
+
+def random_voice(rng: random.Random, heldout: bool) -> Voice:
+    accents, variants = (HELDOUT_ACCENTS, HELDOUT_VARIANTS) if heldout else (TRAIN_ACCENTS, TRAIN_VARIANTS)
+    return Voice(rng.choice(accents), rng.choice(variants), rng.randint(130, 200), rng.randint(30, 70))
+
+
+def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool) -> float:
+    """Write ``text`` spoken by ``voice`` as a 16 kHz mono WAV; returns its length in seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.wav"
+        cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(raw), text]
+        subprocess.run(cmd, check=True, capture_output=True)
+        samples = load_audio(raw).samples
+    if augment:
+        samples = samples * rng.uniform(0.3, 1.0)  # gain
+        if rng.random() < 0.5:  # white noise at 15-35 dB SNR
+            snr_db = rng.uniform(15, 35)
+            power = float(np.mean(samples**2))
+            noise = np.random.default_rng(rng.randrange(2**32)).standard_normal(len(samples))
+            samples = samples + noise.astype(np.float32) * np.sqrt(power / 10 ** (snr_db / 10))
+    samples = np.clip(samples, -1.0, 1.0)
+    sf.write(str(path), samples, SAMPLE_RATE, subtype="PCM_16")
+    return len(samples) / SAMPLE_RATE
+
+
+class TextAnswers:
+    """The LLM's greedy answers to text turns, through llama.cpp (the same chat layout as the model)."""
+
+    def __init__(self, gguf: Path, layout, max_tokens: int = 64):
+        from falcon_audio_edge.runtime.decoder import LlamaDecoder
+
+        self.decoder = LlamaDecoder(gguf, n_ctx=1024, n_batch=256, n_threads=default_threads())
+        self.layout = layout
+        self.max_tokens = max_tokens
+        self.eot = self.decoder.tokenize(layout.end_of_turn)[0]
+
+    def answer(self, user_text: str) -> str:
+        self.decoder.reset()
+        self.decoder.feed_tokens(self.decoder.tokenize(self.layout.text_turn(user_text)))
+        out = []
+        for _ in range(self.max_tokens):
+            token = int(np.argmax(self.decoder.logits()))
+            if token == self.eot or token == self.decoder.eos_id:
+                break
+            out.append(token)
+            self.decoder.feed_tokens([token])
+        text = b"".join(self.decoder.token_bytes(t) for t in out).decode("utf-8", "replace").strip()
+        if len(out) == self.max_tokens and "." in text:  # cut a truncated answer at its last full sentence
+            text = text[: text.rfind(".") + 1]
+        return text
+
+
+def user_text(sentence: str, instruction: str | None) -> str:
+    """What the text LLM sees: the sentence where the audio goes, then the instruction (as in around_audio)."""
+    return sentence + (f"\n{instruction}" if instruction else "")
+
+
+def plan(heldout: bool, rng: random.Random, voices_per_question: int) -> Iterator[tuple[str, str, str | None]]:
+    """(task, sentence, instruction) for every clip of a split."""
+    questions = read_lines("questions_heldout.txt" if heldout else "questions.txt")
+    statements = read_lines("statements_heldout.txt" if heldout else "statements.txt")
+    for q in questions:
+        for _ in range(voices_per_question):
+            yield "qa", q, None
+        yield "transcribe", q, "Transcribe the audio." if heldout else rng.choice(TRANSCRIBE_PROMPTS)
+    for s in statements:
+        yield "transcribe", s, "Transcribe the audio." if heldout else rng.choice(TRANSCRIBE_PROMPTS)
+        yield "transcribe", s, "Transcribe the audio." if heldout else rng.choice(TRANSCRIBE_PROMPTS)
+        if not heldout:
+            yield "instruct", s, rng.choice(INSTRUCTIONS)
+
+
+def build_split(out: Path, heldout: bool, answers: TextAnswers, seed: int, voices_per_question: int = 3) -> Path:
+    """Write out/clips/*.wav and out/manifest.jsonl for one split; returns the manifest path."""
+    rng = random.Random(seed)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    rows, cache = [], {}
+    for i, (task, sentence, instruction) in enumerate(plan(heldout, rng, voices_per_question)):
+        voice = random_voice(rng, heldout)
+        clip = out / "clips" / f"{i:05d}.wav"
+        seconds = speak(sentence, voice, clip, rng, augment=not heldout)
+        if task == "transcribe":
+            target = sentence
+        else:
+            key = user_text(sentence, instruction)
+            target = cache[key] if key in cache else cache.setdefault(key, answers.answer(key))
+        rows.append({
+            "audio": f"clips/{clip.name}", "instruction": instruction or "", "target": target, "task": task,
+            "text": sentence, "voice": voice.name, "rate": voice.rate, "pitch": voice.pitch,
+            "seconds": round(seconds, 3),
+        })  # fmt: skip
+    manifest = out / "manifest.jsonl"
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(manifest)
+    return manifest
+
+
+def build_dataset(out: str | Path, llm: str | Path, seed: int = 0, voices_per_question: int = 3) -> dict[str, Path]:
+    """Both splits: out/train (training voices, augmented) and out/heldout (unseen sentences and voices)."""
+    from falcon_audio_edge.config import PromptLayout
+    from falcon_audio_edge.importers import chat_format_of
+    from falcon_audio_edge.tokenizer import tokenizer_from_gguf
+
+    out = Path(out)
+    tokenizer, _ = tokenizer_from_gguf(llm)
+    answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))
+    try:
+        return {
+            "train": build_split(out / "train", False, answers, seed, voices_per_question),
+            "heldout": build_split(out / "heldout", True, answers, seed + 1, 2),
+        }
+    finally:
+        answers.decoder.close()

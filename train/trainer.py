@@ -1,0 +1,197 @@
+"""One-stage training: the connector (+ LoRA on the LLM, + the encoder, as configured) on audio instructions.
+
+Loss only on the target tokens. AdamW with linear warm-up and cosine decay, gradient accumulation, bf16
+autocast, periodic eval, checkpoint and resume. Runs unchanged under ``accelerate launch`` with several
+processes: each takes its shard of every batch and gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from falcon_audio_edge.train.config import TrainConfig
+from falcon_audio_edge.train.data import Example, read_manifest
+from falcon_audio_edge.train.state import check_resume, load_state, save_state, save_trainable
+from torch import nn
+
+from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
+from falcon_audio_edge.errors import ConfigError
+
+IGNORE = -100
+
+
+class TrainingStep(nn.Module):
+    """The whole loss computation as one module, so a distributed wrapper sees every forward."""
+
+    def __init__(self, model, tokenizer):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layout = model.dims.prompt
+
+    def _tokens(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+    def example(self, ex: Example) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input embeddings (L, H) and labels (L,) of one example; labels only on the target."""
+        before, after = self.layout.around_audio(ex.instruction)
+        ids_before = self._tokens(before)
+        ids_after = self._tokens(after)
+        ids_target = self._tokens(ex.target + self.layout.assistant_end)
+        audio = self.model.encode_audio(torch.from_numpy(ex.mel)[None])[0, : ex.n_audio_tokens]
+        text_after = torch.cat([ids_after, ids_target])
+        embeds = torch.cat([self.model.embed_tokens(ids_before), audio, self.model.embed_tokens(text_after)])
+        labels = torch.full((embeds.shape[0],), IGNORE, dtype=torch.long)
+        labels[-len(ids_target) :] = ids_target
+        return embeds, labels
+
+    def forward(self, batch: list[Example]) -> torch.Tensor:
+        pairs = [self.example(ex) for ex in batch]
+        width = max(e.shape[0] for e, _ in pairs)
+        hidden = pairs[0][0].shape[1]
+        embeds = torch.zeros(len(pairs), width, hidden, dtype=pairs[0][0].dtype)
+        labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros(len(pairs), width, dtype=torch.long)
+        for i, (e, lab) in enumerate(pairs):  # right padding
+            embeds[i, : len(e)], labels[i, : len(lab)], mask[i, : len(e)] = e, lab, 1
+        return self.model.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+
+def lr_lambda(cfg: TrainConfig):
+    def scale(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return scale
+
+
+def set_trainable(model, cfg: TrainConfig) -> list[nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if "lora" in cfg.train:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_targets, lora_dropout=0.0)
+        model.llm = get_peft_model(model.llm, lora)
+    for p in model.connector.parameters():
+        p.requires_grad_(True)
+    if "encoder" in cfg.train:
+        for p in model.encoder.parameters():
+            p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw8bit" or cfg.load_in_4bit:
+        if not torch.cuda.is_available():
+            raise ConfigError("adamw8bit and load_in_4bit use bitsandbytes, which needs a CUDA GPU; use adamw on CPU")
+    if cfg.load_in_4bit:
+        raise ConfigError("load_in_4bit is not implemented in this recipe yet (QLoRA); see the README")
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def batches(n: int, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    order = list(range(n))
+    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+    return [order[i : i + cfg.batch_size] for i in range(0, n - cfg.batch_size + 1, cfg.batch_size)]
+
+
+def micro_batches(n: int, cfg: TrainConfig, start: int):
+    """Every micro-batch from ``start`` on, epoch after epoch, the same order on every run (for resume)."""
+    per_epoch = len(batches(n, cfg, 0))
+    if per_epoch == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n} training examples")
+    index = start
+    while True:
+        yield batches(n, cfg, index // per_epoch)[index % per_epoch]
+        index += 1
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    eval_loss: float | None
+    checkpoint: Path
+    trainable: Path
+
+
+def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator) -> float:
+    step_module.eval()
+    losses = []
+    with torch.no_grad(), accelerator.autocast():
+        for i in range(0, len(examples), cfg.batch_size):
+            losses.append(float(step_module(examples[i : i + cfg.batch_size])))
+    step_module.train()
+    return sum(losses) / len(losses)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    ckpt = load_checkpoint(cfg.checkpoint)
+    params = set_trainable(ckpt.model, cfg)
+    train_set = read_manifest(cfg.train_manifest, ckpt.dims)
+    eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
+    step_module = TrainingStep(ckpt.model, ckpt.tokenizer)
+    optimizer = make_optimizer(params, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    check_resume(out, cfg)
+    step = load_state(out, ckpt.model, optimizer, scheduler)
+    wrapped, optimizer = accelerator.prepare(step_module, optimizer)  # the schedule steps once per update
+    rank, world = accelerator.process_index, accelerator.num_processes
+    stream = micro_batches(len(train_set), cfg, step * cfg.grad_accum)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and accelerator.is_main_process))
+    loss_value, eval_loss = float("nan"), None
+    wrapped.train()
+    while step < cfg.max_steps:
+        for _ in range(cfg.grad_accum):
+            batch = [train_set[i] for i in next(stream)][rank::world]
+            with accelerator.accumulate(wrapped), accelerator.autocast():
+                loss = wrapped(batch)
+                accelerator.backward(loss)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+        step += 1
+        loss_value = float(accelerator.reduce(loss.detach(), reduction="mean"))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if eval_set and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            eval_loss = evaluate(step_module, eval_set, cfg, accelerator)
+            bar.write(f"step {step}: train loss {loss_value:.4f}, eval loss {eval_loss:.4f}")
+        if step % cfg.save_every == 0 and accelerator.is_main_process:
+            save_state(out, step, ckpt.model, optimizer, scheduler, cfg)
+        accelerator.wait_for_everyone()
+    bar.close()
+    return _finish(cfg, out, ckpt, step, loss_value, eval_loss, accelerator)
+
+
+def _finish(cfg, out: Path, ckpt, step: int, loss: float, eval_loss: float | None, accelerator) -> TrainResult:
+    trainable = out / "trainable.safetensors"
+    merged = out / "checkpoint"
+    if accelerator.is_main_process:
+        save_state(out, step, ckpt.model, None, None, cfg)
+        save_trainable(ckpt.model, trainable, cfg)
+        model = ckpt.model
+        if "lora" in cfg.train:
+            model.llm = model.llm.merge_and_unload()
+        save_checkpoint(model.float().eval(), ckpt.tokenizer, merged, force=True)
+    accelerator.wait_for_everyone()
+    return TrainResult(steps=step, final_loss=loss, eval_loss=eval_loss, checkpoint=merged, trainable=trainable)
