@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@bash scripts/demo.sh
+	$(BIN)/fa-edge demo
 
 test: setup
 	$(BIN)/python -m pytest -q

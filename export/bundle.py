@@ -17,8 +17,8 @@ from falcon_audio_edge.export.onnx_encoder import export_encoder
 
 from falcon_audio_edge.checkpoint import load_checkpoint
 from falcon_audio_edge.errors import ExportError
+from falcon_audio_edge.files import staged_dir
 from falcon_audio_edge.runtime.bundle import DECODER_FILE, ENCODER_FILE, write_manifest
-from falcon_audio_edge.staging import staged_dir
 
 
 def versions() -> dict[str, str]:

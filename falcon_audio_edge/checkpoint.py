@@ -10,7 +10,7 @@ from typing import Any
 
 from falcon_audio_edge.config import ModelDims, PromptLayout, preset_dims
 from falcon_audio_edge.errors import CheckpointError, ConfigError
-from falcon_audio_edge.staging import staged_dir
+from falcon_audio_edge.files import read_json, staged_dir
 
 CONFIG_NAME = "fa_edge_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -33,12 +33,7 @@ def is_checkpoint(path: str | Path) -> bool:
 
 def read_dims(path: str | Path) -> ModelDims:
     config = Path(path) / CONFIG_NAME
-    if not config.is_file():
-        raise CheckpointError(f"{path} is not a checkpoint: {CONFIG_NAME} is missing")
-    try:
-        data = json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config} is not valid JSON: {exc}") from exc
+    data = read_json(config, CheckpointError, "checkpoint")
     if data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{config} is not a {CHECKPOINT_FORMAT} config (format={data.get('format')!r})")
     return ModelDims.from_dict(data["dims"])
@@ -133,7 +128,20 @@ def init_checkpoint(
     name: str | None = None,
     **audio: Any,
 ) -> Path:
-    """A checkpoint of a named preset: random weights and a small BPE tokenizer trained here. ``encoder`` is an
+    """Build a model (``build_model``) and save it as a checkpoint folder."""
+    model, tokenizer = build_model(preset, encoder, llm, seed, name, **audio)
+    return save_checkpoint(model, tokenizer, out_dir, force=force)
+
+
+def build_model(
+    preset: str,
+    encoder: str | Path | None = None,
+    llm: str | Path | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    **audio: Any,
+) -> tuple[Any, Any]:
+    """A model of a named preset: random weights and a small BPE tokenizer trained here. ``encoder`` is an
     encoder preset name or a pretrained Whisper folder (HF or CTranslate2); ``llm`` a pretrained LLM (HF folder
     or .gguf). Pretrained parts are copied in (every key and shape checked); the connector is always fresh."""
     import torch
@@ -166,7 +174,8 @@ def init_checkpoint(
         copy_state(model.llm, imported.model.state_dict(), str(llm))
     if encoder_state is not None:
         copy_state(model.encoder, encoder_state, str(encoder))
-    return save_checkpoint(model, tokenizer, out_dir, force=force)
+    model.connector.match_embedding_scale(model.llm.get_input_embeddings().weight)
+    return model, tokenizer
 
 
 def _random_preset_tokenizer(preset: str, dims: ModelDims) -> tuple[Any, ModelDims]:

@@ -124,6 +124,34 @@ def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML
                f"checkpoint {result.checkpoint}, trained weights {result.trainable}")  # fmt: skip
 
 
+@app.command()
+def demo(
+    audio: Annotated[Path | None, typer.Option(help="question WAV (default: the one shipped in the package)")] = None,
+    prompt: Annotated[str | None, typer.Option(help='e.g. "Transcribe the audio."; none: answer the speech')] = None,
+    decoder_type: Annotated[str, typer.Option(help="decoder type of the demo bundle")] = "f16",
+    max_tokens: int = 128,
+    rebuild: Annotated[bool, typer.Option(help="rebuild the checkpoint and bundle")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """The shipped tiny model (Whisper tiny.en + SmolLM2-135M + trained connector) answering a spoken question."""
+    from falcon_audio_edge import demo as d
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    if not as_json:
+        typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
+    paths = d.prepare(decoder_type, rebuild)
+    wav = audio or d.DEMO_QUESTION
+    with open_bundle(paths.bundle) as chat:
+        turn = chat.ask(wav, prompt, GenerationSettings(max_tokens=max_tokens))
+        for piece in turn:
+            if not as_json:
+                typer.echo(piece, nl=False)
+    if as_json:
+        typer.echo(d.to_json(paths, wav, turn.result.text.strip(), {"timings": turn.result.to_dict()["timings"]}))
+    else:
+        typer.echo("")
+
+
 def _open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:
     from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
 

@@ -12,15 +12,24 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from falcon_audio_edge.config import DecoderDims, EncoderDims, ModelDims
 
+# EncoderDims field -> transformers WhisperConfig field
+WHISPER_CONFIG_NAMES = {
+    "n_mels": "num_mel_bins",
+    "d_model": "d_model",
+    "n_layers": "encoder_layers",
+    "n_heads": "encoder_attention_heads",
+    "ffn_dim": "encoder_ffn_dim",
+    "n_positions": "max_source_positions",
+}
+
+
+def encoder_dims(config: WhisperConfig) -> EncoderDims:
+    return EncoderDims(**{ours: getattr(config, theirs) for ours, theirs in WHISPER_CONFIG_NAMES.items()})
+
 
 def whisper_config(enc: EncoderDims) -> WhisperConfig:
     config = WhisperConfig(
-        num_mel_bins=enc.n_mels,
-        d_model=enc.d_model,
-        encoder_layers=enc.n_layers,
-        encoder_attention_heads=enc.n_heads,
-        encoder_ffn_dim=enc.ffn_dim,
-        max_source_positions=enc.n_positions,
+        **{theirs: getattr(enc, ours) for ours, theirs in WHISPER_CONFIG_NAMES.items()},
         decoder_layers=1,
         decoder_attention_heads=enc.n_heads,
         decoder_ffn_dim=enc.ffn_dim,
@@ -79,20 +88,43 @@ def stack_frames(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(b, n, d * k)  # (B, n*k, D) -> (B, n, D*k)
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, written out (exports to any ONNX opset)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
 class Connector(nn.Module):
-    """Projects stacked encoder frames into the decoder's embedding space."""
+    """Projects stacked encoder frames into the decoder's embedding space.
+
+    Normalised on both sides: Whisper's outputs have a few very large channels, and an unnormalised
+    projection drifts towards one large constant vector (a soft prompt that ignores the audio). The output
+    RMSNorm starts at the scale of the LLM's token embeddings (``match_embedding_scale``).
+    """
 
     def __init__(self, dims: ModelDims):
         super().__init__()
         d_in = dims.encoder.d_model * dims.audio.pool_factor
         d_out = dims.decoder.hidden
         if dims.audio.connector == "linear":
-            self.proj = nn.Sequential(nn.Linear(d_in, d_out))
+            self.proj = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_out))
         else:
-            self.proj = nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+            self.proj = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+        self.norm = RMSNorm(d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+        return self.norm(self.proj(x))
+
+    @torch.no_grad()
+    def match_embedding_scale(self, embeddings: torch.Tensor) -> None:
+        """Start the output at the RMS of the decoder's token embeddings."""
+        self.norm.weight.fill_(float(embeddings.float().pow(2).mean().sqrt()))
 
 
 class AudioLanguageModel(nn.Module):
@@ -107,7 +139,10 @@ class AudioLanguageModel(nn.Module):
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Audio embeddings in the decoder's width: (B, n_mels, T) -> (B, ceil(T/2/k), H)."""
-        frames = whisper_encode(self.encoder, mel)
+        return self.project_frames(whisper_encode(self.encoder, mel))
+
+    def project_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encoder frames to audio embeddings: (B, T, D) -> (B, ceil(T/k), H)."""
         return self.connector(stack_frames(frames, self.dims.audio.pool_factor))
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:

@@ -140,14 +140,7 @@ def _load_hf_whisper(path: Path) -> tuple[EncoderDims, dict[str, Any]]:
     config = json.loads((path / "config.json").read_text())
     if config.get("model_type") != "whisper":
         raise CheckpointError(f"{path}/config.json is not a Whisper model (model_type={config.get('model_type')!r})")
+    from falcon_audio_edge.model import encoder_dims
+
     encoder = WhisperModel.from_pretrained(str(path), dtype="float32").get_encoder()
-    c = encoder.config
-    dims = EncoderDims(
-        n_mels=c.num_mel_bins,
-        d_model=c.d_model,
-        n_layers=c.encoder_layers,
-        n_heads=c.encoder_attention_heads,
-        ffn_dim=c.encoder_ffn_dim,
-        n_positions=c.max_source_positions,
-    )
-    return dims, {k: v.float() for k, v in encoder.state_dict().items()}
+    return encoder_dims(encoder.config), {k: v.float() for k, v in encoder.state_dict().items()}

@@ -15,9 +15,9 @@ from falcon_audio_edge.quantize.decoder import check_decoder_type, quantize_deco
 from falcon_audio_edge.quantize.encoder import check_encoder_type, convert_encoder
 
 from falcon_audio_edge.errors import FaEdgeError
+from falcon_audio_edge.files import staged_dir
 from falcon_audio_edge.runtime.bundle import DECODER_FILE, ENCODER_FILE, read_bundle, write_manifest
 from falcon_audio_edge.settings import default_threads
-from falcon_audio_edge.staging import staged_dir
 
 
 def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str, encoder: str,

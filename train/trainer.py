@@ -20,6 +20,7 @@ from torch import nn
 
 from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
 from falcon_audio_edge.errors import ConfigError
+from falcon_audio_edge.model import whisper_encode
 
 IGNORE = -100
 
@@ -27,11 +28,27 @@ IGNORE = -100
 class TrainingStep(nn.Module):
     """The whole loss computation as one module, so a distributed wrapper sees every forward."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, frozen_encoder: bool):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.layout = model.dims.prompt
+        self.frozen_encoder = frozen_encoder
+        self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example
+
+    def audio(self, ex: Example) -> torch.Tensor:
+        """Audio embeddings of one example, (n_audio_tokens, H); the same frames as at inference."""
+        keep = ex.n_audio_tokens * self.model.dims.audio.pool_factor
+        if not self.frozen_encoder:
+            frames = whisper_encode(self.model.encoder, torch.from_numpy(ex.mel)[None])[:, :keep]
+        else:
+            key = id(ex)
+            if key not in self._frames:
+                with torch.no_grad(), torch.autocast("cpu", enabled=False):
+                    mel = torch.from_numpy(ex.mel)[None]
+                    self._frames[key] = whisper_encode(self.model.encoder, mel)[:, :keep].clone()
+            frames = self._frames[key]
+        return self.model.project_frames(frames)[0, : ex.n_audio_tokens]
 
     def _tokens(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
@@ -42,7 +59,7 @@ class TrainingStep(nn.Module):
         ids_before = self._tokens(before)
         ids_after = self._tokens(after)
         ids_target = self._tokens(ex.target + self.layout.assistant_end)
-        audio = self.model.encode_audio(torch.from_numpy(ex.mel)[None])[0, : ex.n_audio_tokens]
+        audio = self.audio(ex)
         text_after = torch.cat([ids_after, ids_target])
         embeds = torch.cat([self.model.embed_tokens(ids_before), audio, self.model.embed_tokens(text_after)])
         labels = torch.full((embeds.shape[0],), IGNORE, dtype=torch.long)
@@ -58,7 +75,17 @@ class TrainingStep(nn.Module):
         mask = torch.zeros(len(pairs), width, dtype=torch.long)
         for i, (e, lab) in enumerate(pairs):  # right padding
             embeds[i, : len(e)], labels[i, : len(lab)], mask[i, : len(e)] = e, lab, 1
-        return self.model.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        return self.target_loss(embeds, mask, labels)
+
+    def target_loss(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the target tokens only; the vocabulary projection runs on those positions alone."""
+        llm = self.model.llm
+        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # LoRA layers are in place
+        hidden = base.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        targets = labels[:, 1:]  # position t predicts token t+1
+        keep = targets != IGNORE
+        logits = base.lm_head(hidden[:, :-1][keep])  # (B, L-1, H)[keep] -> (N, H) -> (N, V)
+        return nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -148,7 +175,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     params = set_trainable(ckpt.model, cfg)
     train_set = read_manifest(cfg.train_manifest, ckpt.dims)
     eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
-    step_module = TrainingStep(ckpt.model, ckpt.tokenizer)
+    step_module = TrainingStep(ckpt.model, ckpt.tokenizer, frozen_encoder="encoder" not in cfg.train)
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     check_resume(out, cfg)

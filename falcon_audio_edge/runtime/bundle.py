@@ -14,6 +14,7 @@ from typing import Any
 from falcon_audio_edge import audio
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import BundleError, FaEdgeError
+from falcon_audio_edge.files import read_json
 
 BUNDLE_FORMAT = "falcon-audio-edge-bundle"
 BUNDLE_VERSION = 1
@@ -89,12 +90,7 @@ def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
     manifest_path = path / MANIFEST_FILE
     if not path.is_dir():
         raise BundleError(f"bundle folder not found: {path}")
-    if not manifest_path.is_file():
-        raise BundleError(f"{path} is not a bundle: {MANIFEST_FILE} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    manifest = read_json(manifest_path, BundleError, "bundle")
     if manifest.get("format") != BUNDLE_FORMAT or manifest.get("format_version") != BUNDLE_VERSION:
         raise BundleError(f"{manifest_path}: not a {BUNDLE_FORMAT} v{BUNDLE_VERSION} manifest")
     try:

@@ -94,7 +94,9 @@ class Turn:
         self.result: AskResult | None = None
 
     def __iter__(self) -> Iterator[str]:
-        self.result = yield from self._steps
+        result = yield from self._steps
+        if result is not None:  # a second iteration finds the generator spent
+            self.result = result
 
     def run(self) -> AskResult:
         for _ in self:
@@ -116,6 +118,7 @@ class AudioChat:
         self.stop_ids = {eot[0]}
         self._close_previous: list[int] = []
         self.turns = 0
+        self.load_ms = 0.0  # set by open_bundle / open_checkpoint
 
     def reset(self) -> None:
         """Forget the conversation (clears the KV cache)."""

@@ -1,13 +1,14 @@
-"""Write a folder under a temporary sibling name; move it into place only when complete."""
+"""Files the toolkit writes and reads: folders staged then moved into place, JSON read with clear errors."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from falcon_audio_edge.errors import ExportError
+from falcon_audio_edge.errors import ExportError, FaEdgeError
 
 
 class staged_dir:
@@ -43,3 +44,16 @@ class staged_dir:
         self.tmp.rename(self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: Path, error: type[FaEdgeError], what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; a missing file or bad JSON raises ``error`` saying what was expected."""
+    if not path.is_file():
+        raise error(f"{path.parent} is not a {what}: {path.name} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object")
+    return data

