@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(BIN)/fa-edge demo
+	@bash scripts/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q

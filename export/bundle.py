@@ -50,18 +50,22 @@ def export_bundle(
     encoder_type: str = "fp32",
     force: bool = False,
     verify: bool = True,
+    f16_embeddings: bool | None = None,
 ) -> Path:
+    from falcon_audio_edge.quantize.bundle import f16_embeddings_for
+
     _check_types(decoder_type, encoder_type)
+    f16_embeddings = f16_embeddings_for(decoder_type, f16_embeddings) and decoder_type not in DECODER_TYPES
     out = Path(out)
     if Path(checkpoint).resolve() == out.resolve():
         raise ExportError(f"output folder {out} is the checkpoint folder; choose another")
     ckpt = load_checkpoint(checkpoint)
     vers = versions()
     with staged_dir(out, force) as tmp:
-        _write_files(ckpt, tmp, decoder_type, encoder_type, vers.get("falcon-audio-edge", "0"))
+        _write_files(ckpt, tmp, decoder_type, encoder_type, vers.get("falcon-audio-edge", "0"), f16_embeddings)
         extra = {
             "encoder": {"dtype": encoder_type, "input": "mel", "output": "audio_embeds"},
-            "decoder": {"type": decoder_type, "arch": "llama"},
+            "decoder": {"type": decoder_type, "arch": "llama", "f16_embeddings": f16_embeddings},
             "source": {"checkpoint": str(Path(checkpoint).resolve())},
             "versions": vers,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -77,7 +81,7 @@ def export_bundle(
     return out
 
 
-def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version: str) -> None:
+def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version: str, f16_embeddings: bool) -> None:
     if decoder_type in DECODER_TYPES and encoder_type == "fp32":
         export_encoder(ckpt.model, tmp / ENCODER_FILE)
         write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, tmp / DECODER_FILE, decoder_type, version)
@@ -96,7 +100,7 @@ def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version:
 
         convert_encoder(stage / ENCODER_FILE, tmp / ENCODER_FILE, encoder_type, "fp32", False)
     else:
-        quantize_files(stage, tmp, source, decoder_type, encoder_type, allow_requantize=False)
+        quantize_files(stage, tmp, source, decoder_type, encoder_type, False, f16_embeddings)
     for leftover in stage.iterdir():
         leftover.unlink()
     stage.rmdir()

@@ -69,12 +69,13 @@ def quantize(
     reference: Annotated[Path | None, typer.Option(help="checkpoint to verify against (default: the source's)")] = None,
     verify: Annotated[bool, typer.Option(help="measure the new bundle against the checkpoint")] = True,
     allow_requantize: Annotated[bool, typer.Option(help="quantize an already-quantized decoder")] = False,
+    f16_embeddings: Annotated[bool | None, typer.Option(help="token embedding + output at f16 (default: q8_0)")] = None,
     force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
 ) -> None:
     """Write a quantized copy of a bundle (llama.cpp quantizer for the decoder, onnxruntime for the encoder)."""
     from falcon_audio_edge.quantize.bundle import quantize_bundle
 
-    path = quantize_bundle(bundle, out, decoder, encoder, allow_requantize, force, reference, verify)
+    path = quantize_bundle(bundle, out, decoder, encoder, allow_requantize, force, reference, verify, f16_embeddings)
     typer.echo(f"wrote bundle {path}")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from falcon_audio_edge.export.bundle import versions
-from falcon_audio_edge.quantize.decoder import check_decoder_type, quantize_decoder
+from falcon_audio_edge.quantize.decoder import F16_EMBEDDINGS_BY_DEFAULT, check_decoder_type, quantize_decoder
 from falcon_audio_edge.quantize.encoder import check_encoder_type, convert_encoder
 
 from falcon_audio_edge.errors import FaEdgeError
@@ -20,14 +20,18 @@ from falcon_audio_edge.runtime.bundle import DECODER_FILE, ENCODER_FILE, read_bu
 from falcon_audio_edge.settings import default_threads
 
 
+def f16_embeddings_for(decoder: str, f16_embeddings: bool | None) -> bool:
+    return decoder in F16_EMBEDDINGS_BY_DEFAULT if f16_embeddings is None else f16_embeddings
+
+
 def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str, encoder: str,
-                   allow_requantize: bool) -> None:  # fmt: skip
+                   allow_requantize: bool, f16_embeddings: bool) -> None:  # fmt: skip
     """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src."""
     check_decoder_type(decoder)
     check_encoder_type(encoder)
     convert_encoder(src / ENCODER_FILE, dst / ENCODER_FILE, encoder, manifest["encoder"]["dtype"], allow_requantize)
     quantize_decoder(src / DECODER_FILE, dst / DECODER_FILE, decoder, manifest["decoder"]["type"], allow_requantize,
-                     default_threads())  # fmt: skip
+                     default_threads(), f16_embeddings)  # fmt: skip
 
 
 def quantize_bundle(
@@ -39,8 +43,10 @@ def quantize_bundle(
     force: bool = False,
     reference: str | Path | None = None,
     verify: bool = True,
+    f16_embeddings: bool | None = None,
 ) -> Path:
     check_decoder_type(decoder)
+    f16_embeddings = f16_embeddings_for(decoder, f16_embeddings)
     check_encoder_type(encoder)
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
@@ -48,10 +54,10 @@ def quantize_bundle(
     source = read_bundle(src, verify=True)
     manifest = source.manifest
     with staged_dir(out, force) as tmp:
-        quantize_files(src, tmp, manifest, decoder, encoder, allow_requantize)
+        quantize_files(src, tmp, manifest, decoder, encoder, allow_requantize, f16_embeddings)
         extra = {
             "encoder": {**manifest["encoder"], "dtype": encoder},
-            "decoder": {**manifest["decoder"], "type": decoder},
+            "decoder": {**manifest["decoder"], "type": decoder, "f16_embeddings": f16_embeddings},
             "source": {**manifest.get("source", {}), "bundle": str(src.resolve())},
             "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

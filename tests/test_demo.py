@@ -12,7 +12,7 @@ import pytest
 
 from falcon_audio_edge.demo import shipped_weights
 
-pytestmark = pytest.mark.skipif(not shipped_weights().is_file(), reason="no shipped weights in this checkout")
+needs_weights = pytest.mark.skipif(not shipped_weights().is_file(), reason="no trained weights shipped yet")
 
 
 def demo(home: Path, *args: str) -> dict:
@@ -28,6 +28,7 @@ def home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fa-edge-home")
 
 
+@needs_weights
 def test_demo_answers_the_spoken_question(home):
     out = demo(home)
     assert set(out) >= {"bundle", "checkpoint", "question", "answer"}
@@ -38,6 +39,7 @@ def test_demo_answers_the_spoken_question(home):
     assert manifest["verification"]["top1_agreement"] >= 0.98
 
 
+@needs_weights
 def test_demo_transcribes_and_reuses_the_bundle(home):
     bundle = home / "demo" / "bundle-f16"
     if not bundle.exists():
@@ -46,3 +48,41 @@ def test_demo_transcribes_and_reuses_the_bundle(home):
     out = demo(home, "--prompt", "Transcribe the audio.")
     assert "capital of france" in out["answer"].lower()
     assert (bundle / "decoder.gguf").stat().st_mtime_ns == before  # reused, not rebuilt
+
+
+@pytest.mark.skipif(shipped_weights().is_file(), reason="only without shipped weights")
+def test_demo_without_weights_says_how_to_get_them(tmp_path):
+    exe = Path(sys.executable).with_name("fa-edge")
+    env = {**os.environ, "FA_EDGE_HOME": str(tmp_path)}
+    proc = subprocess.run([str(exe), "demo"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no trained weights")
+
+
+def test_demo_build_checks_the_weights(tmp_path):
+    """Assembling the demo checkpoint from the two packages and a connector file, key by key."""
+    import torch
+    from safetensors.torch import save_file
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+    from falcon_audio_edge.demo import build_checkpoint, smollm2_gguf, whisper_dir
+    from falcon_audio_edge.errors import CheckpointError
+    from falcon_audio_edge.model import Connector
+
+    base = load_checkpoint(_base_checkpoint(tmp_path, whisper_dir(), smollm2_gguf()))
+    torch.manual_seed(1)
+    connector = Connector(base.dims)
+    weights = tmp_path / "trainable.safetensors"
+    save_file({f"connector.{k}": v for k, v in connector.state_dict().items()}, str(weights),
+              metadata={"dims": base.dims.to_json()})  # fmt: skip
+    built = load_checkpoint(build_checkpoint(tmp_path / "demo", weights))
+    assert torch.equal(built.model.connector.proj[1].weight, connector.proj[1].weight)
+    save_file({"connector.bogus": torch.zeros(2)}, str(weights), metadata={"dims": base.dims.to_json()})
+    with pytest.raises(CheckpointError, match="unexpected"):
+        build_checkpoint(tmp_path / "demo2", weights)
+
+
+def _base_checkpoint(tmp_path: Path, whisper: Path, llm: Path) -> Path:
+    from falcon_audio_edge.checkpoint import init_checkpoint
+
+    return init_checkpoint("tiny", tmp_path / "base", encoder=whisper, llm=llm)

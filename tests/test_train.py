@@ -137,3 +137,21 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path, tiny_ckpt, manifest)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained 4 steps" in proc.stdout
     assert (tmp_path / "run" / "trainable.safetensors").is_file()
+
+
+@pytest.mark.parametrize("parts, changed", [(["connector", "lora"], {"connector", "llm"}),
+                                            (["connector", "encoder"], {"connector", "encoder"})])  # fmt: skip
+def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, parts, changed):
+    from falcon_audio_edge.train.trainer import train
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    result = train(config(tmp_path, tiny_ckpt, manifest, train=parts, max_steps=3, eval_every=3), progress=False)
+    names = set(load_file(str(result.trainable)))
+    if "lora" in parts:
+        assert any("lora_A" in n for n in names)
+    after = load_checkpoint(result.checkpoint).model.state_dict()  # LoRA merged into the LLM's weights
+    before = checkpoint.model.state_dict()
+    assert set(after) == set(before)
+    moved = {k.split(".")[0] for k in before if not np.allclose(before[k].numpy(), after[k].numpy())}
+    assert moved == changed
