@@ -49,10 +49,11 @@ class TorchBackend:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def token_bytes(self, token: int) -> bytes:
-        if token in self.special_ids:
+        piece = None if token in self.special_ids else self.tokenizer.convert_ids_to_tokens(token)
+        if piece is None:  # special, or a padding id past the tokenizer (an UNUSED token in the GGUF)
             return b""
         table = _byte_decoder()
-        return bytes(table[c] for c in self.tokenizer.convert_ids_to_tokens(token))
+        return bytes(table[c] for c in piece)
 
     def feed_tokens(self, ids: list[int]) -> None:
         with torch.no_grad():
