@@ -9,6 +9,7 @@ verified against the checkpoint and the figures go into the manifest.
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -82,25 +83,24 @@ def export_bundle(
 
 
 def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version: str, f16_embeddings: bool) -> None:
-    if decoder_type in DECODER_TYPES and encoder_type == "fp32":
-        export_encoder(ckpt.model, tmp / ENCODER_FILE)
-        write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, tmp / DECODER_FILE, decoder_type, version)
-        return
-    from falcon_audio_edge.quantize.bundle import quantize_files
+    """Write the final encoder.onnx and decoder.gguf into ``tmp``; quantized types go through an fp32 ONNX /
+    f16 GGUF intermediate in ``tmp/.stage``, removed afterwards."""
+    from falcon_audio_edge.quantize.decoder import quantize_decoder
+    from falcon_audio_edge.quantize.encoder import convert_encoder
+
+    from falcon_audio_edge.settings import default_threads
 
     stage = tmp / ".stage"
     stage.mkdir()
-    float_type = decoder_type if decoder_type in DECODER_TYPES else "f16"
-    export_encoder(ckpt.model, stage / ENCODER_FILE)
-    write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, stage / DECODER_FILE, float_type, version)
-    source = {"encoder": {"dtype": "fp32"}, "decoder": {"type": float_type}}
-    if decoder_type == float_type:  # only the encoder changes
-        (stage / DECODER_FILE).rename(tmp / DECODER_FILE)
-        from falcon_audio_edge.quantize.encoder import convert_encoder
-
-        convert_encoder(stage / ENCODER_FILE, tmp / ENCODER_FILE, encoder_type, "fp32", False)
+    if encoder_type == "fp32":
+        export_encoder(ckpt.model, tmp / ENCODER_FILE)
     else:
-        quantize_files(stage, tmp, source, decoder_type, encoder_type, False, f16_embeddings)
-    for leftover in stage.iterdir():
-        leftover.unlink()
-    stage.rmdir()
+        export_encoder(ckpt.model, stage / ENCODER_FILE)
+        convert_encoder(stage / ENCODER_FILE, tmp / ENCODER_FILE, encoder_type, "fp32", False)
+    if decoder_type in DECODER_TYPES:
+        write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, tmp / DECODER_FILE, decoder_type, version)
+    else:
+        write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, stage / DECODER_FILE, "f16", version)
+        quantize_decoder(stage / DECODER_FILE, tmp / DECODER_FILE, decoder_type, "f16", False, default_threads(),
+                         f16_embeddings)  # fmt: skip
+    shutil.rmtree(stage)
