@@ -106,11 +106,12 @@ def synth(
     llm: Annotated[Path, typer.Option(help="the LLM (GGUF) whose answers become the targets")],
     seed: int = 0,
     voices_per_question: Annotated[int, typer.Option(help="spoken-QA clips per training question")] = 3,
+    random_clips: Annotated[int, typer.Option(help="training clips of random word sequences")] = 1500,
 ) -> None:
     """Make the synthetic speech instruction set with espeak-ng (manifests: audio, instruction, target)."""
     from falcon_audio_edge.train.synth import build_dataset
 
-    for split, path in build_dataset(out, llm, seed, voices_per_question).items():
+    for split, path in build_dataset(out, llm, seed, voices_per_question, random_clips).items():
         typer.echo(f"{split}: {path}")
 
 
@@ -151,6 +152,80 @@ def demo(
         typer.echo(d.to_json(paths, wav, turn.result.text.strip(), {"timings": turn.result.to_dict()["timings"]}))
     else:
         typer.echo("")
+
+
+@app.command()
+def bench(
+    bundles: Annotated[list[Path] | None, typer.Argument(help="bundles to measure (or --suite)")] = None,
+    suite: Annotated[str | None, typer.Option(help="build and measure a suite: standard | tiny | 1b")] = None,
+    audio_seconds: Annotated[str, typer.Option(help="clip lengths, comma-separated (each <= 30)")] = "5,15,30",
+    repeats: int = 3,
+    warmup: int = 1,
+    tokens: Annotated[int, typer.Option(help="tokens generated per turn (end of turn ignored)")] = 32,
+    threads: Annotated[int, typer.Option(help="threads for every target (0 = all usable cores)")] = 0,
+    baselines: Annotated[bool, typer.Option(help="PyTorch, llama.cpp text and cascade baselines")] = True,
+    whisper: Annotated[Path | None, typer.Option(help="CTranslate2 Whisper folder for the cascade baseline")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the markdown report here (e.g. docs/benchmarks.md)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write the stage-breakdown PNG here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full report as JSON")] = False,
+) -> None:
+    """Where the time and memory go: every stage per clip length, against the baselines, in one run."""
+    from falcon_audio_edge.bench.report import markdown, write_text
+    from falcon_audio_edge.bench.report import plot as write_plot
+    from falcon_audio_edge.bench.run import BenchSettings, parse_seconds, run_bench
+
+    settings = BenchSettings(parse_seconds(audio_seconds), repeats, warmup, tokens, threads, baselines=baselines)
+    paths, cascade = list(bundles or []), None
+    if suite:
+        from falcon_audio_edge.bench.suite import build_suite
+        from falcon_audio_edge.demo import home
+
+        built = build_suite(suite, home() / "bench", progress=lambda m: typer.echo(m, err=True))
+        paths, cascade, whisper = paths + built.bundles, built.cascade, whisper or built.whisper
+    report = run_bench(paths, settings, whisper, cascade, progress=lambda m: typer.echo(m, err=True))
+    report.command = " ".join(["fa-edge", *sys.argv[1:]])
+    if plot:
+        write_plot(report, plot)
+    if out:
+        write_text(out, markdown(report, _relative(plot, out.parent) if plot else None))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    elif not out:
+        typer.echo(markdown(report))
+
+
+@app.command()
+def assistant(
+    bundle: Annotated[Path | None, typer.Argument(help="bundle to run (default: the demo bundle)")] = None,
+    push_to_talk: Annotated[bool, typer.Option(help="Enter starts and stops recording (default: hands-free)")] = False,
+    speak: Annotated[bool, typer.Option(help="say the answers with espeak-ng")] = True,
+    input_device: Annotated[str | None, typer.Option(help="microphone: index or part of its name")] = None,
+    threads: int = 0,
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+) -> None:
+    """The offline voice assistant: listens to the microphone, answers on screen and out loud."""
+    from falcon_audio_edge.apps.assistant import Assistant, AssistantSettings
+
+    if bundle is None:
+        from falcon_audio_edge.demo import prepare
+
+        bundle = prepare().bundle
+    settings = AssistantSettings(bundle, push_to_talk, speak, input_device, threads, max_tokens, temperature)
+    Assistant(settings).run()
+
+
+@app.command()
+def devices() -> None:
+    """List the audio input devices (* = default) for --input-device."""
+    from falcon_audio_edge.apps.assistant import list_devices_text
+
+    typer.echo(list_devices_text())
+
+
+def _relative(path: Path, folder: Path) -> str:
+    path, folder = path.resolve(), folder.resolve()
+    return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
 
 
 def _open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:

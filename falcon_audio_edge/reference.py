@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from falcon_audio_edge.checkpoint import Checkpoint, load_checkpoint
+from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.runtime.engine import AudioChat
 
 
@@ -30,8 +31,9 @@ def _byte_decoder() -> dict[str, int]:
 
 
 class TorchBackend:
-    def __init__(self, ckpt: Checkpoint):
-        self.model = ckpt.model
+    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype
+        self.model = ckpt.model.to(dtype)
         self.tokenizer = ckpt.tokenizer
         self.bos_id = self.tokenizer.bos_token_id
         self.special_ids = set(self.tokenizer.all_special_ids) | {
@@ -43,7 +45,8 @@ class TorchBackend:
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.model.encode_audio(torch.from_numpy(mel)[None])[0].numpy()  # (1, N, H) -> (N, H)
+            out = self.model.encode_audio(torch.from_numpy(mel).to(self.dtype)[None])
+            return out[0].float().numpy()  # (1, N, H) -> (N, H)
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -60,7 +63,7 @@ class TorchBackend:
             self._forward(self.model.embed_tokens(torch.tensor([ids])))
 
     def feed_embeddings(self, embeds: np.ndarray) -> None:
-        self._forward(torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32))[None])
+        self._forward(torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32)).to(self.dtype)[None])
 
     def _forward(self, embeds: torch.Tensor) -> None:
         n = embeds.shape[1]
@@ -83,16 +86,25 @@ class TorchBackend:
     def reset(self) -> None:
         self.cache, self.n_past, self._logits = None, 0, None
 
+    def truncate(self, n_past: int) -> None:
+        if n_past == 0:
+            self.reset()
+        elif n_past < self.n_past:
+            self.cache.crop(n_past)
+            self.n_past = n_past
+
     def close(self) -> None:
         self.reset()
 
 
-def open_checkpoint(path: str | Path, threads: int = 0) -> AudioChat:
-    """Load a checkpoint and start a conversation on the PyTorch reference."""
+def open_checkpoint(path: str | Path, threads: int = 0, dtype: str = "float32") -> AudioChat:
+    """Load a checkpoint and start a conversation on the PyTorch reference (float32 or bfloat16)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     ckpt = load_checkpoint(path)
-    chat = AudioChat(TorchBackend(ckpt), ckpt.dims)
+    chat = AudioChat(TorchBackend(ckpt, getattr(torch, dtype)), ckpt.dims)
     chat.load_ms = (time.perf_counter() - t0) * 1e3
     return chat

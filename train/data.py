@@ -30,6 +30,7 @@ class Example:
     target: str
     task: str
     source: str
+    transcript: str | None = None  # the spoken words, where known (the row's "text", or a transcription target)
 
 
 def _row_problem(row: object) -> str | None:
@@ -83,6 +84,13 @@ def _load(row: dict, base: Path, dims: ModelDims, out: list[Example], where: str
     features = audio_features(clip.samples, dims, where)
     out.append(Example(
         mel=features.mels[0], n_audio_tokens=features.tokens[0], instruction=row.get("instruction") or None,
-        target=row["target"].strip(), task=row.get("task", ""), source=where,
+        target=row["target"].strip(), task=row.get("task", ""), source=where, transcript=_transcript(row),
     ))  # fmt: skip
     return None
+
+
+def _transcript(row: dict) -> str | None:
+    text = row.get("text")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    return row["target"].strip() if row.get("task") == "transcribe" else None

@@ -14,7 +14,10 @@ from falcon_audio_edge.errors import ConfigError
 
 STATE_FILE = "state.pt"
 # settings that must not change between a run and its resume
-RESUME_KEYS = ("checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed")
+RESUME_KEYS = (
+    "checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "ctc_weight",
+    "ctc_only_steps",
+)  # fmt: skip
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

@@ -1,7 +1,9 @@
 """An offline synthetic speech instruction set: espeak-ng voices, the LLM's own answers as targets.
 
 Sentences come from the hand-written lists in ``train/sentences/`` (questions on many topics and everyday
-statements; the ``*_heldout.txt`` lists never reach training). Each clip is spoken by espeak-ng with an
+statements; the ``*_heldout.txt`` lists never reach training) and, for training only, from the text of
+``train/textgen.py``: sentences and questions the LLM writes about the topics in ``topics.txt``, and random
+word sequences (they teach listening: no language model can guess them). Each clip is spoken by espeak-ng with an
 accent, a voice variant, a rate and a pitch, and may get gain and white noise. Held-out clips use accents
 and variants that training never hears.
 
@@ -19,12 +21,17 @@ import json
 import random
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from falcon_audio_edge.train.textgen import (
+    generated_questions,
+    generated_sentences,
+    random_word_sentences,
+    vocabulary,
+)
 
 from falcon_audio_edge.audio import SAMPLE_RATE, load_audio
 from falcon_audio_edge.settings import default_threads
@@ -122,27 +129,57 @@ def user_text(sentence: str, instruction: str | None) -> str:
     return sentence + (f"\n{instruction}" if instruction else "")
 
 
-def plan(heldout: bool, rng: random.Random, voices_per_question: int) -> Iterator[tuple[str, str, str | None]]:
+def plan(heldout: bool, rng: random.Random, voices_per_question: int, extra: Extra | None = None):
     """(task, sentence, instruction) for every clip of a split."""
     questions = read_lines("questions_heldout.txt" if heldout else "questions.txt")
     statements = read_lines("statements_heldout.txt" if heldout else "statements.txt")
+
+    def transcribe(sentence: str) -> tuple[str, str, str]:
+        return "transcribe", sentence, "Transcribe the audio." if heldout else rng.choice(TRANSCRIBE_PROMPTS)
+
     for q in questions:
         for _ in range(voices_per_question):
             yield "qa", q, None
-        yield "transcribe", q, "Transcribe the audio." if heldout else rng.choice(TRANSCRIBE_PROMPTS)
+        yield transcribe(q)
     for s in statements:
-        yield "transcribe", s, "Transcribe the audio." if heldout else rng.choice(TRANSCRIBE_PROMPTS)
-        yield "transcribe", s, "Transcribe the audio." if heldout else rng.choice(TRANSCRIBE_PROMPTS)
+        yield transcribe(s)
+        yield transcribe(s)
         if not heldout:
             yield "instruct", s, rng.choice(INSTRUCTIONS)
+    if extra is not None:
+        for q in extra.questions:
+            yield "qa", q, None
+            yield transcribe(q)
+        for s in extra.sentences + extra.random_words:
+            yield transcribe(s)
 
 
-def build_split(out: Path, heldout: bool, answers: TextAnswers, seed: int, voices_per_question: int = 3) -> Path:
+@dataclass(frozen=True)
+class Extra:
+    """Generated training text (train/textgen.py): LLM sentences and questions, random word sequences."""
+
+    sentences: list[str]
+    questions: list[str]
+    random_words: list[str]
+
+
+def make_extra(answers: TextAnswers, seed: int, n_random: int) -> Extra:
+    heldout = {s.lower() for name in ("questions_heldout.txt", "statements_heldout.txt") for s in read_lines(name)}
+    topics = read_lines("topics.txt")
+    sentences = generated_sentences(answers.answer, topics, heldout)
+    questions = generated_questions(answers.answer, topics, heldout | {s.lower() for s in sentences})
+    words = vocabulary(sentences + questions + read_lines("questions.txt") + read_lines("statements.txt"))
+    return Extra(sentences, questions, random_word_sentences(random.Random(seed), words, n_random))
+
+
+def build_split(
+    out: Path, heldout: bool, answers: TextAnswers, seed: int, voices_per_question: int = 3, extra: Extra | None = None
+) -> Path:
     """Write out/clips/*.wav and out/manifest.jsonl for one split; returns the manifest path."""
     rng = random.Random(seed)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     rows, cache = [], {}
-    for i, (task, sentence, instruction) in enumerate(plan(heldout, rng, voices_per_question)):
+    for i, (task, sentence, instruction) in enumerate(plan(heldout, rng, voices_per_question, extra)):
         voice = random_voice(rng, heldout)
         clip = out / "clips" / f"{i:05d}.wav"
         seconds = speak(sentence, voice, clip, rng, augment=not heldout)
@@ -163,8 +200,13 @@ def build_split(out: Path, heldout: bool, answers: TextAnswers, seed: int, voice
     return manifest
 
 
-def build_dataset(out: str | Path, llm: str | Path, seed: int = 0, voices_per_question: int = 3) -> dict[str, Path]:
-    """Both splits: out/train (training voices, augmented) and out/heldout (unseen sentences and voices)."""
+def build_dataset(
+    out: str | Path, llm: str | Path, seed: int = 0, voices_per_question: int = 3, random_clips: int = 1500
+) -> dict[str, Path]:
+    """Both splits: out/train (training voices, augmented) and out/heldout (unseen sentences and voices).
+
+    Training also gets the generated text of ``make_extra`` (``random_clips`` random word sequences).
+    """
     from falcon_audio_edge.config import PromptLayout
     from falcon_audio_edge.importers import chat_format_of
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
@@ -174,7 +216,9 @@ def build_dataset(out: str | Path, llm: str | Path, seed: int = 0, voices_per_qu
     answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))
     try:
         return {
-            "train": build_split(out / "train", False, answers, seed, voices_per_question),
+            "train": build_split(
+                out / "train", False, answers, seed, voices_per_question, make_extra(answers, seed, random_clips)
+            ),
             "heldout": build_split(out / "heldout", True, answers, seed + 1, 2),
         }
     finally:

@@ -25,15 +25,37 @@ from falcon_audio_edge.model import whisper_encode
 IGNORE = -100
 
 
+class CTCHead(nn.Module):
+    """Audio embeddings -> log-probabilities over blank + the LLM's vocabulary, (T, H) -> (T, 1 + V).
+
+    A token's score is the audio embedding's dot product with that token's (frozen) input embedding, so the
+    CTC loss pulls each spoken token's audio positions towards the embedding the LLM already reads as that
+    token: a direct signal for the connector that does not go through the LLM. Training only; never exported.
+    """
+
+    def __init__(self, embeddings: torch.Tensor):
+        super().__init__()
+        hidden = embeddings.shape[1]
+        self.blank = nn.Linear(hidden, 1)
+        rms2 = float(embeddings.float().pow(2).mean())
+        self.log_scale = nn.Parameter(torch.tensor(math.log(8.0 / (rms2 * hidden))))  # cos 1 -> score 8
+
+    def forward(self, audio: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        tokens = audio @ embeddings.T * self.log_scale.exp()  # (T, H) @ (H, V) -> (T, V)
+        return torch.cat([self.blank(audio), tokens], dim=-1).float().log_softmax(-1)  # (T, 1 + V)
+
+
 class TrainingStep(nn.Module):
     """The whole loss computation as one module, so a distributed wrapper sees every forward."""
 
-    def __init__(self, model, tokenizer, frozen_encoder: bool):
+    def __init__(self, model, tokenizer, frozen_encoder: bool, ctc_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.layout = model.dims.prompt
         self.frozen_encoder = frozen_encoder
+        self.ctc_weight = ctc_weight
+        self.ctc = CTCHead(model.llm.get_input_embeddings().weight) if ctc_weight else None
         self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example
 
     def audio(self, ex: Example) -> torch.Tensor:
@@ -53,21 +75,45 @@ class TrainingStep(nn.Module):
     def _tokens(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
-    def example(self, ex: Example) -> tuple[torch.Tensor, torch.Tensor]:
+    def example(self, ex: Example, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings (L, H) and labels (L,) of one example; labels only on the target."""
         before, after = self.layout.around_audio(ex.instruction)
         ids_before = self._tokens(before)
         ids_after = self._tokens(after)
         ids_target = self._tokens(ex.target + self.layout.assistant_end)
-        audio = self.audio(ex)
         text_after = torch.cat([ids_after, ids_target])
         embeds = torch.cat([self.model.embed_tokens(ids_before), audio, self.model.embed_tokens(text_after)])
         labels = torch.full((embeds.shape[0],), IGNORE, dtype=torch.long)
         labels[-len(ids_target) :] = ids_target
         return embeds, labels
 
-    def forward(self, batch: list[Example]) -> torch.Tensor:
-        pairs = [self.example(ex) for ex in batch]
+    def forward(self, batch: list[Example], lm: bool = True, ctc: bool = True) -> torch.Tensor:
+        """The LM loss on the targets, plus ``ctc_weight`` x the CTC loss on the transcripts (if any)."""
+        audio = [self.audio(ex) for ex in batch]
+        loss = self.lm_loss(batch, audio) if lm else torch.zeros(())
+        if ctc and self.ctc is not None:
+            loss = loss + self.ctc_weight * self.ctc_loss(batch, audio)
+        return loss
+
+    def ctc_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
+        """CTC of each spoken transcript against its audio positions (examples without one are left out)."""
+        keep = [i for i, ex in enumerate(batch) if ex.transcript]
+        if not keep:
+            return torch.zeros(())
+        table = self.model.llm.get_input_embeddings().weight
+        logp = [self.ctc(audio[i], table) for i in keep]  # each (T_i, 1 + V)
+        width = max(x.shape[0] for x in logp)
+        padded = torch.zeros(width, len(logp), logp[0].shape[1])
+        for j, x in enumerate(logp):
+            padded[: x.shape[0], j] = x  # (T_i, C) into (T, N, C)
+        targets = [self._tokens(batch[i].transcript) + 1 for i in keep]  # 0 is the blank
+        return nn.functional.ctc_loss(
+            padded, torch.cat(targets), torch.tensor([x.shape[0] for x in logp]),
+            torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True,
+        )  # fmt: skip
+
+    def lm_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
+        pairs = [self.example(ex, a) for ex, a in zip(batch, audio, strict=True)]
         width = max(e.shape[0] for e, _ in pairs)
         hidden = pairs[0][0].shape[1]
         embeds = torch.zeros(len(pairs), width, hidden, dtype=pairs[0][0].dtype)
@@ -158,7 +204,7 @@ def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfi
     losses = []
     with torch.no_grad(), accelerator.autocast():
         for i in range(0, len(examples), cfg.batch_size):
-            losses.append(float(step_module(examples[i : i + cfg.batch_size])))
+            losses.append(float(step_module(examples[i : i + cfg.batch_size], ctc=False)))
     step_module.train()
     return sum(losses) / len(losses)
 
@@ -175,11 +221,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     params = set_trainable(ckpt.model, cfg)
     train_set = read_manifest(cfg.train_manifest, ckpt.dims)
     eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
-    step_module = TrainingStep(ckpt.model, ckpt.tokenizer, frozen_encoder="encoder" not in cfg.train)
+    step_module = TrainingStep(ckpt.model, ckpt.tokenizer, "encoder" not in cfg.train, cfg.ctc_weight)
+    if step_module.ctc is not None:
+        params += list(step_module.ctc.parameters())
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     check_resume(out, cfg)
-    step = load_state(out, ckpt.model, optimizer, scheduler)
+    step = load_state(out, step_module, optimizer, scheduler)
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)  # the schedule steps once per update
     rank, world = accelerator.process_index, accelerator.num_processes
     stream = micro_batches(len(train_set), cfg, step * cfg.grad_accum)
@@ -190,7 +238,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         for _ in range(cfg.grad_accum):
             batch = [train_set[i] for i in next(stream)][rank::world]
             with accelerator.accumulate(wrapped), accelerator.autocast():
-                loss = wrapped(batch)
+                loss = wrapped(batch, lm=step >= cfg.ctc_only_steps)
                 accelerator.backward(loss)
                 optimizer.step()
                 if accelerator.sync_gradients:
@@ -204,21 +252,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             eval_loss = evaluate(step_module, eval_set, cfg, accelerator)
             bar.write(f"step {step}: train loss {loss_value:.4f}, eval loss {eval_loss:.4f}")
         if step % cfg.save_every == 0 and accelerator.is_main_process:
-            save_state(out, step, ckpt.model, optimizer, scheduler, cfg)
+            save_state(out, step, step_module, optimizer, scheduler, cfg)
         accelerator.wait_for_everyone()
     bar.close()
-    return _finish(cfg, out, ckpt, step, loss_value, eval_loss, accelerator)
+    return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss), accelerator)
 
 
-def _finish(cfg, out: Path, ckpt, step: int, loss: float, eval_loss: float | None, accelerator) -> TrainResult:
+def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator) -> TrainResult:
     trainable = out / "trainable.safetensors"
     merged = out / "checkpoint"
     if accelerator.is_main_process:
-        save_state(out, step, ckpt.model, None, None, cfg)
+        save_state(out, step, step_module, None, None, cfg)
         save_trainable(ckpt.model, trainable, cfg)
         model = ckpt.model
         if "lora" in cfg.train:
             model.llm = model.llm.merge_and_unload()
         save_checkpoint(model.float().eval(), ckpt.tokenizer, merged, force=True)
     accelerator.wait_for_everyone()
-    return TrainResult(steps=step, final_loss=loss, eval_loss=eval_loss, checkpoint=merged, trainable=trainable)
+    return TrainResult(steps=step, final_loss=losses[0], eval_loss=losses[1], checkpoint=merged, trainable=trainable)

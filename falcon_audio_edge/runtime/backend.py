@@ -52,6 +52,9 @@ class BundleBackend:
     def reset(self) -> None:
         self.decoder.reset()
 
+    def truncate(self, n_past: int) -> None:
+        self.decoder.truncate(n_past)
+
     def close(self) -> None:
         self.decoder.close()
 

@@ -32,8 +32,12 @@ def safe_model_params(lc):
     an AMX CPU the first decode of a quantized GGUF segfaults with them on.
     They only speed up some quantized matmuls on some CPUs, so they stay off.
     """
-    params = lc.llama_model_default_params()
+    params = without_extra_bufts(lc.llama_model_default_params())
     params.n_gpu_layers = 0
+    return params
+
+
+def without_extra_bufts(params):
     if hasattr(params, "use_extra_bufts"):
         params.use_extra_bufts = False
     return params
@@ -157,3 +161,11 @@ class LlamaDecoder:
     def reset(self) -> None:
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
         self.n_past = 0
+
+    def truncate(self, n_past: int) -> None:
+        """Forget every position from ``n_past`` on (the logits are stale until the next feed)."""
+        if not 0 <= n_past <= self.n_past:
+            raise FaEdgeError(f"cannot truncate to {n_past}: the cache holds {self.n_past} positions")
+        if not self._lc.llama_memory_seq_rm(self._lc.llama_get_memory(self.ctx), 0, n_past, -1):
+            raise FaEdgeError(f"llama.cpp could not drop the positions from {n_past} on")
+        self.n_past = n_past

@@ -34,6 +34,7 @@ class Backend(Protocol):
     def token_bytes(self, token: int) -> bytes: ...
     def feed_tokens(self, ids: list[int]) -> None: ...
     def feed_embeddings(self, embeds: np.ndarray) -> None: ...
+    def truncate(self, n_past: int) -> None: ...
     def logits(self) -> np.ndarray: ...
     def reset(self) -> None: ...
     def close(self) -> None: ...
@@ -98,6 +99,10 @@ class Turn:
         if result is not None:  # a second iteration finds the generator spent
             self.result = result
 
+    def close(self) -> None:
+        """Stop the answer here; the conversation stays usable (the partial answer is part of it)."""
+        self._steps.close()
+
     def run(self) -> AskResult:
         for _ in self:
             pass
@@ -117,6 +122,7 @@ class AudioChat:
             raise FaEdgeError(f"end-of-turn {self.layout.end_of_turn!r} is not one token in the vocab ({eot})")
         self.stop_ids = {eot[0]}
         self._close_previous: list[int] = []
+        self._started: tuple[str | None, int, int, list[int]] | None = None  # prompt, ids fed, n_past, close
         self.turns = 0
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
 
@@ -124,7 +130,27 @@ class AudioChat:
         """Forget the conversation (clears the KV cache)."""
         self.backend.reset()
         self._close_previous = []
+        self._started = None
         self.turns = 0
+
+    def start_turn(self, prompt: str | None = None) -> None:
+        """Feed the text before the audio of the next audio turn now (while the user is still speaking);
+        the next ``ask`` with audio and the same prompt goes on from there. ``cancel_turn`` takes it back."""
+        if self._started is not None:
+            return
+        before, _ = self.layout.around_audio(prompt, self.turns == 0)
+        mark, close = self.backend.n_past, list(self._close_previous)
+        ids = self._prefix_ids(before)
+        self.backend.feed_tokens(ids)
+        self._close_previous = []
+        self._started = (prompt, len(ids), mark, close)
+
+    def cancel_turn(self) -> None:
+        """Undo ``start_turn``: the KV cache goes back to where it was."""
+        if self._started is not None:
+            _, _, mark, close = self._started
+            self.backend.truncate(mark)
+            self._close_previous, self._started = close, None
 
     def close(self) -> None:
         self.backend.close()
@@ -166,21 +192,32 @@ class AudioChat:
         return embeds, features
 
     def prefill(self, audio: Any, prompt: str | None, timings: Timings) -> tuple[int, Any, np.ndarray | None]:
-        embeds, features = self._encode(audio, timings)
+        try:
+            embeds, features = self._encode(audio, timings)
+        except Exception:
+            self.cancel_turn()
+            raise
+        if self._started is not None and (embeds is None or self._started[0] != prompt):
+            self.cancel_turn()  # started for another prompt, or this turn has no audio
         t0 = time.perf_counter()
         if embeds is None:
             before, after = self.layout.text_turn(prompt or "", self.turns == 0), ""
         else:
             before, after = self.layout.around_audio(prompt, self.turns == 0)
-        ids_before, ids_after = self._prefix_ids(before), self.backend.tokenize(after)
-        self.backend.feed_tokens(ids_before)
+        ids_after = self.backend.tokenize(after)
+        if self._started is not None:  # the text before the audio is in the cache already
+            n_before, self._started = self._started[1], None
+        else:
+            ids_before = self._prefix_ids(before)
+            self.backend.feed_tokens(ids_before)
+            n_before = len(ids_before)
         if embeds is not None:
             self.backend.feed_embeddings(embeds)
         if ids_after:
             self.backend.feed_tokens(ids_after)
         timings.prefill_ms = (time.perf_counter() - t0) * 1e3
         self._close_previous = []
-        return len(ids_before) + len(ids_after), features, embeds
+        return n_before + len(ids_after), features, embeds
 
     def _turn(self, audio: Any, prompt: str | None, gen: GenerationSettings):
         timings = Timings()
@@ -195,7 +232,7 @@ class AudioChat:
         try:
             for _ in range(gen.max_tokens):
                 token = sample_token(self.backend.logits(), gen, rng)
-                if token in self.stop_ids:
+                if token in self.stop_ids and not gen.ignore_end_of_turn:
                     stop_reason = "end_of_turn"
                     break
                 tokens.append(token)

@@ -1,0 +1,1 @@
+"""Apps on top of the runtime: the offline voice assistant (``fa-edge assistant``)."""

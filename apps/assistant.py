@@ -1,0 +1,224 @@
+"""``fa-edge assistant``: the offline voice assistant on a real microphone.
+
+Hands-free by default (Silero VAD finds the end of each utterance), or push-to-talk (Enter starts and
+stops). The answer streams on screen and is spoken by espeak-ng; the microphone is ignored while the
+assistant speaks (and for a short echo tail after), so it never answers its own voice. The conversation
+keeps its KV cache across turns until ``r``. While the user is still speaking, the text of the turn before
+the audio is already fed to the decoder (``AudioChat.start_turn``); the encoder waits for the end, as it
+sees the whole clip at once.
+
+Ctrl-C while thinking or speaking stops that turn and goes back to listening; Ctrl-C while listening quits,
+as does ``q``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from falcon_audio_edge.apps.capture import AudioDeviceError, Microphone, level_dbfs, resolve_device
+from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, SpeechStarted, Utterance
+from falcon_audio_edge.apps.keyboard import HELP, Keyboard
+from falcon_audio_edge.apps.screen import Screen
+from falcon_audio_edge.apps.speaker import Speaker
+
+from falcon_audio_edge.audio import CHUNK_LENGTH, SAMPLE_RATE, Audio
+from falcon_audio_edge.errors import ConfigError, FaEdgeError
+from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
+
+
+@dataclass(frozen=True)
+class AssistantSettings:
+    bundle: Path
+    push_to_talk: bool = False
+    speak: bool = True
+    input_device: str | None = None
+    threads: int = 0
+    max_tokens: int = 128
+    temperature: float = 0.0
+    echo_tail_ms: int = 300  # the microphone stays ignored this long after the assistant stops speaking
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+
+    def __post_init__(self) -> None:
+        if self.echo_tail_ms < 0:
+            raise ConfigError(f"echo_tail_ms must be >= 0, got {self.echo_tail_ms!r}")
+        GenerationSettings(max_tokens=self.max_tokens, temperature=self.temperature)  # validates them
+        RuntimeSettings(threads=self.threads)
+
+
+@dataclass
+class TurnStats:
+    speech_s: float
+    first_token_after_speech_s: float  # end of speech -> first token (includes the end-of-speech wait)
+    waiting_for_silence_s: float  # the part of it spent deciding the user had stopped
+    tokens_per_s: float
+    context_tokens: int
+    capped: bool
+
+
+class Assistant:
+    def __init__(self, settings: AssistantSettings, screen: Screen | None = None, keyboard=None):
+        from falcon_audio_edge.runtime.backend import open_bundle
+
+        self.settings = settings
+        self.screen = screen or Screen()
+        self.keyboard = keyboard if keyboard is not None else Keyboard()
+        self.device = resolve_device(settings.input_device)
+        self.chat = open_bundle(settings.bundle, RuntimeSettings(threads=settings.threads))
+        self.endpointer = Endpointer(settings.endpoint)
+        self.speaker = Speaker(settings.speak, warn=self.screen.line)
+        self.gen = GenerationSettings(max_tokens=settings.max_tokens, temperature=settings.temperature)
+        self.recording: list[np.ndarray] | None = None  # push-to-talk buffer
+        self.turns: list[TurnStats] = []
+        self.running = True
+
+    # -- the loop --
+    def run(self) -> None:
+        mode = "push-to-talk: press Enter to start and stop" if self.settings.push_to_talk else "hands-free"
+        self.screen.line(f"fa-edge assistant · {self.settings.bundle} · mic: {self.device.name} · {mode}")
+        self.screen.line(HELP)
+        mic = self._open_mic()
+        try:
+            while self.running:
+                self._commands(mic)
+                try:
+                    block = mic.read(timeout=2.0)
+                except AudioDeviceError as exc:
+                    mic = self._recover(mic, exc)
+                    continue
+                self._listen(block, mic)
+        except KeyboardInterrupt:
+            self.screen.line("bye")
+        finally:
+            mic.close()
+            self.speaker.stop()
+            self.chat.close()
+
+    def _open_mic(self) -> Microphone:
+        return Microphone(self.device)
+
+    def _recover(self, mic: Microphone, exc: Exception) -> Microphone:
+        """The microphone failed: say so, keep the conversation, try to reopen it every second."""
+        mic.close()
+        self.screen.line(f"microphone problem: {exc}; retrying (the conversation is kept)")
+        self.endpointer.reset()
+        self.chat.cancel_turn()
+        while self.running:
+            time.sleep(1.0)
+            self._commands(None)
+            try:
+                self.device = resolve_device(self.settings.input_device)
+                return self._open_mic()
+            except AudioDeviceError:
+                continue
+        return mic
+
+    def _commands(self, mic: Microphone | None) -> None:
+        while (cmd := self.keyboard.poll()) is not None:
+            if cmd == "quit":
+                self.running = False
+            elif cmd == "reset":
+                self.chat.reset()
+                self.endpointer.reset()
+                self.screen.line("(new conversation)")
+            elif cmd == "talk" and self.settings.push_to_talk and mic is not None:
+                self._toggle_recording(mic)
+            elif cmd == "help" or cmd.startswith("unknown"):
+                self.screen.line(HELP)
+
+    def _listen(self, block: np.ndarray, mic: Microphone) -> None:
+        self.screen.status(level_db=level_dbfs(block))
+        if self.settings.push_to_talk:
+            if self.recording is not None:
+                self.recording.append(block)
+                if sum(len(b) for b in self.recording) >= CHUNK_LENGTH * SAMPLE_RATE:
+                    self.screen.line(f"(reached the model's {CHUNK_LENGTH} s window: stopped recording)")
+                    self._toggle_recording(mic)
+            return
+        for event in self.endpointer.feed(block):
+            if isinstance(event, SpeechStarted):
+                self.chat.start_turn(None)  # the turn's opening text, while the user speaks
+            elif isinstance(event, Utterance):
+                self._answer(event, mic)
+
+    def _toggle_recording(self, mic: Microphone) -> None:
+        if self.recording is None:
+            mic.drain()
+            self.recording = []
+            self.chat.start_turn(None)
+            self.screen.status("recording", force=True)
+            return
+        samples = np.concatenate(self.recording) if self.recording else np.zeros(0, np.float32)
+        self.recording = None
+        capped = len(samples) >= CHUNK_LENGTH * SAMPLE_RATE
+        end = len(samples) / SAMPLE_RATE
+        self._answer(Utterance(samples[: CHUNK_LENGTH * SAMPLE_RATE], 0.0, end, capped), mic, wait_s=0.0)
+
+    # -- one turn --
+    def _answer(self, utt: Utterance, mic: Microphone, wait_s: float | None = None) -> None:
+        """Answer an utterance (streamed), speak it, then listen again."""
+        waited = self.settings.endpoint.end_silence_ms / 1000 if wait_s is None else wait_s
+        detected = time.perf_counter()
+        note = " (cut at the model's 30 s window)" if utt.capped else ""
+        self.screen.line(f"you: [{utt.seconds:.1f} s of speech]{note}")
+        self.screen.status("thinking", force=True)
+        text = self._think(utt, detected, waited)
+        if text:
+            self._speak(text)
+        self.screen.status("listening", force=True)
+        mic.drain()  # what the microphone heard while thinking and speaking is not a question
+        self.endpointer.reset()
+
+    def _think(self, utt: Utterance, detected: float, waited: float) -> str:
+        pieces: list[str] = []
+        first = turn = None
+        try:
+            turn = self.chat.ask(Audio(utt.samples, "microphone"), None, self.gen)
+            self.screen.write("assistant: ")
+            for piece in turn:
+                first = first or time.perf_counter()
+                pieces.append(piece)
+                self.screen.write(piece)
+            result = turn.result
+        except KeyboardInterrupt:
+            if turn is not None:
+                turn.close()  # what was said so far stays in the conversation
+            self.screen.line(" [stopped]")
+            return ""
+        except FaEdgeError as exc:
+            self.screen.line(f"(could not use that audio: {exc})")
+            return ""
+        self.screen.line()
+        first = first or time.perf_counter()
+        stats = TurnStats(utt.seconds, waited + first - detected, waited, result.timings.tokens_per_s,
+                          self.chat.backend.n_past, utt.capped)  # fmt: skip
+        self.turns.append(stats)
+        self.screen.line(
+            f"  first token {stats.first_token_after_speech_s:.2f} s after end of speech "
+            f"({waited:.2f} s of it waiting for silence) · {stats.tokens_per_s:.1f} tok/s · "
+            f"context {stats.context_tokens} tokens"
+        )
+        return "".join(pieces)
+
+    def _speak(self, text: str) -> None:
+        if not self.speaker.enabled:
+            return
+        self.screen.status("speaking", force=True)
+        try:
+            self.speaker.say(text)
+            self.speaker.wait()
+        except KeyboardInterrupt:
+            self.screen.line("[stopped speaking]")
+        finally:
+            self.speaker.stop()
+        time.sleep(self.settings.echo_tail_ms / 1000)
+
+
+def list_devices_text() -> str:
+    from falcon_audio_edge.apps.capture import input_devices
+
+    lines = [f"{'*' if d.is_default else ' '} {d.index:3d}  {d.name}  ({d.channels} ch, {d.default_rate:g} Hz)"
+             for d in input_devices()]  # fmt: skip
+    return "\n".join(lines) if lines else "no input devices"

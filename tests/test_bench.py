@@ -1,0 +1,97 @@
+"""fa-edge bench: settings and input errors, the machine probes, and one real (short) run with every baseline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from falcon_audio_edge.audio import SAMPLE_RATE
+from falcon_audio_edge.bench.clips import speech_clip
+from falcon_audio_edge.bench.limits import decode_ceiling_tok_s, gemm_gflops, measure, read_bandwidth_gb_s
+from falcon_audio_edge.bench.run import BenchSettings, parse_seconds
+from falcon_audio_edge.errors import ConfigError
+
+FA_EDGE = [sys.executable, "-m", "falcon_audio_edge.cli"]
+
+
+def fa_edge(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*FA_EDGE, *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seconds": (5.0, 31.0)}, r"clip lengths \[31.0\] are outside \(0, 30\]"),
+        ({"seconds": ()}, "at least one clip length"),
+        ({"repeats": 0}, "repeats must be an integer >= 1"),
+        ({"tokens": 0}, "tokens must be an integer >= 1"),
+        ({"warmup": -1}, "warmup and threads must be >= 0"),
+    ],
+)
+def test_bad_settings_name_the_value(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        BenchSettings(**kwargs)
+
+
+def test_seconds_parsing():
+    assert parse_seconds("5, 15,30") == (5.0, 15.0, 30.0)
+    with pytest.raises(ConfigError, match="numbers separated by commas, got '5,x'"):
+        parse_seconds("5,x")
+
+
+def test_speech_clips_have_the_asked_length_and_real_signal():
+    for seconds in (0.5, 5, 30):
+        clip = speech_clip(seconds)
+        assert len(clip.samples) == int(round(seconds * SAMPLE_RATE))
+        assert float(np.sqrt(np.mean(clip.samples**2))) > 0.01
+    with pytest.raises(ConfigError, match="clip length must be in"):
+        speech_clip(45)
+
+
+def test_machine_probes_give_plausible_figures():
+    assert 1 < gemm_gflops(256, repeats=2) < 1e5
+    bw = read_bandwidth_gb_s(64, repeats=2, threads=2)
+    assert 0.1 < bw < 1e4
+    lim = measure(threads=1, quick=True)
+    assert decode_ceiling_tok_s(int(lim.bandwidth_gb_s * 1e9), lim) == pytest.approx(1.0)
+
+
+def test_bad_bundles_and_clip_lengths_are_clear_errors_and_write_nothing(tmp_path, bundle_f32):
+    out = tmp_path / "bench.md"
+    proc = fa_edge("bench", str(tmp_path / "nope"), "--out", str(out))
+    assert proc.returncode == 2 and "bundle" in proc.stderr and "nope" in proc.stderr and not out.exists()
+    proc = fa_edge("bench", str(bundle_f32), "--audio-seconds", "5,40", "--out", str(out))
+    assert proc.returncode == 2 and "[40.0] are outside" in proc.stderr and not out.exists()
+    proc = fa_edge("bench", "--suite", "huge", "--out", str(out))
+    assert proc.returncode == 2 and "unknown suite 'huge'" in proc.stderr and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_short_run_measures_the_bundle_and_every_baseline(tmp_path, bundle_f32):
+    from falcon_audio_edge.demo import whisper_dir
+
+    out, png = tmp_path / "docs" / "bench.md", tmp_path / "docs" / "bench.png"
+    proc = fa_edge("bench", str(bundle_f32), "--audio-seconds", "1,3", "--repeats", "2", "--warmup", "0",
+                   "--tokens", "4", "--whisper", str(whisper_dir()), "--out", str(out), "--plot", str(png),
+                   "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    kinds = [r["kind"] for r in report["results"]]
+    assert kinds == ["bundle", "torch", "torch", "llama_text", "cascade"]
+    bundle = report["results"][0]
+    for seconds in ("1.0", "3.0"):
+        stages = bundle["stages"][seconds]
+        assert stages["encoder_ms"]["min"] > 0 and stages["decode_tok_s"]["median"] > 0
+        assert stages["first_token_ms"]["median"] >= stages["prefill_ms"]["median"]
+        assert stages["first_token_ms"]["min"] <= stages["first_token_ms"]["median"] <= stages["first_token_ms"]["max"]
+    assert bundle["prompt_positions"]["3.0"] > bundle["prompt_positions"]["1.0"]  # longer clip, more audio tokens
+    assert 10 < bundle["peak_rss_mb"] < 4000 and bundle["disk_mb"] > 0
+    text = out.read_text()
+    assert "| bundle-f32 | 3 |" in text and "PyTorch fp32" in text and "llama.cpp text" in text
+    assert f"fa-edge bench {bundle_f32}" in text and "bench.png" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bench.md", "bench.png"]  # no temporary files left

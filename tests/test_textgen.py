@@ -1,0 +1,50 @@
+"""Generated training text: sentence filtering, the LLM-driven generators (on a stub answerer), random words."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from falcon_audio_edge.train.textgen import (
+    generated_questions,
+    generated_sentences,
+    random_word_sentences,
+    split_sentences,
+    vocabulary,
+)
+
+
+def test_split_sentences_keeps_plain_speakable_sentences():
+    text = (
+        "The ocean is vast and deep. It has 5 oceans.\n1. Bees make honey.\n**Bold** text here.\n"
+        "Short one. Do fish ever sleep at night? Whales sing long songs to each other!"
+    )
+    assert split_sentences(text) == [
+        "The ocean is vast and deep.",
+        "Do fish ever sleep at night?",
+        "Whales sing long songs to each other!",
+    ]
+
+
+def test_generators_deduplicate_and_respect_the_exclusions():
+    replies = {
+        "ocean": "The sea is very big today. The sea is very big today. Fish swim in the sea all day.",
+        "bees": "Bees make honey in their hives. Why do bees make honey for us? What do bees eat in winter?",
+    }
+
+    def answer(prompt: str) -> str:
+        return replies["ocean" if "ocean" in prompt else "bees"]
+
+    sentences = generated_sentences(answer, ["the ocean"], exclude={"fish swim in the sea all day."})
+    assert sentences == ["The sea is very big today."]
+    assert generated_questions(answer, ["honey bees"], exclude=set()) == ["Why do bees make honey for us?"]
+
+
+def test_random_words_are_reproducible_and_drawn_from_the_vocabulary():
+    words = vocabulary(["The cat sat on the mat.", "A dog's bone!"])
+    assert words == ["bone", "cat", "dog's", "mat", "on", "sat", "the"]  # "A" is one letter: left out
+    a = random_word_sentences(random.Random(1), words, 20)
+    assert a == random_word_sentences(random.Random(1), words, 20)
+    assert all(3 <= len(s.split()) <= 8 and set(s.split()) <= set(words) for s in a)
+    with pytest.raises(ValueError, match="non-empty vocabulary"):
+        random_word_sentences(random.Random(1), [], 3)

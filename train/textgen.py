@@ -1,0 +1,67 @@
+"""More text for the synthetic set: sentences the LLM writes about many topics, its own short questions,
+and random word sequences (which no language model can guess, so only listening transcribes them).
+
+Topics are the hand-written list in ``train/sentences/topics.txt``; nothing here touches the held-out lists
+except to drop any generated sentence that equals a held-out one.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+
+GENERATE = [
+    "Write three short sentences about {}.",
+    "Tell me a short story about {}.",
+    "Describe {} in simple words.",
+    "What might someone say about {}? Write two sentences.",
+]
+ASK = "Ask one short question about {}."
+SENTENCE = re.compile(r"^[A-Z][A-Za-z ,'\-]*[A-Za-z][.!?]$")  # plain words: no digits, lists or markup
+MIN_WORDS, MAX_WORDS = 4, 22
+
+
+def split_sentences(text: str) -> list[str]:
+    """The clean sentences of a generated text (speakable, 4-22 words, no digits or markup)."""
+    out = []
+    for part in re.split(r"(?<=[.!?])\s+|\n+", text):
+        part = part.strip()
+        if SENTENCE.match(part) and MIN_WORDS <= len(part.split()) <= MAX_WORDS:
+            out.append(part)
+    return out
+
+
+def generated_sentences(answer, topics: Iterable[str], exclude: set[str]) -> list[str]:
+    """Sentences the LLM writes about each topic (greedy, so the same on every run), de-duplicated."""
+    seen, out = set(exclude), []
+    for topic in topics:
+        for template in GENERATE:
+            for s in split_sentences(answer(template.format(topic))):
+                if s.lower() not in seen:
+                    seen.add(s.lower())
+                    out.append(s)
+    return out
+
+
+def generated_questions(answer, topics: Iterable[str], exclude: set[str]) -> list[str]:
+    """One short question per topic where the LLM writes one (the first sentence ending in '?')."""
+    seen, out = set(exclude), []
+    for topic in topics:
+        for s in split_sentences(answer(ASK.format(topic))):
+            if s.endswith("?") and s.lower() not in seen:
+                seen.add(s.lower())
+                out.append(s)
+                break
+    return out
+
+
+def vocabulary(sentences: Iterable[str]) -> list[str]:
+    """The distinct lower-case words of the given sentences, sorted (so a seed gives the same draws)."""
+    return sorted({w for s in sentences for w in re.findall(r"[a-z]+(?:'[a-z]+)?", s.lower()) if len(w) > 1})
+
+
+def random_word_sentences(rng: random.Random, words: list[str], n: int, lo: int = 3, hi: int = 8) -> list[str]:
+    if not words:
+        raise ValueError("random_word_sentences needs a non-empty vocabulary")
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
