@@ -253,3 +253,9 @@ def test_it_does_not_answer_its_own_voice_and_ctrl_c_stops_speaking(tmux, pulse,
     assert tmux.alive()
     tmux.keys("C-c")  # while listening: quit (the tmux session ends with the app)
     assert tmux.ended()
+
+
+def test_the_app_path_does_not_import_torch_or_transformers():
+    code = ("import sys, falcon_audio_edge.apps.assistant, falcon_audio_edge.runtime.backend; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -91,7 +91,7 @@ def test_a_short_run_measures_the_bundle_and_every_baseline(tmp_path, bundle_f32
     assert bundle["prompt_positions"]["3.0"] > bundle["prompt_positions"]["1.0"]  # longer clip, more audio tokens
     assert 10 < bundle["peak_rss_mb"] < 4000 and bundle["disk_mb"] > 0
     text = out.read_text()
-    assert "| bundle-f32 | 3 |" in text and "PyTorch fp32" in text and "llama.cpp text" in text
+    assert "bundle-f32 | 3 |" in text and "PyTorch fp32" in text and "llama.cpp text" in text
     assert f"fa-edge bench {bundle_f32}" in text and "bench.png" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench.md", "bench.png"]  # no temporary files left

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from falcon_audio_edge.audio import load_audio
+from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.settings import GenerationSettings
 from tests.conftest import QUESTIONS, fa_edge
@@ -131,3 +132,27 @@ def test_pad_to_30s_bundle_matches_reference(workdir, clips):
         want = ref.ask(clips["7s"], None, GREEDY_32).run()
     assert got.audio_tokens == want.audio_tokens == 175  # 7 s at 25 tokens/s, trimmed from 750
     assert got.tokens == want.tokens
+
+
+def test_starting_a_turn_early_changes_nothing_and_cancels_cleanly(bundle_f32, reference, clips):
+    """start_turn feeds the text before the audio while the user speaks: the answer is the same as without it;
+    cancel_turn (the audio turned out unusable) puts the KV cache back, on llama.cpp and on PyTorch."""
+    gen = GenerationSettings(max_tokens=8)
+    with open_bundle(bundle_f32) as chat:
+        plain = [chat.ask(clips[q], None, gen).run().tokens for q in ("q0", "q1")]
+        chat.reset()
+        early = []
+        for q in ("q0", "q1"):
+            chat.start_turn(None)
+            early.append(chat.ask(clips[q], None, gen).run().tokens)
+        assert early == plain
+        for backend_chat in (chat, reference):
+            backend_chat.reset()
+            backend_chat.ask(clips["q0"], None, gen).run()
+            before = backend_chat.backend.n_past
+            backend_chat.start_turn(None)
+            assert backend_chat.backend.n_past > before
+            with pytest.raises(FaEdgeError, match="silent"):
+                backend_chat.ask(np.zeros(16000, np.float32), None, gen).run()
+            assert backend_chat.backend.n_past == before
+            assert backend_chat.ask(clips["q1"], None, gen).run().tokens == plain[1]  # as if never started

@@ -109,6 +109,12 @@ def check_bundle(path: Path):
         raise BundleError(f"bundle {path} does not load: {exc}") from exc
 
 
+def _name(path: Path) -> str:
+    """A short label: the folder's name, with its parent's where the name alone is generic."""
+    generic = path.name in ("checkpoint", "bundle") or path.name.startswith("bundle-")
+    return f"{path.parent.name}/{path.name}" if generic else path.name
+
+
 def plan_targets(
     paths: list[Path], settings: BenchSettings, whisper: Path | None, cascade: list[Path] | None = None
 ) -> list[Target]:
@@ -123,7 +129,7 @@ def plan_targets(
         ckpt = bundle.manifest.get("source", {}).get("checkpoint")
         ckpt = ckpt if ckpt and Path(ckpt).is_dir() else None
         gguf, dims = str(bundle.decoder_path), bundle.manifest["dims"]
-        out.append(Target(path.name, "bundle", {**base, "kind": "bundle", "path": str(path)}, ckpt, gguf,
+        out.append(Target(_name(path), "bundle", {**base, "kind": "bundle", "path": str(path)}, ckpt, gguf,
                           bundle.size_bytes / 1e6, bundle.decoder_path.stat().st_size, dims))  # fmt: skip
         if not settings.baselines:
             continue
@@ -131,12 +137,12 @@ def plan_targets(
             torch_done.add(ckpt)
             for dtype, short in (("float32", "fp32"), ("bfloat16", "bf16")):
                 spec = {**base, "kind": "torch", "path": ckpt, "dtype": dtype}
-                out.append(Target(f"{Path(ckpt).name} · PyTorch {short}", "torch", spec, ckpt, None, dims=dims))
+                out.append(Target(f"{_name(Path(ckpt))} · PyTorch {short}", "torch", spec, ckpt, None, dims=dims))
         spec = {**base, "kind": "llama_text", "gguf": gguf}
-        out.append(Target(f"{path.name} · llama.cpp text", "llama_text", spec, None, gguf))
+        out.append(Target(f"{_name(path)} · llama.cpp text", "llama_text", spec, None, gguf))
         if whisper is not None and (cascade is None or path in cascade):
             spec = {**base, "kind": "cascade", "gguf": gguf, "whisper": str(whisper), "dims": dims}
-            out.append(Target(f"{path.name} · cascade", "cascade", spec, None, gguf))
+            out.append(Target(f"{_name(path)} · cascade", "cascade", spec, None, gguf))
     return out
 
 

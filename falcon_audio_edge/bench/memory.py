@@ -1,0 +1,77 @@
+"""Where a bundle's resident memory goes: peak RSS after imports, after loading and after one turn, for
+several context sizes and batch sizes (each in its own process).
+
+    python -m falcon_audio_edge.bench.memory BUNDLE [--n-ctx 4096 2048] [--n-batch 512 256] [--seconds 30] \\
+        [--out docs/benchmarks-memory.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PROBE = """
+import json, sys
+from falcon_audio_edge.bench.clips import speech_clip
+from falcon_audio_edge.bench.worker import peak_rss_mb
+from falcon_audio_edge.runtime.backend import open_bundle
+from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
+bundle, n_ctx, n_batch, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+out = {"imports_mb": peak_rss_mb()}
+with open_bundle(bundle, RuntimeSettings(n_ctx=n_ctx, n_batch=n_batch, verify_checksums=False)) as chat:
+    out["loaded_mb"] = peak_rss_mb()
+    gen = GenerationSettings(max_tokens=16, ignore_end_of_turn=True)
+    result = chat.ask(speech_clip(seconds), None, gen).run()
+    out["peak_mb"] = peak_rss_mb()
+    out["prefill_ms"] = result.timings.prefill_ms
+    out["size_mb"] = chat.backend.bundle.size_bytes / 1e6 if hasattr(chat.backend, "bundle") else None
+print(json.dumps(out))
+"""
+
+
+def probe(bundle: Path, n_ctx: int, n_batch: int, seconds: float) -> dict:
+    cmd = [sys.executable, "-c", PROBE, str(bundle), str(n_ctx), str(n_batch), str(seconds)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: probe failed for n_ctx={n_ctx} n_batch={n_batch}: {proc.stderr.strip()[-400:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    from falcon_audio_edge.bench.report import write_text
+    from falcon_audio_edge.bench.run import check_bundle, machine
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--n-ctx", type=int, nargs="+", default=[4096, 2048])
+    ap.add_argument("--n-batch", type=int, nargs="+", default=[512, 256])
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    size = check_bundle(args.bundle).size_bytes / 1e6
+    m = machine()
+    lines = [
+        "# Memory of one bundle", "",
+        f"Produced by `python -m falcon_audio_edge.bench.memory {' '.join(sys.argv[1:] if argv is None else argv)}`"
+        f" on {m['cpu']}, {m['usable_cores']} cores, {m['memory_gib']} GiB.", "",
+        f"Bundle {args.bundle.name}: {size:.0f} MB on disk. One turn: a {args.seconds:g} s clip, 16 tokens. "
+        "Peak RSS (VmHWM) after importing the runtime, after loading the bundle, and after the turn.", "",
+        "| n_ctx | n_batch | imports MB | loaded MB | peak MB | peak / disk | prefill ms |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for n_ctx in args.n_ctx:
+        for n_batch in args.n_batch:
+            r = probe(args.bundle, n_ctx, n_batch, args.seconds)
+            lines.append(f"| {n_ctx} | {n_batch} | {r['imports_mb']:.0f} | {r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | "
+                         f"{r['peak_mb'] / size:.2f} | {r['prefill_ms']:.0f} |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        write_text(args.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
