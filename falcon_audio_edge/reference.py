@@ -90,7 +90,7 @@ class TorchBackend:
         if n_past == 0:
             self.reset()
         elif n_past < self.n_past:
-            self.cache.crop(n_past)
+            self.cache.crop(n_past - self.n_past)  # negative: drop that many (old and new transformers alike)
             self.n_past = n_past
 
     def close(self) -> None:

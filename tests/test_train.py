@@ -23,8 +23,8 @@ from tests.conftest import QUESTIONS
 @pytest.fixture(scope="module")
 def manifest(clips, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("manifest")
-    rows = [{"audio": str(clips[f"q{i}"]), "instruction": "Transcribe the audio.", "target": QUESTIONS[i]}
-            for i in range(8)]  # fmt: skip
+    rows = [{"audio": str(clips[f"q{i}"]), "instruction": "Transcribe the audio.", "target": QUESTIONS[i],
+             "task": "transcribe"} for i in range(8)]  # fmt: skip
     rows += [{"audio": str(clips[f"q{i}"]), "instruction": "", "target": "An answer."} for i in range(8, 10)]
     path = folder / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

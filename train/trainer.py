@@ -37,7 +37,7 @@ class CTCHead(nn.Module):
         super().__init__()
         hidden = embeddings.shape[1]
         self.blank = nn.Linear(hidden, 1)
-        rms2 = float(embeddings.float().pow(2).mean())
+        rms2 = float(embeddings.detach().float().pow(2).mean())
         self.log_scale = nn.Parameter(torch.tensor(math.log(8.0 / (rms2 * hidden))))  # cos 1 -> score 8
 
     def forward(self, audio: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
