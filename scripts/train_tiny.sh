@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped model: synthetic data -> base checkpoint -> train the connector -> ship its weights
-# -> export the demo bundle -> quality report (docs/quality.md). About 25 minutes on 2 cores.
+# -> export the demo bundle -> quality report (docs/quality.md). About 1.5 hours on 2 cores (synth ~12 min,
+# training ~70 min at 2-5 s per step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
