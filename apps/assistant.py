@@ -71,6 +71,7 @@ class Assistant:
         self.speaker = Speaker(settings.speak, warn=self.screen.line)
         self.gen = GenerationSettings(max_tokens=settings.max_tokens, temperature=settings.temperature)
         self.recording: list[np.ndarray] | None = None  # push-to-talk buffer
+        self.recorded = 0  # samples in it
         self.turns: list[TurnStats] = []
         self.running = True
 
@@ -134,7 +135,8 @@ class Assistant:
         if self.settings.push_to_talk:
             if self.recording is not None:
                 self.recording.append(block)
-                if sum(len(b) for b in self.recording) >= CHUNK_LENGTH * SAMPLE_RATE:
+                self.recorded += len(block)
+                if self.recorded >= CHUNK_LENGTH * SAMPLE_RATE:
                     self.screen.line(f"(reached the model's {CHUNK_LENGTH} s window: stopped recording)")
                     self._toggle_recording(mic)
             return
@@ -147,7 +149,7 @@ class Assistant:
     def _toggle_recording(self, mic: Microphone) -> None:
         if self.recording is None:
             mic.drain()
-            self.recording = []
+            self.recording, self.recorded = [], 0
             self.chat.start_turn(None)
             self.screen.status("recording", force=True)
             return

@@ -170,9 +170,10 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="print the full report as JSON")] = False,
 ) -> None:
     """Where the time and memory go: every stage per clip length, against the baselines, in one run."""
-    from falcon_audio_edge.bench.report import markdown, write_text
+    from falcon_audio_edge.bench.report import markdown
     from falcon_audio_edge.bench.report import plot as write_plot
     from falcon_audio_edge.bench.run import BenchSettings, parse_seconds, run_bench
+    from falcon_audio_edge.files import atomic_text
 
     settings = BenchSettings(parse_seconds(audio_seconds), repeats, warmup, tokens, threads, baselines=baselines)
     paths, cascade = list(bundles or []), None
@@ -187,7 +188,7 @@ def bench(
     if plot:
         write_plot(report, plot)
     if out:
-        write_text(out, markdown(report, _relative(plot, out.parent) if plot else None))
+        atomic_text(out, markdown(report, _relative(plot, out.parent) if plot else None))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     elif not out:

@@ -1,10 +1,13 @@
-"""Files the toolkit writes and reads: folders staged then moved into place, JSON read with clear errors."""
+"""Files the toolkit writes and reads: files and folders staged then moved into place, JSON read with clear
+errors."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,24 @@ class staged_dir:
         self.tmp.rename(self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_file(path: Path, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` through ``write(tmp)`` on a temporary sibling, then rename it into place: readers never see
+    a partial file, and a failed write leaves neither the file nor the temporary one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_text(path: Path, text: str) -> Path:
+    return atomic_file(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path, error: type[FaEdgeError], what: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from falcon_audio_edge.export.bundle import export_bundle
 
 from falcon_audio_edge.audio import load_audio, log_mel_spectrogram
 from falcon_audio_edge.checkpoint import read_dims
+from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.reference import open_checkpoint
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.runtime.bundle import read_bundle
@@ -135,9 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         rows = measure(args.checkpoint, Path(work), args.prompt, args.repeats)
     text = markdown(rows, args.checkpoint, args.prompt, command)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)  # never a partial file
+    atomic_text(args.out, text)  # never a partial file
     print(text)
 
 

@@ -95,3 +95,18 @@ def test_a_short_run_measures_the_bundle_and_every_baseline(tmp_path, bundle_f32
     assert f"fa-edge bench {bundle_f32}" in text and "bench.png" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench.md", "bench.png"]  # no temporary files left
+
+
+def test_atomic_file_leaves_nothing_when_the_write_fails(tmp_path):
+    from falcon_audio_edge.files import atomic_file, atomic_text
+
+    target = tmp_path / "out" / "report.md"
+    atomic_text(target, "old")
+
+    def half_then_fail(tmp):
+        tmp.write_text("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_file(target, half_then_fail)
+    assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["report.md"]

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.runtime.bundle import read_bundle
 from falcon_audio_edge.settings import GenerationSettings
@@ -139,9 +140,7 @@ def main() -> None:
     result = evaluate(args.bundle, args.heldout, args.whisper)
     command = "python -m falcon_audio_edge.train.quality " + shlex.join(sys.argv[1:])
     if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(markdown(result, command))
-        tmp.replace(args.out)
+        atomic_text(args.out, markdown(result, command))
     print(json.dumps(result, indent=2) if args.as_json else markdown(result, command))
 
 

@@ -5,12 +5,12 @@ Written atomically (temporary file, then rename), so an interrupted run resumes 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from falcon_audio_edge.errors import ConfigError
+from falcon_audio_edge.files import atomic_file
 
 STATE_FILE = "state.pt"
 # settings that must not change between a run and its resume
@@ -34,10 +34,7 @@ def save_state(out: Path, step: int, model, optimizer, scheduler, cfg) -> Path:
         "config": {k: getattr(cfg, k) for k in RESUME_KEYS},
     }
     path = out / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_file(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(out: Path, model, optimizer, scheduler) -> int:
@@ -72,7 +69,5 @@ def save_trainable(model, path: Path, cfg) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.contiguous() for k, v in trainable_state(model).items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"train": ",".join(cfg.train), "dims": model.dims.to_json()})
-    os.replace(tmp, path)
-    return path
+    meta = {"train": ",".join(cfg.train), "dims": model.dims.to_json()}
+    return atomic_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -34,6 +34,7 @@ from falcon_audio_edge.train.textgen import (
 )
 
 from falcon_audio_edge.audio import SAMPLE_RATE, load_audio
+from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.settings import default_threads
 
 SENTENCES = Path(__file__).parent / "sentences"
@@ -193,11 +194,7 @@ def build_split(
             "text": sentence, "voice": voice.name, "rate": voice.rate, "pitch": voice.pitch,
             "seconds": round(seconds, 3),
         })  # fmt: skip
-    manifest = out / "manifest.jsonl"
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(manifest)
-    return manifest
+    return atomic_text(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def build_dataset(

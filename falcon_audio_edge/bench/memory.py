@@ -27,7 +27,6 @@ with open_bundle(bundle, RuntimeSettings(n_ctx=n_ctx, n_batch=n_batch, verify_ch
     result = chat.ask(speech_clip(seconds), None, gen).run()
     out["peak_mb"] = peak_rss_mb()
     out["prefill_ms"] = result.timings.prefill_ms
-    out["size_mb"] = chat.backend.bundle.size_bytes / 1e6 if hasattr(chat.backend, "bundle") else None
 print(json.dumps(out))
 """
 
@@ -41,8 +40,8 @@ def probe(bundle: Path, n_ctx: int, n_batch: int, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from falcon_audio_edge.bench.report import write_text
     from falcon_audio_edge.bench.run import check_bundle, machine
+    from falcon_audio_edge.files import atomic_text
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"{r['peak_mb'] / size:.2f} | {r['prefill_ms']:.0f} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     if args.out:
-        write_text(args.out, text)
+        atomic_text(args.out, text)
     print(text)
 
 

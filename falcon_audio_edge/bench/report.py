@@ -5,11 +5,11 @@ Written atomically: a temporary file, renamed into place once complete.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from falcon_audio_edge.bench.limits import decode_ceiling_tok_s
 from falcon_audio_edge.bench.run import BenchReport, Stat, TargetResult
+from falcon_audio_edge.files import atomic_file
 
 COLUMNS = [
     ("mel_ms", "log-mel ms"),
@@ -170,19 +170,5 @@ def plot(report: BenchReport, path: Path) -> None:
     axes[0][0].invert_yaxis()
     axes[0][-1].legend(loc="lower right")
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    atomic_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text))
