@@ -52,34 +52,47 @@ def require_shipped_weights() -> Path:
     return path
 
 
-def shipped_dims(path: Path) -> ModelDims:
+def shipped_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "dims" not in meta:
         raise CheckpointError(f"{path} carries no dims in its metadata")
-    return ModelDims.from_json(meta["dims"])
+    return meta
+
+
+def shipped_dims(path: Path) -> ModelDims:
+    return ModelDims.from_json(shipped_metadata(path)["dims"])
 
 
 def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
-    """Assemble the demo checkpoint: pretrained encoder + LLM, then the shipped trained weights."""
+    """Assemble the demo checkpoint: pretrained encoder + LLM, then the shipped trained weights.
+
+    The weights file holds the connector and, if it was trained with LoRA, the LLM's adapters (merged here).
+    """
     from safetensors.torch import load_file
 
     from falcon_audio_edge.checkpoint import build_model, copy_state, save_checkpoint
+    from falcon_audio_edge.lora import LoraSettings, merge_lora
 
     weights = weights or require_shipped_weights()
-    dims = shipped_dims(weights)
+    meta = shipped_metadata(weights)
+    dims = ModelDims.from_json(meta["dims"])
     audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
              "pad_to_30s": dims.audio.pad_to_30s}  # fmt: skip
     model, tokenizer = build_model("tiny", whisper_dir(), smollm2_gguf(), name=dims.name, **audio)
     if model.dims != dims:
         raise CheckpointError(f"the installed encoder/LLM packages do not match the dims {weights} was trained with")
     trained = load_file(str(weights))
-    prefix = "connector."
-    if not trained or any(not k.startswith(prefix) for k in trained):
-        raise CheckpointError(f"{weights} should hold the connector's weights only")
-    copy_state(model.connector, {k[len(prefix) :]: v for k, v in trained.items()}, str(weights))
+    connector = {k[len("connector.") :]: v for k, v in trained.items() if k.startswith("connector.")}
+    adapters = {k: v for k, v in trained.items() if k.startswith("llm.")}
+    other = sorted(set(trained) - {f"connector.{k}" for k in connector} - set(adapters))
+    if not connector or other:
+        raise CheckpointError(f"{weights} should hold the connector (and LoRA) weights only; unexpected {other[:5]}")
+    copy_state(model.connector, connector, str(weights))
+    if adapters:
+        merge_lora(model.llm, adapters, LoraSettings.from_metadata(meta, str(weights)), str(weights))
     return save_checkpoint(model, tokenizer, out, force=True)
 
 

@@ -81,6 +81,24 @@ def test_demo_build_checks_the_weights(tmp_path):
     with pytest.raises(CheckpointError, match="unexpected"):
         build_checkpoint(tmp_path / "demo2", weights)
 
+    # LoRA adapters in the file are merged into the LLM: W + (alpha / r) B A, checked on one layer
+    layers = range(base.dims.decoder.n_layers)
+    hidden, kv = base.dims.decoder.hidden, base.dims.decoder.n_kv_heads * base.dims.decoder.head_dim
+    name = "llm.base_model.model.model.layers.{}.self_attn.{}.lora_{}.default.weight"
+    adapters = {name.format(i, proj, part): torch.randn(shape) * 0.01 for i in layers
+                for proj, out in (("q_proj", hidden), ("v_proj", kv))
+                for part, shape in (("A", (4, hidden)), ("B", (out, 4)))}  # fmt: skip
+    lora_meta = {"lora_r": "4", "lora_alpha": "8", "lora_targets": "q_proj,v_proj"}
+    tensors = {**{f"connector.{k}": v for k, v in connector.state_dict().items()}, **adapters}
+    save_file(tensors, str(weights), metadata={"dims": base.dims.to_json(), **lora_meta})
+    merged = load_checkpoint(build_checkpoint(tmp_path / "demo3", weights)).model.llm
+    a, b = adapters[name.format(3, "v_proj", "A")], adapters[name.format(3, "v_proj", "B")]
+    want = base.model.llm.model.layers[3].self_attn.v_proj.weight + 2.0 * b @ a
+    assert torch.allclose(merged.model.layers[3].self_attn.v_proj.weight, want, atol=1e-5)
+    save_file(tensors, str(weights), metadata={"dims": base.dims.to_json()})
+    with pytest.raises(CheckpointError, match="no valid lora_r"):
+        build_checkpoint(tmp_path / "demo4", weights)
+
 
 def _base_checkpoint(tmp_path: Path, whisper: Path, llm: Path) -> Path:
     from falcon_audio_edge.checkpoint import init_checkpoint

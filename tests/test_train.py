@@ -158,6 +158,35 @@ def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, pa
     assert set(after) == set(before)
     moved = {k.split(".")[0] for k in before if not np.allclose(before[k].numpy(), after[k].numpy())}
     assert moved == changed
+    if "lora" in parts:
+        _check_lora_merge(result, tiny_ckpt, after)
+
+
+def _check_lora_merge(result, tiny_ckpt, merged_by_peft):
+    """The shipped file's adapters, merged without peft, give peft's merged weights; bad files are refused."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file as load_torch
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+    from falcon_audio_edge.errors import CheckpointError
+    from falcon_audio_edge.lora import LoraSettings, merge_lora
+
+    with safe_open(str(result.trainable), framework="pt") as f:
+        settings = LoraSettings.from_metadata(f.metadata(), "trainable")
+    adapters = {k: v for k, v in load_torch(str(result.trainable)).items() if k.startswith("llm.")}
+    assert adapters and all(v.dtype == torch.float16 for v in adapters.values())
+    llm = load_checkpoint(tiny_ckpt).model.llm
+    assert merge_lora(llm, adapters, settings, "trainable") == 2 * len(llm.model.layers)  # q_proj, v_proj
+    for key, value in llm.state_dict().items():
+        assert torch.allclose(value, merged_by_peft[f"llm.{key}"], atol=1e-3), key
+    one = next(k for k in adapters if "lora_A" in k)
+    bad = [({k: v for k, v in adapters.items() if k != one}, "without both"),
+           ({**adapters, "llm.bogus.weight": adapters[one]}, "not a LoRA weight"),
+           ({**adapters, one: adapters[one][:, :-1]}, "do not fit")]  # fmt: skip
+    for tensors, message in bad:
+        with pytest.raises(CheckpointError, match=message):
+            merge_lora(load_checkpoint(tiny_ckpt).model.llm, tensors, settings, "trainable")
 
 
 def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path, tiny_ckpt, manifest, checkpoint):
@@ -182,3 +211,37 @@ def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path,
     assert all(k.startswith("connector.") for k in load_file(str(result.trainable)))  # the CTC head is not shipped
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
     assert any(k.startswith("ctc.") for k in state["trainable"])
+
+
+def test_init_from_an_earlier_run(tmp_path, tiny_ckpt, manifest):
+    """A LoRA run starts from a connector-only run's weights (CTC head included); mismatches are refused."""
+    import torch
+    from falcon_audio_edge.train.state import init_weights
+    from falcon_audio_edge.train.trainer import TrainingStep, set_trainable, train
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    first = config(tmp_path, tiny_ckpt, manifest, output_dir=str(tmp_path / "a"), max_steps=3, ctc_weight=0.5)
+    train(first, progress=False)
+    saved = torch.load(tmp_path / "a" / "state.pt", weights_only=False)["trainable"]
+    cfg = config(tmp_path, tiny_ckpt, manifest, output_dir=str(tmp_path / "b"), train=["connector", "lora"],
+                 ctc_weight=0.5, init_from=str(tmp_path / "a"), max_steps=3)  # fmt: skip
+    ckpt = load_checkpoint(tiny_ckpt)
+    set_trainable(ckpt.model, cfg)
+    step = TrainingStep(ckpt.model, ckpt.tokenizer, True, cfg.ctc_weight)
+    fresh = init_weights(tmp_path / "a", step, cfg)
+    assert fresh and all("lora_" in k for k in fresh)
+    now = dict(step.named_parameters())
+    assert all(torch.equal(now[k], v) for k, v in saved.items())
+    assert train(cfg, progress=False).steps == 3
+
+    with pytest.raises(ConfigError, match="not found"):
+        init_weights(tmp_path / "nowhere", step, cfg)
+    with pytest.raises(ConfigError, match="trained from"):
+        init_weights(tmp_path / "a", step, config(tmp_path, tmp_path / "other", manifest, init_from="x"))
+    plain = load_checkpoint(tiny_ckpt)
+    set_trainable(plain.model, first)
+    with pytest.raises(ConfigError, match="not trainable here"):  # b's LoRA weights, a model without LoRA
+        init_weights(tmp_path / "b", TrainingStep(plain.model, plain.tokenizer, True, 0.5), first)
+    with pytest.raises(ConfigError, match="output_dir itself"):
+        config(tmp_path, tiny_ckpt, manifest, init_from=str(tmp_path / "run"))

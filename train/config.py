@@ -41,6 +41,7 @@ class TrainConfig:
     log_every: int = 10
     ctc_weight: float = 0.0  # > 0: add the CTC loss of the spoken transcript on the audio embeddings
     ctc_only_steps: int = 0  # the first updates train on the CTC loss alone (no LLM forward: fast)
+    init_from: str | None = None  # an earlier run's output_dir (same checkpoint): start from its trained weights
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "lora_alpha", "max_steps", "batch_size", "grad_accum", "eval_every", "save_every"):
@@ -57,6 +58,8 @@ class TrainConfig:
             raise ConfigError(f"ctc_only_steps={self.ctc_only_steps!r} must be an integer >= 0 and < max_steps")
         if self.ctc_only_steps and not self.ctc_weight:
             raise ConfigError(f"ctc_only_steps={self.ctc_only_steps} needs ctc_weight > 0 (there is no loss otherwise)")
+        if self.init_from is not None and Path(self.init_from).resolve() == Path(self.output_dir).resolve():
+            raise ConfigError(f"init_from={self.init_from!r} is the output_dir itself (a resume): drop it")
         unknown = sorted(set(self.train) - set(TRAINABLE))
         if unknown:
             raise ConfigError(f"train has unknown parts {unknown}; choose from {list(TRAINABLE)}")
@@ -82,7 +85,7 @@ class TrainConfig:
             raise ConfigError(f"config is missing {missing}")
         data = dict(data)
         if base is not None:  # paths in a config file are relative to the file
-            for key in ("checkpoint", "train_manifest", "output_dir", "eval_manifest"):
+            for key in ("checkpoint", "train_manifest", "output_dir", "eval_manifest", "init_from"):
                 if data.get(key) and not Path(data[key]).is_absolute():
                     data[key] = str((base / data[key]).resolve())
         return cls(**data)

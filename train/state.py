@@ -11,12 +11,13 @@ import torch
 
 from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.files import atomic_file
+from falcon_audio_edge.lora import LoraSettings
 
 STATE_FILE = "state.pt"
 # settings that must not change between a run and its resume
 RESUME_KEYS = (
     "checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "ctc_weight",
-    "ctc_only_steps",
+    "ctc_only_steps", "init_from",
 )  # fmt: skip
 
 
@@ -54,6 +55,28 @@ def load_state(out: Path, model, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
+def init_weights(run: Path, model, cfg) -> list[str]:
+    """Start from an earlier run's trained weights (``init_from``); returns the trainable keys left fresh.
+
+    Every saved weight must be trainable here with the same shape; the optimizer and the step start anew.
+    """
+    path = Path(run) / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"init_from: {path} not found (give an earlier run's output_dir)")
+    state = torch.load(path, weights_only=False)
+    if state["config"]["checkpoint"] != cfg.checkpoint:
+        raise ConfigError(f"init_from: {run} trained from {state['config']['checkpoint']}, not {cfg.checkpoint}")
+    want = trainable_state(model)
+    saved = state["trainable"]
+    unknown = sorted(k for k in saved if k not in want)
+    wrong = sorted(f"{k}: {tuple(saved[k].shape)} != {tuple(want[k].shape)}" for k in saved
+                   if k in want and saved[k].shape != want[k].shape)  # fmt: skip
+    if unknown or wrong:
+        raise ConfigError(f"init_from: {path} does not fit this config: not trainable here {unknown[:5]}, {wrong[:5]}")
+    model.load_state_dict(saved, strict=False)
+    return sorted(k for k in want if k not in saved)
+
+
 def check_resume(out: Path, cfg) -> None:
     path = out / STATE_FILE
     if not path.is_file():
@@ -68,6 +91,9 @@ def save_trainable(model, path: Path, cfg) -> Path:
     """The trained weights alone (connector, LoRA, encoder as configured): small enough to ship."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.contiguous() for k, v in trainable_state(model).items()}
+    # LoRA matrices in float16 (half the size; merging adds them in float32), the connector as trained
+    tensors = {k: (v.half() if ".lora_" in k else v).contiguous() for k, v in trainable_state(model).items()}
     meta = {"train": ",".join(cfg.train), "dims": model.dims.to_json()}
+    if "lora" in cfg.train:
+        meta |= LoraSettings(cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets)).to_metadata()
     return atomic_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
-from falcon_audio_edge.train.state import check_resume, load_state, save_state, save_trainable
+from falcon_audio_edge.train.state import (
+    check_resume,
+    init_weights,
+    load_state,
+    save_state,
+    save_trainable,
+)
 from torch import nn
 
 from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
@@ -228,6 +234,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     check_resume(out, cfg)
     step = load_state(out, step_module, optimizer, scheduler)
+    if step == 0 and cfg.init_from:
+        fresh = init_weights(Path(cfg.init_from), step_module, cfg)
+        if accelerator.is_main_process:
+            print(f"starting from {cfg.init_from}; {len(fresh)} trainable tensors fresh (e.g. {fresh[:2]})")
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)  # the schedule steps once per update
     rank, world = accelerator.process_index, accelerator.num_processes
     stream = micro_batches(len(train_set), cfg, step * cfg.grad_accum)
