@@ -245,3 +245,26 @@ def test_init_from_an_earlier_run(tmp_path, tiny_ckpt, manifest):
         init_weights(tmp_path / "b", TrainingStep(plain.model, plain.tokenizer, True, 0.5), first)
     with pytest.raises(ConfigError, match="output_dir itself"):
         config(tmp_path, tiny_ckpt, manifest, init_from=str(tmp_path / "run"))
+
+
+def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
+    """WER from the bundle's transcripts; agreement against the original LLM's answer (the target)."""
+    from falcon_audio_edge.train.quality import cut_like_target, evaluate, markdown
+
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.settings import GenerationSettings
+
+    with open_bundle(bundle_f32) as chat:
+        heard = chat.ask(clips["q0"], None, GenerationSettings(max_tokens=64)).run()
+    said = cut_like_target(heard.text, len(heard.tokens) >= 64)
+    row = {"voice": "en-us", "task": "qa", "text": QUESTIONS[0], "audio": str(clips["q0"])}
+    rows = [{**row, "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"},
+            {**row, "target": said}, {**row, "target": "No."}]  # fmt: skip
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = evaluate(bundle_f32, heldout, None)
+    assert result["transcribe_clips"] == 1 and result["qa_clips"] == 2
+    assert result["wer"] > 0.5  # random weights do not transcribe
+    assert result["agreement"] == 0.5  # the first target is the bundle's own answer, the second is not
+    assert "| spoken-question agreement (exact answer match) | 0.500 |" in markdown(result, "cmd")
+    assert cut_like_target("One. Two thr", True) == "One." and cut_like_target("One. Two thr", False) == "One. Two thr"

@@ -7,8 +7,10 @@ On the held-out split (sentences and voices never seen in training):
 - transcription WER with "Transcribe the audio.", next to Whisper tiny.en's own WER on the same clips
   (faster-whisper, greedy, English);
 - spoken-question agreement: how often the greedy answer to the spoken question is the same text as the
-  greedy answer to the question typed as text, through the same bundle's decoder (exact match after
-  lower-casing and removing punctuation; first-sentence match and word-overlap F1 are shown beside it).
+  original LLM's greedy answer to the question typed as text (the manifest's target, written by
+  ``fa-edge synth`` with the LLM before any training: a LoRA-trained bundle's decoder is not the original
+  LLM). Exact match after lower-casing and removing punctuation, a spoken answer that hit the token limit
+  cut at its last full sentence as the targets are; first-sentence match and word-overlap F1 beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ TRANSCRIBE = "Transcribe the audio."
 
 def first_sentence(text: str) -> str:
     return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+
+
+def cut_like_target(text: str, hit_limit: bool) -> str:
+    """A truncated answer cut at its last full sentence, as ``fa-edge synth`` cuts the targets."""
+    return text[: text.rfind(".") + 1] if hit_limit and "." in text else text
 
 
 def overlap_f1(a: str, b: str) -> float:
@@ -75,9 +82,9 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
         examples = []
         for r in qa:
             chat.reset()
-            spoken = chat.ask(base / r["audio"], None, gen).run().text
-            chat.reset()
-            typed = chat.ask(None, r["text"], gen).run().text
+            answer = chat.ask(base / r["audio"], None, gen).run()
+            spoken = cut_like_target(answer.text, len(answer.tokens) >= max_tokens)
+            typed = r["target"]
             exact += words(spoken) == words(typed)
             first += words(first_sentence(spoken)) == words(first_sentence(typed))
             f1.append(overlap_f1(spoken, typed))
@@ -116,10 +123,10 @@ def markdown(result: dict, command: str) -> str:
     lines += [
         f"| spoken-question agreement (exact answer match) | {result['agreement']:.3f} |",
         f"| first-sentence agreement | {result['first_sentence_agreement']:.3f} |",
-        f"| mean word-overlap F1, spoken vs typed answer | {result['mean_word_f1']:.3f} |",
+        f"| mean word-overlap F1, spoken answer vs the LLM's typed answer | {result['mean_word_f1']:.3f} |",
         f"| seconds per transcription (2 threads) | {result['transcribe_s_per_clip']:.2f} |",
         "",
-        "Examples (spoken question -> answer; the same question typed -> answer):",
+        "Examples (spoken question -> answer; the original LLM's answer to it typed):",
         "",
     ]
     for ex in result["examples"]:
