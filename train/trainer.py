@@ -64,22 +64,27 @@ class TrainingStep(nn.Module):
         self.ctc = CTCHead(model.llm.get_input_embeddings().weight) if ctc_weight else None
         self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.connector.parameters()).device
+
     def audio(self, ex: Example) -> torch.Tensor:
         """Audio embeddings of one example, (n_audio_tokens, H); the same frames as at inference."""
         keep = ex.n_audio_tokens * self.model.dims.audio.pool_factor
         if not self.frozen_encoder:
-            frames = whisper_encode(self.model.encoder, torch.from_numpy(ex.mel)[None])[:, :keep]
+            frames = whisper_encode(self.model.encoder, torch.from_numpy(ex.mel)[None].to(self.device))[:, :keep]
         else:
             key = id(ex)
             if key not in self._frames:
                 with torch.no_grad(), torch.autocast("cpu", enabled=False):
-                    mel = torch.from_numpy(ex.mel)[None]
+                    mel = torch.from_numpy(ex.mel)[None].to(self.device)
                     self._frames[key] = whisper_encode(self.model.encoder, mel)[:, :keep].clone()
             frames = self._frames[key]
         return self.model.project_frames(frames)[0, : ex.n_audio_tokens]
 
     def _tokens(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def example(self, ex: Example, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings (L, H) and labels (L,) of one example; labels only on the target."""
@@ -89,14 +94,14 @@ class TrainingStep(nn.Module):
         ids_target = self._tokens(ex.target + self.layout.assistant_end)
         text_after = torch.cat([ids_after, ids_target])
         embeds = torch.cat([self.model.embed_tokens(ids_before), audio, self.model.embed_tokens(text_after)])
-        labels = torch.full((embeds.shape[0],), IGNORE, dtype=torch.long)
+        labels = torch.full((embeds.shape[0],), IGNORE, dtype=torch.long, device=embeds.device)
         labels[-len(ids_target) :] = ids_target
         return embeds, labels
 
     def forward(self, batch: list[Example], lm: bool = True, ctc: bool = True) -> torch.Tensor:
         """The LM loss on the targets, plus ``ctc_weight`` x the CTC loss on the transcripts (if any)."""
         audio = [self.audio(ex) for ex in batch]
-        loss = self.lm_loss(batch, audio) if lm else torch.zeros(())
+        loss = self.lm_loss(batch, audio) if lm else torch.zeros((), device=self.device)
         if ctc and self.ctc is not None:
             loss = loss + self.ctc_weight * self.ctc_loss(batch, audio)
         return loss
@@ -105,11 +110,11 @@ class TrainingStep(nn.Module):
         """CTC of each spoken transcript against its audio positions (examples without one are left out)."""
         keep = [i for i, ex in enumerate(batch) if ex.transcript]
         if not keep:
-            return torch.zeros(())
+            return torch.zeros((), device=self.device)
         table = self.model.llm.get_input_embeddings().weight
         logp = [self.ctc(audio[i], table) for i in keep]  # each (T_i, 1 + V)
         width = max(x.shape[0] for x in logp)
-        padded = torch.zeros(width, len(logp), logp[0].shape[1])
+        padded = logp[0].new_zeros(width, len(logp), logp[0].shape[1])
         for j, x in enumerate(logp):
             padded[: x.shape[0], j] = x  # (T_i, C) into (T, N, C)
         targets = [self._tokens(batch[i].transcript) + 1 for i in keep]  # 0 is the blank
@@ -122,9 +127,9 @@ class TrainingStep(nn.Module):
         pairs = [self.example(ex, a) for ex, a in zip(batch, audio, strict=True)]
         width = max(e.shape[0] for e, _ in pairs)
         hidden = pairs[0][0].shape[1]
-        embeds = torch.zeros(len(pairs), width, hidden, dtype=pairs[0][0].dtype)
-        labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros(len(pairs), width, dtype=torch.long)
+        embeds = pairs[0][0].new_zeros(len(pairs), width, hidden)
+        labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long, device=embeds.device)
+        mask = torch.zeros(len(pairs), width, dtype=torch.long, device=embeds.device)
         for i, (e, lab) in enumerate(pairs):  # right padding
             embeds[i, : len(e)], labels[i, : len(lab)], mask[i, : len(e)] = e, lab, 1
         return self.target_loss(embeds, mask, labels)
