@@ -184,20 +184,37 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def batches(n: int, cfg: TrainConfig, epoch: int) -> list[list[int]]:
-    order = list(range(n))
-    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-    return [order[i : i + cfg.batch_size] for i in range(0, n - cfg.batch_size + 1, cfg.batch_size)]
+BUCKET = 32  # batches per length bucket
 
 
-def micro_batches(n: int, cfg: TrainConfig, start: int):
+def approx_length(ex: Example) -> int:
+    """About how many positions an example takes in the LLM (audio + text at ~4 characters a token)."""
+    return ex.n_audio_tokens + (len(ex.instruction or "") + len(ex.target)) // 4
+
+
+def batches(lengths: list[int], cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """One epoch's batches: shuffled, then sorted by length within buckets of BUCKET batches, so a batch holds
+    examples of similar length (right padding wasted ~60% of the positions on the synthetic set with plain
+    shuffling, ~3% this way); the batches are shuffled again. The same order on every run (for resume)."""
+    rng = random.Random(cfg.seed * 1000 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    size, out = cfg.batch_size, []
+    for start in range(0, len(order), size * BUCKET):
+        chunk = sorted(order[start : start + size * BUCKET], key=lambda i: lengths[i])
+        out += [chunk[i : i + size] for i in range(0, len(chunk) - size + 1, size)]
+    rng.shuffle(out)
+    return out
+
+
+def micro_batches(lengths: list[int], cfg: TrainConfig, start: int):
     """Every micro-batch from ``start`` on, epoch after epoch, the same order on every run (for resume)."""
-    per_epoch = len(batches(n, cfg, 0))
+    per_epoch = len(batches(lengths, cfg, 0))
     if per_epoch == 0:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n} training examples")
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(lengths)} training examples")
     index = start
     while True:
-        yield batches(n, cfg, index // per_epoch)[index % per_epoch]
+        yield batches(lengths, cfg, index // per_epoch)[index % per_epoch]
         index += 1
 
 
@@ -245,7 +262,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             print(f"starting from {cfg.init_from}; {len(fresh)} trainable tensors fresh (e.g. {fresh[:2]})")
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)  # the schedule steps once per update
     rank, world = accelerator.process_index, accelerator.num_processes
-    stream = micro_batches(len(train_set), cfg, step * cfg.grad_accum)
+    stream = micro_batches([approx_length(ex) for ex in train_set], cfg, step * cfg.grad_accum)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and accelerator.is_main_process))
     loss_value, eval_loss = float("nan"), None
     wrapped.train()
