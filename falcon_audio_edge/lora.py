@@ -67,6 +67,9 @@ def merge_lora(llm, tensors: dict, settings: LoraSettings, source: str) -> int:
     missing = sorted(targets - set(adapters))
     if unknown or missing:
         raise CheckpointError(f"{source}: LoRA layers not in the LLM's targets {unknown[:5]}, missing {missing[:5]}")
+    shared = sorted(n for n in targets if _shares_storage(llm, linears[n].weight))
+    if shared:
+        raise CheckpointError(f"{source}: LoRA on {shared[:5]}, whose weights are tied to another layer's")
     for name, (a, b) in sorted(adapters.items()):
         weight = linears[name].weight
         out_dim, in_dim = weight.shape
@@ -79,3 +82,9 @@ def merge_lora(llm, tensors: dict, settings: LoraSettings, source: str) -> int:
             delta = b.float() @ a.float() * settings.scale  # (out, r) @ (r, in) -> (out, in)
             weight.add_(delta.to(weight.dtype))
     return len(adapters)
+
+
+def _shares_storage(llm, weight) -> bool:
+    """A weight tied to another parameter (SmolLM2's lm_head is its token embeddings)."""
+    ptr = weight.data_ptr()
+    return sum(p.data_ptr() == ptr for _, p in llm.named_parameters(remove_duplicate=False)) > 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model: synthetic data -> base checkpoint -> train the connector -> LoRA on top of it
+# Train and ship the demo model: synthetic data -> base checkpoint -> train the connector -> LoRA on top of it
 # -> ship the weights -> export the demo bundle -> quality report (docs/quality.md). About 3 hours on 2 cores
 # (synth ~12 min, each training run 1-1.5 hours at 2-5 s per step).
 set -euo pipefail

@@ -60,6 +60,8 @@ class TrainConfig:
             raise ConfigError(f"ctc_only_steps={self.ctc_only_steps} needs ctc_weight > 0 (there is no loss otherwise)")
         if self.init_from is not None and Path(self.init_from).resolve() == Path(self.output_dir).resolve():
             raise ConfigError(f"init_from={self.init_from!r} is the output_dir itself (a resume): drop it")
+        if not isinstance(self.lora_targets, list) or not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise ConfigError(f"lora_targets must be a list of layer names, got {self.lora_targets!r}")
         unknown = sorted(set(self.train) - set(TRAINABLE))
         if unknown:
             raise ConfigError(f"train has unknown parts {unknown}; choose from {list(TRAINABLE)}")

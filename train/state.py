@@ -64,7 +64,7 @@ def init_weights(run: Path, model, cfg) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"init_from: {path} not found (give an earlier run's output_dir)")
     state = torch.load(path, weights_only=False)
-    if state["config"]["checkpoint"] != cfg.checkpoint:
+    if Path(state["config"]["checkpoint"]).resolve() != Path(cfg.checkpoint).resolve():
         raise ConfigError(f"init_from: {run} trained from {state['config']['checkpoint']}, not {cfg.checkpoint}")
     want = trainable_state(model)
     saved = state["trainable"]

@@ -76,7 +76,7 @@ class TrainingStep(nn.Module):
         else:
             key = id(ex)
             if key not in self._frames:
-                with torch.no_grad(), torch.autocast("cpu", enabled=False):
+                with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                     mel = torch.from_numpy(ex.mel)[None].to(self.device)
                     self._frames[key] = whisper_encode(self.model.encoder, mel)[:, :keep].clone()
             frames = self._frames[key]
