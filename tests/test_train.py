@@ -127,6 +127,14 @@ def test_resume_continues_where_the_run_stopped(tmp_path, tiny_ckpt, manifest, m
         assert np.allclose(a[key], b[key], atol=1e-6), key
     with pytest.raises(ConfigError, match=r"other \['batch_size'\]"):
         trainer.train(config(tmp_path / "b", tiny_ckpt, manifest, batch_size=4, max_steps=8), progress=False)
+    import torch  # a state saved with another batch order (an older version) is not resumed either
+
+    state_path = tmp_path / "b" / "run" / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    state["config"].pop("batching")
+    torch.save(state, state_path)
+    with pytest.raises(ConfigError, match="batching \\(saved: before length buckets\\)"):
+        trainer.train(config(tmp_path / "b", tiny_ckpt, manifest, max_steps=8), progress=False)
 
 
 def test_accelerate_launch_with_two_cpu_processes(tmp_path, tiny_ckpt, manifest):

@@ -14,6 +14,8 @@ from falcon_audio_edge.files import atomic_file
 from falcon_audio_edge.lora import LoraSettings
 
 STATE_FILE = "state.pt"
+# how the trainer orders batches: a resume must replay the same stream, so a change of scheme is refused
+BATCHING = "shuffle, sort by length within buckets of 32 batches, shuffle batches"
 # settings that must not change between a run and its resume
 RESUME_KEYS = (
     "checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "ctc_weight",
@@ -32,7 +34,7 @@ def save_state(out: Path, step: int, model, optimizer, scheduler, cfg) -> Path:
         "trainable": trainable_state(model),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "config": {k: getattr(cfg, k) for k in RESUME_KEYS},
+        "config": {**{k: getattr(cfg, k) for k in RESUME_KEYS}, "batching": BATCHING},
     }
     path = out / STATE_FILE
     return atomic_file(path, lambda tmp: torch.save(state, tmp))
@@ -83,6 +85,8 @@ def check_resume(out: Path, cfg) -> None:
         return
     saved = torch.load(path, weights_only=False)["config"]
     changed = sorted(k for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k))
+    if saved.get("batching") != BATCHING:
+        changed.append(f"batching (saved: {saved.get('batching') or 'before length buckets'})")
     if changed:
         raise ConfigError(f"{out} holds a run with other {changed}; resume with the same settings or a new output_dir")
 

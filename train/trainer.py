@@ -184,7 +184,7 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-BUCKET = 32  # batches per length bucket
+BUCKET = 32  # batches per length bucket (a change here changes state.BATCHING too)
 
 
 def approx_length(ex: Example) -> int:
