@@ -89,7 +89,7 @@ def copy_state(module: Any, tensors: dict[str, Any], source: str) -> None:
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     tensors = dict(tensors)
     missing = []
-    for group in _shared_groups(module):
+    for group in shared_groups(module):
         present = [k for k in group if k in tensors]
         if not present:
             missing.append(group[0])
@@ -105,7 +105,7 @@ def copy_state(module: Any, tensors: dict[str, Any], source: str) -> None:
     module.load_state_dict(tensors, strict=True)
 
 
-def _shared_groups(module: Any) -> list[list[str]]:
+def shared_groups(module: Any) -> list[list[str]]:
     """State-dict keys grouped by the storage they share (a tied embedding is one group of two)."""
     groups: dict[int, list[str]] = {}
     for key, tensor in module.state_dict().items():

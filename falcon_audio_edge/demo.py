@@ -87,7 +87,7 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
     trained = load_file(str(weights))
     connector = {k[len("connector.") :]: v for k, v in trained.items() if k.startswith("connector.")}
     adapters = {k: v for k, v in trained.items() if k.startswith("llm.")}
-    other = sorted(set(trained) - {f"connector.{k}" for k in connector} - set(adapters))
+    other = sorted(k for k in trained if not k.startswith(("connector.", "llm.")))
     if not connector or other:
         raise CheckpointError(f"{weights} should hold the connector (and LoRA) weights only; unexpected {other[:5]}")
     copy_state(model.connector, connector, str(weights))

@@ -67,24 +67,22 @@ def merge_lora(llm, tensors: dict, settings: LoraSettings, source: str) -> int:
     missing = sorted(targets - set(adapters))
     if unknown or missing:
         raise CheckpointError(f"{source}: LoRA layers not in the LLM's targets {unknown[:5]}, missing {missing[:5]}")
-    shared = sorted(n for n in targets if _shares_storage(llm, linears[n].weight))
+    from falcon_audio_edge.checkpoint import shared_groups
+
+    tied = {key for group in shared_groups(llm) if len(group) > 1 for key in group}
+    shared = sorted(n for n in targets if f"{n}.weight" in tied)
     if shared:
         raise CheckpointError(f"{source}: LoRA on {shared[:5]}, whose weights are tied to another layer's")
-    for name, (a, b) in sorted(adapters.items()):
-        weight = linears[name].weight
-        out_dim, in_dim = weight.shape
+    for name, (a, b) in sorted(adapters.items()):  # every shape checked before any weight changes
+        out_dim, in_dim = linears[name].weight.shape
         if tuple(a.shape) != (settings.r, in_dim) or tuple(b.shape) != (out_dim, settings.r):
             raise CheckpointError(
                 f"{source}: {name} LoRA shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit weight "
-                f"{tuple(weight.shape)} with r={settings.r}"
+                f"{(out_dim, in_dim)} with r={settings.r}"
             )
-        with torch.no_grad():
+    with torch.no_grad():
+        for name, (a, b) in adapters.items():
+            weight = linears[name].weight
             delta = b.float() @ a.float() * settings.scale  # (out, r) @ (r, in) -> (out, in)
             weight.add_(delta.to(weight.dtype))
     return len(adapters)
-
-
-def _shares_storage(llm, weight) -> bool:
-    """A weight tied to another parameter (SmolLM2's lm_head is its token embeddings)."""
-    ptr = weight.data_ptr()
-    return sum(p.data_ptr() == ptr for _, p in llm.named_parameters(remove_duplicate=False)) > 1

@@ -191,13 +191,16 @@ def _check_lora_merge(result, tiny_ckpt, merged_by_peft, before):
         assert torch.allclose(value, merged_by_peft[f"llm.{key}"], atol=1e-4), key
         moved = max(moved, float((merged_by_peft[f"llm.{key}"] - before[f"llm.{key}"]).abs().max()))
     assert moved > 1e-3  # the adapters changed the weights well beyond the tolerance
-    one = next(k for k in adapters if "lora_A" in k)
+    one = max(k for k in adapters if "lora_A" in k)  # the last layer merged: a bad one must not leave a half merge
     bad = [({k: v for k, v in adapters.items() if k != one}, "without both"),
            ({**adapters, "llm.bogus.weight": adapters[one]}, "not a LoRA weight"),
            ({**adapters, one: adapters[one][:, :-1]}, "do not fit")]  # fmt: skip
     for tensors, message in bad:
+        untouched = load_checkpoint(tiny_ckpt).model.llm
+        original = {k: v.clone() for k, v in untouched.state_dict().items()}
         with pytest.raises(CheckpointError, match=message):
-            merge_lora(load_checkpoint(tiny_ckpt).model.llm, tensors, settings, "trainable")
+            merge_lora(untouched, tensors, settings, "trainable")
+        assert all(torch.equal(original[k], v) for k, v in untouched.state_dict().items())
     head = load_checkpoint(tiny_ckpt).model.llm
     head.lm_head.weight = head.model.embed_tokens.weight  # tied, as in SmolLM2
     vocab, hidden = head.lm_head.weight.shape

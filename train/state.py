@@ -14,8 +14,9 @@ from falcon_audio_edge.files import atomic_file
 from falcon_audio_edge.lora import LoraSettings
 
 STATE_FILE = "state.pt"
+BUCKET = 32  # batches per length bucket in the trainer's batch order
 # how the trainer orders batches: a resume must replay the same stream, so a change of scheme is refused
-BATCHING = "shuffle, sort by length within buckets of 32 batches, shuffle batches"
+BATCHING = f"shuffle, sort by length within buckets of {BUCKET} batches, shuffle batches"
 # settings that must not change between a run and its resume
 RESUME_KEYS = (
     "checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "ctc_weight",

@@ -7,6 +7,7 @@ processes: each takes its shard of every batch and gradients are averaged.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
 from falcon_audio_edge.train.state import (
+    BUCKET,
     check_resume,
     init_weights,
     load_state,
@@ -184,9 +186,6 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-BUCKET = 32  # batches per length bucket (a change here changes state.BATCHING too)
-
-
 def approx_length(ex: Example) -> int:
     """About how many positions an example takes in the LLM (audio + text at ~4 characters a token)."""
     return ex.n_audio_tokens + (len(ex.instruction or "") + len(ex.target)) // 4
@@ -194,8 +193,8 @@ def approx_length(ex: Example) -> int:
 
 def batches(lengths: list[int], cfg: TrainConfig, epoch: int) -> list[list[int]]:
     """One epoch's batches: shuffled, then sorted by length within buckets of BUCKET batches, so a batch holds
-    examples of similar length (right padding wasted ~60% of the positions on the synthetic set with plain
-    shuffling, ~3% this way); the batches are shuffled again. The same order on every run (for resume)."""
+    examples of similar length and little of it is right padding; the batches are shuffled again. The same
+    order on every run (for resume)."""
     rng = random.Random(cfg.seed * 1000 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -212,10 +211,12 @@ def micro_batches(lengths: list[int], cfg: TrainConfig, start: int):
     per_epoch = len(batches(lengths, cfg, 0))
     if per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(lengths)} training examples")
-    index = start
-    while True:
-        yield batches(lengths, cfg, index // per_epoch)[index % per_epoch]
-        index += 1
+    epoch, order = None, []
+    for index in itertools.count(start):
+        if index // per_epoch != epoch:  # one epoch's order, made once
+            epoch = index // per_epoch
+            order = batches(lengths, cfg, epoch)
+        yield order[index % per_epoch]
 
 
 @dataclass
