@@ -308,3 +308,20 @@ def test_batches_group_similar_lengths():
     padded = sum(max(lengths[i] for i in b) * len(b) for b in epoch)
     assert padded / sum(lengths[i] for i in flat) < 1.1  # plain shuffling: about 1.5 here
     assert batches(lengths, cfg, 0) == epoch and batches(lengths, cfg, 1) != epoch
+
+
+def test_quality_command_bad_input(tmp_path, bundle_f32):
+    """Missing files, a folder that is not a bundle, a manifest that is not JSONL: one error line, exit 2."""
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("not json\n")
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"audio": "a.wav", "task": "qa", "text": "Hi?", "target": "Hi."}) + "\n")
+    cases = [([str(bundle_f32), "--heldout", str(tmp_path / "none.jsonl")], "held-out manifest not found"),
+             ([str(bundle_f32), "--heldout", str(heldout), "--whisper", str(tmp_path)], "no model.bin"),
+             ([str(tmp_path), "--heldout", str(good)], f"error: {tmp_path} is not a bundle"),
+             ([str(bundle_f32), "--heldout", str(heldout)], "is not a JSONL manifest")]  # fmt: skip
+    for args, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "falcon_audio_edge.train.quality", *args, "--out",
+                               str(tmp_path / "q.md")], capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "q.md").exists()

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.runtime.bundle import read_bundle
@@ -144,7 +145,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
     parser.add_argument("--json", dest="as_json", action="store_true")
     args = parser.parse_args()
-    result = evaluate(args.bundle, args.heldout, args.whisper)
+    if not args.heldout.is_file():
+        parser.exit(2, f"error: held-out manifest not found: {args.heldout}\n")
+    if args.whisper is not None and not (args.whisper / "model.bin").is_file():
+        parser.exit(2, f"error: {args.whisper} is not a CTranslate2 Whisper folder (no model.bin)\n")
+    try:
+        result = evaluate(args.bundle, args.heldout, args.whisper)
+    except FaEdgeError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    except json.JSONDecodeError as exc:
+        parser.exit(2, f"error: {args.heldout} is not a JSONL manifest: {exc}\n")
     command = "python -m falcon_audio_edge.train.quality " + shlex.join(sys.argv[1:])
     if args.out:
         atomic_text(args.out, markdown(result, command))
