@@ -106,7 +106,7 @@ def synth(
     llm: Annotated[Path, typer.Option(help="the LLM (GGUF) whose answers become the targets")],
     seed: int = 0,
     voices_per_question: Annotated[int, typer.Option(help="spoken-QA clips per training question")] = 3,
-    random_clips: Annotated[int, typer.Option(help="training clips of random word sequences")] = 1500,
+    random_clips: Annotated[int, typer.Option(help="training clips of random word sequences")] = 3000,
 ) -> None:
     """Make the synthetic speech instruction set with espeak-ng (manifests: audio, instruction, target)."""
     from falcon_audio_edge.train.synth import build_dataset

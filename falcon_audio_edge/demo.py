@@ -69,7 +69,8 @@ def shipped_dims(path: Path) -> ModelDims:
 def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
     """Assemble the demo checkpoint: pretrained encoder + LLM, then the shipped trained weights.
 
-    The weights file holds the connector and, if it was trained with LoRA, the LLM's adapters (merged here).
+    The weights file holds the connector and, as trained, the whole encoder and the LLM's LoRA adapters (merged
+    here).
     """
     from safetensors.torch import load_file
 
@@ -86,11 +87,16 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
         raise CheckpointError(f"the installed encoder/LLM packages do not match the dims {weights} was trained with")
     trained = load_file(str(weights))
     connector = {k[len("connector.") :]: v for k, v in trained.items() if k.startswith("connector.")}
+    encoder = {k[len("encoder.") :]: v for k, v in trained.items() if k.startswith("encoder.")}
     adapters = {k: v for k, v in trained.items() if k.startswith("llm.")}
-    other = sorted(k for k in trained if not k.startswith(("connector.", "llm.")))
+    other = sorted(k for k in trained if not k.startswith(("connector.", "encoder.", "llm.")))
     if not connector or other:
-        raise CheckpointError(f"{weights} should hold the connector (and LoRA) weights only; unexpected {other[:5]}")
+        raise CheckpointError(
+            f"{weights} should hold the connector (and encoder, LoRA) weights only; unexpected {other[:5]}"
+        )
     copy_state(model.connector, connector, str(weights))
+    if encoder:  # a fine-tuned encoder replaces Whisper's, every key and shape checked
+        copy_state(model.encoder, encoder, str(weights))
     if adapters:
         merge_lora(model.llm, adapters, LoraSettings.from_metadata(meta, str(weights)), str(weights))
     return save_checkpoint(model, tokenizer, out, force=True)

@@ -17,6 +17,7 @@ ldconfig -p | grep -q libportaudio.so || apt_needed+=(libportaudio2)
 command -v pulseaudio >/dev/null || apt_needed+=(pulseaudio)
 command -v paplay >/dev/null || apt_needed+=(pulseaudio-utils)
 command -v tmux >/dev/null || apt_needed+=(tmux)
+[ -f /usr/share/dict/words ] || apt_needed+=(wamerican)  # the synthetic set's word list (fa-edge synth)
 if [ ${#apt_needed[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_needed[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -154,13 +154,15 @@ def test_microphone_records_played_speech_and_the_endpointer_finds_it(pulse, que
 def test_unknown_device_and_a_device_that_disappears(pulse, tmp_path):
     with pytest.raises(AudioDeviceError, match="no input device matches 'no-such-mic'"):
         resolve_device("no-such-mic")
-    with Microphone(resolve_device("pulse")) as mic:
-        mic.read(timeout=2.0)
-        pulse.stop()  # the sound server (and with it the device) goes away mid-recording
-        with pytest.raises(AudioDeviceError, match="delivered no audio"):
-            for _ in range(200):
-                mic.read(timeout=1.0)
-    pulse.start()
+    try:
+        with Microphone(resolve_device("pulse")) as mic:
+            mic.read(timeout=10.0)  # a sound server started under load can take seconds to deliver its first block
+            pulse.stop()  # the sound server (and with it the device) goes away mid-recording
+            with pytest.raises(AudioDeviceError, match="delivered no audio"):
+                for _ in range(200):
+                    mic.read(timeout=1.0)
+    finally:
+        pulse.start()  # for the tests after this one, whatever happened here
 
 
 # -- the app in a terminal --

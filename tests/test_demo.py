@@ -99,6 +99,20 @@ def test_demo_build_checks_the_weights(tmp_path):
     with pytest.raises(CheckpointError, match="no valid lora_r"):
         build_checkpoint(tmp_path / "demo4", weights)
 
+    # a fine-tuned encoder (float16, the whole state) replaces Whisper's; a missing key is refused
+    encoder = {f"encoder.{k}": v.half() for k, v in base.model.encoder.state_dict().items()}
+    key = next(k for k in encoder if k.endswith("fc1.weight"))
+    encoder[key] = encoder[key] + 0.5
+    connector_only = {f"connector.{k}": v for k, v in connector.state_dict().items()}
+    save_file({**connector_only, **encoder}, str(weights), metadata={"dims": base.dims.to_json()})
+    tuned = load_checkpoint(build_checkpoint(tmp_path / "demo5", weights)).model.encoder.state_dict()
+    assert torch.equal(tuned[key[len("encoder.") :]], encoder[key].float())
+    assert all(torch.equal(tuned[k[len("encoder.") :]], v.float()) for k, v in encoder.items())
+    del encoder[key]
+    save_file({**connector_only, **encoder}, str(weights), metadata={"dims": base.dims.to_json()})
+    with pytest.raises(CheckpointError, match="missing"):
+        build_checkpoint(tmp_path / "demo6", weights)
+
 
 def _base_checkpoint(tmp_path: Path, whisper: Path, llm: Path) -> Path:
     from falcon_audio_edge.checkpoint import init_checkpoint

@@ -48,3 +48,15 @@ def test_random_words_are_reproducible_and_drawn_from_the_vocabulary():
     assert all(3 <= len(s.split()) <= 8 and set(s.split()) <= set(words) for s in a)
     with pytest.raises(ValueError, match="non-empty vocabulary"):
         random_word_sentences(random.Random(1), [], 3)
+
+
+def test_common_words_are_whole_word_dictionary_tokens_in_id_order(tmp_path):
+    from falcon_audio_edge.train.textgen import common_words
+
+    dictionary = tmp_path / "words"
+    dictionary.write_text("the\ncat\nhouse\nDog\nzebra\n")
+    vocab = {"Ġzebra": 9, "Ġthe": 0, "Ġcon": 1, "cat": 2, "Ġcat": 5, "ĠDog": 3, "▁house": 7, "Ġho": 4}
+    assert common_words(vocab, 10, dictionary) == ["the", "cat", "house", "zebra"]
+    assert common_words(vocab, 2, dictionary) == ["the", "cat"]
+    with pytest.raises(FileNotFoundError, match="wamerican"):
+        common_words(vocab, 2, tmp_path / "missing")

@@ -51,6 +51,8 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"ctc_only_steps": 2}, "ctc_only_steps=2 needs ctc_weight > 0"),
         ({"ctc_weight": 0.5, "ctc_only_steps": 6}, "ctc_only_steps=6 must be an integer >= 0 and < max_steps"),
         ({"ctc_weight": -1}, "ctc_weight must be a number >= 0"),
+        ({"encoder_learning_rate": 1e-4}, r"encoder_learning_rate=0.0001 needs 'encoder' in train"),
+        ({"train": ["connector", "encoder"], "encoder_learning_rate": "1e-4"}, "encoder_learning_rate must be in"),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_keys(tmp_path, tiny_ckpt, manifest, patch, message):
@@ -161,6 +163,10 @@ def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, pa
     names = set(load_file(str(result.trainable)))
     if "lora" in parts:
         assert any("lora_A" in n for n in names)
+    if "encoder" in parts:  # shipped whole, buffers included
+        assert {n for n in names if n.startswith("encoder.")} == {
+            f"encoder.{k}" for k in checkpoint.model.encoder.state_dict()
+        }
     after = load_checkpoint(result.checkpoint).model.state_dict()  # LoRA merged into the LLM's weights
     before = checkpoint.model.state_dict()
     assert set(after) == set(before)
@@ -168,6 +174,51 @@ def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, pa
     assert moved == changed
     if "lora" in parts:
         _check_lora_merge(result, tiny_ckpt, after, before)
+
+
+def test_bf16_run_casts_the_frozen_llm_once_and_saves_it_exact(tmp_path, tiny_ckpt, manifest, checkpoint):
+    import torch
+    from accelerate.state import AcceleratorState
+    from falcon_audio_edge.train.trainer import frozen_to_bf16, restore_frozen, train
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    llm = load_checkpoint(tiny_ckpt).model.llm
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    originals = {n: (p.data_ptr(), p.detach().clone()) for n, p in llm.named_parameters()}
+    kept = frozen_to_bf16(llm)
+    assert set(kept) == set(originals) and all(p.dtype == torch.bfloat16 for p in llm.parameters())
+    restore_frozen(llm, kept)
+    for name, p in llm.named_parameters():  # the very same float32 storage is back
+        assert p.data_ptr() == originals[name][0] and torch.equal(p.detach(), originals[name][1])
+
+    cfg = config(tmp_path, tiny_ckpt, manifest, train=["connector", "lora"], bf16=True, max_steps=3, ctc_weight=0.5)
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+    try:
+        result = train(cfg, progress=False)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert np.isfinite(result.final_loss) and np.isfinite(result.eval_loss)
+    saved = load_checkpoint(result.checkpoint).model
+    assert all(p.dtype == torch.float32 for p in saved.parameters())
+    base = checkpoint.model.llm.state_dict()
+    for name, value in saved.llm.state_dict().items():  # only the LoRA targets moved, the rest bit for bit
+        if not name.endswith(("q_proj.weight", "v_proj.weight")):
+            assert torch.equal(value, base[name]), name
+
+
+def test_encoder_gets_its_own_learning_rate(tmp_path, tiny_ckpt, manifest):
+    from falcon_audio_edge.train.trainer import make_optimizer, set_trainable
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_ckpt)
+    cfg = config(tmp_path, tiny_ckpt, manifest, train=["connector", "encoder"], encoder_learning_rate=1e-4)
+    groups = make_optimizer(set_trainable(ckpt.model, cfg), cfg).param_groups
+    assert [g["lr"] for g in groups] == [5e-3, 1e-4]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in ckpt.model.encoder.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in ckpt.model.connector.parameters()}
 
 
 def _check_lora_merge(result, tiny_ckpt, merged_by_peft, before):

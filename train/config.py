@@ -28,6 +28,7 @@ class TrainConfig:
     load_in_4bit: bool = False  # QLoRA: NF4 base LLM (bitsandbytes, CUDA only)
     optimizer: str = "adamw"  # or adamw8bit (bitsandbytes, CUDA only)
     learning_rate: float = 1e-3
+    encoder_learning_rate: float | None = None  # with 'encoder' in train: its own peak rate (None: learning_rate)
     weight_decay: float = 0.0
     warmup_steps: int = 30
     max_steps: int = 300
@@ -50,6 +51,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
+        if self.encoder_learning_rate is not None:
+            if "encoder" not in self.train:
+                raise ConfigError(f"encoder_learning_rate={self.encoder_learning_rate!r} needs 'encoder' in train")
+            if not isinstance(self.encoder_learning_rate, float) or not 0 < self.encoder_learning_rate < 1:
+                raise ConfigError(f"encoder_learning_rate must be in (0, 1), got {self.encoder_learning_rate!r}")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}")
         if not isinstance(self.ctc_weight, (int, float)) or self.ctc_weight < 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from falcon_audio_edge.train.textgen import (
+    common_words,
     generated_questions,
     generated_sentences,
     random_word_sentences,
@@ -38,8 +40,15 @@ from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.settings import default_threads
 
 SENTENCES = Path(__file__).parent / "sentences"
-TRAIN_ACCENTS = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029"]
-TRAIN_VARIANTS = ["", "m1", "m2", "m3", "m4", "f1", "f2", "f3", "klatt"]
+TRAIN_ACCENTS = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc"]
+# espeak-ng's voice variants (voices/!v): the numbered ones and the named people; not the effects (whisper,
+# croak, robots, Demonic) and never the held-out ones.
+TRAIN_VARIANTS = [
+    "", "m1", "m2", "m3", "m4", "m5", "m6", "m8", "f1", "f2", "f3", "klatt", "klatt2", "klatt3", "klatt4",
+    "Alex", "Andy", "Annie", "adam", "anika", "announcer", "aunty", "belinda", "benjamin", "boris", "caleb",
+    "david", "ed", "edward", "grandma", "grandpa", "iven", "john", "linda", "max", "michel", "norbert", "paul",
+    "quincy", "rob", "robert", "shelby", "steph", "travis", "victor", "zac", "Jacky", "Lee", "Michael", "Mike",
+]  # fmt: skip
 HELDOUT_ACCENTS = ["en-gb-x-gbclan", "en-gb-x-gbcwmd"]
 HELDOUT_VARIANTS = ["m7", "f4", "f5"]
 TRANSCRIBE_PROMPTS = [
@@ -60,6 +69,26 @@ INSTRUCTIONS = [
 
 def read_lines(name: str) -> list[str]:
     return [line.strip() for line in (SENTENCES / name).read_text().splitlines() if line.strip()]
+
+
+def check_voices(variants: list[str] | None = None, accents: list[str] | None = None) -> None:
+    """Every voice this set names must exist in espeak-ng: it silently falls back to its default voice on an
+    unknown one, which would make the held-out voices a claim instead of a fact. Train and held-out stay apart."""
+    variants = TRAIN_VARIANTS + HELDOUT_VARIANTS if variants is None else variants
+    accents = TRAIN_ACCENTS + HELDOUT_ACCENTS if accents is None else accents
+    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"Data at: (.+)$", version.strip())
+    if not found:
+        raise RuntimeError(f"espeak-ng --version does not say where its data is: {version!r}")
+    folder = Path(found.group(1).strip()) / "voices" / "!v"
+    listed = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True, check=True).stdout
+    known = {line.split()[1] for line in listed.splitlines()[1:] if len(line.split()) > 1}
+    missing = [v for v in variants if v and not (folder / v).is_file()] + [a for a in accents if a not in known]
+    if missing:
+        raise RuntimeError(f"espeak-ng has no voice or variant {missing} (looked in {folder} and --voices=en)")
+    shared = (set(TRAIN_VARIANTS) & set(HELDOUT_VARIANTS)) | (set(TRAIN_ACCENTS) & set(HELDOUT_ACCENTS))
+    if shared:
+        raise RuntimeError(f"voices {sorted(shared)} are in both the training and the held-out lists")
 
 
 @dataclass(frozen=True)
@@ -164,12 +193,16 @@ class Extra:
     random_words: list[str]
 
 
-def make_extra(answers: TextAnswers, seed: int, n_random: int) -> Extra:
+COMMON_WORDS = 5000  # the tokenizer's commonest dictionary words, added to the random sequences' vocabulary
+
+
+def make_extra(answers: TextAnswers, seed: int, n_random: int, vocab: dict[str, int]) -> Extra:
     heldout = {s.lower() for name in ("questions_heldout.txt", "statements_heldout.txt") for s in read_lines(name)}
     topics = read_lines("topics.txt")
     sentences = generated_sentences(answers.answer, topics, heldout)
     questions = generated_questions(answers.answer, topics, heldout | {s.lower() for s in sentences})
     words = vocabulary(sentences + questions + read_lines("questions.txt") + read_lines("statements.txt"))
+    words = sorted(set(words) | set(common_words(vocab, COMMON_WORDS)))
     return Extra(sentences, questions, random_word_sentences(random.Random(seed), words, n_random))
 
 
@@ -198,7 +231,7 @@ def build_split(
 
 
 def build_dataset(
-    out: str | Path, llm: str | Path, seed: int = 0, voices_per_question: int = 3, random_clips: int = 1500
+    out: str | Path, llm: str | Path, seed: int = 0, voices_per_question: int = 3, random_clips: int = 3000
 ) -> dict[str, Path]:
     """Both splits: out/train (training voices, augmented) and out/heldout (unseen sentences and voices).
 
@@ -209,12 +242,18 @@ def build_dataset(
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
     out = Path(out)
+    check_voices()
     tokenizer, _ = tokenizer_from_gguf(llm)
     answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))
     try:
         return {
             "train": build_split(
-                out / "train", False, answers, seed, voices_per_question, make_extra(answers, seed, random_clips)
+                out / "train",
+                False,
+                answers,
+                seed,
+                voices_per_question,
+                make_extra(answers, seed, random_clips, tokenizer.get_vocab()),
             ),
             "heldout": build_split(out / "heldout", True, answers, seed + 1, 2),
         }

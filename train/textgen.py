@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 GENERATE = [
     "Write three short sentences about {}.",
@@ -59,6 +60,28 @@ def generated_questions(answer, topics: Iterable[str], exclude: set[str]) -> lis
 def vocabulary(sentences: Iterable[str]) -> list[str]:
     """The distinct lower-case words of the given sentences, sorted (so a seed gives the same draws)."""
     return sorted({w for s in sentences for w in re.findall(r"[a-z]+(?:'[a-z]+)?", s.lower()) if len(w) > 1})
+
+
+DICTIONARY = Path("/usr/share/dict/words")  # Debian's wamerican
+
+
+def common_words(vocab: dict[str, int], n: int, dictionary: Path = DICTIONARY) -> list[str]:
+    """The ``n`` commonest English words by the LLM's own tokenizer: whole-word tokens (a leading space
+    marker, 3-12 lower-case letters) that are dictionary words, in token-id order (BPE merges come roughly in
+    frequency order). Spoken in random sequences they widen the words training hears far past the generated
+    text's, so the model must learn to spell what it hears rather than recall sentences."""
+    if not dictionary.is_file():
+        raise FileNotFoundError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
+    known = {w.strip() for w in dictionary.read_text(errors="replace").splitlines() if w.strip().islower()}
+    out, seen = [], set()
+    for token, _ in sorted(vocab.items(), key=lambda item: item[1]):
+        word = token.lstrip("\u0120\u2581")  # the byte-level BPE (Ġ) or SentencePiece (▁) space marker
+        if word != token and re.fullmatch(r"[a-z]{3,12}", word) and word in known and word not in seen:
+            seen.add(word)
+            out.append(word)
+            if len(out) == n:
+                break
+    return out
 
 
 def random_word_sentences(rng: random.Random, words: list[str], n: int, lo: int = 3, hi: int = 8) -> list[str]:

@@ -95,7 +95,8 @@ class TrainingStep(nn.Module):
         ids_after = self._tokens(after)
         ids_target = self._tokens(ex.target + self.layout.assistant_end)
         text_after = torch.cat([ids_after, ids_target])
-        embeds = torch.cat([self.model.embed_tokens(ids_before), audio, self.model.embed_tokens(text_after)])
+        before_emb, after_emb = self.model.embed_tokens(ids_before), self.model.embed_tokens(text_after)
+        embeds = torch.cat([before_emb, audio.to(before_emb.dtype), after_emb])  # (L, H), one dtype
         labels = torch.full((embeds.shape[0],), IGNORE, dtype=torch.long, device=embeds.device)
         labels[-len(ids_target) :] = ids_target
         return embeds, labels
@@ -157,7 +158,8 @@ def lr_lambda(cfg: TrainConfig):
     return scale
 
 
-def set_trainable(model, cfg: TrainConfig) -> list[nn.Parameter]:
+def set_trainable(model, cfg: TrainConfig) -> list[dict]:
+    """Freeze all, then unfreeze what ``cfg.train`` names; returns the optimizer's parameter groups."""
     for p in model.parameters():
         p.requires_grad_(False)
     if "lora" in cfg.train:
@@ -167,13 +169,18 @@ def set_trainable(model, cfg: TrainConfig) -> list[nn.Parameter]:
         model.llm = get_peft_model(model.llm, lora)
     for p in model.connector.parameters():
         p.requires_grad_(True)
-    if "encoder" in cfg.train:
-        for p in model.encoder.parameters():
-            p.requires_grad_(True)
-    return [p for p in model.parameters() if p.requires_grad]
+    encoder = list(model.encoder.parameters()) if "encoder" in cfg.train else []
+    for p in encoder:
+        p.requires_grad_(True)
+    ids = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": rest, "lr": cfg.learning_rate}]
+    if encoder:
+        groups.append({"params": encoder, "lr": cfg.encoder_learning_rate or cfg.learning_rate})
+    return groups
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw8bit" or cfg.load_in_4bit:
         if not torch.cuda.is_available():
             raise ConfigError("adamw8bit and load_in_4bit use bitsandbytes, which needs a CUDA GPU; use adamw on CPU")
@@ -228,6 +235,24 @@ class TrainResult:
     trainable: Path
 
 
+def frozen_to_bf16(llm: nn.Module) -> dict[str, torch.Tensor]:
+    """Cast the frozen LLM weights to bfloat16 once: autocast would cast them again at every op of every step
+    (it caches casts only for weights that train). Returns the float32 originals for ``restore_frozen``."""
+    kept = {}
+    for name, p in llm.named_parameters():
+        if not p.requires_grad and p.dtype == torch.float32:
+            kept[name] = p.data
+            p.data = p.data.to(torch.bfloat16)
+    return kept
+
+
+def restore_frozen(llm: nn.Module, kept: dict[str, torch.Tensor]) -> None:
+    """Put the float32 originals back, so the saved checkpoint holds the base weights exactly."""
+    for name, p in llm.named_parameters():
+        if name in kept:
+            p.data = kept[name]
+
+
 def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator) -> float:
     step_module.eval()
     losses = []
@@ -252,7 +277,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
     step_module = TrainingStep(ckpt.model, ckpt.tokenizer, "encoder" not in cfg.train, cfg.ctc_weight)
     if step_module.ctc is not None:
-        params += list(step_module.ctc.parameters())
+        params[0]["params"] += list(step_module.ctc.parameters())
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     check_resume(out, cfg)
@@ -262,6 +287,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         if accelerator.is_main_process:
             print(f"starting from {cfg.init_from}; {len(fresh)} trainable tensors fresh (e.g. {fresh[:2]})")
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)  # the schedule steps once per update
+    kept = frozen_to_bf16(ckpt.model.llm) if cfg.bf16 else {}  # after prepare: DDP broadcasts float32 states
     rank, world = accelerator.process_index, accelerator.num_processes
     stream = micro_batches([approx_length(ex) for ex in train_set], cfg, step * cfg.grad_accum)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and accelerator.is_main_process))
@@ -288,6 +314,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             save_state(out, step, step_module, optimizer, scheduler, cfg)
         accelerator.wait_for_everyone()
     bar.close()
+    restore_frozen(ckpt.model.llm, kept)
     return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss), accelerator)
 
 
