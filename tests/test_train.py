@@ -52,7 +52,9 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"ctc_weight": 0.5, "ctc_only_steps": 6}, "ctc_only_steps=6 must be an integer >= 0 and < max_steps"),
         ({"ctc_weight": -1}, "ctc_weight must be a number >= 0"),
         ({"encoder_learning_rate": 1e-4}, r"encoder_learning_rate=0.0001 needs 'encoder' in train"),
-        ({"train": ["connector", "encoder"], "encoder_learning_rate": "1e-4"}, "encoder_learning_rate must be in"),
+        ({"train": ["connector", "encoder"], "encoder_learning_rate": "1e-4"}, "encoder_learning_rate must be a num"),
+        ({"learning_rate": "1e-3"}, r"learning_rate must be a number in \(0, 1\), got '1e-3' \(YAML reads"),
+        ({"learning_rate": 1.5}, r"learning_rate must be a number in \(0, 1\), got 1.5$"),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_keys(tmp_path, tiny_ckpt, manifest, patch, message):
@@ -163,10 +165,12 @@ def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, pa
     names = set(load_file(str(result.trainable)))
     if "lora" in parts:
         assert any("lora_A" in n for n in names)
-    if "encoder" in parts:  # shipped whole, buffers included
+    if "encoder" in parts:  # shipped whole, buffers included, in float16
+        shipped = load_file(str(result.trainable))
         assert {n for n in names if n.startswith("encoder.")} == {
             f"encoder.{k}" for k in checkpoint.model.encoder.state_dict()
         }
+        assert {str(v.dtype) for n, v in shipped.items() if n.startswith("encoder.")} == {"float16"}
     after = load_checkpoint(result.checkpoint).model.state_dict()  # LoRA merged into the LLM's weights
     before = checkpoint.model.state_dict()
     assert set(after) == set(before)

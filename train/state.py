@@ -96,12 +96,12 @@ def save_trainable(model, path: Path, cfg) -> Path:
     """The trained weights alone (connector, LoRA, encoder as configured): small enough to ship."""
     from safetensors.torch import save_file
 
+    state = trainable_state(model)
+    if "encoder" in cfg.train:  # the whole encoder: its buffers too, not only its parameters
+        state |= {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
     # LoRA matrices and a trained encoder in float16 (half the size), the connector as trained
-    tensors = {k: (v.half() if ".lora_" in k else v).contiguous() for k, v in trainable_state(model).items()}
-    if "encoder" in cfg.train:  # the whole encoder (buffers and frozen parts too), float16 like the f16 export
-        tensors = {k: v for k, v in tensors.items() if not k.startswith("encoder.")}
-        encoder = model.encoder.state_dict()
-        tensors |= {f"encoder.{k}": v.detach().half().cpu().contiguous() for k, v in encoder.items()}
+    half = {k for k in state if ".lora_" in k or k.startswith("encoder.")}
+    tensors = {k: (v.half() if k in half else v).detach().cpu().contiguous() for k, v in state.items()}
     meta = {"train": ",".join(cfg.train), "dims": model.dims.to_json()}
     if "lora" in cfg.train:
         meta |= LoraSettings(cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets)).to_metadata()

@@ -172,8 +172,7 @@ def set_trainable(model, cfg: TrainConfig) -> list[dict]:
     encoder = list(model.encoder.parameters()) if "encoder" in cfg.train else []
     for p in encoder:
         p.requires_grad_(True)
-    ids = {id(p) for p in encoder}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
     groups = [{"params": rest, "lr": cfg.learning_rate}]
     if encoder:
         groups.append({"params": encoder, "lr": cfg.encoder_learning_rate or cfg.learning_rate})
