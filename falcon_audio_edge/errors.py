@@ -23,3 +23,11 @@ class CheckpointError(FaEdgeError):
 
 class ExportError(FaEdgeError):
     """An export cannot proceed (output folder in use, unmapped tensor, ...)."""
+
+
+class SetupError(FaEdgeError, RuntimeError):
+    """A system tool the command needs is missing or incomplete (an espeak-ng voice, ...)."""
+
+
+class MissingDataError(FaEdgeError, FileNotFoundError):
+    """A system data file the command needs is not installed (a word list, ...)."""

@@ -35,3 +35,12 @@ def test_speak_writes_16k_mono_speech(tmp_path, heldout):
     assert rate == SAMPLE_RATE and samples.ndim == 1
     assert 0.8 < seconds < 4.0 and abs(len(samples) / rate - seconds) < 1e-6
     assert 0.01 < abs(samples).max() <= 1.0
+
+
+def test_synth_without_the_llm_is_one_error_line_and_writes_nothing(tmp_path):
+    from tests.conftest import fa_edge
+
+    proc = fa_edge("synth", "-o", tmp_path / "data", "--llm", tmp_path / "missing.gguf", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: --llm {tmp_path / 'missing.gguf'}: no such GGUF file"
+    assert not (tmp_path / "data").exists()

@@ -15,6 +15,13 @@ TRAINABLE = ("connector", "lora", "encoder")
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
+def check_rate(name: str, value: Any) -> None:
+    """A learning rate is a number in (0, 1); YAML reads ``1e-3`` (no dot) as text, so say how to write it."""
+    if not isinstance(value, float) or not 0 < value < 1:
+        hint = " (YAML reads 1e-3 as text: write 0.001 or 1.0e-3)" if isinstance(value, str) else ""
+        raise ConfigError(f"{name} must be a number in (0, 1), got {value!r}{hint}")
+
+
 @dataclass
 class TrainConfig:
     checkpoint: str  # the starting checkpoint (fa-edge init ...)
@@ -49,13 +56,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
+        check_rate("learning_rate", self.learning_rate)
         if self.encoder_learning_rate is not None:
             if "encoder" not in self.train:
                 raise ConfigError(f"encoder_learning_rate={self.encoder_learning_rate!r} needs 'encoder' in train")
-            if not isinstance(self.encoder_learning_rate, float) or not 0 < self.encoder_learning_rate < 1:
-                raise ConfigError(f"encoder_learning_rate must be in (0, 1), got {self.encoder_learning_rate!r}")
+            check_rate("encoder_learning_rate", self.encoder_learning_rate)
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}")
         if not isinstance(self.ctc_weight, (int, float)) or self.ctc_weight < 0:

@@ -36,6 +36,7 @@ from falcon_audio_edge.train.textgen import (
 )
 
 from falcon_audio_edge.audio import SAMPLE_RATE, load_audio
+from falcon_audio_edge.errors import ConfigError, SetupError
 from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.settings import default_threads
 
@@ -79,16 +80,16 @@ def check_voices(variants: list[str] | None = None, accents: list[str] | None = 
     version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
     found = re.search(r"Data at: (.+)$", version.strip())
     if not found:
-        raise RuntimeError(f"espeak-ng --version does not say where its data is: {version!r}")
+        raise SetupError(f"espeak-ng --version does not say where its data is: {version!r}")
     folder = Path(found.group(1).strip()) / "voices" / "!v"
     listed = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True, check=True).stdout
     known = {line.split()[1] for line in listed.splitlines()[1:] if len(line.split()) > 1}
     missing = [v for v in variants if v and not (folder / v).is_file()] + [a for a in accents if a not in known]
     if missing:
-        raise RuntimeError(f"espeak-ng has no voice or variant {missing} (looked in {folder} and --voices=en)")
+        raise SetupError(f"espeak-ng has no voice or variant {missing} (looked in {folder} and --voices=en)")
     shared = (set(TRAIN_VARIANTS) & set(HELDOUT_VARIANTS)) | (set(TRAIN_ACCENTS) & set(HELDOUT_ACCENTS))
     if shared:
-        raise RuntimeError(f"voices {sorted(shared)} are in both the training and the held-out lists")
+        raise SetupError(f"voices {sorted(shared)} are in both the training and the held-out lists")
 
 
 @dataclass(frozen=True)
@@ -197,12 +198,13 @@ COMMON_WORDS = 5000  # the tokenizer's commonest dictionary words, added to the 
 
 
 def make_extra(answers: TextAnswers, seed: int, n_random: int, vocab: dict[str, int]) -> Extra:
+    common = common_words(vocab, COMMON_WORDS)  # first: a missing word list fails before minutes of generation
     heldout = {s.lower() for name in ("questions_heldout.txt", "statements_heldout.txt") for s in read_lines(name)}
     topics = read_lines("topics.txt")
     sentences = generated_sentences(answers.answer, topics, heldout)
     questions = generated_questions(answers.answer, topics, heldout | {s.lower() for s in sentences})
     words = vocabulary(sentences + questions + read_lines("questions.txt") + read_lines("statements.txt"))
-    words = sorted(set(words) | set(common_words(vocab, COMMON_WORDS)))
+    words = sorted(set(words) | set(common))
     return Extra(sentences, questions, random_word_sentences(random.Random(seed), words, n_random))
 
 
@@ -242,6 +244,8 @@ def build_dataset(
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
     out = Path(out)
+    if not Path(llm).is_file():
+        raise ConfigError(f"--llm {llm}: no such GGUF file")
     check_voices()
     tokenizer, _ = tokenizer_from_gguf(llm)
     answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from falcon_audio_edge.errors import MissingDataError
+
 GENERATE = [
     "Write three short sentences about {}.",
     "Tell me a short story about {}.",
@@ -71,7 +73,7 @@ def common_words(vocab: dict[str, int], n: int, dictionary: Path = DICTIONARY) -
     frequency order). Spoken in random sequences they widen the words training hears far past the generated
     text's, so the model must learn to spell what it hears rather than recall sentences."""
     if not dictionary.is_file():
-        raise FileNotFoundError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
+        raise MissingDataError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
     known = {w.strip() for w in dictionary.read_text(errors="replace").splitlines() if w.strip().islower()}
     out, seen = [], set()
     for token, _ in sorted(vocab.items(), key=lambda item: item[1]):
