@@ -293,7 +293,7 @@ def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path,
 def test_init_from_an_earlier_run(tmp_path, tiny_ckpt, manifest, capsys):
     """A LoRA run starts from a connector-only run's weights (CTC head included); mismatches are refused."""
     import torch
-    from falcon_audio_edge.train.state import init_weights
+    from falcon_audio_edge.train.state import base_fingerprint, init_weights
     from falcon_audio_edge.train.trainer import TrainingStep, set_trainable, train
 
     from falcon_audio_edge.checkpoint import load_checkpoint
@@ -306,7 +306,8 @@ def test_init_from_an_earlier_run(tmp_path, tiny_ckpt, manifest, capsys):
     ckpt = load_checkpoint(tiny_ckpt)
     set_trainable(ckpt.model, cfg)
     step = TrainingStep(ckpt.model, ckpt.tokenizer, True, cfg.ctc_weight)
-    fresh = init_weights(tmp_path / "a", step, cfg)
+    base = base_fingerprint(tiny_ckpt)
+    fresh = init_weights(tmp_path / "a", step, cfg, base)
     assert fresh and all("lora_" in k for k in fresh)
     now = dict(step.named_parameters())
     assert all(torch.equal(now[k], v) for k, v in saved.items())
@@ -314,15 +315,41 @@ def test_init_from_an_earlier_run(tmp_path, tiny_ckpt, manifest, capsys):
     assert f"starting from {tmp_path / 'a'}; {len(fresh)} trainable tensors fresh" in capsys.readouterr().out
 
     with pytest.raises(ConfigError, match="not found"):
-        init_weights(tmp_path / "nowhere", step, cfg)
-    with pytest.raises(ConfigError, match="trained from"):
-        init_weights(tmp_path / "a", step, config(tmp_path, tmp_path / "other", manifest, init_from="x"))
+        init_weights(tmp_path / "nowhere", step, cfg, base)
+    with pytest.raises(ConfigError, match="trained from other base weights"):
+        init_weights(tmp_path / "a", step, cfg, "0" * 64)
     plain = load_checkpoint(tiny_ckpt)
     set_trainable(plain.model, first)
     with pytest.raises(ConfigError, match="not trainable here"):  # b's LoRA weights, a model without LoRA
-        init_weights(tmp_path / "b", TrainingStep(plain.model, plain.tokenizer, True, 0.5), first)
+        init_weights(tmp_path / "b", TrainingStep(plain.model, plain.tokenizer, True, 0.5), first, base)
     with pytest.raises(ConfigError, match="output_dir itself"):
         config(tmp_path, tiny_ckpt, manifest, init_from=str(tmp_path / "run"))
+
+
+def test_resume_and_init_from_follow_the_base_weights_not_its_path(tmp_path, tiny_ckpt, manifest):
+    """The same weights under another path resume; a checkpoint re-made at the run's path is refused."""
+    import shutil
+
+    import torch
+    from falcon_audio_edge.train.trainer import train
+
+    from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_ckpt, base)
+    assert train(config(tmp_path, base, manifest, max_steps=3), progress=False).steps == 3
+    moved = tmp_path / "moved"
+    base.rename(moved)
+    assert train(config(tmp_path, moved, manifest, max_steps=5), progress=False).steps == 5
+    remade = load_checkpoint(moved)
+    with torch.no_grad():  # another base LLM in the same folder
+        next(remade.model.llm.parameters()).add_(0.01)
+    save_checkpoint(remade.model, remade.tokenizer, moved, force=True)
+    with pytest.raises(ConfigError, match=r"other \['checkpoint \(its weights\)'\]"):
+        train(config(tmp_path, moved, manifest, max_steps=7), progress=False)
+    with pytest.raises(ConfigError, match="trained from other base weights"):
+        train(config(tmp_path, moved, manifest, output_dir=str(tmp_path / "c"), init_from=str(tmp_path / "run")),
+              progress=False)  # fmt: skip
 
 
 def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):

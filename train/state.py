@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
+from falcon_audio_edge.checkpoint import WEIGHTS_NAME
 from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.files import atomic_file
 from falcon_audio_edge.lora import LoraSettings
+from falcon_audio_edge.runtime.bundle import sha256_file
 
 STATE_FILE = "state.pt"
 BUCKET = 32  # batches per length bucket in the trainer's batch order
@@ -24,18 +26,30 @@ RESUME_KEYS = (
 )  # fmt: skip
 
 
+def base_fingerprint(checkpoint: str | Path) -> str:
+    """sha256 of the base checkpoint's weights: a resume or ``init_from`` goes on only from the same weights
+    (the same path holding a re-made checkpoint is refused; the same weights under another path are not)."""
+    return sha256_file(Path(checkpoint) / WEIGHTS_NAME)
+
+
+def same_base(saved: dict, cfg, base: str) -> bool:
+    if "base_sha256" in saved:
+        return saved["base_sha256"] == base
+    return Path(saved["checkpoint"]).resolve() == Path(cfg.checkpoint).resolve()  # saved before fingerprints
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_state(out: Path, step: int, model, optimizer, scheduler, cfg) -> Path:
+def save_state(out: Path, step: int, model, optimizer, scheduler, cfg, base: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step,
         "trainable": trainable_state(model),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "config": {**{k: getattr(cfg, k) for k in RESUME_KEYS}, "batching": BATCHING},
+        "config": {**{k: getattr(cfg, k) for k in RESUME_KEYS}, "batching": BATCHING, "base_sha256": base},
     }
     path = out / STATE_FILE
     return atomic_file(path, lambda tmp: torch.save(state, tmp))
@@ -58,7 +72,7 @@ def load_state(out: Path, model, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
-def init_weights(run: Path, model, cfg) -> list[str]:
+def init_weights(run: Path, model, cfg, base: str) -> list[str]:
     """Start from an earlier run's trained weights (``init_from``); returns the trainable keys left fresh.
 
     Every saved weight must be trainable here with the same shape; the optimizer and the step start anew.
@@ -67,8 +81,10 @@ def init_weights(run: Path, model, cfg) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"init_from: {path} not found (give an earlier run's output_dir)")
     state = torch.load(path, weights_only=False)
-    if Path(state["config"]["checkpoint"]).resolve() != Path(cfg.checkpoint).resolve():
-        raise ConfigError(f"init_from: {run} trained from {state['config']['checkpoint']}, not {cfg.checkpoint}")
+    if not same_base(state["config"], cfg, base):
+        raise ConfigError(
+            f"init_from: {run} trained from other base weights ({state['config']['checkpoint']}), not {cfg.checkpoint}"
+        )
     want = trainable_state(model)
     saved = state["trainable"]
     unknown = sorted(k for k in saved if k not in want)
@@ -80,12 +96,14 @@ def init_weights(run: Path, model, cfg) -> list[str]:
     return sorted(k for k in want if k not in saved)
 
 
-def check_resume(out: Path, cfg) -> None:
+def check_resume(out: Path, cfg, base: str) -> None:
     path = out / STATE_FILE
     if not path.is_file():
         return
     saved = torch.load(path, weights_only=False)["config"]
-    changed = sorted(k for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k))
+    changed = sorted(k for k in RESUME_KEYS if k != "checkpoint" and saved.get(k) != getattr(cfg, k))
+    if not same_base(saved, cfg, base):
+        changed.insert(0, "checkpoint (its weights)")
     if saved.get("batching") != BATCHING:
         changed.append(f"batching (saved: {saved.get('batching') or 'before length buckets'})")
     if changed:

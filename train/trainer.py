@@ -18,6 +18,7 @@ from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
 from falcon_audio_edge.train.state import (
     BUCKET,
+    base_fingerprint,
     check_resume,
     init_weights,
     load_state,
@@ -279,10 +280,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         params[0]["params"] += list(step_module.ctc.parameters())
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    check_resume(out, cfg)
+    base = base_fingerprint(cfg.checkpoint)
+    check_resume(out, cfg, base)
     step = load_state(out, step_module, optimizer, scheduler)
     if step == 0 and cfg.init_from:
-        fresh = init_weights(Path(cfg.init_from), step_module, cfg)
+        fresh = init_weights(Path(cfg.init_from), step_module, cfg, base)
         if accelerator.is_main_process:
             print(f"starting from {cfg.init_from}; {len(fresh)} trainable tensors fresh (e.g. {fresh[:2]})")
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)  # the schedule steps once per update
@@ -310,18 +312,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             eval_loss = evaluate(step_module, eval_set, cfg, accelerator)
             bar.write(f"step {step}: train loss {loss_value:.4f}, eval loss {eval_loss:.4f}")
         if step % cfg.save_every == 0 and accelerator.is_main_process:
-            save_state(out, step, step_module, optimizer, scheduler, cfg)
+            save_state(out, step, step_module, optimizer, scheduler, cfg, base)
         accelerator.wait_for_everyone()
     bar.close()
     restore_frozen(ckpt.model.llm, kept)
-    return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss), accelerator)
+    return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss), accelerator, base)
 
 
-def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator) -> TrainResult:
+def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, base: str) -> TrainResult:
     trainable = out / "trainable.safetensors"
     merged = out / "checkpoint"
     if accelerator.is_main_process:
-        save_state(out, step, step_module, None, None, cfg)
+        save_state(out, step, step_module, None, None, cfg, base)
         save_trainable(ckpt.model, trainable, cfg)
         model = ckpt.model
         if "lora" in cfg.train:
