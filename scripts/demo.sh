@@ -2,6 +2,7 @@
 # The main job, end to end on the tiny preset: init a checkpoint, export a bundle, inspect it, ask a spoken
 # question through the bundle (onnxruntime + llama.cpp) and through the PyTorch reference. Outputs go to work/.
 # The tiny preset has random weights: its answers are noise, but bundle and reference answer identically.
+# Then `fa-edge demo`: the shipped trained model answers the same question and transcribes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FA="${VENV:-.venv}/bin/fa-edge"
@@ -22,3 +23,6 @@ same = a["tokens"] == b["tokens"]
 print("bundle and PyTorch reference agree token for token:", same)
 raise SystemExit(0 if same else 1)
 PY
+echo "--- the trained tiny model (fa-edge demo: Whisper tiny.en + SmolLM2-135M + the shipped weights):"
+"$FA" demo
+"$FA" demo --prompt "Transcribe the audio."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train and ship the demo model: synthetic data -> base checkpoint -> train the connector -> encoder + LoRA on
-# top of it (stage2) -> ship the weights -> export the demo bundle -> quality report (docs/quality.md). About
-# 2.5 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stage2 ~40 min).
+# top of it (stages 2-5) -> ship the weights -> export the demo bundle -> quality report (docs/quality.md).
+# About 5 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-5 ~40 + 30 + 80 + 30 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
@@ -13,9 +13,9 @@ mkdir -p work
 [ -f work/ckpt-base/fa_edge_config.json ] || "$BIN/fa-edge" init --preset tiny --encoder "$WHISPER" --llm "$SMOL" \
   --name whisper-tiny.en+smollm2-135m -o work/ckpt-base --force
 "$BIN/fa-edge" train train/configs/whisper-tiny-smollm2.yaml
-"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-stage2.yaml
+for stage in 2 3 4 5; do "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-stage$stage.yaml"; done
 mkdir -p falcon_audio_edge/data/shipped
-cp work/run-tiny-stage2/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
+cp work/run-tiny-stage5/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
 "$BIN/fa-edge" demo --rebuild --json
 "$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --out docs/quality.md

@@ -371,7 +371,12 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
     assert result["transcribe_clips"] == 1 and result["qa_clips"] == 2
     assert result["wer"] > 0.5  # random weights do not transcribe
     assert result["agreement"] == 0.5  # the first target is the bundle's own answer, the second is not
-    assert "| spoken-question agreement (exact answer match) | 0.500 |" in markdown(result, "cmd")
+    report = markdown(result, "cmd")
+    assert "| spoken-question agreement (exact answer match) | 0.500 |" in report
+    assert "| agreement >= 0.80 | 0.500 | **not met** |" in report and "| WER <= 0.08 |" in report
+    assert "| WER <= Whisper" not in report  # no baseline asked for
+    met = markdown({**result, "wer": 0.05, "whisper_wer": 0.06, "agreement": 0.9}, "cmd")
+    assert "not met" not in met and "| WER <= Whisper tiny.en's | 0.050 vs 0.060 | met |" in met
     assert cut_like_target("One. Two thr", True) == "One." and cut_like_target("One. Two thr", False) == "One. Two thr"
 
 
@@ -407,3 +412,15 @@ def test_quality_command_bad_input(tmp_path, bundle_f32):
                                str(tmp_path / "q.md")], capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not (tmp_path / "q.md").exists()
+
+
+def test_the_committed_configs_load_and_chain():
+    """Every config in train/configs is valid; each init_from is another config's output, the last one is shipped."""
+    root = Path(__file__).resolve().parents[1]
+    configs = {p.name: TrainConfig.load(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
+    outputs = {c.output_dir: name for name, c in configs.items()}
+    assert len(outputs) == len(configs) >= 2
+    assert all(c.init_from is None or c.init_from in outputs for c in configs.values())
+    shipped = (root / "scripts" / "train_tiny.sh").read_text()
+    ends = [out for out in outputs if out not in {c.init_from for c in configs.values()}]  # no run starts from it
+    assert len(ends) == 1 and f"cp work/{Path(ends[0]).name}/trainable.safetensors" in shipped
