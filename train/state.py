@@ -55,12 +55,14 @@ def save_state(out: Path, step: int, model, optimizer, scheduler, cfg, base: str
     return atomic_file(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(out: Path, model, optimizer, scheduler) -> int:
-    """Restore the last save in ``out`` (if any); returns the step to continue from."""
+def load_state(out: Path, model, optimizer, scheduler, cfg, base: str) -> int:
+    """Restore the last save in ``out`` (if any) after checking it was made with these settings and base weights;
+    returns the step to continue from. The file is read once."""
     path = out / STATE_FILE
     if not path.is_file():
         return 0
     state = torch.load(path, weights_only=False)
+    check_resume(out, state["config"], cfg, base)
     want = trainable_state(model)
     if set(state["trainable"]) != set(want):
         raise ConfigError(f"{path} was saved with other trainable parts; use a new output_dir or the same config")
@@ -96,11 +98,8 @@ def init_weights(run: Path, model, cfg, base: str) -> list[str]:
     return sorted(k for k in want if k not in saved)
 
 
-def check_resume(out: Path, cfg, base: str) -> None:
-    path = out / STATE_FILE
-    if not path.is_file():
-        return
-    saved = torch.load(path, weights_only=False)["config"]
+def check_resume(out: Path, saved: dict, cfg, base: str) -> None:
+    """``saved``: the config part of ``out``'s state; every setting a resume must keep, and the base weights."""
     changed = sorted(k for k in RESUME_KEYS if k != "checkpoint" and saved.get(k) != getattr(cfg, k))
     if not same_base(saved, cfg, base):
         changed.insert(0, "checkpoint (its weights)")

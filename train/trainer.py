@@ -19,7 +19,6 @@ from falcon_audio_edge.train.data import Example, read_manifest
 from falcon_audio_edge.train.state import (
     BUCKET,
     base_fingerprint,
-    check_resume,
     init_weights,
     load_state,
     save_state,
@@ -281,8 +280,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     base = base_fingerprint(cfg.checkpoint)
-    check_resume(out, cfg, base)
-    step = load_state(out, step_module, optimizer, scheduler)
+    step = load_state(out, step_module, optimizer, scheduler, cfg, base)
     if step == 0 and cfg.init_from:
         fresh = init_weights(Path(cfg.init_from), step_module, cfg, base)
         if accelerator.is_main_process:
