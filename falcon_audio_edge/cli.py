@@ -115,6 +115,33 @@ def synth(
         typer.echo(f"{split}: {path}")
 
 
+@app.command()
+def respeak(
+    manifest: Annotated[Path, typer.Argument(help="a training manifest (rows with text or transcription targets)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="new folder: clips/ and manifest.jsonl")],
+    copies: Annotated[int, typer.Option(help="new clips per row")] = 1,
+    seed: int = 0,
+) -> None:
+    """Speak every row of a training manifest again with other training voices (targets kept; no LLM needed)."""
+    from falcon_audio_edge.train.grow import respeak as respeak_rows
+
+    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed)}")
+
+
+@app.command(name="synth-words")
+def synth_words(
+    out: Annotated[Path, typer.Option("-o", "--out", help="new folder: clips/ and manifest.jsonl")],
+    llm: Annotated[Path, typer.Option(help="the LLM (GGUF) whose tokenizer picks the common words")],
+    clips: Annotated[int, typer.Option(help="random word sequences to speak")] = 10000,
+    common_words: Annotated[int, typer.Option(help="how many of the commonest words to draw from")] = 10000,
+    seed: int = 0,
+) -> None:
+    """Transcription clips of random word sequences in training voices: more words heard, none learnt by heart."""
+    from falcon_audio_edge.train.grow import random_word_set
+
+    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed)}")
+
+
 @app.command(name="train")
 def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML)")]) -> None:
     """Train with the one-stage recipe (runs unchanged under `accelerate launch`)."""
@@ -122,7 +149,8 @@ def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML
     from falcon_audio_edge.train.trainer import train
 
     result = train(TrainConfig.load(config))
-    typer.echo(f"trained {result.steps} steps: loss {result.final_loss:.4f}, eval loss {result.eval_loss}; "
+    typer.echo(f"trained {result.steps} steps: loss {result.final_loss:.4f}, eval loss {result.eval_loss}, "
+               f"eval CTC WER {result.eval_ctc_wer}; "
                f"checkpoint {result.checkpoint}, trained weights {result.trainable}")  # fmt: skip
 
 

@@ -44,3 +44,94 @@ def test_synth_without_the_llm_is_one_error_line_and_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: --llm {tmp_path / 'missing.gguf'}: no such GGUF file"
     assert not (tmp_path / "data").exists()
+
+
+def _rows(path, rows):
+    import json
+
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_respeak_speaks_every_row_again_with_training_voices(tmp_path):
+    import json
+
+    from falcon_audio_edge.train.data import read_manifest
+    from falcon_audio_edge.train.grow import respeak
+
+    from falcon_audio_edge.config import preset_dims
+
+    rows = [
+        {"audio": "clips/a.wav", "instruction": "Transcribe the audio.", "target": "The train leaves at seven.",
+         "task": "transcribe", "voice": "en-us", "text": "The train leaves at seven."},
+        {"audio": "clips/b.wav", "instruction": "", "target": "Blue.", "task": "qa", "text": "What colour is the sky?"},
+        {"audio": "clips/c.wav", "instruction": "", "target": "An answer without its question's text.", "task": "qa"},
+        "not json",
+    ]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"skipped 2 rows \(1 no spoken text .*, 1 not valid JSON\)"):
+        manifest = respeak(_rows(tmp_path / "in.jsonl", rows), tmp_path / "out", copies=2, seed=5)
+    new = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [(r["target"], r["instruction"], r["task"]) for r in new] == [
+        (r["target"], r["instruction"], r["task"]) for r in rows[:2] for _ in range(2)
+    ]
+    assert [r["text"] for r in new] == ["The train leaves at seven."] * 2 + ["What colour is the sky?"] * 2
+    assert all(r["voice"].split("+")[0] in synth.TRAIN_ACCENTS for r in new)
+    assert len({(r["voice"], r["rate"], r["pitch"]) for r in new}) == 4  # every copy its own voice
+    examples = read_manifest(manifest, preset_dims("tiny"))
+    assert len(examples) == 4 and all(0.5 < sf.info(str(tmp_path / "out" / r["audio"])).duration < 4 for r in new)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out-")]  # no temporary folder left
+
+
+def test_respeak_refuses_held_out_sentences_and_an_existing_folder(tmp_path):
+    from falcon_audio_edge.train.grow import respeak
+
+    from falcon_audio_edge.errors import ConfigError
+
+    heldout = synth.read_lines("questions_heldout.txt")[0]
+    bad = _rows(tmp_path / "in.jsonl", [{"audio": "a.wav", "target": "x", "text": heldout, "task": "qa"}])
+    with pytest.raises(ConfigError, match=r"1 rows speak held-out sentences \(e.g. '.+'\)"):
+        respeak(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and len(list(tmp_path.iterdir())) == 1
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match="already exists"):
+        respeak(bad, tmp_path / "out")
+    with pytest.raises(ConfigError, match="no rows with spoken text"):
+        respeak(_rows(tmp_path / "empty.jsonl", [{"audio": "a.wav", "target": "x"}]), tmp_path / "out2")
+    with pytest.raises(ConfigError, match="--copies must be an integer >= 1, got 0"):
+        respeak(bad, tmp_path / "out3", copies=0)
+
+
+def test_respeak_command_bad_input_is_one_error_line(tmp_path):
+    from tests.conftest import fa_edge
+
+    proc = fa_edge("respeak", tmp_path / "missing.jsonl", "-o", tmp_path / "out", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: manifest not found: {tmp_path / 'missing.jsonl'}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_synth_words_speaks_random_sequences_over_common_words(tmp_path):
+    import json
+
+    from falcon_audio_edge.train.grow import random_word_set
+
+    from tests.conftest import smollm2_gguf
+
+    manifest = random_word_set(tmp_path / "words", smollm2_gguf(), clips=6, common=3000, seed=4)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["task"] == "transcribe" and r["target"] == r["text"] for r in rows)
+    assert all(r["instruction"] in synth.TRANSCRIBE_PROMPTS and 3 <= len(r["text"].split()) <= 8 for r in rows)
+    assert len({r["text"] for r in rows}) == 6 and all(r["voice"].split("+")[0] in synth.TRAIN_ACCENTS for r in rows)
+    assert all(sf.info(str(tmp_path / "words" / r["audio"])).samplerate == SAMPLE_RATE for r in rows)
+
+
+def test_synth_words_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
+    from tests.conftest import fa_edge, smollm2_gguf
+
+    def last_line(*args):
+        proc = fa_edge("synth-words", "-o", tmp_path / "w", *args, check=False)
+        return proc.returncode, proc.stderr.strip().splitlines()[-1]
+
+    assert last_line("--llm", tmp_path / "no.gguf") == (2, f"error: --llm {tmp_path / 'no.gguf'}: no such GGUF file")
+    assert last_line("--llm", smollm2_gguf(), "--clips", "0") == (2, "error: --clips must be an integer >= 1, got 0")
+    assert list(tmp_path.iterdir()) == []

@@ -58,5 +58,6 @@ def test_common_words_are_whole_word_dictionary_tokens_in_id_order(tmp_path):
     vocab = {"Ġzebra": 9, "Ġthe": 0, "Ġcon": 1, "cat": 2, "Ġcat": 5, "ĠDog": 3, "▁house": 7, "Ġho": 4}
     assert common_words(vocab, 10, dictionary) == ["the", "cat", "house", "zebra"]
     assert common_words(vocab, 2, dictionary) == ["the", "cat"]
+    assert common_words(vocab, 10, dictionary, names=True) == ["the", "Dog", "cat", "house", "zebra"]
     with pytest.raises(FileNotFoundError, match="wamerican"):
         common_words(vocab, 2, tmp_path / "missing")

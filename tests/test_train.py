@@ -49,7 +49,9 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"warmup_steps": 6}, "warmup_steps=6 must be >= 0 and < max_steps=6"),
         ({"optimizer": "sgd"}, "optimizer must be one of"),
         ({"ctc_only_steps": 2}, "ctc_only_steps=2 needs ctc_weight > 0"),
-        ({"ctc_weight": 0.5, "ctc_only_steps": 6}, "ctc_only_steps=6 must be an integer >= 0 and < max_steps"),
+        ({"ctc_weight": 0.5, "ctc_only_steps": 7}, "ctc_only_steps=7 must be an integer from 0 to max_steps"),
+        ({"train_manifest": []}, r"train_manifest must be a path or a list of paths, got \[\]"),
+        ({"train_manifest": ["a.jsonl", 3]}, r"train_manifest must be a path or a list of paths, got \['a.jsonl', 3\]"),
         ({"ctc_weight": -1}, "ctc_weight must be a number >= 0"),
         ({"encoder_learning_rate": 1e-4}, r"encoder_learning_rate=0.0001 needs 'encoder' in train"),
         ({"train": ["connector", "encoder"], "encoder_learning_rate": "1e-4"}, "encoder_learning_rate must be a num"),
@@ -60,6 +62,19 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
 def test_bad_configs_are_rejected_naming_the_keys(tmp_path, tiny_ckpt, manifest, patch, message):
     with pytest.raises(ConfigError, match=message):
         config(tmp_path, tiny_ckpt, manifest, **patch)
+
+
+def test_config_paths_are_relative_to_the_file_and_manifests_may_be_a_list(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "c.yaml"
+    path.write_text("checkpoint: ../ck\noutput_dir: out\ntrain_manifest: [../a.jsonl, /abs/b.jsonl]\n"
+                    "ctc_weight: 0.5\nctc_only_steps: 300\n")  # fmt: skip
+    cfg = TrainConfig.load(path)
+    assert cfg.train_manifests == [str(tmp_path / "a.jsonl"), "/abs/b.jsonl"]
+    assert (cfg.checkpoint, cfg.output_dir) == (str(tmp_path / "ck"), str(tmp_path / "cfg" / "out"))
+    assert cfg.ctc_only_steps == cfg.max_steps  # a CTC-only run (acoustic stage) is allowed
+    path.write_text("checkpoint: ck\noutput_dir: out\ntrain_manifest: a.jsonl\n")
+    assert TrainConfig.load(path).train_manifests == [str(tmp_path / "cfg" / "a.jsonl")]
 
 
 def test_missing_keys_and_bad_yaml(tmp_path):
@@ -282,12 +297,20 @@ def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path,
     assert torch.isfinite(ctc_only) and float(ctc_only) > 0
     assert torch.allclose(step(examples[:4], ctc=False) + ctc_only, step(examples[:4]), atol=1e-4)
 
-    # three CTC-only updates, then joint ones; resume state carries the CTC head
+    # three CTC-only updates, then joint ones; resume state carries the CTC head; eval reads the CTC path
     result = train(config(tmp_path, tiny_ckpt, manifest, ctc_weight=0.5, ctc_only_steps=3), progress=False)
     assert result.steps == 6 and np.isfinite(result.final_loss)
+    assert result.eval_ctc_wer is not None and result.eval_ctc_wer >= 0.9  # 6 steps of a random tiny model: no words
     assert all(k.startswith("connector.") for k in load_file(str(result.trainable)))  # the CTC head is not shipped
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
     assert any(k.startswith("ctc.") for k in state["trainable"])
+
+
+def test_ctc_collapse_merges_repeats_and_drops_blanks():
+    from falcon_audio_edge.train.trainer import ctc_collapse
+
+    assert ctc_collapse([0, 5, 5, 0, 5, 3, 3, 0]) == [4, 4, 2]  # 0 is the blank; token t is t + 1 on the path
+    assert ctc_collapse([7, 7, 7]) == [6] and ctc_collapse([0, 0]) == [] and ctc_collapse([]) == []
 
 
 def test_init_from_an_earlier_run(tmp_path, tiny_ckpt, manifest, capsys):

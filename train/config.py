@@ -25,7 +25,7 @@ def check_rate(name: str, value: Any) -> None:
 @dataclass
 class TrainConfig:
     checkpoint: str  # the starting checkpoint (fa-edge init ...)
-    train_manifest: str
+    train_manifest: str | list[str]  # one manifest, or a list read as one set (e.g. a set and its respoken copy)
     output_dir: str
     eval_manifest: str | None = None
     train: list[str] = field(default_factory=lambda: ["connector"])  # any of TRAINABLE; connector always
@@ -65,10 +65,13 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}")
         if not isinstance(self.ctc_weight, (int, float)) or self.ctc_weight < 0:
             raise ConfigError(f"ctc_weight must be a number >= 0, got {self.ctc_weight!r}")
-        if not isinstance(self.ctc_only_steps, int) or not 0 <= self.ctc_only_steps < self.max_steps:
-            raise ConfigError(f"ctc_only_steps={self.ctc_only_steps!r} must be an integer >= 0 and < max_steps")
+        if not isinstance(self.ctc_only_steps, int) or not 0 <= self.ctc_only_steps <= self.max_steps:
+            raise ConfigError(f"ctc_only_steps={self.ctc_only_steps!r} must be an integer from 0 to max_steps")
         if self.ctc_only_steps and not self.ctc_weight:
             raise ConfigError(f"ctc_only_steps={self.ctc_only_steps} needs ctc_weight > 0 (there is no loss otherwise)")
+        manifests = self.train_manifests
+        if not manifests or not all(isinstance(m, str) and m for m in manifests):
+            raise ConfigError(f"train_manifest must be a path or a list of paths, got {self.train_manifest!r}")
         if self.init_from is not None and Path(self.init_from).resolve() == Path(self.output_dir).resolve():
             raise ConfigError(f"init_from={self.init_from!r} is the output_dir itself (a resume): drop it")
         if not isinstance(self.lora_targets, list) or not all(isinstance(t, str) and t for t in self.lora_targets):
@@ -98,9 +101,14 @@ class TrainConfig:
             raise ConfigError(f"config is missing {missing}")
         data = dict(data)
         if base is not None:  # paths in a config file are relative to the file
-            for key in ("checkpoint", "train_manifest", "output_dir", "eval_manifest", "init_from"):
-                if data.get(key) and not Path(data[key]).is_absolute():
-                    data[key] = str((base / data[key]).resolve())
+            for key in ("checkpoint", "output_dir", "eval_manifest", "init_from"):
+                if key in data:
+                    data[key] = _relative_to(base, data[key])
+            manifests = data["train_manifest"]
+            if isinstance(manifests, list):
+                data["train_manifest"] = [_relative_to(base, m) for m in manifests]
+            else:
+                data["train_manifest"] = _relative_to(base, manifests)
         return cls(**data)
 
     @classmethod
@@ -118,3 +126,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def train_manifests(self) -> list[str]:
+        return self.train_manifest if isinstance(self.train_manifest, list) else [self.train_manifest]
+
+
+def _relative_to(base: Path, value: Any) -> Any:
+    """A path written in a config file is relative to the file; anything else is left for validation."""
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str((base / value).resolve())
+    return value

@@ -67,18 +67,21 @@ def vocabulary(sentences: Iterable[str]) -> list[str]:
 DICTIONARY = Path("/usr/share/dict/words")  # Debian's wamerican
 
 
-def common_words(vocab: dict[str, int], n: int, dictionary: Path = DICTIONARY) -> list[str]:
+def common_words(vocab: dict[str, int], n: int, dictionary: Path = DICTIONARY, names: bool = False) -> list[str]:
     """The ``n`` commonest English words by the LLM's own tokenizer: whole-word tokens (a leading space
     marker, 3-12 lower-case letters) that are dictionary words, in token-id order (BPE merges come roughly in
     frequency order). Spoken in random sequences they widen the words training hears far past the generated
-    text's, so the model must learn to spell what it hears rather than recall sentences."""
+    text's, so the model must learn to spell what it hears rather than recall sentences. ``names``: capitalised
+    dictionary words too (places, months, days, first names), in the same order and count."""
     if not dictionary.is_file():
         raise MissingDataError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
-    known = {w.strip() for w in dictionary.read_text(errors="replace").splitlines() if w.strip().islower()}
+    lines = (w.strip() for w in dictionary.read_text(errors="replace").splitlines())
+    known = {w for w in lines if w.islower() or (names and w[:1].isupper() and w[1:].islower())}
+    shape = re.compile(r"[A-Z]?[a-z]{2,11}" if names else r"[a-z]{3,12}")
     out, seen = [], set()
     for token, _ in sorted(vocab.items(), key=lambda item: item[1]):
         word = token.lstrip("\u0120\u2581")  # the byte-level BPE (Ġ) or SentencePiece (▁) space marker
-        if word != token and re.fullmatch(r"[a-z]{3,12}", word) and word in known and word not in seen:
+        if word != token and shape.fullmatch(word) and len(word) >= 3 and word in known and word not in seen:
             seen.add(word)
             out.append(word)
             if len(out) == n:

@@ -29,6 +29,7 @@ from torch import nn
 from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
 from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.model import whisper_encode
+from falcon_audio_edge.verify import word_error_rate
 
 IGNORE = -100
 
@@ -51,6 +52,11 @@ class CTCHead(nn.Module):
     def forward(self, audio: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         tokens = audio @ embeddings.T * self.log_scale.exp()  # (T, H) @ (H, V) -> (T, V)
         return torch.cat([self.blank(audio), tokens], dim=-1).float().log_softmax(-1)  # (T, 1 + V)
+
+
+def ctc_collapse(path: list[int]) -> list[int]:
+    """A greedy CTC path -> token ids: repeats merged, blanks (0) dropped, ids shifted back to the vocabulary."""
+    return [i - 1 for i, prev in zip(path, [0, *path][:-1], strict=True) if i != prev and i != 0]
 
 
 class TrainingStep(nn.Module):
@@ -125,6 +131,12 @@ class TrainingStep(nn.Module):
             padded, torch.cat(targets), torch.tensor([x.shape[0] for x in logp]),
             torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True,
         )  # fmt: skip
+
+    def ctc_transcripts(self, batch: list[Example]) -> list[str]:
+        """Greedy CTC reading of each example's audio positions: what the audio embeddings say without the LLM."""
+        table = self.model.llm.get_input_embeddings().weight
+        paths = [self.ctc(self.audio(ex), table).argmax(-1).tolist() for ex in batch]  # each (T,)
+        return [self.tokenizer.decode(ctc_collapse(p)).strip() for p in paths]
 
     def lm_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
         pairs = [self.example(ex, a) for ex, a in zip(batch, audio, strict=True)]
@@ -232,6 +244,7 @@ class TrainResult:
     eval_loss: float | None
     checkpoint: Path
     trainable: Path
+    eval_ctc_wer: float | None = None  # greedy CTC WER of the last eval (runs with a CTC head)
 
 
 def frozen_to_bf16(llm: nn.Module) -> dict[str, torch.Tensor]:
@@ -252,14 +265,20 @@ def restore_frozen(llm: nn.Module, kept: dict[str, torch.Tensor]) -> None:
             p.data = kept[name]
 
 
-def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator) -> float:
+def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator):
+    """Mean LM loss on the targets, and (with a CTC head) the greedy CTC WER of the spoken examples: how well
+    the audio embeddings alone say the words. The loss is a poor proxy for listening; the WER is a direct one."""
     step_module.eval()
-    losses = []
+    losses, refs, hyps = [], [], []
     with torch.no_grad(), accelerator.autocast():
         for i in range(0, len(examples), cfg.batch_size):
-            losses.append(float(step_module(examples[i : i + cfg.batch_size], ctc=False)))
+            chunk = examples[i : i + cfg.batch_size]
+            losses.append(float(step_module(chunk, ctc=False)))
+            spoken = [ex for ex in chunk if ex.transcript] if step_module.ctc is not None else []
+            refs += [ex.transcript for ex in spoken]
+            hyps += step_module.ctc_transcripts(spoken) if spoken else []
     step_module.train()
-    return sum(losses) / len(losses)
+    return sum(losses) / len(losses), (word_error_rate(refs, hyps) if refs else None)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
@@ -272,7 +291,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     out = Path(cfg.output_dir)
     ckpt = load_checkpoint(cfg.checkpoint)
     params = set_trainable(ckpt.model, cfg)
-    train_set = read_manifest(cfg.train_manifest, ckpt.dims)
+    train_set = [ex for m in cfg.train_manifests for ex in read_manifest(m, ckpt.dims)]
     eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
     step_module = TrainingStep(ckpt.model, ckpt.tokenizer, "encoder" not in cfg.train, cfg.ctc_weight)
     if step_module.ctc is not None:
@@ -290,7 +309,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     stream = micro_batches([approx_length(ex) for ex in train_set], cfg, step * cfg.grad_accum)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and accelerator.is_main_process))
-    loss_value, eval_loss = float("nan"), None
+    loss_value, eval_loss, ctc_wer = float("nan"), None, None
     wrapped.train()
     while step < cfg.max_steps:
         for _ in range(cfg.grad_accum):
@@ -307,14 +326,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if eval_set and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            eval_loss = evaluate(step_module, eval_set, cfg, accelerator)
-            bar.write(f"step {step}: train loss {loss_value:.4f}, eval loss {eval_loss:.4f}")
+            eval_loss, ctc_wer = evaluate(step_module, eval_set, cfg, accelerator)
+            wer_text = "" if ctc_wer is None else f", eval CTC WER {ctc_wer:.3f}"
+            bar.write(f"step {step}: train loss {loss_value:.4f}, eval loss {eval_loss:.4f}{wer_text}")
         if step % cfg.save_every == 0 and accelerator.is_main_process:
             save_state(out, step, step_module, optimizer, scheduler, cfg, base)
         accelerator.wait_for_everyone()
     bar.close()
     restore_frozen(ckpt.model.llm, kept)
-    return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss), accelerator, base)
+    return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss, ctc_wer), accelerator, base)
 
 
 def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, base: str) -> TrainResult:
@@ -328,4 +348,4 @@ def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, b
             model.llm = model.llm.merge_and_unload()
         save_checkpoint(model.float().eval(), ckpt.tokenizer, merged, force=True)
     accelerator.wait_for_everyone()
-    return TrainResult(steps=step, final_loss=losses[0], eval_loss=losses[1], checkpoint=merged, trainable=trainable)
+    return TrainResult(step, losses[0], losses[1], merged, trainable, eval_ctc_wer=losses[2])

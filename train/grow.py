@@ -1,0 +1,139 @@
+"""Growing a training set cheaply: more voices for its sentences (respeak), more words (random sequences).
+
+    fa-edge respeak DATA/train/manifest.jsonl -o DATA/train-respoken --copies 2 --seed 1
+
+The sentences, instructions and targets stay (no LLM is needed: the targets were written once by
+``fa-edge synth``); each copy of a row gets a fresh random training voice, rate, pitch and augmentation.
+Acoustic variety is what the held-out voices test, and espeak-ng speaks a clip in tens of milliseconds,
+so this is the cheap way to grow a set. A row whose sentence is a held-out one is refused (it would leak
+the held-out split into training). The output folder appears whole or not at all.
+
+    fa-edge synth-words -o DATA/words --llm SmolLM2.gguf --clips 12000 --common-words 10000
+
+More text, not only more voices: transcription clips of random word sequences over the LLM tokenizer's
+commonest dictionary words (names of places, months and people included) and the training lists' words (no
+LLM run, the tokenizer only). A model trained on
+a few thousand sentences learns them by heart (its CTC reading of training clips is far better than of
+held-out sentences in the same voices); random sequences cannot be learned by heart, only heard.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from falcon_audio_edge.train.synth import TRANSCRIBE_PROMPTS, check_voices, random_voice, read_lines, speak
+from falcon_audio_edge.train.textgen import common_words, random_word_sentences, vocabulary
+
+from falcon_audio_edge.errors import ConfigError
+from falcon_audio_edge.files import atomic_text
+
+HELDOUT_LISTS = ("questions_heldout.txt", "statements_heldout.txt")
+
+
+def spoken_text(row: object) -> str | None:
+    """What a row's clip says: its ``text``, or the target of a transcription row; None when unknown."""
+    if not isinstance(row, dict) or not isinstance(row.get("target"), str) or not row["target"].strip():
+        return None
+    text = row.get("text")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    return row["target"].strip() if row.get("task") == "transcribe" else None
+
+
+def read_rows(manifest: Path) -> list[dict]:
+    """The rows that can be spoken again; the others are skipped with a count, none left is an error."""
+    if not manifest.is_file():
+        raise ConfigError(f"manifest not found: {manifest}")
+    rows, skipped = [], Counter()
+    for line in manifest.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            skipped["not valid JSON"] += 1
+            continue
+        if spoken_text(row) is None:
+            skipped["no spoken text (text, or a transcription target)"] += 1
+            continue
+        rows.append(row)
+    if skipped:
+        detail = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
+        warnings.warn(f"{manifest}: skipped {sum(skipped.values())} rows ({detail})", stacklevel=2)
+    if not rows:
+        raise ConfigError(f"{manifest}: no rows with spoken text to respeak")
+    heldout = {s.lower() for name in HELDOUT_LISTS for s in read_lines(name)}
+    leaked = [spoken_text(r) for r in rows if spoken_text(r).lower() in heldout]
+    if leaked:
+        raise ConfigError(
+            f"{manifest}: {len(leaked)} rows speak held-out sentences (e.g. {leaked[0]!r}); "
+            "respeak makes training data, give it a training manifest"
+        )
+    return rows
+
+
+def respeak(manifest: str | Path, out: str | Path, copies: int = 1, seed: int = 0) -> Path:
+    """Write out/clips/*.wav and out/manifest.jsonl: ``copies`` new clips of every usable row; returns the manifest."""
+    manifest, out = Path(manifest), Path(out)
+    if not isinstance(copies, int) or copies < 1:
+        raise ConfigError(f"--copies must be an integer >= 1, got {copies!r}")
+    check_new_folder(out)
+    rows = read_rows(manifest)
+    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed))
+
+
+def random_word_set(out: str | Path, llm: str | Path, clips: int, common: int = 10000, seed: int = 0) -> Path:
+    """Transcription clips of random word sequences (3-8 words) in training voices; returns the manifest."""
+    from falcon_audio_edge.tokenizer import tokenizer_from_gguf
+
+    out = Path(out)
+    for name, value in (("--clips", clips), ("--common-words", common)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    check_new_folder(out)
+    if not Path(llm).is_file():
+        raise ConfigError(f"--llm {llm}: no such GGUF file")
+    tokenizer, _ = tokenizer_from_gguf(llm)
+    words = set(common_words(tokenizer.get_vocab(), common, names=True))
+    words |= set(vocabulary(read_lines("questions.txt") + read_lines("statements.txt")))
+    rng = random.Random(seed)
+    rows = [
+        {"instruction": rng.choice(TRANSCRIBE_PROMPTS), "target": s, "task": "transcribe", "text": s}
+        for s in random_word_sentences(rng, sorted(words), clips)
+    ]
+    return speak_rows(rows, out, rng)
+
+
+def check_new_folder(out: Path) -> None:
+    if out.exists():
+        raise ConfigError(f"{out} already exists; this writes a new folder (remove it or pick another)")
+
+
+def speak_rows(rows: list[dict], out: Path, rng: random.Random) -> Path:
+    """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all."""
+    check_voices()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (tmp / "clips").mkdir()
+        new = []
+        for i, row in enumerate(rows):
+            voice = random_voice(rng, heldout=False)
+            clip = tmp / "clips" / f"{i:06d}.wav"
+            seconds = speak(spoken_text(row), voice, clip, rng, augment=True)
+            new.append({
+                **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
+                "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
+            })  # fmt: skip
+        atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "manifest.jsonl"
