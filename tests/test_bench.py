@@ -110,3 +110,34 @@ def test_atomic_file_leaves_nothing_when_the_write_fails(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_file(target, half_then_fail)
     assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["report.md"]
+
+
+def test_quantized_tiny_bundles_are_redone_when_their_f16_source_is_newer(tmp_path, monkeypatch):
+    import os
+
+    from falcon_audio_edge.quantize import bundle as quantize
+
+    from falcon_audio_edge import demo
+    from falcon_audio_edge.bench import suite
+
+    f16 = tmp_path / "demo" / "bundle-f16"
+    f16.mkdir(parents=True)
+    (f16 / "manifest.json").write_text("{}")
+    made = []
+
+    def quantize_bundle(src, target, dec, enc, force, verify):
+        made.append(target.name)
+        target.mkdir(exist_ok=True)
+        (target / "manifest.json").write_text("{}")
+
+    monkeypatch.setattr(quantize, "quantize_bundle", quantize_bundle)
+    monkeypatch.setattr(demo, "shipped_weights", lambda: f16 / "manifest.json")  # "weights are shipped"
+    monkeypatch.setattr(demo, "prepare", lambda decoder_type: demo.DemoPaths(tmp_path / "ckpt", f16))
+    suite.tiny_bundles(tmp_path, lambda message: None)
+    assert len(made) == len(suite.TINY_TYPES)
+    made.clear()
+    suite.tiny_bundles(tmp_path, lambda message: None)
+    assert made == []  # up to date: reused
+    os.utime(f16 / "manifest.json", ns=(2**62, 2**62))  # the f16 bundle was rebuilt (new shipped weights)
+    suite.tiny_bundles(tmp_path, lambda message: None)
+    assert len(made) == len(suite.TINY_TYPES)

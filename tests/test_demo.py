@@ -155,3 +155,13 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     demo.prepare("f16")
     demo.prepare("q8_0")  # the q8_0 bundle came from the old weights too
     assert calls == [("build", b"new weights"), ("export", "f16"), ("export", "q8_0")]
+    llm = tmp_path / "other.gguf"  # an upgraded LLM package
+    llm.write_bytes(b"gguf")
+    monkeypatch.setattr(demo, "smollm2_gguf", lambda: llm)
+    calls.clear()
+    demo.prepare("f16")
+    assert calls == [("build", b"new weights"), ("export", "f16")]
+    stamp = tmp_path / "home" / "demo" / "sources.json"
+    before = stamp.stat().st_mtime_ns
+    demo.prepare("f16")  # nothing changed: nothing built, nothing written (a read-only cache works)
+    assert calls == [("build", b"new weights"), ("export", "f16")] and stamp.stat().st_mtime_ns == before

@@ -76,7 +76,7 @@ def test_respeak_speaks_every_row_again_with_training_voices(tmp_path):
     ]
     assert [r["text"] for r in new] == ["The train leaves at seven."] * 2 + ["What colour is the sky?"] * 2
     assert all(r["voice"].split("+")[0] in synth.TRAIN_ACCENTS for r in new)
-    assert len({(r["voice"], r["rate"], r["pitch"]) for r in new}) == 4  # every copy its own voice
+    assert new[0]["audio"] != new[1]["audio"] and (new[0]["rate"], new[0]["pitch"]) != (new[1]["rate"], new[1]["pitch"])
     examples = read_manifest(manifest, preset_dims("tiny"))
     assert len(examples) == 4 and all(0.5 < sf.info(str(tmp_path / "out" / r["audio"])).duration < 4 for r in new)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out-")]  # no temporary folder left
@@ -135,3 +135,22 @@ def test_synth_words_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
     assert last_line("--llm", tmp_path / "no.gguf") == (2, f"error: --llm {tmp_path / 'no.gguf'}: no such GGUF file")
     assert last_line("--llm", smollm2_gguf(), "--clips", "0") == (2, "error: --clips must be an integer >= 1, got 0")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_respeak_failing_midway_leaves_nothing(tmp_path, monkeypatch):
+    from falcon_audio_edge.train import grow
+
+    rows = [{"audio": "a.wav", "target": f"Sentence number {n}.", "task": "transcribe"} for n in ("one", "two")]
+    spoken = []
+
+    def speak(text, *args, **kwargs):
+        spoken.append(text)
+        if len(spoken) == 2:
+            raise RuntimeError("espeak-ng died")
+        return synth.speak(text, *args, **kwargs)
+
+    monkeypatch.setattr(grow, "speak", speak)
+    with pytest.raises(RuntimeError, match="espeak-ng died"):
+        grow.respeak(_rows(tmp_path / "in.jsonl", rows), tmp_path / "out")
+    assert spoken == ["Sentence number one.", "Sentence number two."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no folder, no temporary one

@@ -58,6 +58,10 @@ def test_common_words_are_whole_word_dictionary_tokens_in_id_order(tmp_path):
     vocab = {"Ġzebra": 9, "Ġthe": 0, "Ġcon": 1, "cat": 2, "Ġcat": 5, "ĠDog": 3, "▁house": 7, "Ġho": 4}
     assert common_words(vocab, 10, dictionary) == ["the", "cat", "house", "zebra"]
     assert common_words(vocab, 2, dictionary) == ["the", "cat"]
-    assert common_words(vocab, 10, dictionary, names=True) == ["the", "Dog", "cat", "house", "zebra"]
+    dictionary.write_text("the\ncat\nhouse\nDog\nzebra\nmay\nMay\nantibacterial\nresponsibles\n")
+    vocab |= {"ĠMay": 6, "Ġresponsibles": 8, "Ġantibacterial": 10}  # 12 and 13 letters
+    assert common_words(vocab, 20, dictionary) == ["the", "cat", "house", "responsibles", "zebra"]
+    # names too, but not one that is also a lower-case word (May / may sound the same)
+    assert common_words(vocab, 20, dictionary, names=True) == ["the", "Dog", "cat", "house", "responsibles", "zebra"]
     with pytest.raises(FileNotFoundError, match="wamerican"):
         common_words(vocab, 2, tmp_path / "missing")

@@ -50,6 +50,7 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"optimizer": "sgd"}, "optimizer must be one of"),
         ({"ctc_only_steps": 2}, "ctc_only_steps=2 needs ctc_weight > 0"),
         ({"ctc_weight": 0.5, "ctc_only_steps": 7}, "ctc_only_steps=7 must be an integer from 0 to max_steps"),
+        ({"checkpoint": 3}, "checkpoint must be a path, got 3"),
         ({"train_manifest": []}, r"train_manifest must be a path or a list of paths, got \[\]"),
         ({"train_manifest": ["a.jsonl", 3]}, r"train_manifest must be a path or a list of paths, got \['a.jsonl', 3\]"),
         ({"ctc_weight": -1}, "ctc_weight must be a number >= 0"),
@@ -295,6 +296,9 @@ def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path,
     assert examples[0].transcript == QUESTIONS[0] and examples[-1].transcript is None  # QA rows have no text
     ctc_only = step(examples[:4], lm=False)
     assert torch.isfinite(ctc_only) and float(ctc_only) > 0
+    nothing_spoken = step(examples[-2:], lm=False)  # QA rows without text: zero, but a CTC-only step can go on
+    nothing_spoken.backward()
+    assert float(nothing_spoken) == 0.0 and nothing_spoken.requires_grad
     assert torch.allclose(step(examples[:4], ctc=False) + ctc_only, step(examples[:4]), atol=1e-4)
 
     # three CTC-only updates, then joint ones; resume state carries the CTC head; eval reads the CTC path
@@ -311,6 +315,24 @@ def test_ctc_collapse_merges_repeats_and_drops_blanks():
 
     assert ctc_collapse([0, 5, 5, 0, 5, 3, 3, 0]) == [4, 4, 2]  # 0 is the blank; token t is t + 1 on the path
     assert ctc_collapse([7, 7, 7]) == [6] and ctc_collapse([0, 0]) == [] and ctc_collapse([]) == []
+
+
+def test_ctc_transcripts_read_the_greedy_path_as_text(checkpoint, manifest):
+    import torch
+    from falcon_audio_edge.train.trainer import TrainingStep
+
+    step = TrainingStep(checkpoint.model, checkpoint.tokenizer, frozen_encoder=True, ctc_weight=1.0)
+    ids = checkpoint.tokenizer(QUESTIONS[0], add_special_tokens=False)["input_ids"]
+    path = [0] + [t + 1 for i in ids for t in (i, i)] + [0]  # each token twice, then collapsed
+    scores = torch.full((len(path), 1 + checkpoint.dims.decoder.vocab_size), -1e4)
+    scores[torch.arange(len(path)), torch.tensor(path)] = 0.0
+
+    class FixedPath(torch.nn.Module):
+        def forward(self, audio, table):
+            return scores  # (T, 1 + V) with the path as its argmax
+
+    step.ctc = FixedPath()
+    assert step.ctc_transcripts(read_manifest(manifest, checkpoint.dims)[:1]) == [QUESTIONS[0]]
 
 
 def test_init_from_an_earlier_run(tmp_path, tiny_ckpt, manifest, capsys):
@@ -447,3 +469,15 @@ def test_the_committed_configs_load_and_chain():
     shipped = (root / "scripts" / "train_tiny.sh").read_text()
     ends = [out for out in outputs if out not in {c.init_from for c in configs.values()}]  # no run starts from it
     assert len(ends) == 1 and f"cp work/{Path(ends[0]).name}/trainable.safetensors" in shipped
+
+
+def test_resume_refuses_another_manifest_list(tmp_path, manifest):
+    from falcon_audio_edge.train.state import BATCHING, RESUME_KEYS, check_resume
+
+    cfg = TrainConfig.from_dict({"checkpoint": "c", "train_manifest": str(manifest), "output_dir": str(tmp_path)})
+    saved = {k: getattr(cfg, k) for k in RESUME_KEYS}
+    saved |= {"batching": BATCHING, "base_sha256": "x", "train_manifests": cfg.train_manifests}
+    check_resume(tmp_path, saved, cfg, "x")  # the same list: resumes
+    more = TrainConfig.from_dict({**cfg.to_dict(), "train_manifest": [str(manifest), str(manifest)]})
+    with pytest.raises(ConfigError, match=r"other \['train_manifest \(the batch order a resume replays\)'\]"):
+        check_resume(tmp_path, saved, more, "x")

@@ -20,9 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     except FaEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"trained {result.steps} steps: loss {result.final_loss:.4f}, eval loss {result.eval_loss}, "
-               f"eval CTC WER {result.eval_ctc_wer}; "
-          f"checkpoint {result.checkpoint}, trained weights {result.trainable}")  # fmt: skip
+    print(result.summary())
     return 0
 
 

@@ -66,9 +66,16 @@ class TrainConfig:
         if not isinstance(self.ctc_weight, (int, float)) or self.ctc_weight < 0:
             raise ConfigError(f"ctc_weight must be a number >= 0, got {self.ctc_weight!r}")
         if not isinstance(self.ctc_only_steps, int) or not 0 <= self.ctc_only_steps <= self.max_steps:
-            raise ConfigError(f"ctc_only_steps={self.ctc_only_steps!r} must be an integer from 0 to max_steps")
+            raise ConfigError(
+                f"ctc_only_steps={self.ctc_only_steps!r} must be an integer from 0 to max_steps={self.max_steps}"
+            )
         if self.ctc_only_steps and not self.ctc_weight:
             raise ConfigError(f"ctc_only_steps={self.ctc_only_steps} needs ctc_weight > 0 (there is no loss otherwise)")
+        for name in ("checkpoint", "output_dir", "eval_manifest", "init_from"):
+            value = getattr(self, name)
+            optional = value is None and name in ("eval_manifest", "init_from")
+            if not (isinstance(value, str) and value) and not optional:
+                raise ConfigError(f"{name} must be a path, got {value!r}")
         manifests = self.train_manifests
         if not manifests or not all(isinstance(m, str) and m for m in manifests):
             raise ConfigError(f"train_manifest must be a path or a list of paths, got {self.train_manifest!r}")

@@ -84,12 +84,13 @@ def _load(row: dict, base: Path, dims: ModelDims, out: list[Example], where: str
     features = audio_features(clip.samples, dims, where)
     out.append(Example(
         mel=features.mels[0], n_audio_tokens=features.tokens[0], instruction=row.get("instruction") or None,
-        target=row["target"].strip(), task=row.get("task", ""), source=where, transcript=_transcript(row),
+        target=row["target"].strip(), task=row.get("task", ""), source=where, transcript=transcript(row),
     ))  # fmt: skip
     return None
 
 
-def _transcript(row: dict) -> str | None:
+def transcript(row: dict) -> str | None:
+    """What a row's clip says: its ``text``, or the target of a transcription row; None when unknown."""
     text = row.get("text")
     if isinstance(text, str) and text.strip():
         return text.strip()

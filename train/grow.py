@@ -20,30 +20,27 @@ held-out sentences in the same voices); random sequences cannot be learned by he
 from __future__ import annotations
 
 import json
+import os
 import random
-import shutil
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
 
+from falcon_audio_edge.train.data import transcript
 from falcon_audio_edge.train.synth import TRANSCRIBE_PROMPTS, check_voices, random_voice, read_lines, speak
 from falcon_audio_edge.train.textgen import common_words, random_word_sentences, vocabulary
 
 from falcon_audio_edge.errors import ConfigError
-from falcon_audio_edge.files import atomic_text
+from falcon_audio_edge.files import atomic_text, staged_dir
 
 HELDOUT_LISTS = ("questions_heldout.txt", "statements_heldout.txt")
 
 
 def spoken_text(row: object) -> str | None:
-    """What a row's clip says: its ``text``, or the target of a transcription row; None when unknown."""
+    """What a row's clip says (see ``data.transcript``); None for a row that is not an object with a target."""
     if not isinstance(row, dict) or not isinstance(row.get("target"), str) or not row["target"].strip():
         return None
-    text = row.get("text")
-    if isinstance(text, str) and text.strip():
-        return text.strip()
-    return row["target"].strip() if row.get("task") == "transcribe" else None
+    return transcript(row)
 
 
 def read_rows(manifest: Path) -> list[dict]:
@@ -72,8 +69,8 @@ def read_rows(manifest: Path) -> list[dict]:
     leaked = [spoken_text(r) for r in rows if spoken_text(r).lower() in heldout]
     if leaked:
         raise ConfigError(
-            f"{manifest}: {len(leaked)} rows speak held-out sentences (e.g. {leaked[0]!r}); "
-            "respeak makes training data, give it a training manifest"
+            f"{manifest}: {len(leaked)} rows speak held-out sentences (e.g. {leaked[0]!r}); respeak makes "
+            "training data, give it a training manifest (nothing was written)"
         )
     return rows
 
@@ -118,9 +115,7 @@ def check_new_folder(out: Path) -> None:
 def speak_rows(rows: list[dict], out: Path, rng: random.Random) -> Path:
     """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all."""
     check_voices()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_dir(out, force=False) as tmp:
         (tmp / "clips").mkdir()
         new = []
         for i, row in enumerate(rows):
@@ -132,8 +127,11 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random) -> Path:
                 "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
             })  # fmt: skip
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the set is for whoever trains
     return out / "manifest.jsonl"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -49,7 +49,12 @@ def save_state(out: Path, step: int, model, optimizer, scheduler, cfg, base: str
         "trainable": trainable_state(model),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "config": {**{k: getattr(cfg, k) for k in RESUME_KEYS}, "batching": BATCHING, "base_sha256": base},
+        "config": {
+            **{k: getattr(cfg, k) for k in RESUME_KEYS},
+            "batching": BATCHING,
+            "base_sha256": base,
+            "train_manifests": cfg.train_manifests,
+        },
     }
     path = out / STATE_FILE
     return atomic_file(path, lambda tmp: torch.save(state, tmp))
@@ -101,6 +106,8 @@ def init_weights(run: Path, model, cfg, base: str) -> list[str]:
 def check_resume(out: Path, saved: dict, cfg, base: str) -> None:
     """``saved``: the config part of ``out``'s state; every setting a resume must keep, and the base weights."""
     changed = sorted(k for k in RESUME_KEYS if k != "checkpoint" and saved.get(k) != getattr(cfg, k))
+    if "train_manifests" in saved and saved["train_manifests"] != cfg.train_manifests:  # saved since manifest lists
+        changed.append("train_manifest (the batch order a resume replays)")
     if not same_base(saved, cfg, base):
         changed.insert(0, "checkpoint (its weights)")
     if saved.get("batching") != BATCHING:

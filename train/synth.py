@@ -113,7 +113,7 @@ def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool
     """Write ``text`` spoken by ``voice`` as a 16 kHz mono WAV; returns its length in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(raw), text]
+        cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(raw), "--", text]
         subprocess.run(cmd, check=True, capture_output=True)
         samples = load_audio(raw).samples
     if augment:

@@ -75,13 +75,16 @@ def common_words(vocab: dict[str, int], n: int, dictionary: Path = DICTIONARY, n
     dictionary words too (places, months, days, first names), in the same order and count."""
     if not dictionary.is_file():
         raise MissingDataError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
-    lines = (w.strip() for w in dictionary.read_text(errors="replace").splitlines())
-    known = {w for w in lines if w.islower() or (names and w[:1].isupper() and w[1:].islower())}
-    shape = re.compile(r"[A-Z]?[a-z]{2,11}" if names else r"[a-z]{3,12}")
+    lines = [w.strip() for w in dictionary.read_text(errors="replace").splitlines()]
+    lower = {w for w in lines if w.islower()}
+    # a name that is also a lower-case word (May, Will, Bill) sounds the same: its case cannot be heard
+    names_ok = {w for w in lines if names and w[:1].isupper() and w[1:].islower() and w.lower() not in lower}
+    known = lower | names_ok
+    shape = re.compile(r"[a-z]{3,12}|[A-Z][a-z]{2,11}" if names else r"[a-z]{3,12}")
     out, seen = [], set()
     for token, _ in sorted(vocab.items(), key=lambda item: item[1]):
         word = token.lstrip("\u0120\u2581")  # the byte-level BPE (Ġ) or SentencePiece (▁) space marker
-        if word != token and shape.fullmatch(word) and len(word) >= 3 and word in known and word not in seen:
+        if word != token and shape.fullmatch(word) and word in known and word not in seen:
             seen.add(word)
             out.append(word)
             if len(out) == n:

@@ -118,8 +118,8 @@ class TrainingStep(nn.Module):
     def ctc_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
         """CTC of each spoken transcript against its audio positions (examples without one are left out)."""
         keep = [i for i, ex in enumerate(batch) if ex.transcript]
-        if not keep:
-            return torch.zeros((), device=self.device)
+        if not keep:  # still a graph (a CTC-only step must be able to call backward), contributing nothing
+            return sum(a.sum() for a in audio) * 0.0
         table = self.model.llm.get_input_embeddings().weight
         logp = [self.ctc(audio[i], table) for i in keep]  # each (T_i, 1 + V)
         width = max(x.shape[0] for x in logp)
@@ -136,7 +136,7 @@ class TrainingStep(nn.Module):
         """Greedy CTC reading of each example's audio positions: what the audio embeddings say without the LLM."""
         table = self.model.llm.get_input_embeddings().weight
         paths = [self.ctc(self.audio(ex), table).argmax(-1).tolist() for ex in batch]  # each (T,)
-        return [self.tokenizer.decode(ctc_collapse(p)).strip() for p in paths]
+        return [self.tokenizer.decode(ctc_collapse(p), skip_special_tokens=True).strip() for p in paths]
 
     def lm_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
         pairs = [self.example(ex, a) for ex, a in zip(batch, audio, strict=True)]
@@ -246,6 +246,12 @@ class TrainResult:
     trainable: Path
     eval_ctc_wer: float | None = None  # greedy CTC WER of the last eval (runs with a CTC head)
 
+    def summary(self) -> str:
+        evals = "" if self.eval_loss is None else f", eval loss {self.eval_loss:.4f}"
+        evals += "" if self.eval_ctc_wer is None else f", eval CTC WER {self.eval_ctc_wer:.3f}"
+        return (f"trained {self.steps} steps: loss {self.final_loss:.4f}{evals}; checkpoint {self.checkpoint}, "
+                f"trained weights {self.trainable}")  # fmt: skip
+
 
 def frozen_to_bf16(llm: nn.Module) -> dict[str, torch.Tensor]:
     """Cast the frozen LLM weights to bfloat16 once: autocast would cast them again at every op of every step
@@ -265,7 +271,9 @@ def restore_frozen(llm: nn.Module, kept: dict[str, torch.Tensor]) -> None:
             p.data = kept[name]
 
 
-def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator):
+def evaluate(
+    step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator
+) -> tuple[float, float | None]:
     """Mean LM loss on the targets, and (with a CTC head) the greedy CTC WER of the spoken examples: how well
     the audio embeddings alone say the words. The loss is a poor proxy for listening; the WER is a direct one."""
     step_module.eval()

@@ -35,6 +35,12 @@ def _ready(bundle: Path) -> bool:
     return (bundle / MANIFEST_FILE).is_file()
 
 
+def _older(bundle: Path, source: Path) -> bool:
+    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
+
+    return (bundle / MANIFEST_FILE).stat().st_mtime_ns < (source / MANIFEST_FILE).stat().st_mtime_ns
+
+
 def tiny_bundles(root: Path, progress) -> list[Path]:
     from falcon_audio_edge.quantize.bundle import quantize_bundle
 
@@ -48,7 +54,7 @@ def tiny_bundles(root: Path, progress) -> list[Path]:
     out = [f16]
     for dec, enc in TINY_TYPES:
         target = root / f"tiny-{dec}-{enc}"
-        if not _ready(target):
+        if not _ready(target) or _older(target, f16):  # quantized from an f16 bundle that was rebuilt since
             progress(f"tiny model: quantizing to {target.name}")
             quantize_bundle(f16, target, dec, enc, force=True, verify=False)
         out.append(target)
