@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,11 @@ def _row_problem(row: object) -> str | None:
     return None
 
 
-def read_manifest(path: str | Path, dims: ModelDims, limit: int | None = None) -> list[Example]:
-    path = Path(path)
+def manifest_rows(path: Path, skipped: Counter) -> Iterator[tuple[int, object]]:
+    """(line number, parsed row) of each non-blank line of a JSONL manifest; lines that are not JSON are
+    counted in ``skipped``. A missing manifest is an error before the first row."""
     if not path.is_file():
         raise ConfigError(f"manifest not found: {path}")
-    examples, skipped = [], Counter()
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -58,6 +59,20 @@ def read_manifest(path: str | Path, dims: ModelDims, limit: int | None = None) -
         except json.JSONDecodeError:
             skipped["not valid JSON"] += 1
             continue
+        yield line_no, row
+
+
+def warn_skipped(path: Path, skipped: Counter) -> None:
+    """One warning with the count of skipped rows, by reason."""
+    if skipped:
+        detail = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
+        warnings.warn(f"{path}: skipped {sum(skipped.values())} rows ({detail})", stacklevel=3)
+
+
+def read_manifest(path: str | Path, dims: ModelDims, limit: int | None = None) -> list[Example]:
+    path = Path(path)
+    examples, skipped = [], Counter()
+    for line_no, row in manifest_rows(path, skipped):
         problem = _row_problem(row)
         if problem is None:
             problem = _load(row, path.parent, dims, examples, f"{path.name}:{line_no}")
@@ -65,9 +80,7 @@ def read_manifest(path: str | Path, dims: ModelDims, limit: int | None = None) -
             skipped[problem] += 1
         if limit and len(examples) >= limit:
             break
-    if skipped:
-        detail = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
-        warnings.warn(f"{path}: skipped {sum(skipped.values())} rows ({detail})", stacklevel=2)
+    warn_skipped(path, skipped)
     if not examples:
         raise ConfigError(f"{path}: no usable rows left ({dict(skipped) or 'the manifest is empty'})")
     return examples

@@ -22,18 +22,22 @@ from __future__ import annotations
 import json
 import os
 import random
-import warnings
 from collections import Counter
 from pathlib import Path
 
-from falcon_audio_edge.train.data import transcript
-from falcon_audio_edge.train.synth import TRANSCRIBE_PROMPTS, check_voices, random_voice, read_lines, speak
+from falcon_audio_edge.train.data import manifest_rows, transcript, warn_skipped
+from falcon_audio_edge.train.synth import (
+    TRANSCRIBE_PROMPTS,
+    check_voices,
+    heldout_sentences,
+    random_voice,
+    read_lines,
+    speak,
+)
 from falcon_audio_edge.train.textgen import common_words, random_word_sentences, vocabulary
 
 from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.files import atomic_text, staged_dir
-
-HELDOUT_LISTS = ("questions_heldout.txt", "statements_heldout.txt")
 
 
 def spoken_text(row: object) -> str | None:
@@ -45,27 +49,16 @@ def spoken_text(row: object) -> str | None:
 
 def read_rows(manifest: Path) -> list[dict]:
     """The rows that can be spoken again; the others are skipped with a count, none left is an error."""
-    if not manifest.is_file():
-        raise ConfigError(f"manifest not found: {manifest}")
     rows, skipped = [], Counter()
-    for line in manifest.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            skipped["not valid JSON"] += 1
-            continue
+    for _, row in manifest_rows(manifest, skipped):
         if spoken_text(row) is None:
             skipped["no spoken text (text, or a transcription target)"] += 1
-            continue
-        rows.append(row)
-    if skipped:
-        detail = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
-        warnings.warn(f"{manifest}: skipped {sum(skipped.values())} rows ({detail})", stacklevel=2)
+        else:
+            rows.append(row)
+    warn_skipped(manifest, skipped)
     if not rows:
         raise ConfigError(f"{manifest}: no rows with spoken text to respeak")
-    heldout = {s.lower() for name in HELDOUT_LISTS for s in read_lines(name)}
+    heldout = heldout_sentences()
     leaked = [spoken_text(r) for r in rows if spoken_text(r).lower() in heldout]
     if leaked:
         raise ConfigError(

@@ -72,6 +72,11 @@ def read_lines(name: str) -> list[str]:
     return [line.strip() for line in (SENTENCES / name).read_text().splitlines() if line.strip()]
 
 
+def heldout_sentences() -> set[str]:
+    """The held-out lists' sentences, lower-cased: text that must never reach training."""
+    return {s.lower() for name in ("questions_heldout.txt", "statements_heldout.txt") for s in read_lines(name)}
+
+
 def check_voices(variants: list[str] | None = None, accents: list[str] | None = None) -> None:
     """Every voice this set names must exist in espeak-ng: it silently falls back to its default voice on an
     unknown one, which would make the held-out voices a claim instead of a fact. Train and held-out stay apart."""
@@ -199,7 +204,7 @@ COMMON_WORDS = 5000  # the tokenizer's commonest dictionary words, added to the 
 
 def make_extra(answers: TextAnswers, seed: int, n_random: int, vocab: dict[str, int]) -> Extra:
     common = common_words(vocab, COMMON_WORDS)  # first: a missing word list fails before minutes of generation
-    heldout = {s.lower() for name in ("questions_heldout.txt", "statements_heldout.txt") for s in read_lines(name)}
+    heldout = heldout_sentences()
     topics = read_lines("topics.txt")
     sentences = generated_sentences(answers.answer, topics, heldout)
     questions = generated_questions(answers.answer, topics, heldout | {s.lower() for s in sentences})

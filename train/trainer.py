@@ -132,10 +132,10 @@ class TrainingStep(nn.Module):
             torch.tensor([len(t) for t in targets]), blank=0, zero_infinity=True,
         )  # fmt: skip
 
-    def ctc_transcripts(self, batch: list[Example]) -> list[str]:
-        """Greedy CTC reading of each example's audio positions: what the audio embeddings say without the LLM."""
+    def ctc_transcripts(self, audio: list[torch.Tensor]) -> list[str]:
+        """Greedy CTC reading of audio embeddings (each (T, H)): what they say without the LLM."""
         table = self.model.llm.get_input_embeddings().weight
-        paths = [self.ctc(self.audio(ex), table).argmax(-1).tolist() for ex in batch]  # each (T,)
+        paths = [self.ctc(a, table).argmax(-1).tolist() for a in audio]  # each (T,)
         return [self.tokenizer.decode(ctc_collapse(p), skip_special_tokens=True).strip() for p in paths]
 
     def lm_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
@@ -281,10 +281,11 @@ def evaluate(
     with torch.no_grad(), accelerator.autocast():
         for i in range(0, len(examples), cfg.batch_size):
             chunk = examples[i : i + cfg.batch_size]
-            losses.append(float(step_module(chunk, ctc=False)))
-            spoken = [ex for ex in chunk if ex.transcript] if step_module.ctc is not None else []
-            refs += [ex.transcript for ex in spoken]
-            hyps += step_module.ctc_transcripts(spoken) if spoken else []
+            audio = [step_module.audio(ex) for ex in chunk]  # once, for the loss and the CTC reading
+            losses.append(float(step_module.lm_loss(chunk, audio)))
+            spoken = [j for j, ex in enumerate(chunk) if ex.transcript] if step_module.ctc is not None else []
+            refs += [chunk[j].transcript for j in spoken]
+            hyps += step_module.ctc_transcripts([audio[j] for j in spoken])
     step_module.train()
     return sum(losses) / len(losses), (word_error_rate(refs, hyps) if refs else None)
 
