@@ -40,6 +40,7 @@ class staged_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        self.tmp.chmod(0o777 & ~_umask())  # mkdtemp made it private; the finished folder is an ordinary one
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old-{self.tmp.name.rsplit('-', 1)[-1]}")
@@ -47,6 +48,12 @@ class staged_dir:
         self.tmp.rename(self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_file(path: Path, write: Callable[[Path], object]) -> Path:

@@ -141,3 +141,19 @@ def test_quantized_tiny_bundles_are_redone_when_their_f16_source_is_newer(tmp_pa
     os.utime(f16 / "manifest.json", ns=(2**62, 2**62))  # the f16 bundle was rebuilt (new shipped weights)
     suite.tiny_bundles(tmp_path, lambda message: None)
     assert len(made) == len(suite.TINY_TYPES)
+
+
+def test_staged_folders_come_out_with_ordinary_permissions(tmp_path):
+    """mkdtemp makes its folder private (0700); a finished bundle, checkpoint or data set follows the umask."""
+    import os
+
+    from falcon_audio_edge.files import staged_dir
+
+    old = os.umask(0o022)
+    try:
+        with staged_dir(tmp_path / "out", force=False) as tmp:
+            (tmp / "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "a.txt").read_text() == "x"
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755

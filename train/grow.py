@@ -20,7 +20,6 @@ held-out sentences in the same voices); random sequences cannot be learned by he
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -120,11 +119,4 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random) -> Path:
                 "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
             })  # fmt: skip
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the set is for whoever trains
     return out / "manifest.jsonl"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
