@@ -163,12 +163,14 @@ def demo(
 ) -> None:
     """The shipped tiny model (Whisper tiny.en + SmolLM2-135M + trained connector) answering a spoken question."""
     from falcon_audio_edge import demo as d
+    from falcon_audio_edge.audio import load_audio
     from falcon_audio_edge.runtime.backend import open_bundle
 
+    wav = audio or d.DEMO_QUESTION
+    load_audio(wav)  # a bad --audio is an error before minutes of building, not after
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)
-    wav = audio or d.DEMO_QUESTION
     with open_bundle(paths.bundle) as chat:
         turn = chat.ask(wav, prompt, GenerationSettings(max_tokens=max_tokens))
         for piece in turn:

@@ -165,3 +165,14 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     before = stamp.stat().st_mtime_ns
     demo.prepare("f16")  # nothing changed: nothing built, nothing written (a read-only cache works)
     assert calls == [("build", b"new weights"), ("export", "f16")] and stamp.stat().st_mtime_ns == before
+
+
+def test_demo_with_a_bad_audio_file_fails_before_building(tmp_path):
+    exe = Path(sys.executable).with_name("fa-edge")
+    env = {**os.environ, "FA_EDGE_HOME": str(tmp_path / "home")}
+    missing = tmp_path / "missing.wav"
+    proc = subprocess.run([str(exe), "demo", "--audio", str(missing)], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: audio file not found: {missing}"
+    assert not (tmp_path / "home").exists()  # nothing built for a question that cannot be read
