@@ -70,23 +70,30 @@ def shipped_dims(path: Path) -> ModelDims:
 
 
 def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
-    """Assemble the demo checkpoint: pretrained encoder + LLM, then the shipped trained weights.
-
-    The weights file holds the connector and, as trained, the whole encoder and the LLM's LoRA adapters (merged
-    here).
-    """
-    from safetensors.torch import load_file
-
-    from falcon_audio_edge.checkpoint import build_model, copy_state, save_checkpoint
-    from falcon_audio_edge.lora import LoraSettings, merge_lora
+    """Assemble the demo checkpoint: pretrained encoder + LLM, then the shipped trained weights."""
+    from falcon_audio_edge.checkpoint import build_model, save_checkpoint
 
     weights = weights or require_shipped_weights()
-    meta = shipped_metadata(weights)
-    dims = ModelDims.from_json(meta["dims"])
+    dims = shipped_dims(weights)
     audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
              "pad_to_30s": dims.audio.pad_to_30s}  # fmt: skip
     model, tokenizer = build_model("tiny", whisper_dir(), smollm2_gguf(), name=dims.name, **audio)
-    if model.dims != dims:
+    apply_trained(model, weights)
+    return save_checkpoint(model, tokenizer, out, force=True)
+
+
+def apply_trained(model, weights: Path) -> None:
+    """Put the trained weights into a model built from the two packages, every key and shape checked.
+
+    The file holds the connector and, as trained, the whole encoder and the LLM's LoRA adapters (merged here).
+    """
+    from safetensors.torch import load_file
+
+    from falcon_audio_edge.checkpoint import copy_state
+    from falcon_audio_edge.lora import LoraSettings, merge_lora
+
+    meta = shipped_metadata(weights)
+    if model.dims != ModelDims.from_json(meta["dims"]):
         raise CheckpointError(f"the installed encoder/LLM packages do not match the dims {weights} was trained with")
     trained = load_file(str(weights))
     connector = {k[len("connector.") :]: v for k, v in trained.items() if k.startswith("connector.")}
@@ -102,7 +109,6 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
         copy_state(model.encoder, encoder, str(weights))
     if adapters:
         merge_lora(model.llm, adapters, LoraSettings.from_metadata(meta, str(weights)), str(weights))
-    return save_checkpoint(model, tokenizer, out, force=True)
 
 
 @dataclass

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,10 @@ def demo(home: Path, *args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("fa-edge-home")
+def home(tmp_path_factory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("fa-edge-home")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # ~0.85 GB of checkpoint and bundle
 
 
 @needs_weights
@@ -60,27 +64,37 @@ def test_demo_without_weights_says_how_to_get_them(tmp_path):
 
 
 def test_demo_build_checks_the_weights(tmp_path):
-    """Assembling the demo checkpoint from the two packages and a connector file, key by key."""
+    """The trained weights go into the model built from the two packages, key by key (nothing saved to disk)."""
+    import copy
+    from dataclasses import replace
+
     import torch
     from safetensors.torch import save_file
 
-    from falcon_audio_edge.checkpoint import load_checkpoint
-    from falcon_audio_edge.demo import build_checkpoint, smollm2_gguf, whisper_dir
+    from falcon_audio_edge.checkpoint import build_model
+    from falcon_audio_edge.demo import apply_trained, smollm2_gguf, whisper_dir
     from falcon_audio_edge.errors import CheckpointError
     from falcon_audio_edge.model import Connector
 
-    base = load_checkpoint(_base_checkpoint(tmp_path, whisper_dir(), smollm2_gguf()))
+    base, _ = build_model("tiny", whisper_dir(), smollm2_gguf())
     torch.manual_seed(1)
     connector = Connector(base.dims)
     weights = tmp_path / "trainable.safetensors"
-    save_file({f"connector.{k}": v for k, v in connector.state_dict().items()}, str(weights),
-              metadata={"dims": base.dims.to_json()})  # fmt: skip
-    built = load_checkpoint(build_checkpoint(tmp_path / "demo", weights))
-    assert torch.equal(built.model.connector.proj[1].weight, connector.proj[1].weight)
-    save_file({"connector.bogus": torch.zeros(2)}, str(weights), metadata={"dims": base.dims.to_json()})
-    with pytest.raises(CheckpointError, match="unexpected"):
-        build_checkpoint(tmp_path / "demo2", weights)
 
+    def apply(tensors: dict, **meta: str):
+        save_file(tensors, str(weights), metadata={"dims": base.dims.to_json(), **meta})
+        model = copy.deepcopy(base)
+        apply_trained(model, weights)
+        return model
+
+    connector_only = {f"connector.{k}": v for k, v in connector.state_dict().items()}
+    assert torch.equal(apply(connector_only).connector.proj[1].weight, connector.proj[1].weight)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        apply({"connector.bogus": torch.zeros(2)})
+    pooled = replace(base.dims, audio=replace(base.dims.audio, pool_factor=base.dims.audio.pool_factor + 1))
+    save_file(connector_only, str(weights), metadata={"dims": pooled.to_json()})
+    with pytest.raises(CheckpointError, match="do not match the dims"):
+        apply_trained(base, weights)
     # LoRA adapters in the file are merged into the LLM: W + (alpha / r) B A, checked on one layer
     layers = range(base.dims.decoder.n_layers)
     hidden, kv = base.dims.decoder.hidden, base.dims.decoder.n_kv_heads * base.dims.decoder.head_dim
@@ -89,35 +103,23 @@ def test_demo_build_checks_the_weights(tmp_path):
                 for proj, out in (("q_proj", hidden), ("v_proj", kv))
                 for part, shape in (("A", (4, hidden)), ("B", (out, 4)))}  # fmt: skip
     lora_meta = {"lora_r": "4", "lora_alpha": "8", "lora_targets": "q_proj,v_proj"}
-    tensors = {**{f"connector.{k}": v for k, v in connector.state_dict().items()}, **adapters}
-    save_file(tensors, str(weights), metadata={"dims": base.dims.to_json(), **lora_meta})
-    merged = load_checkpoint(build_checkpoint(tmp_path / "demo3", weights)).model.llm
+    merged = apply({**connector_only, **adapters}, **lora_meta).llm
     a, b = adapters[name.format(3, "v_proj", "A")], adapters[name.format(3, "v_proj", "B")]
-    want = base.model.llm.model.layers[3].self_attn.v_proj.weight + 2.0 * b @ a
+    want = base.llm.model.layers[3].self_attn.v_proj.weight + 2.0 * b @ a
     assert torch.allclose(merged.model.layers[3].self_attn.v_proj.weight, want, atol=1e-5)
-    save_file(tensors, str(weights), metadata={"dims": base.dims.to_json()})
     with pytest.raises(CheckpointError, match="no valid lora_r"):
-        build_checkpoint(tmp_path / "demo4", weights)
+        apply({**connector_only, **adapters})
 
     # a fine-tuned encoder (float16, the whole state) replaces Whisper's; a missing key is refused
-    encoder = {f"encoder.{k}": v.half() for k, v in base.model.encoder.state_dict().items()}
+    encoder = {f"encoder.{k}": v.half() for k, v in base.encoder.state_dict().items()}
     key = next(k for k in encoder if k.endswith("fc1.weight"))
     encoder[key] = encoder[key] + 0.5
-    connector_only = {f"connector.{k}": v for k, v in connector.state_dict().items()}
-    save_file({**connector_only, **encoder}, str(weights), metadata={"dims": base.dims.to_json()})
-    tuned = load_checkpoint(build_checkpoint(tmp_path / "demo5", weights)).model.encoder.state_dict()
+    tuned = apply({**connector_only, **encoder}).encoder.state_dict()
     assert torch.equal(tuned[key[len("encoder.") :]], encoder[key].float())
     assert all(torch.equal(tuned[k[len("encoder.") :]], v.float()) for k, v in encoder.items())
     del encoder[key]
-    save_file({**connector_only, **encoder}, str(weights), metadata={"dims": base.dims.to_json()})
     with pytest.raises(CheckpointError, match="missing"):
-        build_checkpoint(tmp_path / "demo6", weights)
-
-
-def _base_checkpoint(tmp_path: Path, whisper: Path, llm: Path) -> Path:
-    from falcon_audio_edge.checkpoint import init_checkpoint
-
-    return init_checkpoint("tiny", tmp_path / "base", encoder=whisper, llm=llm)
+        apply({**connector_only, **encoder})
 
 
 def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
