@@ -33,7 +33,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _check_types(decoder_type: str, encoder_type: str) -> None:
+def check_types(decoder_type: str, encoder_type: str) -> None:
     from falcon_audio_edge.quantize.decoder import DECODER_QUANTS
     from falcon_audio_edge.quantize.encoder import ENCODER_TYPES
 
@@ -55,7 +55,7 @@ def export_bundle(
 ) -> Path:
     from falcon_audio_edge.quantize.bundle import f16_embeddings_for
 
-    _check_types(decoder_type, encoder_type)
+    check_types(decoder_type, encoder_type)
     f16_embeddings = f16_embeddings_for(decoder_type, f16_embeddings) and decoder_type not in DECODER_TYPES
     out = Path(out)
     if Path(checkpoint).resolve() == out.resolve():

@@ -167,12 +167,13 @@ def demo(
     from falcon_audio_edge.runtime.backend import open_bundle
 
     wav = audio or d.DEMO_QUESTION
-    load_audio(wav)  # a bad --audio is an error before minutes of building, not after
+    load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
+    generation = GenerationSettings(max_tokens=max_tokens)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
-        turn = chat.ask(wav, prompt, GenerationSettings(max_tokens=max_tokens))
+        turn = chat.ask(wav, prompt, generation)
         for piece in turn:
             if not as_json:
                 typer.echo(piece, nl=False)

@@ -120,9 +120,10 @@ class DemoPaths:
 def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
     """Build what is missing (checkpoint, bundle) under home(); reuse what is there."""
     from falcon_audio_edge.checkpoint import is_checkpoint
-    from falcon_audio_edge.export.bundle import export_bundle
+    from falcon_audio_edge.export.bundle import check_types, export_bundle
     from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
 
+    check_types(decoder_type, "fp32")  # a bad type is an error before the checkpoint is built, not after
     base = home() / "demo"
     paths = DemoPaths(base / "checkpoint", base / f"bundle-{decoder_type}")
     weights = require_shipped_weights()

@@ -169,12 +169,19 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     assert calls == [("build", b"new weights"), ("export", "f16")] and stamp.stat().st_mtime_ns == before
 
 
-def test_demo_with_a_bad_audio_file_fails_before_building(tmp_path):
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--audio", "{tmp}/missing.wav"], "error: audio file not found: {tmp}/missing.wav"),
+        (["--decoder-type", "bogus"], "error: unknown decoder type 'bogus'; valid: "),
+        (["--max-tokens", "0"], "error: max_tokens must be an integer >= 1, got 0"),
+    ],
+)
+def test_demo_with_bad_input_fails_before_building(tmp_path, args, error):
     exe = Path(sys.executable).with_name("fa-edge")
     env = {**os.environ, "FA_EDGE_HOME": str(tmp_path / "home")}
-    missing = tmp_path / "missing.wav"
-    proc = subprocess.run([str(exe), "demo", "--audio", str(missing)], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run([str(exe), "demo", *args], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == f"error: audio file not found: {missing}"
-    assert not (tmp_path / "home").exists()  # nothing built for a question that cannot be read
+    assert proc.stderr.strip().splitlines()[-1].startswith(error.format(tmp=tmp_path))
+    assert not (tmp_path / "home").exists()  # nothing built for settings that cannot work
