@@ -38,10 +38,15 @@ class AssistantSettings:
     threads: int = 0
     max_tokens: int = 128
     temperature: float = 0.0
+    speech_rate: int = 170  # words per minute of the spoken answers (espeak-ng takes 80-450)
     echo_tail_ms: int = 300  # the microphone stays ignored this long after the assistant stops speaking
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.speech_rate, int) or not 80 <= self.speech_rate <= 450:
+            raise ConfigError(
+                f"speech_rate must be an integer from 80 to 450 (words per minute), got {self.speech_rate!r}"
+            )
         if self.echo_tail_ms < 0:
             raise ConfigError(f"echo_tail_ms must be >= 0, got {self.echo_tail_ms!r}")
         GenerationSettings(max_tokens=self.max_tokens, temperature=self.temperature)  # validates them
@@ -68,7 +73,7 @@ class Assistant:
         self.device = resolve_device(settings.input_device)
         self.chat = open_bundle(settings.bundle, RuntimeSettings(threads=settings.threads))
         self.endpointer = Endpointer(settings.endpoint)
-        self.speaker = Speaker(settings.speak, warn=self.screen.line)
+        self.speaker = Speaker(settings.speak, rate=settings.speech_rate, warn=self.screen.line)
         self.gen = GenerationSettings(max_tokens=settings.max_tokens, temperature=settings.temperature)
         self.recording: list[np.ndarray] | None = None  # push-to-talk buffer
         self.recorded = 0  # samples in it

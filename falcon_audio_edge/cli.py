@@ -233,15 +233,19 @@ def assistant(
     threads: int = 0,
     max_tokens: int = 128,
     temperature: float = 0.0,
+    speech_rate: Annotated[int, typer.Option(help="words per minute of the spoken answers (80-450)")] = 170,
 ) -> None:
     """The offline voice assistant: listens to the microphone, answers on screen and out loud."""
     from falcon_audio_edge.apps.assistant import Assistant, AssistantSettings
 
-    if bundle is None:
+    settings = AssistantSettings(bundle or Path(), push_to_talk, speak, input_device, threads, max_tokens,
+                                 temperature, speech_rate)  # fmt: skip
+    if bundle is None:  # checked settings first: building the demo bundle takes a while
+        from dataclasses import replace
+
         from falcon_audio_edge.demo import prepare
 
-        bundle = prepare().bundle
-    settings = AssistantSettings(bundle, push_to_talk, speak, input_device, threads, max_tokens, temperature)
+        settings = replace(settings, bundle=prepare().bundle)
     Assistant(settings).run()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from falcon_audio_edge.apps.assistant import AssistantSettings
 from falcon_audio_edge.apps.capture import AudioDeviceError, Microphone, level_dbfs, resolve_device
 from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, SpeechStarted, Utterance
 
@@ -82,6 +83,17 @@ def test_endpoint_settings_are_validated():
         EndpointSettings(threshold=1.5)
     with pytest.raises(ConfigError, match="max_seconds must be in"):
         EndpointSettings(max_seconds=45)
+
+
+def test_assistant_settings_are_validated_before_anything_is_built(tmp_path):
+    with pytest.raises(ConfigError, match="speech_rate must be an integer from 80 to 450"):
+        AssistantSettings(tmp_path, speech_rate=20)
+    env = {**os.environ, "FA_EDGE_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "falcon_audio_edge.cli", "assistant", "--speech-rate", "1000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: speech_rate must be an integer from 80 to 450")
+    assert not (tmp_path / "home").exists()  # the demo bundle was not built for settings that cannot work
 
 
 def test_level_meter():
@@ -243,7 +255,8 @@ def test_two_turns_in_a_terminal_keep_the_conversation(tmux, pulse, bundle_f16, 
 
 
 def test_it_does_not_answer_its_own_voice_and_ctrl_c_stops_speaking(tmux, pulse, bundle_f16, question_wav):
-    tmux.start(assistant_cmd(bundle_f16, "--max-tokens", "60"))  # speaks into the same sink the mic hears
+    # speaks into the same sink the mic hears; slowly, so that the Ctrl-C below lands while it speaks
+    tmux.start(assistant_cmd(bundle_f16, "--max-tokens", "60", "--speech-rate", "80"))
     tmux.wait_for(r"\[listening\]")
     pulse.play(question_wav)
     tmux.wait_for(r"\[speaking\]", timeout=60)
