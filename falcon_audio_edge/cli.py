@@ -111,7 +111,8 @@ def synth(
     """Make the synthetic speech instruction set with espeak-ng (manifests: audio, instruction, target)."""
     from falcon_audio_edge.train.synth import build_dataset
 
-    for split, path in build_dataset(out, llm, seed, voices_per_question, random_clips).items():
+    say = lambda message: typer.echo(message, err=True)  # noqa: E731
+    for split, path in build_dataset(out, llm, seed, voices_per_question, random_clips, say).items():
         typer.echo(f"{split}: {path}")
 
 

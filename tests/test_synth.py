@@ -154,3 +154,23 @@ def test_respeak_failing_midway_leaves_nothing(tmp_path, monkeypatch):
         grow.respeak(_rows(tmp_path / "in.jsonl", rows), tmp_path / "out")
     assert spoken == ["Sentence number one.", "Sentence number two."]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no folder, no temporary one
+
+
+def test_a_split_speaks_every_planned_clip_with_its_voices_and_reports_progress(tmp_path):
+    import json
+
+    class Echo:  # stands in for the LLM: the targets of spoken questions are its answers to the typed text
+        def answer(self, text: str) -> str:
+            return f"answer to {text}"
+
+    messages: list[str] = []
+    manifest = synth.build_split(tmp_path / "heldout", True, Echo(), seed=1, voices_per_question=1,
+                                 progress=messages.append)  # fmt: skip
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(rows) == len(list(synth.plan(True, random.Random(1), 1))) > 100
+    assert messages[0] == f"heldout: 0/{len(rows)} clips spoken"
+    assert all(r["voice"].split("+")[0] in synth.HELDOUT_ACCENTS for r in rows)
+    assert all(r["target"] == (r["text"] if r["task"] == "transcribe" else f"answer to {r['text']}") for r in rows)
+    for row in rows[:: len(rows) // 5]:
+        audio, rate = sf.read(str(manifest.parent / row["audio"]))
+        assert rate == SAMPLE_RATE and abs(len(audio) / rate - row["seconds"]) < 0.01 and row["seconds"] > 0.5

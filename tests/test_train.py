@@ -56,6 +56,8 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"ctc_weight": -1}, "ctc_weight must be a number >= 0"),
         ({"encoder_learning_rate": 1e-4}, r"encoder_learning_rate=0.0001 needs 'encoder' in train"),
         ({"train": ["connector", "encoder"], "encoder_learning_rate": "1e-4"}, "encoder_learning_rate must be a num"),
+        ({"ctc_learning_rate": 0.01}, r"ctc_learning_rate=0.01 needs ctc_weight > 0"),
+        ({"ctc_weight": 0.5, "ctc_learning_rate": 2}, r"ctc_learning_rate must be a number in \(0, 1\), got 2"),
         ({"learning_rate": "1e-3"}, r"learning_rate must be a number in \(0, 1\), got '1e-3' \(YAML reads"),
         ({"learning_rate": 1.5}, r"learning_rate must be a number in \(0, 1\), got 1.5$"),
     ],
@@ -239,6 +241,23 @@ def test_encoder_gets_its_own_learning_rate(tmp_path, tiny_ckpt, manifest):
     assert [g["lr"] for g in groups] == [5e-3, 1e-4]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in ckpt.model.encoder.parameters()}
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in ckpt.model.connector.parameters()}
+
+
+def test_ctc_head_trains_with_the_connector_or_at_its_own_rate(tmp_path, tiny_ckpt, manifest):
+    from falcon_audio_edge.train.trainer import TrainingStep, make_optimizer, set_trainable, with_ctc_head
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    for extra, rates in (({}, [5e-3, 1e-4]), ({"ctc_learning_rate": 0.02}, [5e-3, 1e-4, 0.02])):
+        ckpt = load_checkpoint(tiny_ckpt)
+        cfg = config(tmp_path, tiny_ckpt, manifest, train=["connector", "encoder"], encoder_learning_rate=1e-4,
+                     ctc_weight=0.5, **extra)  # fmt: skip
+        head = TrainingStep(ckpt.model, ckpt.tokenizer, False, cfg.ctc_weight).ctc
+        groups = make_optimizer(with_ctc_head(set_trainable(ckpt.model, cfg), head, cfg), cfg).param_groups
+        assert [g["lr"] for g in groups] == rates
+        ctc_group = groups[-1] if extra else groups[0]
+        assert {id(p) for p in head.parameters()} <= {id(p) for p in ctc_group["params"]}
+        assert sum(len(g["params"]) for g in groups) == len({id(p) for g in groups for p in g["params"]})
 
 
 def _check_lora_merge(result, tiny_ckpt, merged_by_peft, before):

@@ -49,6 +49,7 @@ class TrainConfig:
     log_every: int = 10
     ctc_weight: float = 0.0  # > 0: add the CTC loss of the spoken transcript on the audio embeddings
     ctc_only_steps: int = 0  # the first updates train on the CTC loss alone (no LLM forward: fast)
+    ctc_learning_rate: float | None = None  # the CTC head's own peak rate (None: learning_rate)
     init_from: str | None = None  # an earlier run's output_dir (same checkpoint): start from its trained weights
 
     def __post_init__(self) -> None:
@@ -69,6 +70,10 @@ class TrainConfig:
             raise ConfigError(
                 f"ctc_only_steps={self.ctc_only_steps!r} must be an integer from 0 to max_steps={self.max_steps}"
             )
+        if self.ctc_learning_rate is not None:
+            if not self.ctc_weight:
+                raise ConfigError(f"ctc_learning_rate={self.ctc_learning_rate!r} needs ctc_weight > 0 (no CTC head)")
+            check_rate("ctc_learning_rate", self.ctc_learning_rate)
         if self.ctc_only_steps and not self.ctc_weight:
             raise ConfigError(f"ctc_only_steps={self.ctc_only_steps} needs ctc_weight > 0 (there is no loss otherwise)")
         for name in ("checkpoint", "output_dir", "eval_manifest", "init_from"):

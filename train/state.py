@@ -22,7 +22,7 @@ BATCHING = f"shuffle, sort by length within buckets of {BUCKET} batches, shuffle
 # settings that must not change between a run and its resume
 RESUME_KEYS = (
     "checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "ctc_weight",
-    "ctc_only_steps", "init_from",
+    "ctc_only_steps", "init_from", "ctc_learning_rate",
 )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ import random
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,13 +215,22 @@ def make_extra(answers: TextAnswers, seed: int, n_random: int, vocab: dict[str, 
 
 
 def build_split(
-    out: Path, heldout: bool, answers: TextAnswers, seed: int, voices_per_question: int = 3, extra: Extra | None = None
+    out: Path,
+    heldout: bool,
+    answers: TextAnswers,
+    seed: int,
+    voices_per_question: int = 3,
+    extra: Extra | None = None,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> Path:
     """Write out/clips/*.wav and out/manifest.jsonl for one split; returns the manifest path."""
     rng = random.Random(seed)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     rows, cache = [], {}
-    for i, (task, sentence, instruction) in enumerate(plan(heldout, rng, voices_per_question, extra)):
+    todo = list(plan(heldout, rng, voices_per_question, extra))
+    for i, (task, sentence, instruction) in enumerate(todo):
+        if i % 500 == 0:
+            progress(f"{out.name}: {i}/{len(todo)} clips spoken")
         voice = random_voice(rng, heldout)
         clip = out / "clips" / f"{i:05d}.wav"
         seconds = speak(sentence, voice, clip, rng, augment=not heldout)
@@ -238,7 +248,12 @@ def build_split(
 
 
 def build_dataset(
-    out: str | Path, llm: str | Path, seed: int = 0, voices_per_question: int = 3, random_clips: int = 3000
+    out: str | Path,
+    llm: str | Path,
+    seed: int = 0,
+    voices_per_question: int = 3,
+    random_clips: int = 3000,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Path]:
     """Both splits: out/train (training voices, augmented) and out/heldout (unseen sentences and voices).
 
@@ -255,16 +270,12 @@ def build_dataset(
     tokenizer, _ = tokenizer_from_gguf(llm)
     answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))
     try:
+        progress(f"writing training text with {Path(llm).name} (sentences and a question per topic; minutes)")
+        extra = make_extra(answers, seed, random_clips, tokenizer.get_vocab())
+        progress(f"{len(extra.sentences)} sentences, {len(extra.questions)} questions generated")
         return {
-            "train": build_split(
-                out / "train",
-                False,
-                answers,
-                seed,
-                voices_per_question,
-                make_extra(answers, seed, random_clips, tokenizer.get_vocab()),
-            ),
-            "heldout": build_split(out / "heldout", True, answers, seed + 1, 2),
+            "train": build_split(out / "train", False, answers, seed, voices_per_question, extra, progress),
+            "heldout": build_split(out / "heldout", True, answers, seed + 1, 2, progress=progress),
         }
     finally:
         answers.decoder.close()

@@ -191,6 +191,16 @@ def set_trainable(model, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
+def with_ctc_head(groups: list[dict], ctc: CTCHead | None, cfg: TrainConfig) -> list[dict]:
+    """The CTC head trains with the connector, or at ``ctc_learning_rate`` in a group of its own (a fresh head on
+    audio embeddings that were trained before must move faster than they do, or it settles on all-blank)."""
+    if ctc is None:
+        return groups
+    if cfg.ctc_learning_rate is None:
+        return [{**groups[0], "params": [*groups[0]["params"], *ctc.parameters()]}, *groups[1:]]
+    return [*groups, {"params": list(ctc.parameters()), "lr": cfg.ctc_learning_rate}]
+
+
 def make_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw8bit" or cfg.load_in_4bit:
         if not torch.cuda.is_available():
@@ -303,9 +313,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     train_set = [ex for m in cfg.train_manifests for ex in read_manifest(m, ckpt.dims)]
     eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
     step_module = TrainingStep(ckpt.model, ckpt.tokenizer, "encoder" not in cfg.train, cfg.ctc_weight)
-    if step_module.ctc is not None:
-        params[0]["params"] += list(step_module.ctc.parameters())
-    optimizer = make_optimizer(params, cfg)
+    optimizer = make_optimizer(with_ctc_head(params, step_module.ctc, cfg), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     base = base_fingerprint(cfg.checkpoint)
     step = load_state(out, step_module, optimizer, scheduler, cfg, base)
