@@ -227,10 +227,10 @@ def build_split(
     rng = random.Random(seed)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     rows, cache = [], {}
-    todo = list(plan(heldout, rng, voices_per_question, extra))
-    for i, (task, sentence, instruction) in enumerate(todo):
+    total = sum(1 for _ in plan(heldout, random.Random(seed), voices_per_question, extra))  # the count takes no draws
+    for i, (task, sentence, instruction) in enumerate(plan(heldout, rng, voices_per_question, extra)):
         if i % 500 == 0:
-            progress(f"{out.name}: {i}/{len(todo)} clips spoken")
+            progress(f"{out.name}: {i}/{total} clips spoken")
         voice = random_voice(rng, heldout)
         clip = out / "clips" / f"{i:05d}.wav"
         seconds = speak(sentence, voice, clip, rng, augment=not heldout)
