@@ -6,15 +6,23 @@ Bad input ends in one line on stderr (``error: ...``) and exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from falcon_audio_edge.errors import FaEdgeError
-from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
+from falcon_audio_edge.errors import ConfigError, FaEdgeError
+from falcon_audio_edge.settings import (
+    DEFAULT_CTC_WEIGHT,
+    TRANSCRIBE_PROMPT,
+    GenerationSettings,
+    RuntimeSettings,
+    ctc_weight_for,
+)
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.splitlines()[0]
@@ -159,6 +167,8 @@ def demo(
     prompt: Annotated[str | None, typer.Option(help='e.g. "Transcribe the audio."; none: answer the speech')] = None,
     decoder_type: Annotated[str, typer.Option(help="decoder type of the demo bundle")] = "f16",
     max_tokens: int = 128,
+    transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
+    ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
     rebuild: Annotated[bool, typer.Option(help="rebuild the checkpoint and bundle")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -169,11 +179,13 @@ def demo(
 
     wav = audio or d.DEMO_QUESTION
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
-    generation = GenerationSettings(max_tokens=max_tokens)
+    prompt = _prompt(prompt, transcribe)
+    generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
+        generation = replace(generation, ctc_weight=ctc_weight_for(prompt, chat.has_ctc_head, ctc_weight))
         turn = chat.ask(wav, prompt, generation)
         for piece in turn:
             if not as_json:
@@ -263,6 +275,16 @@ def _relative(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
 
 
+CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
+            f"transcription by a model with a CTC head, else 0)")  # fmt: skip
+
+
+def _prompt(prompt: str | None, transcribe: bool) -> str | None:
+    if transcribe and prompt is not None and prompt != TRANSCRIBE_PROMPT:
+        raise ConfigError(f"--transcribe and --prompt {prompt!r} ask for two different things; give one")
+    return TRANSCRIBE_PROMPT if transcribe else prompt
+
+
 def _open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:
     from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
 
@@ -291,15 +313,21 @@ def ask(
     top_k: int = 40,
     top_p: float = 0.95,
     seed: int | None = None,
+    transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
+    ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     n_ctx: int = 4096,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
 ) -> None:
     """Answer a spoken question, streaming tokens to the terminal."""
-    generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    prompt = _prompt(prompt, transcribe)
+    generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                    ctc_weight=ctc_weight or 0.0)  # fmt: skip
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
     chat, backend = _open_chat(model, runtime)
     with chat:
+        if generation.greedy:  # CTC guidance rescores greedy decoding only (an explicit weight is checked above)
+            generation = replace(generation, ctc_weight=ctc_weight_for(prompt, chat.has_ctc_head, ctc_weight))
         turn = chat.ask(audio, prompt, generation)
         for piece in turn:
             if not as_json:
@@ -335,7 +363,7 @@ def info(
         f"encoder  Whisper d_model={d.encoder.d_model} layers={d.encoder.n_layers} heads={d.encoder.n_heads} "
         f"mels={d.encoder.n_mels}  [{b.manifest['encoder']['dtype']}]",
         f"audio    pool x{d.audio.pool_factor} ({50 // d.audio.pool_factor} tokens/s), connector={d.audio.connector}, "
-        f"pad_to_30s={d.audio.pad_to_30s}",
+        f"pad_to_30s={d.audio.pad_to_30s}, ctc_head={d.audio.ctc_head}",
         f"decoder  llama hidden={d.decoder.hidden} layers={d.decoder.n_layers} heads={d.decoder.n_heads}/"
         f"{d.decoder.n_kv_heads} head_dim={d.decoder.head_dim} ffn={d.decoder.ffn_dim} vocab={d.decoder.vocab_size}"
         f"  [{b.decoder_type}]",
@@ -352,11 +380,18 @@ def info(
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    """SIGTERM: remove what is half-written, then exit at once. Raising here instead would unwind through
+    whatever the main thread is in; inside torch's ONNX export that was seen to swallow the exception (the
+    export finished) or to crash the process (SIGSEGV, SIGABRT) before the staging folder was removed."""
+    from falcon_audio_edge.files import remove_in_progress
+
+    remove_in_progress()
+    os.write(2, b"error: terminated\n")
+    os._exit(128 + signum)
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)  # unwind, so half-written outputs are removed
+    signal.signal(signal.SIGTERM, _terminate)  # half-written outputs are removed
     try:
         app()  # standalone: usage errors are printed by typer and exit 2
     except FaEdgeError as exc:

@@ -5,13 +5,27 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from falcon_audio_edge.errors import ExportError, FaEdgeError
+
+# staging folders and temporary files this process is writing: a SIGTERM handler removes them
+# (``remove_in_progress``) instead of unwinding through whatever C++ code the main thread is in
+_IN_PROGRESS: set[Path] = set()
+
+
+def remove_in_progress() -> None:
+    """Remove every staging folder and temporary file still being written (for a handler that then exits)."""
+    for path in list(_IN_PROGRESS):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        _IN_PROGRESS.discard(path)
 
 
 class staged_dir:
@@ -32,20 +46,41 @@ class staged_dir:
         if self.out.is_dir() and any(self.out.iterdir()) and not self.force:
             raise ExportError(f"output folder {self.out} is not empty; pass --force to replace it")
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        # the name is known before the folder exists: an interrupt (Ctrl-C) at any point after its creation
+        # can remove it (__exit__ only runs once __enter__ has returned)
+        self.tmp = self.out.parent / f".{self.out.name}.tmp-{secrets.token_hex(4)}"
+        _IN_PROGRESS.add(self.tmp)
+        try:
+            self.tmp.mkdir(mode=0o700)
+        except FileExistsError:  # another writer's (a 1 in 4 billion draw): not ours to remove
+            _IN_PROGRESS.discard(self.tmp)
+            raise ExportError(f"staging folder {self.tmp} exists already; run again") from None
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            _IN_PROGRESS.discard(self.tmp)
+            raise
         return self.tmp
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self.tmp is not None
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            _IN_PROGRESS.discard(self.tmp)
             return
-        self.tmp.chmod(0o777 & ~_umask())  # mkdtemp made it private; the finished folder is an ordinary one
+        self.tmp.chmod(0o777 & ~_umask())  # made private; the finished folder is an ordinary one
         old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{self.tmp.name.rsplit('-', 1)[-1]}")
-            self.out.rename(old)
-        self.tmp.rename(self.out)
+        try:  # the swap is not left cut in half: the old folder is replaced or put back
+            if self.out.exists():
+                old = self.out.with_name(f".{self.out.name}.old-{self.tmp.name.rsplit('-', 1)[-1]}")
+                self.out.rename(old)
+            self.tmp.rename(self.out)
+        except BaseException:
+            if old is not None and not self.out.exists():
+                old.rename(self.out)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        finally:
+            _IN_PROGRESS.discard(self.tmp)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -62,11 +97,13 @@ def atomic_file(path: Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    _IN_PROGRESS.add(tmp)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        _IN_PROGRESS.discard(tmp)
     return path
 
 

@@ -138,3 +138,22 @@ def test_running_a_bundle_imports_neither_torch_nor_transformers(bundle_f32, cli
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_an_interrupt_while_the_staging_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C right after the staging folder exists, before staged_dir.__enter__ returns (its __exit__ would not
+    run): the folder is removed all the same."""
+    from falcon_audio_edge.files import staged_dir
+
+    real = Path.mkdir
+
+    def mkdir_then_interrupted(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.name.startswith(".out.tmp-"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_dir(tmp_path / "out", force=False):
+            pass
+    assert list(tmp_path.iterdir()) == []
