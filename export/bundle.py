@@ -19,7 +19,7 @@ from falcon_audio_edge.export.onnx_encoder import export_encoder
 from falcon_audio_edge.checkpoint import load_checkpoint
 from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.files import staged_dir
-from falcon_audio_edge.runtime.bundle import DECODER_FILE, ENCODER_FILE, write_manifest
+from falcon_audio_edge.runtime.bundle import CTC_FILE, DECODER_FILE, ENCODER_FILE, write_manifest
 
 
 def versions() -> dict[str, str]:
@@ -104,3 +104,18 @@ def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version:
         quantize_decoder(stage / DECODER_FILE, tmp / DECODER_FILE, decoder_type, "f16", False, default_threads(),
                          f16_embeddings)  # fmt: skip
     shutil.rmtree(stage)
+    if ckpt.model.ctc is not None:
+        write_ctc_head(ckpt.model.ctc, tmp / CTC_FILE)
+
+
+def write_ctc_head(head, path: Path) -> None:
+    """The CTC head's own weights for the runtime (its token scores use the GGUF's token embeddings)."""
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.savez(
+            f,
+            blank_weight=head.blank.weight.detach().float().numpy()[0],  # (1, H) -> (H,)
+            blank_bias=head.blank.bias.detach().float().numpy()[0],
+            log_scale=head.log_scale.detach().float().numpy(),
+        )

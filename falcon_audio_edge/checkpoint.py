@@ -175,6 +175,8 @@ def build_model(
     if encoder_state is not None:
         copy_state(model.encoder, encoder_state, str(encoder))
     model.connector.match_embedding_scale(model.llm.get_input_embeddings().weight)
+    if model.ctc is not None:
+        model.ctc.match_embedding_scale(model.llm.get_input_embeddings().weight)
     return model, tokenizer
 
 

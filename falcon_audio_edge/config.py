@@ -81,13 +81,15 @@ class AudioLayout:
     pool_factor: int = 2  # stack k encoder frames: Whisper's 50 Hz -> 25 Hz at k=2
     connector: str = "mlp"  # "linear" or "mlp" (Linear, GELU, Linear)
     pad_to_30s: bool = False  # encode a zero-padded 30 s window, then keep the clip's frames
+    ctc_head: bool = False  # a CTC head over the decoder's vocabulary reads the audio embeddings (model.CTCHead)
 
     def validate(self) -> None:
         _positive("audio", pool_factor=self.pool_factor)
         if self.connector not in CONNECTORS:
             raise ConfigError(f"audio.connector must be one of {CONNECTORS}, got {self.connector!r}")
-        if not isinstance(self.pad_to_30s, bool):
-            raise ConfigError(f"audio.pad_to_30s must be true or false, got {self.pad_to_30s!r}")
+        for name in ("pad_to_30s", "ctc_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"audio.{name} must be true or false, got {getattr(self, name)!r}")
 
 
 CHAT_FORMATS: dict[str, dict[str, str]] = {

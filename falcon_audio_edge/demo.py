@@ -76,7 +76,7 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
     weights = weights or require_shipped_weights()
     dims = shipped_dims(weights)
     audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
-             "pad_to_30s": dims.audio.pad_to_30s}  # fmt: skip
+             "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head}  # fmt: skip
     model, tokenizer = build_model("tiny", whisper_dir(), smollm2_gguf(), name=dims.name, **audio)
     apply_trained(model, weights)
     return save_checkpoint(model, tokenizer, out, force=True)
@@ -85,7 +85,8 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
 def apply_trained(model, weights: Path) -> None:
     """Put the trained weights into a model built from the two packages, every key and shape checked.
 
-    The file holds the connector and, as trained, the whole encoder and the LLM's LoRA adapters (merged here).
+    The file holds the connector and, as trained, the whole encoder, the CTC head and the LLM's LoRA adapters
+    (merged here).
     """
     from safetensors.torch import load_file
 
@@ -98,15 +99,19 @@ def apply_trained(model, weights: Path) -> None:
     trained = load_file(str(weights))
     connector = {k[len("connector.") :]: v for k, v in trained.items() if k.startswith("connector.")}
     encoder = {k[len("encoder.") :]: v for k, v in trained.items() if k.startswith("encoder.")}
+    ctc = {k[len("ctc.") :]: v for k, v in trained.items() if k.startswith("ctc.")}
     adapters = {k: v for k, v in trained.items() if k.startswith("llm.")}
-    other = sorted(k for k in trained if not k.startswith(("connector.", "encoder.", "llm.")))
+    other = sorted(k for k in trained if not k.startswith(("connector.", "encoder.", "ctc.", "llm.")))
+    other += sorted(f"ctc.{k} (its dims have no CTC head)" for k in ctc if model.ctc is None)
     if not connector or other:
         raise CheckpointError(
-            f"{weights} should hold the connector (and encoder, LoRA) weights only; unexpected {other[:5]}"
+            f"{weights} should hold the connector (and encoder, CTC head, LoRA) weights only; unexpected {other[:5]}"
         )
     copy_state(model.connector, connector, str(weights))
     if encoder:  # a fine-tuned encoder replaces Whisper's, every key and shape checked
         copy_state(model.encoder, encoder, str(weights))
+    if model.ctc is not None:  # the dims say there is one: the file must hold it
+        copy_state(model.ctc, ctc, str(weights))
     if adapters:
         merge_lora(model.llm, adapters, LoraSettings.from_metadata(meta, str(weights)), str(weights))
 

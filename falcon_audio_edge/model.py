@@ -5,6 +5,9 @@ Imports torch and transformers; the runtime never imports this module.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
@@ -127,6 +130,31 @@ class Connector(nn.Module):
         self.norm.weight.fill_(float(embeddings.float().pow(2).mean().sqrt()))
 
 
+class CTCHead(nn.Module):
+    """Audio embeddings -> log-probabilities over blank + the LLM's vocabulary, (T, H) -> (T, 1 + V).
+
+    A token's score is the audio embedding's dot product with that token's input embedding row, times a
+    learned scale; a linear gives the blank. In training its CTC loss pulls each spoken token's audio
+    positions towards the embedding the LLM already reads as that token; at run time it steers
+    transcription (``runtime/ctc.py`` computes the same in numpy from the bundle's ``ctc_head.npz``).
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.blank = nn.Linear(hidden, 1)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    @torch.no_grad()
+    def match_embedding_scale(self, embeddings: torch.Tensor) -> None:
+        """Start the scale so that an audio embedding equal to a token's row scores about 8."""
+        rms2 = float(embeddings.float().pow(2).mean())
+        self.log_scale.fill_(math.log(8.0 / (rms2 * embeddings.shape[1])))
+
+    def forward(self, audio: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        tokens = audio @ embeddings.T * self.log_scale.exp()  # (T, H) @ (H, V) -> (T, V)
+        return torch.cat([self.blank(audio), tokens], dim=-1).float().log_softmax(-1)  # (T, 1 + V)
+
+
 class AudioLanguageModel(nn.Module):
     """Whisper encoder + frame stacking + connector + Llama-architecture causal LM."""
 
@@ -136,6 +164,21 @@ class AudioLanguageModel(nn.Module):
         self.encoder = WhisperEncoder(whisper_config(dims.encoder))
         self.connector = Connector(dims)
         self.llm = LlamaForCausalLM(llama_config(dims.decoder))
+        self.ctc = CTCHead(dims.decoder.hidden) if dims.audio.ctc_head else None
+
+    def add_ctc_head(self) -> CTCHead:
+        """Give a model without one a fresh CTC head (the dims then say so: it is saved with the model)."""
+        if self.ctc is None:
+            self.dims = replace(self.dims, audio=replace(self.dims.audio, ctc_head=True))
+            self.ctc = CTCHead(self.dims.decoder.hidden).to(self.connector.norm.weight.device)
+            self.ctc.match_embedding_scale(self.llm.get_input_embeddings().weight)
+        return self.ctc
+
+    def ctc_log_probs(self, audio: torch.Tensor) -> torch.Tensor:
+        """The CTC head's reading of audio embeddings: (T, H) -> (T, 1 + V), blank first."""
+        if self.ctc is None:
+            raise ValueError("this model has no CTC head (dims.audio.ctc_head is false)")
+        return self.ctc(audio, self.llm.get_input_embeddings().weight)
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Audio embeddings in the decoder's width: (B, n_mels, T) -> (B, ceil(T/2/k), H)."""

@@ -51,6 +51,12 @@ class TorchBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def ctc_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+        if self.model.ctc is None:
+            raise ConfigError(f"this checkpoint ({self.model.dims.name}) has no CTC head")
+        with torch.no_grad():
+            return self.model.ctc_log_probs(torch.from_numpy(embeds).to(self.dtype)).float().numpy()
+
     def token_bytes(self, token: int) -> bytes:
         piece = None if token in self.special_ids else self.tokenizer.convert_ids_to_tokens(token)
         if piece is None:  # special, or a padding id past the tokenizer (an UNUSED token in the GGUF)

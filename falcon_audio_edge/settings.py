@@ -7,6 +7,17 @@ from dataclasses import dataclass
 
 from falcon_audio_edge.errors import ConfigError
 
+TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
+DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
+
+
+def ctc_weight_for(prompt: str | None, has_ctc_head: bool, requested: float | None = None) -> float:
+    """The CTC weight of a turn: as requested, else DEFAULT_CTC_WEIGHT for a transcription (the
+    TRANSCRIBE_PROMPT) by a model with a CTC head, else 0 (plain decoding)."""
+    if requested is not None:
+        return requested
+    return DEFAULT_CTC_WEIGHT if has_ctc_head and prompt == TRANSCRIBE_PROMPT else 0.0
+
 
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -22,6 +33,8 @@ class GenerationSettings:
     top_p: float = 0.95
     seed: int | None = None
     ignore_end_of_turn: bool = False  # generate exactly max_tokens (benchmarks)
+    ctc_weight: float = 0.0  # > 0: greedy choices rescored by the bundle's CTC head (transcription; runtime/ctc.py)
+    ctc_candidates: int = 8  # how many of the LLM's top tokens the CTC head rescores each step
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -32,6 +45,14 @@ class GenerationSettings:
             raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.ctc_weight, (int, float)) or not 0.0 <= self.ctc_weight < 1.0:
+            raise ConfigError(f"ctc_weight must be a number from 0 up to (not including) 1, got {self.ctc_weight!r}")
+        if self.ctc_weight and not self.greedy:
+            raise ConfigError(
+                f"ctc_weight={self.ctc_weight} rescores greedy decoding: it needs temperature 0, got {self.temperature}"
+            )
+        if not isinstance(self.ctc_candidates, int) or not 1 <= self.ctc_candidates <= 256:
+            raise ConfigError(f"ctc_candidates must be an integer from 1 to 256, got {self.ctc_candidates!r}")
 
     @property
     def greedy(self) -> bool:

@@ -7,6 +7,7 @@ checkpoint can be found, the verification figures against it.
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from falcon_audio_edge.quantize.encoder import check_encoder_type, convert_encod
 
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.files import staged_dir
-from falcon_audio_edge.runtime.bundle import DECODER_FILE, ENCODER_FILE, read_bundle, write_manifest
+from falcon_audio_edge.runtime.bundle import CTC_FILE, DECODER_FILE, ENCODER_FILE, read_bundle, write_manifest
 from falcon_audio_edge.settings import default_threads
 
 
@@ -26,12 +27,15 @@ def f16_embeddings_for(decoder: str, f16_embeddings: bool | None) -> bool:
 
 def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str, encoder: str,
                    allow_requantize: bool, f16_embeddings: bool) -> None:  # fmt: skip
-    """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src."""
+    """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src (and the CTC head
+    copied, if it has one)."""
     check_decoder_type(decoder)
     check_encoder_type(encoder)
     convert_encoder(src / ENCODER_FILE, dst / ENCODER_FILE, encoder, manifest["encoder"]["dtype"], allow_requantize)
     quantize_decoder(src / DECODER_FILE, dst / DECODER_FILE, decoder, manifest["decoder"]["type"], allow_requantize,
                      default_threads(), f16_embeddings)  # fmt: skip
+    if CTC_FILE in manifest["files"]:
+        shutil.copyfile(src / CTC_FILE, dst / CTC_FILE)
 
 
 def quantize_bundle(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train and ship the demo model: synthetic data -> base checkpoint -> train the connector -> encoder + LoRA on
-# top of it (stages 2-5) -> ship the weights -> export the demo bundle -> quality report (docs/quality.md).
-# About 5 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-5 ~40 + 30 + 80 + 30 min).
+# top of it (stages 2-5) -> a CTC head and more listening on top of the stage-5 model (stages 6-7) -> ship the
+# weights -> export the demo bundle -> quality report (docs/quality.md).
+# About 6 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-7 ~40 + 30 + 80 + 30 + 23 + 20 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
@@ -16,6 +17,14 @@ mkdir -p work
 for stage in 2 3 4 5; do "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-stage$stage.yaml"; done
 mkdir -p falcon_audio_edge/data/shipped
 cp work/run-tiny-stage5/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
+# stages 6-7 train on from the stage-5 model as the demo builds it (LoRA merged), in a home of their own
+FA_EDGE_HOME=work/home-stage5 "$BIN/fa-edge" demo --rebuild --json
+[ -f work/data/train-respoken/manifest.jsonl ] || "$BIN/fa-edge" respeak work/data/train/manifest.jsonl \
+  -o work/data/train-respoken --copies 2
+[ -f work/data/words/manifest.jsonl ] || "$BIN/fa-edge" synth-words -o work/data/words --llm "$SMOL" --clips 12000
+for stage in 6 7; do "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-stage$stage.yaml"; done
+"$BIN/python" -m falcon_audio_edge.train.ship work/run-tiny-stage7 --onto work/run-tiny-stage5/trainable.safetensors \
+  -o falcon_audio_edge/data/shipped/trainable.safetensors
 "$BIN/fa-edge" demo --rebuild --json
 "$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --out docs/quality.md

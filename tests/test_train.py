@@ -302,14 +302,19 @@ def _check_lora_merge(result, tiny_ckpt, merged_by_peft, before):
 
 
 def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path, tiny_ckpt, manifest, checkpoint):
+    import copy
+
     import torch
     from falcon_audio_edge.train.trainer import TrainingStep, train
 
-    model = checkpoint.model
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    model = copy.deepcopy(checkpoint.model)  # a CTC run gives the model a head (and the dims say so)
     step = TrainingStep(model, checkpoint.tokenizer, frozen_encoder=True, ctc_weight=1.0)
+    assert model.dims.audio.ctc_head and not checkpoint.model.dims.audio.ctc_head
     examples = read_manifest(manifest, checkpoint.dims)
     audio = step.audio(examples[0])
-    logp = step.ctc(audio, model.llm.get_input_embeddings().weight)
+    logp = model.ctc_log_probs(audio)
     assert logp.shape == (audio.shape[0], 1 + checkpoint.dims.decoder.vocab_size)
     assert torch.allclose(logp.exp().sum(-1), torch.ones(audio.shape[0]), atol=1e-4)
     assert examples[0].transcript == QUESTIONS[0] and examples[-1].transcript is None  # QA rows have no text
@@ -320,13 +325,47 @@ def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path,
     assert float(nothing_spoken) == 0.0 and nothing_spoken.requires_grad
     assert torch.allclose(step(examples[:4], ctc=False) + ctc_only, step(examples[:4]), atol=1e-4)
 
-    # three CTC-only updates, then joint ones; resume state carries the CTC head; eval reads the CTC path
+    # three CTC-only updates, then joint ones; eval reads the CTC path; the head is saved with everything else
     result = train(config(tmp_path, tiny_ckpt, manifest, ctc_weight=0.5, ctc_only_steps=3), progress=False)
     assert result.steps == 6 and np.isfinite(result.final_loss)
     assert result.eval_ctc_wer is not None and result.eval_ctc_wer >= 0.9  # 6 steps of a random tiny model: no words
-    assert all(k.startswith("connector.") for k in load_file(str(result.trainable)))  # the CTC head is not shipped
+    shipped = load_file(str(result.trainable))
+    assert {k.split(".")[0] for k in shipped} == {"connector", "ctc"}
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
-    assert any(k.startswith("ctc.") for k in state["trainable"])
+    assert {"model.ctc.log_scale", "model.ctc.blank.weight", "model.ctc.blank.bias"} <= set(state["trainable"])
+    trained = load_checkpoint(result.checkpoint).model
+    assert trained.dims.audio.ctc_head and trained.ctc is not None
+    assert torch.equal(trained.ctc.blank.weight, torch.from_numpy(shipped["ctc.blank.weight"]))
+
+
+def test_a_run_saved_before_the_head_moved_into_the_model_still_resumes(tmp_path, tiny_ckpt, manifest):
+    """state.pt files written before kept the CTC head beside the model ("ctc.*"): init_from reads them."""
+    import torch
+    from falcon_audio_edge.train.trainer import train
+
+    first = train(config(tmp_path, tiny_ckpt, manifest, ctc_weight=0.5, max_steps=2, warmup_steps=0), progress=False)
+    path = tmp_path / "run" / "state.pt"
+    state = torch.load(path, weights_only=False)
+    state["trainable"] = {k.removeprefix("model.") if k.startswith("model.ctc.") else k: v
+                          for k, v in state["trainable"].items()}  # fmt: skip
+    torch.save(state, path)
+    head = state["trainable"]["ctc.blank.weight"]
+    again = config(
+        tmp_path,
+        tiny_ckpt,
+        manifest,
+        ctc_weight=0.5,
+        max_steps=2,
+        warmup_steps=0,
+        learning_rate=1e-9,
+        ctc_learning_rate=1e-9,
+        output_dir=str(tmp_path / "r2"),
+        init_from=str(tmp_path / "run"),
+    )
+    second = train(again, progress=False)
+    assert first.steps == second.steps == 2
+    got = load_file(str(second.trainable))["ctc.blank.weight"]
+    assert np.allclose(got, head.numpy(), atol=1e-6)  # the old head was loaded (a fresh one would be random)
 
 
 def test_ctc_collapse_merges_repeats_and_drops_blanks():
@@ -337,10 +376,13 @@ def test_ctc_collapse_merges_repeats_and_drops_blanks():
 
 
 def test_ctc_transcripts_read_the_greedy_path_as_text(checkpoint):
+    import copy
+
     import torch
     from falcon_audio_edge.train.trainer import TrainingStep
 
-    step = TrainingStep(checkpoint.model, checkpoint.tokenizer, frozen_encoder=True, ctc_weight=1.0)
+    model = copy.deepcopy(checkpoint.model)
+    step = TrainingStep(model, checkpoint.tokenizer, frozen_encoder=True, ctc_weight=1.0)
     ids = checkpoint.tokenizer(QUESTIONS[0], add_special_tokens=False)["input_ids"]
     path = [0] + [t + 1 for i in ids for t in (i, i)] + [0]  # each token twice, then collapsed
     scores = torch.full((len(path), 1 + checkpoint.dims.decoder.vocab_size), -1e4)
@@ -350,7 +392,7 @@ def test_ctc_transcripts_read_the_greedy_path_as_text(checkpoint):
         def forward(self, audio, table):
             return scores  # (T, 1 + V) with the path as its argmax
 
-    step.ctc = FixedPath()
+    model.ctc = FixedPath()
     assert step.ctc_transcripts([torch.zeros(len(path), checkpoint.dims.decoder.hidden)]) == [QUESTIONS[0]]
 
 
@@ -479,15 +521,22 @@ def test_quality_command_bad_input(tmp_path, bundle_f32):
 
 
 def test_the_committed_configs_load_and_chain():
-    """Every config in train/configs is valid; each init_from is another config's output, the last one is shipped."""
+    """Every config in train/configs is valid; each init_from is another config's output. Two chains end: stages
+    1-5 (copied into the package, then the base the demo builds for stages 6-7) and stage 7 (stacked onto it by
+    train.ship: the shipped file)."""
     root = Path(__file__).resolve().parents[1]
     configs = {p.name: TrainConfig.load(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
     outputs = {c.output_dir: name for name, c in configs.items()}
     assert len(outputs) == len(configs) >= 2
     assert all(c.init_from is None or c.init_from in outputs for c in configs.values())
     shipped = (root / "scripts" / "train_tiny.sh").read_text()
-    ends = [out for out in outputs if out not in {c.init_from for c in configs.values()}]  # no run starts from it
-    assert len(ends) == 1 and f"cp work/{Path(ends[0]).name}/trainable.safetensors" in shipped
+    ends = sorted(Path(out).name for out in outputs if out not in {c.init_from for c in configs.values()})
+    assert ends == ["run-tiny-stage5", "run-tiny-stage7"]
+    assert "cp work/run-tiny-stage5/trainable.safetensors falcon_audio_edge/data/shipped/" in shipped
+    assert "ship work/run-tiny-stage7 --onto work/run-tiny-stage5/trainable.safetensors" in shipped
+    on_top = [c for c in configs.values() if Path(c.output_dir).name in ("run-tiny-stage6", "run-tiny-stage7")]
+    assert {Path(c.checkpoint).parts[-3:] for c in on_top} == {("home-stage5", "demo", "checkpoint")}
+    assert "FA_EDGE_HOME=work/home-stage5" in shipped
 
 
 def test_resume_refuses_another_manifest_list(tmp_path, manifest):
@@ -500,3 +549,64 @@ def test_resume_refuses_another_manifest_list(tmp_path, manifest):
     more = TrainConfig.from_dict({**cfg.to_dict(), "train_manifest": [str(manifest), str(manifest)]})
     with pytest.raises(ConfigError, match=r"other \['train_manifest \(the batch order a resume replays\)'\]"):
         check_resume(tmp_path, saved, more, "x")
+
+
+def _demo_like(tmp_path: Path, tiny_ckpt: Path):
+    """A shipped-weights file, a demo folder whose checkpoint says it was built from it, and a run on top."""
+    import shutil
+
+    import torch
+    from falcon_audio_edge.train.state import base_fingerprint
+    from safetensors.torch import save_file
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+    from falcon_audio_edge.runtime.bundle import sha256_file
+
+    model = load_checkpoint(tiny_ckpt).model
+    shipped = {f"connector.{k}": v for k, v in model.connector.state_dict().items()}
+    shipped |= {f"encoder.{k}": v.half() for k, v in model.encoder.state_dict().items()}
+    shipped["llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] = torch.ones(2, 32)
+    onto = tmp_path / "shipped.safetensors"
+    save_file(shipped, str(onto), metadata={"dims": model.dims.to_json(), "train": "connector,lora,encoder"})
+    base = tmp_path / "demo" / "checkpoint"
+    shutil.copytree(tiny_ckpt, base)
+    (tmp_path / "demo" / "sources.json").write_text(json.dumps({"shipped_sha256": sha256_file(onto)}))
+    trained = {f"model.connector.{k}": v + 1.0 for k, v in model.connector.state_dict().items()}
+    trained |= {"ctc.blank.weight": torch.ones(1, 32), "ctc.blank.bias": torch.zeros(1),
+                "ctc.log_scale": torch.ones(())}  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"checkpoint": str(base), "base_sha256": base_fingerprint(base), "train": ["connector"]}
+    torch.save({"trainable": trained, "config": config}, run / "state.pt")
+    return onto, base, run, shipped
+
+
+def test_ship_stacks_a_run_on_the_demo_model_onto_its_shipped_weights(tmp_path, tiny_ckpt):
+    import torch
+    from falcon_audio_edge.train.ship import main, ship
+    from safetensors import safe_open
+
+    from falcon_audio_edge.config import ModelDims
+
+    onto, base, run, shipped = _demo_like(tmp_path, tiny_ckpt)
+    out = ship(run, onto, tmp_path / "new.safetensors")
+    with safe_open(str(out), framework="pt") as f:
+        meta, got = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert ModelDims.from_json(meta["dims"]).audio.ctc_head and meta["train"] == "connector,ctc,encoder,lora"
+    assert set(got) == set(shipped) | {"ctc.blank.weight", "ctc.blank.bias", "ctc.log_scale"}
+    name = "connector.proj.1.weight"
+    assert torch.equal(got[name], shipped[name] + 1.0)  # the run's connector, the shipped LoRA and encoder
+    assert all(torch.equal(got[k], v) for k, v in shipped.items() if not k.startswith("connector."))
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(onto.read_bytes() + b" ")  # another file: the checkpoint was not built from it
+    assert main([str(run), "--onto", str(other), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists()
+    state = torch.load(run / "state.pt", weights_only=False)
+    state["trainable"]["model.llm.lm_head.weight"] = torch.zeros(1)
+    torch.save(state, run / "state.pt")
+    with pytest.raises(ConfigError, match="only the connector, encoder and CTC head can be stacked"):
+        ship(run, onto, tmp_path / "y.safetensors")
+    (base / "model.safetensors").write_bytes(b"changed")
+    with pytest.raises(ConfigError, match="gone or holds other weights now"):
+        ship(run, onto, tmp_path / "y.safetensors")

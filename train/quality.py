@@ -4,8 +4,9 @@
         --whisper WHISPER_CT2_DIR --out docs/quality.md
 
 On the held-out split (sentences and voices never seen in training):
-- transcription WER with "Transcribe the audio.", next to Whisper tiny.en's own WER on the same clips
-  (faster-whisper, greedy with its temperature fallback, seeded, English);
+- transcription WER with "Transcribe the audio.", decoded as ``fa-edge ask --transcribe`` does (greedy, guided
+  by the model's CTC head when it has one; then also without the guidance), next to Whisper tiny.en's own WER
+  on the same clips (faster-whisper, greedy with its temperature fallback, seeded, English);
 - spoken-question agreement: how often the greedy answer to the spoken question is the same text as the
   original LLM's greedy answer to the question typed as text (the manifest's target, written by
   ``fa-edge synth`` with the LLM before any training: a LoRA-trained bundle's decoder is not the original
@@ -23,16 +24,17 @@ import shlex
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.runtime.bundle import read_bundle
-from falcon_audio_edge.settings import GenerationSettings
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
 from falcon_audio_edge.verify import word_error_rate, words
 
-TRANSCRIBE = "Transcribe the audio."
+TRANSCRIBE = TRANSCRIBE_PROMPT
 TARGET_WER = 0.08  # the shipped model's targets: WER <= 8% and no worse than Whisper tiny.en alone,
 TARGET_AGREEMENT = 0.80  # spoken-question agreement >= 80%
 
@@ -84,6 +86,15 @@ def whisper_transcripts(model_dir: Path, clips: list[Path], seed: int = 0) -> li
     return out
 
 
+def transcribe_all(chat, rows: list[dict], base: Path, gen: GenerationSettings) -> tuple[list[str], float]:
+    """Each clip transcribed in a fresh conversation; the seconds per clip."""
+    hyps, t0 = [], time.perf_counter()
+    for r in rows:
+        chat.reset()
+        hyps.append(chat.ask(base / r["audio"], TRANSCRIBE, gen).run().text)
+    return hyps, (time.perf_counter() - t0) / max(1, len(rows))
+
+
 def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int = 64) -> dict:
     rows = [json.loads(line) for line in heldout.read_text().splitlines() if line.strip()]
     base = heldout.parent
@@ -92,12 +103,13 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
     qa = [r for r in rows if r["task"] == "qa"]
     result: dict = {"bundle": str(bundle), "transcribe_clips": len(trans), "qa_clips": len(qa)}
     with open_bundle(bundle) as chat:
-        hyps, t0 = [], time.perf_counter()
-        for r in trans:
-            chat.reset()
-            hyps.append(chat.ask(base / r["audio"], TRANSCRIBE, gen).run().text)
-        result["wer"] = word_error_rate([r["text"] for r in trans], hyps)
-        result["transcribe_s_per_clip"] = (time.perf_counter() - t0) / max(1, len(trans))
+        weight = ctc_weight_for(TRANSCRIBE, chat.has_ctc_head)
+        hyps, seconds = transcribe_all(chat, trans, base, replace(gen, ctc_weight=weight))
+        result.update(wer=word_error_rate([r["text"] for r in trans], hyps), transcribe_s_per_clip=seconds)
+        if weight:
+            result["ctc_weight"] = weight
+            plain, _ = transcribe_all(chat, trans, base, gen)
+            result["wer_without_ctc"] = word_error_rate([r["text"] for r in trans], plain)
         exact = first = 0
         f1 = []
         examples = []
@@ -142,8 +154,14 @@ def markdown(result: dict, command: str) -> str:
         "",
         "| measure | value |",
         "| --- | --- |",
-        f"| transcription WER (bundle) | {result['wer']:.3f} |",
     ]
+    if "ctc_weight" in result:
+        lines += [
+            f"| transcription WER (bundle, CTC-guided, weight {result['ctc_weight']}) | {result['wer']:.3f} |",
+            f"| transcription WER (bundle, the LLM's greedy choices alone) | {result['wer_without_ctc']:.3f} |",
+        ]
+    else:
+        lines.append(f"| transcription WER (bundle) | {result['wer']:.3f} |")
     if "whisper_wer" in result:
         lines.append(f"| transcription WER (Whisper tiny.en alone, faster-whisper) | {result['whisper_wer']:.3f} |")
     lines += [

@@ -38,6 +38,12 @@ def same_base(saved: dict, cfg, base: str) -> bool:
     return Path(saved["checkpoint"]).resolve() == Path(cfg.checkpoint).resolve()  # saved before fingerprints
 
 
+def saved_trainable(state: dict) -> dict[str, torch.Tensor]:
+    """A state's trainable weights under today's names: runs saved before the CTC head moved into the model
+    kept it beside the model ("ctc.*"); it is "model.ctc.*" now."""
+    return {(f"model.{k}" if k.startswith("ctc.") else k): v for k, v in state["trainable"].items()}
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -68,10 +74,10 @@ def load_state(out: Path, model, optimizer, scheduler, cfg, base: str) -> int:
         return 0
     state = torch.load(path, weights_only=False)
     check_resume(out, state["config"], cfg, base)
-    want = trainable_state(model)
-    if set(state["trainable"]) != set(want):
+    want, saved = trainable_state(model), saved_trainable(state)
+    if set(saved) != set(want):
         raise ConfigError(f"{path} was saved with other trainable parts; use a new output_dir or the same config")
-    model.load_state_dict(state["trainable"], strict=False)
+    model.load_state_dict(saved, strict=False)
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
@@ -92,8 +98,7 @@ def init_weights(run: Path, model, cfg, base: str) -> list[str]:
         raise ConfigError(
             f"init_from: {run} trained from other base weights ({state['config']['checkpoint']}), not {cfg.checkpoint}"
         )
-    want = trainable_state(model)
-    saved = state["trainable"]
+    want, saved = trainable_state(model), saved_trainable(state)
     unknown = sorted(k for k in saved if k not in want)
     wrong = sorted(f"{k}: {tuple(saved[k].shape)} != {tuple(want[k].shape)}" for k in saved
                    if k in want and saved[k].shape != want[k].shape)  # fmt: skip

@@ -34,26 +34,6 @@ from falcon_audio_edge.verify import word_error_rate
 IGNORE = -100
 
 
-class CTCHead(nn.Module):
-    """Audio embeddings -> log-probabilities over blank + the LLM's vocabulary, (T, H) -> (T, 1 + V).
-
-    A token's score is the audio embedding's dot product with that token's (frozen) input embedding, so the
-    CTC loss pulls each spoken token's audio positions towards the embedding the LLM already reads as that
-    token: a direct signal for the connector that does not go through the LLM. Training only; never exported.
-    """
-
-    def __init__(self, embeddings: torch.Tensor):
-        super().__init__()
-        hidden = embeddings.shape[1]
-        self.blank = nn.Linear(hidden, 1)
-        rms2 = float(embeddings.detach().float().pow(2).mean())
-        self.log_scale = nn.Parameter(torch.tensor(math.log(8.0 / (rms2 * hidden))))  # cos 1 -> score 8
-
-    def forward(self, audio: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        tokens = audio @ embeddings.T * self.log_scale.exp()  # (T, H) @ (H, V) -> (T, V)
-        return torch.cat([self.blank(audio), tokens], dim=-1).float().log_softmax(-1)  # (T, 1 + V)
-
-
 def ctc_collapse(path: list[int]) -> list[int]:
     """A greedy CTC path -> token ids: repeats merged, blanks (0) dropped, ids shifted back to the vocabulary."""
     return [i - 1 for i, prev in zip(path, [0, *path][:-1], strict=True) if i != prev and i != 0]
@@ -69,8 +49,14 @@ class TrainingStep(nn.Module):
         self.layout = model.dims.prompt
         self.frozen_encoder = frozen_encoder
         self.ctc_weight = ctc_weight
-        self.ctc = CTCHead(model.llm.get_input_embeddings().weight) if ctc_weight else None
+        if ctc_weight:  # a fresh head, or the base checkpoint's own trains on
+            model.add_ctc_head().requires_grad_(True)
         self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example
+
+    @property
+    def ctc(self) -> nn.Module | None:
+        """The model's CTC head while it trains (``ctc_weight`` > 0)."""
+        return self.model.ctc if self.ctc_weight else None
 
     @property
     def device(self) -> torch.device:
@@ -120,8 +106,7 @@ class TrainingStep(nn.Module):
         keep = [i for i, ex in enumerate(batch) if ex.transcript]
         if not keep:  # still a graph (a CTC-only step must be able to call backward), contributing nothing
             return sum(a.sum() for a in audio) * 0.0
-        table = self.model.llm.get_input_embeddings().weight
-        logp = [self.ctc(audio[i], table) for i in keep]  # each (T_i, 1 + V)
+        logp = [self.model.ctc_log_probs(audio[i]) for i in keep]  # each (T_i, 1 + V)
         width = max(x.shape[0] for x in logp)
         padded = logp[0].new_zeros(width, len(logp), logp[0].shape[1])
         for j, x in enumerate(logp):
@@ -134,8 +119,7 @@ class TrainingStep(nn.Module):
 
     def ctc_transcripts(self, audio: list[torch.Tensor]) -> list[str]:
         """Greedy CTC reading of audio embeddings (each (T, H)): what they say without the LLM."""
-        table = self.model.llm.get_input_embeddings().weight
-        paths = [self.ctc(a, table).argmax(-1).tolist() for a in audio]  # each (T,)
+        paths = [self.model.ctc_log_probs(a).argmax(-1).tolist() for a in audio]  # each (T,)
         return [self.tokenizer.decode(ctc_collapse(p), skip_special_tokens=True).strip() for p in paths]
 
     def lm_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
@@ -191,7 +175,7 @@ def set_trainable(model, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def with_ctc_head(groups: list[dict], ctc: CTCHead | None, cfg: TrainConfig) -> list[dict]:
+def with_ctc_head(groups: list[dict], ctc: nn.Module | None, cfg: TrainConfig) -> list[dict]:
     """The CTC head trains with the connector, or at ``ctc_learning_rate`` in a group of its own (a fresh head on
     audio embeddings that were trained before must move faster than they do, or it settles on all-blank)."""
     if ctc is None:

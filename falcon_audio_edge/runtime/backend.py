@@ -9,6 +9,7 @@ import numpy as np
 
 from falcon_audio_edge.errors import BundleError
 from falcon_audio_edge.runtime.bundle import Bundle, read_bundle
+from falcon_audio_edge.runtime.ctc import CTCHead, load_ctc_head
 from falcon_audio_edge.runtime.decoder import LlamaDecoder
 from falcon_audio_edge.runtime.encoder import OnnxEncoder
 from falcon_audio_edge.runtime.engine import AudioChat
@@ -26,6 +27,18 @@ class BundleBackend:
                 f"do not match the manifest's hidden={dec.hidden}, vocab_size={dec.vocab_size}"
             )
         self.bos_id = self.decoder.bos_id if self.decoder.bos_id >= 0 else None
+        self.bundle = bundle
+        self._ctc: CTCHead | None = None
+
+    def ctc_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+        """The bundle's CTC head on audio embeddings, (T, H) -> (T, 1 + V); its token table is read from the
+        GGUF on first use (only transcriptions that ask for CTC guidance pay for it)."""
+        if self.bundle.ctc_path is None:
+            raise BundleError(f"bundle {self.bundle.path} has no CTC head (its model was trained without one)")
+        if self._ctc is None:
+            dec = self.bundle.dims.decoder
+            self._ctc = load_ctc_head(self.bundle.ctc_path, self.bundle.decoder_path, dec.vocab_size, dec.hidden)
+        return self._ctc.log_probs(embeds)
 
     @property
     def n_past(self) -> int:

@@ -21,6 +21,7 @@ BUNDLE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.gguf"
+CTC_FILE = "ctc_head.npz"  # the CTC head's own weights (blank linear, scale), when dims.audio.ctc_head
 
 
 def audio_constants() -> dict[str, int]:
@@ -55,6 +56,10 @@ class Bundle:
     @property
     def decoder_path(self) -> Path:
         return self.path / DECODER_FILE
+
+    @property
+    def ctc_path(self) -> Path | None:
+        return self.path / CTC_FILE if self.dims.audio.ctc_head else None
 
     @property
     def decoder_type(self) -> str:
@@ -100,7 +105,7 @@ def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
     want = {**audio_constants(), "n_mels": dims.encoder.n_mels}
     if manifest.get("audio") != want:
         raise BundleError(f"{manifest_path}: audio constants {manifest.get('audio')} differ from this toolkit's {want}")
-    for name in (ENCODER_FILE, DECODER_FILE):
+    for name in (ENCODER_FILE, DECODER_FILE, *([CTC_FILE] if dims.audio.ctc_head else [])):
         if name not in manifest.get("files", {}):
             raise BundleError(f"{manifest_path} does not list {name}")
     if verify:

@@ -20,6 +20,7 @@ from falcon_audio_edge.audio import Audio, load_audio
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.frontend import audio_features, encode_features
+from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, guided_choice
 from falcon_audio_edge.settings import GenerationSettings
 
 
@@ -30,6 +31,7 @@ class Backend(Protocol):
     bos_id: int | None
 
     def encode(self, mel: np.ndarray) -> np.ndarray: ...
+    def ctc_log_probs(self, embeds: np.ndarray) -> np.ndarray: ...
     def tokenize(self, text: str) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
     def feed_tokens(self, ids: list[int]) -> None: ...
@@ -125,6 +127,7 @@ class AudioChat:
         self._started: tuple[str | None, int, int, list[int]] | None = None  # prompt, ids fed, n_past, close
         self.turns = 0
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
+        self.has_ctc_head = dims.audio.ctc_head
 
     def reset(self) -> None:
         """Forget the conversation (clears the KV cache)."""
@@ -170,7 +173,11 @@ class AudioChat:
         """Start a turn; with audio None the turn is text only (``prompt`` required)."""
         if audio is None and not prompt:
             raise FaEdgeError("a turn needs audio, a prompt, or both")
-        return Turn(self._turn(audio, prompt, generation or GenerationSettings()))
+        generation = generation or GenerationSettings()
+        if generation.ctc_weight and not self.has_ctc_head:
+            raise FaEdgeError(f"ctc_weight={generation.ctc_weight} needs a model with a CTC head; "
+                              f"{self.dims.name} was trained without one")  # fmt: skip
+        return Turn(self._turn(audio, prompt, generation))
 
     def _prefix_ids(self, text: str) -> list[int]:
         ids = list(self._close_previous)
@@ -219,11 +226,26 @@ class AudioChat:
         self._close_previous = []
         return n_before + len(ids_after), features, embeds
 
+    def _chooser(self, gen: GenerationSettings, embeds: np.ndarray | None, rng: np.random.Generator):
+        """logits -> next token: sampled or greedy, or greedy rescored by the CTC head (``gen.ctc_weight``)."""
+        if not gen.ctc_weight or embeds is None:
+            return lambda logits: sample_token(logits, gen, rng)
+        scorer = CTCPrefixScorer(self.backend.ctc_log_probs(embeds), next(iter(self.stop_ids)))
+
+        def choose(logits: np.ndarray) -> int:
+            token = guided_choice(logits, scorer, gen.ctc_weight, gen.ctc_candidates)
+            if token not in self.stop_ids:
+                scorer.advance(token)
+            return token
+
+        return choose
+
     def _turn(self, audio: Any, prompt: str | None, gen: GenerationSettings):
         timings = Timings()
         start = time.perf_counter()
         n_prompt, features, embeds = self.prefill(audio, prompt, timings)
         rng = np.random.default_rng(gen.seed)
+        choose = self._chooser(gen, embeds, rng)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens: list[int] = []
         pieces: list[str] = []
@@ -231,7 +253,7 @@ class AudioChat:
         first = None
         try:
             for _ in range(gen.max_tokens):
-                token = sample_token(self.backend.logits(), gen, rng)
+                token = choose(self.backend.logits())
                 if token in self.stop_ids and not gen.ignore_end_of_turn:
                     stop_reason = "end_of_turn"
                     break

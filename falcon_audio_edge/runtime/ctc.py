@@ -1,0 +1,155 @@
+"""CTC-guided transcription: the trained CTC head's reading of the audio steers the LLM's greedy choices.
+
+Training ties a CTC head to the LLM's input embeddings: a token's score at an audio position is the
+position's dot product with the token's embedding row (times a learned scale), and a learned linear
+gives the blank. At run time the same head reads the audio embeddings the decoder is fed, and each
+step of a transcription rescores the LLM's top candidates with their CTC prefix probability (the
+probability that the audio starts with that token sequence; Watanabe et al. 2017, "Hybrid
+CTC/attention"). The LLM keeps its fluency; the CTC head keeps it from replacing what was said with
+what it expected. Numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from falcon_audio_edge.errors import BundleError
+
+NEG_INF = -np.inf
+
+
+@dataclass(frozen=True)
+class CTCHead:
+    """Audio embeddings (T, H) -> log-probabilities over blank + vocabulary (T, 1 + V); blank is column 0."""
+
+    table: np.ndarray  # (V, H) the decoder's token embeddings, float32
+    blank_weight: np.ndarray  # (H,)
+    blank_bias: float
+    log_scale: float
+
+    def __post_init__(self) -> None:
+        hidden = self.table.shape[1] if self.table.ndim == 2 else -1
+        if self.blank_weight.shape != (hidden,):
+            raise BundleError(
+                f"CTC head: blank weight has shape {self.blank_weight.shape}, the token table {self.table.shape}"
+            )
+
+    def log_probs(self, embeds: np.ndarray) -> np.ndarray:
+        embeds = np.asarray(embeds, dtype=np.float32)
+        tokens = embeds @ self.table.T * np.float32(np.exp(self.log_scale))  # (T, H) @ (H, V) -> (T, V)
+        blank = embeds @ self.blank_weight + np.float32(self.blank_bias)  # (T, H) @ (H,) -> (T,)
+        scores = np.concatenate([blank[:, None], tokens], axis=1)  # (T, 1 + V)
+        top = scores.max(axis=1, keepdims=True)
+        return scores - top - np.log(np.exp(scores - top).sum(axis=1, keepdims=True))
+
+
+class CTCPrefixScorer:
+    """Prefix log-probabilities of growing token sequences under one clip's CTC output (T, 1 + V).
+
+    ``scores(candidates)`` gives log P(audio starts with prefix + c) for each candidate c (the end of
+    turn: log P(audio is exactly prefix)); ``advance(c)`` appends c to the prefix.
+    """
+
+    def __init__(self, log_probs: np.ndarray, end_token: int):
+        self.x = np.asarray(log_probs, dtype=np.float64)  # (T, 1 + V)
+        self.end_token = end_token
+        n_frames = self.x.shape[0]
+        self.r_nonblank = np.full(n_frames, NEG_INF)  # prefix ends at t in a token frame
+        self.r_blank = np.cumsum(self.x[:, 0])  # ... in a blank frame (the empty prefix: all blank)
+        self.prefix: list[int] = []
+        self.score = 0.0  # log P(audio starts with prefix); 0 for the empty prefix
+        self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def full(self) -> float:
+        """log P(audio is exactly the prefix)."""
+        return float(np.logaddexp(self.r_nonblank[-1], self.r_blank[-1]))
+
+    def scores(self, candidates: np.ndarray) -> np.ndarray:
+        """(K,) token ids -> (K,) prefix log-probabilities (not differences)."""
+        candidates = np.asarray(candidates, dtype=np.int64)
+        n_frames, k = self.x.shape[0], len(candidates)
+        xs = self.x[:, candidates + 1]  # (T, 1 + V) -> (T, K)
+        prev = np.logaddexp(self.r_nonblank, self.r_blank)  # (T,)
+        phi = np.repeat(prev[:, None], k, axis=1)  # (T,) -> (T, K)
+        if self.prefix:  # a repeat needs a blank between: only the blank-ending paths go on
+            phi[:, candidates == self.prefix[-1]] = self.r_blank[:, None]
+        r_n, r_b = np.full((n_frames, k), NEG_INF), np.full((n_frames, k), NEG_INF)
+        start = max(len(self.prefix), 1)
+        if not self.prefix:
+            r_n[0] = xs[0]
+        psi = r_n[start - 1].copy() if start <= n_frames else np.full(k, NEG_INF)
+        for t in range(start, n_frames):
+            r_n[t] = np.logaddexp(r_n[t - 1], phi[t - 1]) + xs[t]
+            r_b[t] = np.logaddexp(r_n[t - 1], r_b[t - 1]) + self.x[t, 0]
+            psi = np.logaddexp(psi, phi[t - 1] + xs[t])
+        psi[candidates == self.end_token] = self.full
+        self._pending = (candidates, r_n, r_b, psi)
+        return psi
+
+    def advance(self, token: int) -> None:
+        """Append ``token`` (one of the candidates last scored) to the prefix."""
+        if self._pending is None or token not in self._pending[0]:
+            self.scores(np.array([token]))
+        candidates, r_n, r_b, psi = self._pending
+        j = int(np.flatnonzero(candidates == token)[0])
+        self.r_nonblank, self.r_blank, self.score = r_n[:, j].copy(), r_b[:, j].copy(), float(psi[j])
+        self.prefix.append(token)
+        self._pending = None
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    top = logits.max()
+    return logits - top - np.log(np.exp(logits - top).sum())
+
+
+def guided_choice(logits: np.ndarray, scorer: CTCPrefixScorer, weight: float, n_candidates: int) -> int:
+    """The next token: the LLM's top ``n_candidates`` rescored as (1 - weight) LLM + weight CTC (log domain)."""
+    llm = log_softmax(logits)
+    candidates = np.argpartition(-llm, n_candidates)[:n_candidates]  # (V,) -> (K,)
+    if scorer.end_token not in candidates:
+        candidates = np.append(candidates, scorer.end_token)
+    ctc = scorer.scores(candidates)
+    if not np.isfinite(scorer.score) or not np.isfinite(ctc).any():  # the audio cannot say more: the LLM alone
+        return int(candidates[np.argmax(llm[candidates])])
+    ctc = ctc - scorer.score  # log P(candidate | prefix, audio)
+    combined = (1.0 - weight) * llm[candidates] + weight * ctc
+    return int(candidates[np.argmax(combined)])
+
+
+def gguf_token_embeddings(path, vocab: int, hidden: int) -> np.ndarray:
+    """The decoder's token embedding table (V, H) float32, read from its GGUF (dequantized if it is quantized)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    found = [t for t in reader.tensors if t.name == "token_embd.weight"]
+    if not found:
+        raise BundleError(f"{path} has no token_embd.weight tensor for the CTC head")
+    tensor = found[0]
+    table = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    table = np.asarray(table, dtype=np.float32).reshape(-1, table.shape[-1])  # (..., H) -> (V, H)
+    if table.shape != (vocab, hidden):
+        raise BundleError(f"{path}: token_embd.weight is {table.shape}, the dims say ({vocab}, {hidden})")
+    return table
+
+
+def load_ctc_head(ctc_file, gguf_file, vocab: int, hidden: int) -> CTCHead:
+    """A bundle's CTC head: its own weights from ``ctc_file`` (npz), the token table from the decoder GGUF."""
+    try:
+        with np.load(ctc_file, allow_pickle=False) as data:
+            parts = {k: np.asarray(data[k], dtype=np.float32) for k in ("blank_weight", "blank_bias", "log_scale")}
+    except (OSError, KeyError, ValueError) as exc:
+        raise BundleError(f"cannot read the CTC head {ctc_file}: {exc}") from exc
+    if parts["blank_bias"].shape != () or parts["log_scale"].shape != ():
+        raise BundleError(f"{ctc_file}: blank_bias and log_scale must be scalars")
+    if parts["blank_weight"].shape != (hidden,):
+        raise BundleError(f"{ctc_file}: blank_weight is {parts['blank_weight'].shape}, the dims say ({hidden},)")
+    return CTCHead(
+        table=gguf_token_embeddings(gguf_file, vocab, hidden),
+        blank_weight=parts["blank_weight"],
+        blank_bias=float(parts["blank_bias"]),
+        log_scale=float(parts["log_scale"]),
+    )

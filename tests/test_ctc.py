@@ -1,0 +1,212 @@
+"""CTC-guided transcription: the prefix scorer against brute force, the guided choice, settings, and the head
+through a real export (PyTorch head vs the bundle's numpy head on the GGUF's token table)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from falcon_audio_edge.errors import BundleError, ConfigError, FaEdgeError
+from falcon_audio_edge.runtime.ctc import CTCHead, CTCPrefixScorer, guided_choice
+from falcon_audio_edge.settings import DEFAULT_CTC_WEIGHT, TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
+from tests.conftest import fa_edge
+
+
+def random_log_probs(rng: np.random.Generator, frames: int, vocab: int) -> np.ndarray:
+    x = rng.normal(size=(frames, 1 + vocab)) * 2.0
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))  # (T, 1 + V), blank first
+
+
+def collapse(path: tuple[int, ...]) -> tuple[int, ...]:
+    out, prev = [], 0
+    for s in path:
+        if s != 0 and s != prev:
+            out.append(s - 1)
+        prev = s
+    return tuple(out)
+
+
+def brute_force(x: np.ndarray) -> dict[tuple[int, ...], float]:
+    """P(label sequence) for every sequence, by summing every alignment: (1 + V)^T paths."""
+    probs: dict[tuple[int, ...], float] = {}
+    for path in itertools.product(range(x.shape[1]), repeat=x.shape[0]):
+        p = float(np.exp(sum(x[t, s] for t, s in enumerate(path))))
+        key = collapse(path)
+        probs[key] = probs.get(key, 0.0) + p
+    return probs
+
+
+def test_prefix_scores_equal_the_sum_over_every_alignment():
+    rng = np.random.default_rng(0)
+    x = random_log_probs(rng, frames=5, vocab=4)
+    truth = brute_force(x)
+    end = 3  # token 3 is the end of turn: its score is P(the audio says exactly the prefix)
+
+    def prefix_prob(prefix: tuple[int, ...]) -> float:
+        return sum(p for seq, p in truth.items() if seq[: len(prefix)] == prefix)
+
+    for prefix in [(), (0,), (1,), (1, 1), (2, 0, 2)]:  # (1, 1): a repeat needs a blank between
+        scorer = CTCPrefixScorer(x, end_token=end)
+        for token in prefix:
+            scorer.advance(token)
+        assert np.isclose(np.exp(scorer.score), prefix_prob(prefix), rtol=1e-9)
+        got = np.exp(scorer.scores(np.array([0, 1, 2, end])))
+        want = [prefix_prob((*prefix, c)) for c in range(3)] + [truth.get(prefix, 0.0)]
+        assert np.allclose(got, want, rtol=1e-9, atol=1e-300), prefix
+        assert np.isclose(np.exp(scorer.full), truth.get(prefix, 0.0), rtol=1e-9)
+
+
+def test_prefix_longer_than_the_audio_has_no_probability():
+    x = random_log_probs(np.random.default_rng(1), frames=2, vocab=4)
+    scorer = CTCPrefixScorer(x, end_token=3)
+    scorer.advance(0)
+    scorer.advance(1)
+    assert np.all(np.isneginf(scorer.scores(np.array([0, 1, 2]))))  # a third token needs a third frame
+
+
+def head_for(spoken: list[int], vocab: int = 6, hidden: int = 8, frames_per_token: int = 3):
+    """A CTC head whose token table is the identity-like one-hot rows, and audio that says ``spoken``."""
+    table = np.eye(vocab, hidden, dtype=np.float32)
+    head = CTCHead(table=table, blank_weight=np.zeros(hidden, np.float32), blank_bias=0.0, log_scale=np.log(6.0))
+    audio = np.concatenate([np.repeat(table[[t]], frames_per_token, axis=0) for t in spoken])  # (T, H)
+    return head, audio
+
+
+def test_head_log_probs_are_distributions_that_read_the_audio():
+    head, audio = head_for([2, 4])
+    logp = head.log_probs(audio)
+    assert logp.shape == (6, 7) and np.allclose(np.exp(logp).sum(axis=1), 1.0, atol=1e-5)
+    assert list(logp.argmax(axis=1)) == [3, 3, 3, 5, 5, 5]  # column 0 is the blank: token t is column t + 1
+    with pytest.raises(BundleError, match="blank weight has shape"):
+        CTCHead(table=np.zeros((6, 8), np.float32), blank_weight=np.zeros(7, np.float32), blank_bias=0, log_scale=0)
+
+
+def test_guided_choice_follows_the_audio_where_the_llm_guesses():
+    head, audio = head_for([2, 4])
+    scorer = CTCPrefixScorer(head.log_probs(audio), end_token=5)
+    logits = np.array([0.0, 0.0, 1.0, 0.0, 1.5, 0.0])  # the LLM prefers 4 first; the audio says 2, then 4
+    assert guided_choice(logits, scorer, weight=0.0, n_candidates=3) == 4  # weight 0: the LLM alone
+    first = guided_choice(logits, scorer, weight=DEFAULT_CTC_WEIGHT, n_candidates=3)
+    assert first == 2
+    scorer.advance(first)
+    assert guided_choice(logits, scorer, weight=DEFAULT_CTC_WEIGHT, n_candidates=3) == 4
+    scorer.advance(4)
+    assert guided_choice(logits, scorer, weight=DEFAULT_CTC_WEIGHT, n_candidates=3) == 5  # all said: end of turn
+
+
+def test_guided_choice_falls_back_to_the_llm_when_the_audio_is_too_short():
+    head, audio = head_for([1], frames_per_token=1)
+    scorer = CTCPrefixScorer(head.log_probs(audio), end_token=5)
+    scorer.advance(1)
+    scorer.advance(2)  # longer than the one frame: no candidate has CTC probability
+    logits = np.array([0.0, 0.0, 0.0, 3.0, 0.0, 0.0])
+    assert guided_choice(logits, scorer, weight=0.9, n_candidates=2) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"ctc_weight": 1.0}, r"ctc_weight must be a number from 0 up to \(not including\) 1, got 1.0"),
+        ({"ctc_weight": -0.1}, "got -0.1"),
+        ({"ctc_weight": 0.5, "temperature": 0.7}, "ctc_weight=0.5 rescores greedy decoding: it needs temperature 0"),
+        ({"ctc_candidates": 0}, "ctc_candidates must be an integer from 1 to 256, got 0"),
+    ],
+)
+def test_generation_settings_refuse_bad_ctc_values(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        GenerationSettings(**kwargs)
+
+
+def test_ctc_weight_defaults_to_guidance_only_for_transcription_by_a_model_with_a_head():
+    assert ctc_weight_for(TRANSCRIBE_PROMPT, True) == DEFAULT_CTC_WEIGHT
+    assert ctc_weight_for(TRANSCRIBE_PROMPT, False) == 0.0
+    assert ctc_weight_for(None, True) == 0.0 and ctc_weight_for("Summarise it.", True) == 0.0
+    assert ctc_weight_for(TRANSCRIBE_PROMPT, True, 0.0) == 0.0 and ctc_weight_for(None, True, 0.3) == 0.3
+
+
+@pytest.fixture(scope="module")
+def ctc_bundle(tiny_ckpt, tmp_path_factory):
+    """The tiny model with a CTC head (its blank and scale moved off their start), exported with an f32 decoder."""
+    import torch
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("ctc")
+    ckpt = load_checkpoint(tiny_ckpt)
+    head = ckpt.model.add_ctc_head()
+    with torch.no_grad():
+        head.blank.weight.normal_(0.0, 0.5)
+        head.blank.bias.fill_(0.3)
+        head.log_scale.add_(0.7)
+    save_checkpoint(ckpt.model, ckpt.tokenizer, folder / "ckpt")
+    return folder / "ckpt", export_bundle(folder / "ckpt", folder / "bundle", decoder_type="f32")
+
+
+def test_bundle_head_matches_the_pytorch_head(ctc_bundle, clips):
+    from falcon_audio_edge.reference import open_checkpoint
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.bundle import CTC_FILE, read_bundle
+
+    ckpt, bundle = ctc_bundle
+    assert read_bundle(bundle).ctc_path == bundle / CTC_FILE and (bundle / CTC_FILE).is_file()
+    embeds = np.random.default_rng(0).normal(size=(9, 32)).astype(np.float32) * 0.5
+    with open_bundle(bundle) as chat, open_checkpoint(ckpt) as ref:
+        assert chat.has_ctc_head and ref.has_ctc_head
+        got, want = chat.backend.ctc_log_probs(embeds), ref.backend.ctc_log_probs(embeds)
+        assert got.shape == want.shape == (9, 1 + chat.dims.decoder.vocab_size)
+        assert np.abs(got - want).max() < 1e-4
+        gen = GenerationSettings(max_tokens=6, ctc_weight=DEFAULT_CTC_WEIGHT)
+        guided = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, gen).run()
+        chat.reset()
+        plain = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=6)).run()
+        reference = ref.ask(clips["q0"], TRANSCRIBE_PROMPT, gen).run()
+    assert 1 <= len(guided.tokens) <= 6 and guided.tokens == reference.tokens  # f32 decoder: the same choices
+    assert guided.tokens != plain.tokens  # the head changed what a random model says
+
+
+def test_a_model_without_a_head_refuses_ctc_guidance(bundle_f32, clips):
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    with open_bundle(bundle_f32) as chat:
+        assert not chat.has_ctc_head
+        with pytest.raises(FaEdgeError, match="ctc_weight=0.5 needs a model with a CTC head"):
+            chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(ctc_weight=0.5))
+        # the conversation is untouched and usable
+        assert chat.backend.n_past == 0
+        assert chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=2)).run().tokens
+
+
+def test_bundle_that_lost_its_head_file_is_refused(ctc_bundle, tmp_path):
+    import json
+    import shutil
+
+    from falcon_audio_edge.runtime.bundle import CTC_FILE, MANIFEST_FILE, read_bundle
+
+    broken = tmp_path / "bundle"
+    shutil.copytree(ctc_bundle[1], broken)
+    manifest = json.loads((broken / MANIFEST_FILE).read_text())
+    del manifest["files"][CTC_FILE]
+    (broken / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"does not list {CTC_FILE}"):
+        read_bundle(broken)
+
+
+def test_cli_transcribe_flags(ctc_bundle, bundle_f32, clips):
+    bundle = str(ctc_bundle[1])
+    out = fa_edge("ask", bundle, "--audio", str(clips["q0"]), "--transcribe", "--max-tokens", "4", "--json")
+    assert json_of(out)["generated_tokens"] >= 1
+    bad = fa_edge("ask", bundle, "--audio", str(clips["q0"]), "--transcribe", "--prompt", "Hi.", check=False)
+    assert bad.returncode == 2 and "--transcribe and --prompt 'Hi.' ask for two different things" in bad.stderr
+    bad = fa_edge("ask", str(bundle_f32), "--audio", str(clips["q0"]), "--ctc-weight", "0.4", check=False)
+    assert bad.returncode == 2 and "needs a model with a CTC head" in bad.stderr
+    bad = fa_edge("ask", bundle, "--audio", str(clips["q0"]), "--ctc-weight", "1.5", check=False)
+    assert bad.returncode == 2 and "ctc_weight must be a number from 0 up to" in bad.stderr
+
+
+def json_of(proc) -> dict:
+    import json
+
+    return json.loads(proc.stdout)
