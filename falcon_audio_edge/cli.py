@@ -181,6 +181,7 @@ def demo(
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
     prompt = _prompt(prompt, transcribe)
     generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0)
+    d.check_decoder_type(decoder_type)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)

