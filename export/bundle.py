@@ -19,7 +19,7 @@ from falcon_audio_edge.export.onnx_encoder import export_encoder
 from falcon_audio_edge.checkpoint import load_checkpoint
 from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.files import staged_dir
-from falcon_audio_edge.runtime.bundle import CTC_FILE, DECODER_FILE, ENCODER_FILE, write_manifest
+from falcon_audio_edge.runtime.bundle import ANSWER_FILE, CTC_FILE, DECODER_FILE, ENCODER_FILE, write_manifest
 
 
 def versions() -> dict[str, str]:
@@ -52,10 +52,15 @@ def export_bundle(
     force: bool = False,
     verify: bool = True,
     f16_embeddings: bool | None = None,
+    answer_llm: str | Path | None = None,
 ) -> Path:
+    """``answer_llm``: a GGUF of the text LLM the model was built from, copied in as answer.gguf (listen-first
+    turns: it answers what the model heard); its vocabulary must be the model's, token for token."""
     from falcon_audio_edge.quantize.bundle import f16_embeddings_for
 
     check_types(decoder_type, encoder_type)
+    if answer_llm is not None and not Path(answer_llm).is_file():
+        raise ExportError(f"answer LLM not found: {answer_llm}")
     f16_embeddings = f16_embeddings_for(decoder_type, f16_embeddings) and decoder_type not in DECODER_TYPES
     out = Path(out)
     if Path(checkpoint).resolve() == out.resolve():
@@ -64,6 +69,8 @@ def export_bundle(
     vers = versions()
     with staged_dir(out, force) as tmp:
         _write_files(ckpt, tmp, decoder_type, encoder_type, vers.get("falcon-audio-edge", "0"), f16_embeddings)
+        if answer_llm is not None:
+            add_answer_llm(Path(answer_llm), tmp)
         extra = {
             "encoder": {"dtype": encoder_type, "input": "mel", "output": "audio_embeds"},
             "decoder": {"type": decoder_type, "arch": "llama", "f16_embeddings": f16_embeddings},
@@ -106,6 +113,27 @@ def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version:
     shutil.rmtree(stage)
     if ckpt.model.ctc is not None:
         write_ctc_head(ckpt.model.ctc, tmp / CTC_FILE)
+
+
+def gguf_vocab(path: Path) -> list[str]:
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.tokens")
+    if field is None:
+        raise ExportError(f"{path} has no tokenizer.ggml.tokens (not a GGUF LLM with its tokenizer)")
+    return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+
+
+def add_answer_llm(src: Path, bundle: Path) -> None:
+    """Copy the answer LLM into the bundle after checking it reads and writes the same tokens as its decoder."""
+    ours, theirs = gguf_vocab(bundle / DECODER_FILE), gguf_vocab(src)
+    if ours != theirs:
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs))
+        )
+        raise ExportError(f"answer LLM {src} has another vocabulary than the model ({len(theirs)} tokens vs "
+                          f"{len(ours)}; first difference at id {first})")  # fmt: skip
+    shutil.copyfile(src, bundle / ANSWER_FILE)
 
 
 def write_ctc_head(head, path: Path) -> None:

@@ -60,11 +60,14 @@ def export(
     encoder_type: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
     verify: Annotated[bool, typer.Option(help="measure the bundle against the checkpoint, into the manifest")] = True,
     force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
+    answer_llm: Annotated[
+        Path | None, typer.Option(help="GGUF of the text LLM the model was built from: answers --listen-first turns")
+    ] = None,
 ) -> None:
     """Export a checkpoint to a bundle: encoder.onnx + decoder.gguf + manifest.json."""
     from falcon_audio_edge.export.bundle import export_bundle
 
-    path = export_bundle(checkpoint, out, decoder_type, encoder_type, force=force, verify=verify)
+    path = export_bundle(checkpoint, out, decoder_type, encoder_type, force=force, verify=verify, answer_llm=answer_llm)
     typer.echo(f"wrote bundle {path}")
 
 
@@ -169,6 +172,7 @@ def demo(
     max_tokens: int = 128,
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
+    listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
     rebuild: Annotated[bool, typer.Option(help="rebuild the checkpoint and bundle")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -187,12 +191,15 @@ def demo(
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
         generation = replace(generation, ctc_weight=ctc_weight_for(prompt, chat.has_ctc_head, ctc_weight))
-        turn = chat.ask(wav, prompt, generation)
+        turn = chat.ask(wav, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:
                 typer.echo(piece, nl=False)
     if as_json:
-        typer.echo(d.to_json(paths, wav, turn.result.text.strip(), {"timings": turn.result.to_dict()["timings"]}))
+        extra = {"timings": turn.result.to_dict()["timings"]}
+        if turn.result.transcript is not None:
+            extra["transcript"] = turn.result.transcript
+        typer.echo(d.to_json(paths, wav, turn.result.text.strip(), extra))
     else:
         typer.echo("")
 
@@ -276,6 +283,7 @@ def _relative(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
 
 
+LISTEN_HELP = "transcribe first, then the bundle's answer model (answer.gguf) answers the transcript"
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, else 0)")  # fmt: skip
 
@@ -316,6 +324,7 @@ def ask(
     seed: int | None = None,
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
+    listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     n_ctx: int = 4096,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
@@ -329,7 +338,7 @@ def ask(
     with chat:
         if generation.greedy:  # CTC guidance rescores greedy decoding only (an explicit weight is checked above)
             generation = replace(generation, ctc_weight=ctc_weight_for(prompt, chat.has_ctc_head, ctc_weight))
-        turn = chat.ask(audio, prompt, generation)
+        turn = chat.ask(audio, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:
                 typer.echo(piece, nl=False)

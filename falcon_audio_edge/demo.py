@@ -134,7 +134,7 @@ def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
     """Build what is missing (checkpoint, bundle) under home(); reuse what is there."""
     from falcon_audio_edge.checkpoint import is_checkpoint
     from falcon_audio_edge.export.bundle import export_bundle
-    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
+    from falcon_audio_edge.runtime.bundle import ANSWER_FILE, MANIFEST_FILE
 
     check_decoder_type(decoder_type)  # a bad type is an error before the checkpoint is built, not after
     base = home() / "demo"
@@ -148,9 +148,10 @@ def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
             (bundle / MANIFEST_FILE).unlink(missing_ok=True)
     if rebuild or not is_checkpoint(paths.checkpoint):
         build_checkpoint(paths.checkpoint, weights)
-    if rebuild or not (paths.bundle / MANIFEST_FILE).is_file():
+    # a bundle made before it carried the answer model (listen-first turns) is made again
+    if rebuild or not (paths.bundle / MANIFEST_FILE).is_file() or not (paths.bundle / ANSWER_FILE).is_file():
         export_bundle(paths.checkpoint, paths.bundle, decoder_type=decoder_type, encoder_type=DEMO_ENCODER_TYPE,
-                      force=True)  # fmt: skip
+                      force=True, answer_llm=smollm2_gguf())  # fmt: skip
     if not stamp.is_file():
         atomic_text(stamp, sources)
     return paths

@@ -17,7 +17,14 @@ from falcon_audio_edge.quantize.encoder import check_encoder_type, convert_encod
 
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.files import staged_dir
-from falcon_audio_edge.runtime.bundle import CTC_FILE, DECODER_FILE, ENCODER_FILE, read_bundle, write_manifest
+from falcon_audio_edge.runtime.bundle import (
+    ANSWER_FILE,
+    CTC_FILE,
+    DECODER_FILE,
+    ENCODER_FILE,
+    read_bundle,
+    write_manifest,
+)
 from falcon_audio_edge.settings import default_threads
 
 
@@ -34,8 +41,9 @@ def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str,
     convert_encoder(src / ENCODER_FILE, dst / ENCODER_FILE, encoder, manifest["encoder"]["dtype"], allow_requantize)
     quantize_decoder(src / DECODER_FILE, dst / DECODER_FILE, decoder, manifest["decoder"]["type"], allow_requantize,
                      default_threads(), f16_embeddings)  # fmt: skip
-    if CTC_FILE in manifest["files"]:
-        shutil.copyfile(src / CTC_FILE, dst / CTC_FILE)
+    for name in (CTC_FILE, ANSWER_FILE):  # the CTC head and the answer model are copied as they are
+        if name in manifest["files"]:
+            shutil.copyfile(src / name, dst / name)
 
 
 def quantize_bundle(

@@ -127,7 +127,7 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     from falcon_audio_edge.export import bundle as export
 
     from falcon_audio_edge import checkpoint, demo
-    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
+    from falcon_audio_edge.runtime.bundle import ANSWER_FILE, MANIFEST_FILE
 
     weights = tmp_path / "trainable.safetensors"
     weights.write_bytes(b"first weights")
@@ -138,10 +138,12 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
         out.mkdir(parents=True, exist_ok=True)
         return out
 
-    def export_bundle(ckpt, out, decoder_type, force):
+    def export_bundle(ckpt, out, decoder_type, encoder_type, force, answer_llm):
+        assert encoder_type == "fp32" and answer_llm == demo.smollm2_gguf()
         calls.append(("export", decoder_type))
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST_FILE).write_text("{}")
+        (out / ANSWER_FILE).write_text("the LLM")
 
     monkeypatch.setenv("FA_EDGE_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(demo, "require_shipped_weights", lambda: weights)
@@ -152,6 +154,10 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     demo.prepare("q8_0")
     demo.prepare("f16")
     assert calls == [("build", b"first weights"), ("export", "f16"), ("export", "q8_0")]
+    (tmp_path / "home" / "demo" / "bundle-f16" / ANSWER_FILE).unlink()  # a bundle from before answer models
+    calls.clear()
+    demo.prepare("f16")
+    assert calls == [("export", "f16")]  # made again, the checkpoint reused
     weights.write_bytes(b"new weights")
     calls.clear()
     demo.prepare("f16")

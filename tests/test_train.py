@@ -484,7 +484,7 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
     assert result["decoder_typed_agreement"] == pytest.approx(1 / 3)  # ... only the second its typed one
     report = markdown(result, "cmd")
     assert "| spoken-question agreement (exact answer match) | 0.333 |" in report
-    assert "answering the question typed: agreement (the ceiling of the above) | 0.333 |" in report
+    assert "answering the question typed: agreement (the ceiling of the end-to-end agreement) | 0.333 |" in report
     assert "| agreement >= 0.80 | 0.333 | **not met** |" in report and "| WER <= 0.08 |" in report
     assert "| WER <= Whisper" not in report  # no baseline asked for
     met = markdown({**result, "wer": 0.05, "whisper_wer": 0.06, "agreement": 0.9, "decoder_typed_agreement": None},

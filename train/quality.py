@@ -51,6 +51,11 @@ def targets(result: dict) -> list[str]:
         lines.append(f"| WER <= Whisper tiny.en's | {result['wer']:.3f} vs {result['whisper_wer']:.3f} | {met(ok)} |")
     ok = result["agreement"] >= TARGET_AGREEMENT
     lines.append(f"| agreement >= {TARGET_AGREEMENT:.2f} | {result['agreement']:.3f} | {met(ok)} |")
+    if "listen_first" in result:
+        value = result["listen_first"]["agreement"]
+        lines.append(
+            f"| agreement >= {TARGET_AGREEMENT:.2f} (listen-first) | {value:.3f} | {met(value >= TARGET_AGREEMENT)} |"
+        )
     return lines
 
 
@@ -99,13 +104,13 @@ def answer_text(turn_result, max_tokens: int) -> str:
     return cut_like_target(turn_result.text, len(turn_result.tokens) >= max_tokens)
 
 
-def spoken_questions(chat, rows: list[dict], base: Path, gen: GenerationSettings) -> dict:
+def spoken_questions(chat, rows: list[dict], base: Path, gen: GenerationSettings, listen_first: bool = False) -> dict:
     """Each spoken question answered in a fresh conversation, against the original LLM's typed answer."""
     exact = first = 0
     f1, examples = [], []
     for r in rows:
         chat.reset()
-        spoken = answer_text(chat.ask(base / r["audio"], None, gen).run(), gen.max_tokens)
+        spoken = answer_text(chat.ask(base / r["audio"], None, gen, listen_first=listen_first).run(), gen.max_tokens)
         typed = r["target"]
         exact += words(spoken) == words(typed)
         first += words(first_sentence(spoken)) == words(first_sentence(typed))
@@ -146,6 +151,9 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
             result["wer_without_ctc"] = word_error_rate([r["text"] for r in trans], plain)
         result.update(spoken_questions(chat, qa, base, gen))
         result["decoder_typed_agreement"] = typed_agreement(chat, qa, gen)
+        if chat.open_answerer is not None:  # the bundle has an answer model: listen-first turns too
+            result["listen_first"] = spoken_questions(chat, qa, base, gen, listen_first=True)
+            result["listen_first"].pop("examples")
         result.update(
             transcripts=[
                 {"text": r["text"], "voice": r["voice"], "bundle": h} for r, h in zip(trans[:6], hyps[:6], strict=True)
@@ -155,6 +163,17 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
         whisper_hyps = whisper_transcripts(whisper, [base / r["audio"] for r in trans])
         result["whisper_wer"] = word_error_rate([r["text"] for r in trans], whisper_hyps)
     return result
+
+
+def listen_first_rows(result: dict) -> list[str]:
+    if "listen_first" not in result:
+        return []
+    lf = result["listen_first"]
+    return [
+        f"| listen-first (`--listen-first`: heard, then answered by answer.gguf): agreement | {lf['agreement']:.3f} |",
+        f"| listen-first: first-sentence agreement / mean word F1 | {lf['first_sentence_agreement']:.3f} / "
+        f"{lf['mean_word_f1']:.3f} |",
+    ]
 
 
 def markdown(result: dict, command: str) -> str:
@@ -187,7 +206,8 @@ def markdown(result: dict, command: str) -> str:
         f"| spoken-question agreement (exact answer match) | {result['agreement']:.3f} |",
         f"| first-sentence agreement | {result['first_sentence_agreement']:.3f} |",
         f"| mean word-overlap F1, spoken answer vs the LLM's typed answer | {result['mean_word_f1']:.3f} |",
-        f"| the bundle's decoder answering the question typed: agreement (the ceiling of the above) | "
+        *listen_first_rows(result),
+        f"| the bundle's decoder answering the question typed: agreement (the ceiling of the end-to-end agreement) | "
         f"{'n/a' if result['decoder_typed_agreement'] is None else format(result['decoder_typed_agreement'], '.3f')} |",
         f"| seconds per transcription (2 threads) | {result['transcribe_s_per_clip']:.2f} |",
         "",

@@ -72,11 +72,29 @@ class BundleBackend:
         self.decoder.close()
 
 
+class TextBackend(BundleBackend):
+    """A text-only decoder (a bundle's answer.gguf): the bundle backend's text side, no encoder, no CTC head."""
+
+    def __init__(self, path: Path, settings: RuntimeSettings):  # not super().__init__: it loads an encoder
+        self.decoder = LlamaDecoder(path, settings.n_ctx, settings.n_batch, settings.n_threads)
+        self.bos_id = self.decoder.bos_id if self.decoder.bos_id >= 0 else None
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        raise BundleError("the answer model takes text only")
+
+    def ctc_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+        raise BundleError("the answer model takes text only")
+
+
 def open_bundle(path: str | Path, settings: RuntimeSettings | None = None) -> AudioChat:
-    """Load a bundle (checksums verified) and start a conversation on it."""
+    """Load a bundle (checksums verified) and start a conversation on it. Its answer model (answer.gguf), if it
+    has one, is loaded on the first listen-first turn."""
     settings = settings or RuntimeSettings()
     t0 = time.perf_counter()
     bundle = read_bundle(path, verify=settings.verify_checksums)
     chat = AudioChat(BundleBackend(bundle, settings), bundle.dims)
+    if bundle.answer_path is not None:
+        answer = bundle.answer_path
+        chat.open_answerer = lambda: AudioChat(TextBackend(answer, settings), bundle.dims)
     chat.load_ms = (time.perf_counter() - t0) * 1e3
     return chat

@@ -21,6 +21,7 @@ BUNDLE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.gguf"
+ANSWER_FILE = "answer.gguf"  # optional: the text LLM the model was built from, answering its transcripts
 CTC_FILE = "ctc_head.npz"  # the CTC head's own weights (blank linear, scale), when dims.audio.ctc_head
 
 
@@ -56,6 +57,10 @@ class Bundle:
     @property
     def decoder_path(self) -> Path:
         return self.path / DECODER_FILE
+
+    @property
+    def answer_path(self) -> Path | None:
+        return self.path / ANSWER_FILE if ANSWER_FILE in self.manifest["files"] else None
 
     @property
     def ctc_path(self) -> Path | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +21,9 @@ from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, guided_choice
-from falcon_audio_edge.settings import GenerationSettings
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
+
+LISTEN_MAX_TOKENS = 96  # a listen-first transcription (30 s of speech is about 80 words)
 
 
 class Backend(Protocol):
@@ -46,6 +48,7 @@ class Backend(Protocol):
 class Timings:
     """Milliseconds per stage of one turn (first_token: audio ready -> first token out)."""
 
+    listen_ms: float = 0.0  # listen-first turns: the transcription before the answer
     mel_ms: float = 0.0
     encoder_ms: float = 0.0
     prefill_ms: float = 0.0
@@ -67,6 +70,7 @@ class AskResult:
     prompt_tokens: int
     stop_reason: str  # "end_of_turn" or "max_tokens"
     timings: Timings = field(default_factory=Timings)
+    transcript: str | None = None  # listen-first turns: what the model heard, answered by the answer model
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -128,9 +132,13 @@ class AudioChat:
         self.turns = 0
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
         self.has_ctc_head = dims.audio.ctc_head
+        self.open_answerer: Callable[[], AudioChat] | None = None  # set by open_bundle when it has an answer model
+        self._answerer: AudioChat | None = None
 
     def reset(self) -> None:
-        """Forget the conversation (clears the KV cache)."""
+        """Forget the conversation (clears the KV cache; the answer model's too)."""
+        if self._answerer is not None:
+            self._answerer.reset()
         self.backend.reset()
         self._close_previous = []
         self._started = None
@@ -156,6 +164,8 @@ class AudioChat:
             self._close_previous, self._started = close, None
 
     def close(self) -> None:
+        if self._answerer is not None:
+            self._answerer.close()
         self.backend.close()
 
     def __enter__(self) -> AudioChat:
@@ -169,15 +179,53 @@ class AudioChat:
         audio: Audio | np.ndarray | str | Path | None,
         prompt: str | None = None,
         generation: GenerationSettings | None = None,
+        listen_first: bool = False,
     ) -> Turn:
-        """Start a turn; with audio None the turn is text only (``prompt`` required)."""
+        """Start a turn; with audio None the turn is text only (``prompt`` required). ``listen_first``: the model
+        transcribes the audio (CTC-guided if it can), then the bundle's answer model answers the transcript (and
+        the prompt after it) as a text turn of its own conversation."""
         if audio is None and not prompt:
             raise FaEdgeError("a turn needs audio, a prompt, or both")
+        if listen_first:
+            return Turn(self._listen_first(audio, prompt, generation or GenerationSettings()))
         generation = generation or GenerationSettings()
         if generation.ctc_weight and not self.has_ctc_head:
             raise FaEdgeError(f"ctc_weight={generation.ctc_weight} needs a model with a CTC head; "
                               f"{self.dims.name} was trained without one")  # fmt: skip
         return Turn(self._turn(audio, prompt, generation))
+
+    def answerer(self) -> AudioChat:
+        if self._answerer is None:
+            if self.open_answerer is None:
+                raise FaEdgeError("listen-first needs a bundle with an answer model (fa-edge export --answer-llm)")
+            self._answerer = self.open_answerer()
+        return self._answerer
+
+    def _listen_first(self, audio: Any, prompt: str | None, gen: GenerationSettings):
+        answerer = self.answerer()  # before any work: a bundle without one is refused at once
+        if audio is None:  # nothing to hear: a plain text turn of the answer model's conversation
+            return (yield from answerer.ask(None, prompt, gen))
+        t0 = time.perf_counter()
+        self.reset_listening()
+        weight = ctc_weight_for(TRANSCRIBE_PROMPT, self.has_ctc_head)
+        heard = self.ask(audio, TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=weight))
+        transcript = heard.run().text.strip()
+        listen_ms = (time.perf_counter() - t0) * 1e3
+        answer = answerer.ask(None, transcript + (f"\n{prompt}" if prompt else ""), gen)
+        yield from answer
+        result, heard_timings = answer.result, heard.result.timings
+        result.transcript = transcript
+        t = result.timings  # the whole turn: from the audio to the answer
+        t.listen_ms, t.mel_ms, t.encoder_ms = listen_ms, heard_timings.mel_ms, heard_timings.encoder_ms
+        t.first_token_ms, t.total_ms = t.first_token_ms + listen_ms, t.total_ms + listen_ms
+        result.audio_tokens, result.audio_seconds, result.windows = (
+            heard.result.audio_tokens, heard.result.audio_seconds, heard.result.windows)  # fmt: skip
+        return result
+
+    def reset_listening(self) -> None:
+        """Forget what the listening model heard (its conversation), keeping the answer model's."""
+        self.backend.reset()
+        self._close_previous, self._started, self.turns = [], None, 0
 
     def _prefix_ids(self, text: str) -> list[int]:
         ids = list(self._close_previous)

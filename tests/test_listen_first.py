@@ -1,0 +1,72 @@
+"""Listen-first turns: the model transcribes, the bundle's answer model (answer.gguf) answers the transcript."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from falcon_audio_edge.errors import ExportError, FaEdgeError
+from falcon_audio_edge.runtime.bundle import ANSWER_FILE, read_bundle
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, RuntimeSettings
+from tests.conftest import fa_edge, smollm2_gguf
+
+
+@pytest.fixture(scope="module")
+def answer_bundle(tiny_ckpt, bundle_f32, tmp_path_factory) -> Path:
+    """The tiny model with an answer model: another tiny decoder of the same vocabulary (the f32 bundle's)."""
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("answer") / "bundle"
+    return export_bundle(tiny_ckpt, out, decoder_type="f16", answer_llm=bundle_f32 / "decoder.gguf", verify=False)
+
+
+def test_listen_first_answers_the_transcript_with_the_answer_model(answer_bundle, clips):
+    from falcon_audio_edge.runtime.backend import TextBackend, open_bundle
+    from falcon_audio_edge.runtime.engine import AudioChat
+
+    bundle = read_bundle(answer_bundle)
+    assert bundle.answer_path == answer_bundle / ANSWER_FILE and ANSWER_FILE in bundle.manifest["files"]
+    gen = GenerationSettings(max_tokens=8)
+    with open_bundle(answer_bundle) as chat:
+        first = chat.ask(clips["q0"], None, gen, listen_first=True).run()
+        second = chat.ask(clips["q1"], None, gen, listen_first=True).run()
+        assert chat.answerer().turns == 2  # the answer model keeps the conversation; the listener starts afresh
+        chat.reset()
+        heard = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=96)).run().text.strip()
+    assert first.transcript == heard and second.transcript is not None
+    assert first.audio_seconds > 1.0 and first.timings.listen_ms > 0
+    with AudioChat(TextBackend(bundle.answer_path, RuntimeSettings()), bundle.dims) as text_only:
+        assert text_only.ask(None, heard, gen).run().tokens == first.tokens  # the answer model's own answer
+
+
+def test_listen_first_needs_an_answer_model(bundle_f32, clips):
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    with open_bundle(bundle_f32) as chat:
+        with pytest.raises(FaEdgeError, match="listen-first needs a bundle with an answer model"):
+            chat.ask(clips["q0"], None, GenerationSettings(max_tokens=4), listen_first=True).run()
+        assert chat.backend.n_past == 0  # refused before any work
+    proc = fa_edge("ask", bundle_f32, "--audio", clips["q0"], "--listen-first", check=False)
+    assert proc.returncode == 2 and "error: listen-first needs a bundle with an answer model" in proc.stderr
+
+
+def test_an_answer_model_of_another_vocabulary_is_refused(tiny_ckpt, tmp_path):
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    with pytest.raises(ExportError, match="has another vocabulary than the model"):
+        export_bundle(tiny_ckpt, tmp_path / "b", decoder_type="f32", answer_llm=smollm2_gguf(), verify=False)
+    with pytest.raises(ExportError, match="answer LLM not found"):
+        export_bundle(tiny_ckpt, tmp_path / "b", answer_llm=tmp_path / "missing.gguf")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_cli_listen_first_and_quantize_keep_the_answer_model(answer_bundle, clips, tmp_path):
+    out = json.loads(fa_edge("ask", answer_bundle, "--audio", clips["q0"], "--listen-first", "--max-tokens", "4",
+                             "--json").stdout)  # fmt: skip
+    assert isinstance(out["transcript"], str) and out["generated_tokens"] >= 1 and out["timings"]["listen_ms"] > 0
+    fa_edge("quantize", answer_bundle, "-o", tmp_path / "q8", "--decoder", "q8_0", "--encoder", "fp32")
+    copied = read_bundle(tmp_path / "q8")
+    assert copied.answer_path is not None
+    assert (tmp_path / "q8" / ANSWER_FILE).read_bytes() == (answer_bundle / ANSWER_FILE).read_bytes()
