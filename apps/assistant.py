@@ -40,6 +40,7 @@ class AssistantSettings:
     temperature: float = 0.0
     speech_rate: int = 170  # words per minute of the spoken answers (espeak-ng takes 80-450)
     echo_tail_ms: int = 300  # the microphone stays ignored this long after the assistant stops speaking
+    listen_first: bool = False  # transcribe, then the bundle's answer model answers (it keeps the conversation)
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
 
     def __post_init__(self) -> None:
@@ -66,7 +67,11 @@ class TurnStats:
 class Assistant:
     def __init__(self, settings: AssistantSettings, screen: Screen | None = None, keyboard=None):
         from falcon_audio_edge.runtime.backend import open_bundle
+        from falcon_audio_edge.runtime.bundle import read_bundle
 
+        if settings.listen_first and read_bundle(settings.bundle, verify=False).answer_path is None:
+            raise FaEdgeError(f"listen-first needs a bundle with an answer model; {settings.bundle} has none "
+                              "(fa-edge export --answer-llm)")  # fmt: skip
         self.settings = settings
         self.screen = screen or Screen()
         self.keyboard = keyboard if keyboard is not None else Keyboard()
@@ -147,7 +152,7 @@ class Assistant:
             return
         for event in self.endpointer.feed(block):
             if isinstance(event, SpeechStarted):
-                self.chat.start_turn(None)  # the turn's opening text, while the user speaks
+                self._start_turn()
             elif isinstance(event, Utterance):
                 self._answer(event, mic)
 
@@ -155,7 +160,7 @@ class Assistant:
         if self.recording is None:
             mic.drain()
             self.recording, self.recorded = [], 0
-            self.chat.start_turn(None)
+            self._start_turn()
             self.screen.status("recording", force=True)
             return
         samples = np.concatenate(self.recording) if self.recording else np.zeros(0, np.float32)
@@ -163,6 +168,12 @@ class Assistant:
         capped = len(samples) >= CHUNK_LENGTH * SAMPLE_RATE
         end = len(samples) / SAMPLE_RATE
         self._answer(Utterance(samples[: CHUNK_LENGTH * SAMPLE_RATE], 0.0, end, capped), mic, wait_s=0.0)
+
+    def _start_turn(self) -> None:
+        """The turn's opening text into the decoder while the user speaks (a listen-first turn starts with a
+        transcription of its own instead)."""
+        if not self.settings.listen_first:
+            self.chat.start_turn(None)
 
     # -- one turn --
     def _answer(self, utt: Utterance, mic: Microphone, wait_s: float | None = None) -> None:
@@ -183,7 +194,7 @@ class Assistant:
         pieces: list[str] = []
         first = turn = None
         try:
-            turn = self.chat.ask(Audio(utt.samples, "microphone"), None, self.gen)
+            turn = self.chat.ask(Audio(utt.samples, "microphone"), None, self.gen, self.settings.listen_first)
             self.screen.write("assistant: ")
             for piece in turn:
                 first = first or time.perf_counter()
@@ -200,8 +211,11 @@ class Assistant:
             return ""
         self.screen.line()
         first = first or time.perf_counter()
+        talker = self.chat.answerer() if self.settings.listen_first else self.chat  # who holds the conversation
         stats = TurnStats(utt.seconds, waited + first - detected, waited, result.timings.tokens_per_s,
-                          self.chat.backend.n_past, utt.capped)  # fmt: skip
+                          talker.backend.n_past, utt.capped)  # fmt: skip
+        if result.transcript is not None:
+            self.screen.line(f"  (heard: {result.transcript!r})")
         self.turns.append(stats)
         self.screen.line(
             f"  first token {stats.first_token_after_speech_s:.2f} s after end of speech "

@@ -56,7 +56,7 @@ def init(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
     out: Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")],
-    decoder_type: Annotated[str, typer.Option(help="f32 | f16 | q8_0 | q5_k_m | q4_k_m | q4_0")] = "f16",
+    decoder_type: Annotated[str, typer.Option(help="f32 | f16 | q8_0 | q5_k_m | q4_k_m | q4_0 | q4_1")] = "f16",
     encoder_type: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
     verify: Annotated[bool, typer.Option(help="measure the bundle against the checkpoint, into the manifest")] = True,
     force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
@@ -75,7 +75,7 @@ def export(
 def quantize(
     bundle: Annotated[Path, typer.Argument(help="bundle folder (f16/f32 decoder, fp32 encoder)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="new bundle folder to write")],
-    decoder: Annotated[str, typer.Option(help="q8_0 | q5_k_m | q4_k_m | q4_0 | f16")] = "q8_0",
+    decoder: Annotated[str, typer.Option(help="q8_0 | q5_k_m | q4_k_m | q4_0 | q4_1 | f16")] = "q8_0",
     encoder: Annotated[str, typer.Option(help="int8 | fp16 | fp32")] = "int8",
     reference: Annotated[Path | None, typer.Option(help="checkpoint to verify against (default: the source's)")] = None,
     verify: Annotated[bool, typer.Option(help="measure the new bundle against the checkpoint")] = True,
@@ -202,6 +202,7 @@ def demo(
         typer.echo(d.to_json(paths, wav, turn.result.text.strip(), extra))
     else:
         typer.echo("")
+        _say_heard(turn.result)
 
 
 @app.command()
@@ -255,12 +256,13 @@ def assistant(
     max_tokens: int = 128,
     temperature: float = 0.0,
     speech_rate: Annotated[int, typer.Option(help="words per minute of the spoken answers (80-450)")] = 170,
+    listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
 ) -> None:
     """The offline voice assistant: listens to the microphone, answers on screen and out loud."""
     from falcon_audio_edge.apps.assistant import Assistant, AssistantSettings
 
     settings = AssistantSettings(bundle or Path(), push_to_talk, speak, input_device, threads, max_tokens,
-                                 temperature, speech_rate)  # fmt: skip
+                                 temperature, speech_rate, listen_first=listen_first)  # fmt: skip
     if bundle is None:  # checked settings first: building the demo bundle takes a while
         from dataclasses import replace
 
@@ -286,6 +288,12 @@ def _relative(path: Path, folder: Path) -> str:
 LISTEN_HELP = "transcribe first, then the bundle's answer model (answer.gguf) answers the transcript"
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, else 0)")  # fmt: skip
+
+
+def _say_heard(result: Any) -> None:
+    """A listen-first answer: what was heard goes to stderr after it (stdout keeps the answer alone)."""
+    if result.transcript is not None:
+        typer.echo(f"(heard: {result.transcript!r})", err=True)
 
 
 def _prompt(prompt: str | None, transcribe: bool) -> str | None:
@@ -346,6 +354,7 @@ def ask(
         result = turn.result
     if not as_json:
         typer.echo("")
+        _say_heard(result)
         return
     data = result.to_dict()
     data.update(backend=backend, model=str(model), load_ms=chat.load_ms, split_into_windows=result.windows > 1)

@@ -96,6 +96,18 @@ def test_assistant_settings_are_validated_before_anything_is_built(tmp_path):
     assert not (tmp_path / "home").exists()  # the demo bundle was not built for settings that cannot work
 
 
+def test_listen_first_assistant_needs_an_answer_model(bundle_f16):
+    from falcon_audio_edge.apps.assistant import Assistant
+
+    from falcon_audio_edge.errors import FaEdgeError
+
+    with pytest.raises(FaEdgeError, match="listen-first needs a bundle with an answer model"):
+        Assistant(AssistantSettings(bundle_f16, listen_first=True))  # before the microphone is looked for
+    proc = subprocess.run([sys.executable, "-m", "falcon_audio_edge.cli", "assistant", str(bundle_f16),
+                           "--listen-first"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "error: listen-first needs a bundle with an answer model" in proc.stderr
+
+
 def test_level_meter():
     assert level_dbfs(np.zeros(100, np.float32)) == -100.0
     assert level_dbfs(np.full(100, 0.5, np.float32)) == pytest.approx(-6.02, abs=0.01)
@@ -250,6 +262,28 @@ def test_two_turns_in_a_terminal_keep_the_conversation(tmux, pulse, bundle_f16, 
     assert re.search(r"first token \d+\.\d\d s after end of speech \(0\.70 s of it waiting for silence\)", second)
     tmux.keys("r", "Enter")
     tmux.wait_for(r"\(new conversation\)")
+    tmux.keys("q", "Enter")
+    assert tmux.ended()
+
+
+def test_listen_first_turns_say_what_was_heard_and_keep_the_answer_models_conversation(
+    tmux, pulse, tiny_ckpt, bundle_f32, question_wav, speech, tmp_path
+):
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    bundle = export_bundle(tiny_ckpt, tmp_path / "answering", decoder_type="f16",
+                           answer_llm=bundle_f32 / "decoder.gguf", verify=False)  # fmt: skip
+    tmux.start(assistant_cmd(bundle, "--no-speak", "--listen-first"))
+    tmux.wait_for(r"\[listening\]")
+    pulse.play(question_wav)
+    first = tmux.wait_for(r"context (\d+) tokens")
+    assert "(heard: " in first and "assistant: " in first
+    n1 = int(re.findall(r"context (\d+) tokens", first)[-1])
+    b = tmp_path / "b.wav"
+    sf.write(str(b), speech["b"], SAMPLE_RATE)
+    pulse.play(b)
+    second = tmux.wait_for(r"context (\d+) tokens", count=2)
+    assert int(re.findall(r"context (\d+) tokens", second)[-1]) > n1  # the answer model's conversation grew
     tmux.keys("q", "Enter")
     assert tmux.ended()
 

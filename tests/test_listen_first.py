@@ -66,6 +66,8 @@ def test_cli_listen_first_and_quantize_keep_the_answer_model(answer_bundle, clip
     out = json.loads(fa_edge("ask", answer_bundle, "--audio", clips["q0"], "--listen-first", "--max-tokens", "4",
                              "--json").stdout)  # fmt: skip
     assert isinstance(out["transcript"], str) and out["generated_tokens"] >= 1 and out["timings"]["listen_ms"] > 0
+    streamed = fa_edge("ask", answer_bundle, "--audio", clips["q0"], "--listen-first", "--max-tokens", "4")
+    assert f"(heard: {out['transcript']!r})" in streamed.stderr  # what was heard, beside the streamed answer
     fa_edge("quantize", answer_bundle, "-o", tmp_path / "q8", "--decoder", "q8_0", "--encoder", "fp32")
     copied = read_bundle(tmp_path / "q8")
     assert copied.answer_path is not None
