@@ -183,7 +183,7 @@ def demo(
 
     wav = audio or d.DEMO_QUESTION
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
-    prompt = _prompt(prompt, transcribe)
+    prompt = _prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0)
     d.check_decoder_type(decoder_type)
     if not as_json:
@@ -285,7 +285,10 @@ def _relative(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
 
 
-LISTEN_HELP = "transcribe first, then the bundle's answer model (answer.gguf) answers the transcript"
+LISTEN_HELP = (
+    "transcribe first (CTC-guided; --ctc-weight sets its weight), then the bundle's answer model (answer.gguf) "
+    "answers the transcript"
+)
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, else 0)")  # fmt: skip
 
@@ -296,10 +299,13 @@ def _say_heard(result: Any) -> None:
         typer.echo(f"(heard: {result.transcript!r})", err=True)
 
 
-def _prompt(prompt: str | None, transcribe: bool) -> str | None:
+def _prompt(prompt: str | None, transcribe: bool, listen_first: bool) -> str | None:
     if transcribe and prompt is not None and prompt != TRANSCRIBE_PROMPT:
         raise ConfigError(f"--transcribe and --prompt {prompt!r} ask for two different things; give one")
-    return TRANSCRIBE_PROMPT if transcribe else prompt
+    prompt = TRANSCRIBE_PROMPT if transcribe else prompt
+    if listen_first and prompt == TRANSCRIBE_PROMPT:
+        raise ConfigError("--listen-first answers what it transcribed; for the transcript alone use --transcribe only")
+    return prompt
 
 
 def _open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:
@@ -338,7 +344,7 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
 ) -> None:
     """Answer a spoken question, streaming tokens to the terminal."""
-    prompt = _prompt(prompt, transcribe)
+    prompt = _prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                     ctc_weight=ctc_weight or 0.0)  # fmt: skip
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,36 @@ from falcon_audio_edge.errors import ExportError, FaEdgeError
 # staging folders and temporary files this process is writing: a SIGTERM handler removes them
 # (``remove_in_progress``) instead of unwinding through whatever C++ code the main thread is in
 _IN_PROGRESS: set[Path] = set()
+_SWAPPING: dict[Path, Path] = {}  # an old folder moved aside -> the place it is being replaced in
 
 
 def remove_in_progress() -> None:
-    """Remove every staging folder and temporary file still being written (for a handler that then exits)."""
+    """Remove every staging folder and temporary file still being written (for a handler that then exits); an
+    old folder moved aside for its replacement goes back if the replacement is not in place yet."""
+    for old, out in list(_SWAPPING.items()):
+        if old.exists() and not out.exists():
+            old.rename(out)
+        elif old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        _SWAPPING.pop(old, None)
     for path in list(_IN_PROGRESS):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
         _IN_PROGRESS.discard(path)
+
+
+class temp_dir(tempfile.TemporaryDirectory):
+    """``tempfile.TemporaryDirectory`` that a SIGTERM handler also removes (``remove_in_progress``)."""
+
+    def __enter__(self) -> str:
+        _IN_PROGRESS.add(Path(self.name))
+        return self.name
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        _IN_PROGRESS.discard(Path(self.name))
 
 
 class staged_dir:
@@ -72,6 +93,7 @@ class staged_dir:
         try:  # the swap is not left cut in half: the old folder is replaced or put back
             if self.out.exists():
                 old = self.out.with_name(f".{self.out.name}.old-{self.tmp.name.rsplit('-', 1)[-1]}")
+                _SWAPPING[old] = self.out
                 self.out.rename(old)
             self.tmp.rename(self.out)
         except BaseException:
@@ -81,6 +103,8 @@ class staged_dir:
             raise
         finally:
             _IN_PROGRESS.discard(self.tmp)
+            if old is not None:
+                _SWAPPING.pop(old, None)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -6,6 +6,7 @@ import inspect
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class TorchBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def ctc_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+    def ctc_posteriors(self, embeds: np.ndarray) -> Any:
         if self.model.ctc is None:
             raise ConfigError(f"this checkpoint ({self.model.dims.name}) has no CTC head")
         with torch.no_grad():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from falcon_audio_edge.audio import load_audio
 from falcon_audio_edge.errors import FaEdgeError
+from falcon_audio_edge.files import temp_dir
 from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.engine import AudioChat, Timings
 from falcon_audio_edge.settings import GenerationSettings
@@ -174,7 +174,7 @@ def verify_bundle(
 
     ref_chat = reference if isinstance(reference, AudioChat) else open_checkpoint(reference)
     with (
-        tempfile.TemporaryDirectory() as tmp,
+        temp_dir() as tmp,
         open_bundle(bundle, RuntimeSettings(verify_checksums=check_files)) as chat,
     ):
         transcripts = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from falcon_audio_edge.export.bundle import export_bundle
 
 from falcon_audio_edge.audio import load_audio, log_mel_spectrogram
 from falcon_audio_edge.checkpoint import read_dims
-from falcon_audio_edge.files import atomic_text
+from falcon_audio_edge.files import atomic_text, temp_dir
 from falcon_audio_edge.reference import open_checkpoint
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.runtime.bundle import read_bundle
@@ -133,7 +132,7 @@ def main() -> None:
     import sys
 
     command = "python -m falcon_audio_edge.quantize.report " + shlex.join(sys.argv[1:])
-    with tempfile.TemporaryDirectory() as work:
+    with temp_dir() as work:
         rows = measure(args.checkpoint, Path(work), args.prompt, args.repeats)
     text = markdown(rows, args.checkpoint, args.prompt, command)
     atomic_text(args.out, text)  # never a partial file

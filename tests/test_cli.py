@@ -157,3 +157,34 @@ def test_an_interrupt_while_the_staging_folder_is_made_leaves_nothing(tmp_path, 
         with staged_dir(tmp_path / "out", force=False):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_cleanup_during_the_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    """The SIGTERM handler (remove_in_progress, then exit) may run between moving the old folder aside and moving
+    the new one in: the old one goes back, the new one's staging folder goes."""
+    from falcon_audio_edge.files import remove_in_progress, staged_dir
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "old.txt").write_text("the user's bundle")
+    real = Path.rename
+    seen = []
+
+    class Terminated(BaseException):
+        pass
+
+    def rename_then_terminated(self, target):
+        moved = real(self, target)
+        if self == out:  # the old folder is aside; the handler runs now (then os._exit: no except, no finally)
+            remove_in_progress()
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+            raise Terminated
+        return moved
+
+    monkeypatch.setattr(Path, "rename", rename_then_terminated)
+    with pytest.raises(Terminated):
+        with staged_dir(out, force=True) as tmp:
+            (tmp / "new.txt").write_text("half a new bundle")
+    monkeypatch.undo()
+    assert seen == [["bundle"]]  # what the handler left: the old folder in place, no staging folder
+    assert (out / "old.txt").read_text() == "the user's bundle"

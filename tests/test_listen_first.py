@@ -24,7 +24,7 @@ def answer_bundle(tiny_ckpt, bundle_f32, tmp_path_factory) -> Path:
 
 def test_listen_first_answers_the_transcript_with_the_answer_model(answer_bundle, clips):
     from falcon_audio_edge.runtime.backend import TextBackend, open_bundle
-    from falcon_audio_edge.runtime.engine import AudioChat
+    from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS, AudioChat
 
     bundle = read_bundle(answer_bundle)
     assert bundle.answer_path == answer_bundle / ANSWER_FILE and ANSWER_FILE in bundle.manifest["files"]
@@ -34,11 +34,33 @@ def test_listen_first_answers_the_transcript_with_the_answer_model(answer_bundle
         second = chat.ask(clips["q1"], None, gen, listen_first=True).run()
         assert chat.answerer().turns == 2  # the answer model keeps the conversation; the listener starts afresh
         chat.reset()
-        heard = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=96)).run().text.strip()
+        listen = GenerationSettings(max_tokens=LISTEN_MAX_TOKENS)
+        heard = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, listen).run().text.strip()
     assert first.transcript == heard and second.transcript is not None
     assert first.audio_seconds > 1.0 and first.timings.listen_ms > 0
     with AudioChat(TextBackend(bundle.answer_path, RuntimeSettings()), bundle.dims) as text_only:
         assert text_only.ask(None, heard, gen).run().tokens == first.tokens  # the answer model's own answer
+
+
+def test_listen_first_text_turns_and_nothing_heard(answer_bundle, clips, monkeypatch):
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    gen = GenerationSettings(max_tokens=4)
+    with open_bundle(answer_bundle) as chat:
+        typed = chat.ask(None, "Hello", gen, listen_first=True).run()  # no audio: the answer model's text turn
+        assert typed.tokens and typed.transcript is None and chat.answerer().turns == 1
+        real = chat.backend.logits
+        stop = next(iter(chat.stop_ids))
+
+        def only_the_end(*args):  # the listening model hears no words: its first token ends the turn
+            logits = real(*args)
+            logits[stop] = logits.max() + 10.0
+            return logits
+
+        monkeypatch.setattr(chat.backend, "logits", only_the_end)
+        silent = chat.ask(clips["q0"], None, gen, listen_first=True).run()
+        assert (silent.text, silent.transcript, silent.stop_reason) == ("", "", "nothing_heard")
+        assert chat.answerer().turns == 1 and silent.audio_seconds > 1.0  # nothing asked of the answer model
 
 
 def test_listen_first_needs_an_answer_model(bundle_f32, clips):
@@ -50,6 +72,8 @@ def test_listen_first_needs_an_answer_model(bundle_f32, clips):
         assert chat.backend.n_past == 0  # refused before any work
     proc = fa_edge("ask", bundle_f32, "--audio", clips["q0"], "--listen-first", check=False)
     assert proc.returncode == 2 and "error: listen-first needs a bundle with an answer model" in proc.stderr
+    proc = fa_edge("ask", bundle_f32, "--audio", clips["q0"], "--listen-first", "--transcribe", check=False)
+    assert proc.returncode == 2 and "--listen-first answers what it transcribed" in proc.stderr
 
 
 def test_an_answer_model_of_another_vocabulary_is_refused(tiny_ckpt, tmp_path):

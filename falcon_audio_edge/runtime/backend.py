@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class BundleBackend:
         self.bundle = bundle
         self._ctc: CTCHead | None = None
 
-    def ctc_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+    def ctc_posteriors(self, embeds: np.ndarray) -> Any:
         """The bundle's CTC head on audio embeddings, (T, H) -> (T, 1 + V); its token table is read from the
         GGUF on first use (only transcriptions that ask for CTC guidance pay for it)."""
         if self.bundle.ctc_path is None:
@@ -38,7 +39,7 @@ class BundleBackend:
         if self._ctc is None:
             dec = self.bundle.dims.decoder
             self._ctc = load_ctc_head(self.bundle.ctc_path, self.bundle.decoder_path, dec.vocab_size, dec.hidden)
-        return self._ctc.log_probs(embeds)
+        return self._ctc.posteriors(embeds)
 
     @property
     def n_past(self) -> int:
@@ -82,7 +83,7 @@ class TextBackend(BundleBackend):
     def encode(self, mel: np.ndarray) -> np.ndarray:
         raise BundleError("the answer model takes text only")
 
-    def ctc_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+    def ctc_posteriors(self, embeds: np.ndarray) -> Any:
         raise BundleError("the answer model takes text only")
 
 

@@ -36,13 +36,58 @@ class CTCHead:
                 f"CTC head: blank weight has shape {self.blank_weight.shape}, the token table {self.table.shape}"
             )
 
+    def posteriors(self, embeds: np.ndarray) -> HeadPosteriors:
+        return HeadPosteriors(self, np.asarray(embeds, dtype=np.float32))
+
     def log_probs(self, embeds: np.ndarray) -> np.ndarray:
-        embeds = np.asarray(embeds, dtype=np.float32)
-        tokens = embeds @ self.table.T * np.float32(np.exp(self.log_scale))  # (T, H) @ (H, V) -> (T, V)
-        blank = embeds @ self.blank_weight + np.float32(self.blank_bias)  # (T, H) @ (H,) -> (T,)
-        scores = np.concatenate([blank[:, None], tokens], axis=1)  # (T, 1 + V)
-        top = scores.max(axis=1, keepdims=True)
-        return scores - top - np.log(np.exp(scores - top).sum(axis=1, keepdims=True))
+        """All of it, (T, 1 + V): for checks on short inputs (a transcription computes only what it reads)."""
+        return self.posteriors(embeds).dense()
+
+
+class DenseLogProbs:
+    """CTC log-probabilities given whole, (T, 1 + V) with the blank first."""
+
+    def __init__(self, log_probs: np.ndarray):
+        self.x = np.asarray(log_probs)  # float32 stays float32 (memory); float64 stays exact
+        self.n_frames = self.x.shape[0]
+        self.blank = self.x[:, 0].astype(np.float64)
+
+    def columns(self, ids: np.ndarray) -> np.ndarray:
+        return self.x[:, ids + 1].astype(np.float64)  # (T, 1 + V) -> (T, K)
+
+    def dense(self) -> np.ndarray:
+        return self.x
+
+
+class HeadPosteriors:
+    """A CTC head's log-probabilities on one clip, computed as they are read: the per-frame normaliser once (in
+    chunks of frames: memory O(chunk x V), not O(T x V)), then the columns of the tokens a step asks about."""
+
+    CHUNK = 128  # frames at a time: 128 x 49152 float32 is 25 MB
+
+    def __init__(self, head: CTCHead, embeds: np.ndarray):
+        self.head, self.embeds = head, embeds
+        self.n_frames = len(embeds)
+        self.scale = np.float32(np.exp(head.log_scale))
+        blank = embeds @ head.blank_weight + np.float32(head.blank_bias)  # (T, H) @ (H,) -> (T,)
+        lognorm = np.empty(self.n_frames)
+        for start in range(0, self.n_frames, self.CHUNK):
+            tokens = embeds[start : start + self.CHUNK] @ head.table.T * self.scale  # (c, H) @ (H, V) -> (c, V)
+            b = blank[start : start + self.CHUNK]
+            top = np.maximum(tokens.max(axis=1), b)  # (c,)
+            total = np.exp(tokens - top[:, None]).sum(axis=1) + np.exp(b - top)
+            lognorm[start : start + self.CHUNK] = top + np.log(total)
+        self.lognorm = lognorm
+        self.blank = blank.astype(np.float64) - lognorm
+
+    def columns(self, ids: np.ndarray) -> np.ndarray:
+        """Log-probabilities of tokens ``ids`` at every frame: (K,) -> (T, K)."""
+        tokens = self.embeds @ self.head.table[ids].T * self.scale  # (T, H) @ (H, K) -> (T, K)
+        return tokens.astype(np.float64) - self.lognorm[:, None]
+
+    def dense(self) -> np.ndarray:
+        vocab = np.arange(self.head.table.shape[0])
+        return np.concatenate([self.blank[:, None], self.columns(vocab)], axis=1).astype(np.float32)  # (T, 1 + V)
 
 
 class CTCPrefixScorer:
@@ -52,12 +97,12 @@ class CTCPrefixScorer:
     turn: log P(audio is exactly prefix)); ``advance(c)`` appends c to the prefix.
     """
 
-    def __init__(self, log_probs: np.ndarray, end_token: int):
-        self.x = np.asarray(log_probs, dtype=np.float64)  # (T, 1 + V)
+    def __init__(self, log_probs: np.ndarray | DenseLogProbs | HeadPosteriors, end_token: int):
+        self.x = DenseLogProbs(log_probs) if isinstance(log_probs, np.ndarray) else log_probs
         self.end_token = end_token
-        n_frames = self.x.shape[0]
+        n_frames = self.x.n_frames
         self.r_nonblank = np.full(n_frames, NEG_INF)  # prefix ends at t in a token frame
-        self.r_blank = np.cumsum(self.x[:, 0])  # ... in a blank frame (the empty prefix: all blank)
+        self.r_blank = np.cumsum(self.x.blank)  # ... in a blank frame (the empty prefix: all blank)
         self.prefix: list[int] = []
         self.score = 0.0  # log P(audio starts with prefix); 0 for the empty prefix
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -70,8 +115,8 @@ class CTCPrefixScorer:
     def scores(self, candidates: np.ndarray) -> np.ndarray:
         """(K,) token ids -> (K,) prefix log-probabilities (not differences)."""
         candidates = np.asarray(candidates, dtype=np.int64)
-        n_frames, k = self.x.shape[0], len(candidates)
-        xs = self.x[:, candidates + 1]  # (T, 1 + V) -> (T, K)
+        n_frames, k = self.x.n_frames, len(candidates)
+        xs = self.x.columns(candidates)  # (T, K)
         prev = np.logaddexp(self.r_nonblank, self.r_blank)  # (T,)
         phi = np.repeat(prev[:, None], k, axis=1)  # (T,) -> (T, K)
         if self.prefix:  # a repeat needs a blank between: only the blank-ending paths go on
@@ -83,7 +128,7 @@ class CTCPrefixScorer:
         psi = r_n[start - 1].copy() if start <= n_frames else np.full(k, NEG_INF)
         for t in range(start, n_frames):
             r_n[t] = np.logaddexp(r_n[t - 1], phi[t - 1]) + xs[t]
-            r_b[t] = np.logaddexp(r_n[t - 1], r_b[t - 1]) + self.x[t, 0]
+            r_b[t] = np.logaddexp(r_n[t - 1], r_b[t - 1]) + self.x.blank[t]
             psi = np.logaddexp(psi, phi[t - 1] + xs[t])
         psi[candidates == self.end_token] = self.full
         self._pending = (candidates, r_n, r_b, psi)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, guided_choice
 from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
 
-LISTEN_MAX_TOKENS = 96  # a listen-first transcription (30 s of speech is about 80 words)
+LISTEN_MAX_TOKENS = 448  # a listen-first transcription: a stop for a runaway, well above 2 x 30 s of speech
 
 
 class Backend(Protocol):
@@ -33,7 +33,7 @@ class Backend(Protocol):
     bos_id: int | None
 
     def encode(self, mel: np.ndarray) -> np.ndarray: ...
-    def ctc_log_probs(self, embeds: np.ndarray) -> np.ndarray: ...
+    def ctc_posteriors(self, embeds: np.ndarray) -> Any: ...
     def tokenize(self, text: str) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
     def feed_tokens(self, ids: list[int]) -> None: ...
@@ -68,7 +68,7 @@ class AskResult:
     audio_seconds: float
     windows: int
     prompt_tokens: int
-    stop_reason: str  # "end_of_turn" or "max_tokens"
+    stop_reason: str  # "end_of_turn", "max_tokens", or "nothing_heard" (a listen-first turn that heard no words)
     timings: Timings = field(default_factory=Timings)
     transcript: str | None = None  # listen-first turns: what the model heard, answered by the answer model
 
@@ -164,9 +164,11 @@ class AudioChat:
             self._close_previous, self._started = close, None
 
     def close(self) -> None:
-        if self._answerer is not None:
-            self._answerer.close()
-        self.backend.close()
+        try:
+            if self._answerer is not None:
+                self._answerer.close()
+        finally:
+            self.backend.close()
 
     def __enter__(self) -> AudioChat:
         return self
@@ -195,26 +197,36 @@ class AudioChat:
         return Turn(self._turn(audio, prompt, generation))
 
     def answerer(self) -> AudioChat:
+        """The bundle's answer model (loaded on first use; its load time joins ``load_ms``)."""
         if self._answerer is None:
             if self.open_answerer is None:
                 raise FaEdgeError("listen-first needs a bundle with an answer model (fa-edge export --answer-llm)")
+            t0 = time.perf_counter()
             self._answerer = self.open_answerer()
+            self.load_ms += (time.perf_counter() - t0) * 1e3
         return self._answerer
 
     def _listen_first(self, audio: Any, prompt: str | None, gen: GenerationSettings):
         answerer = self.answerer()  # before any work: a bundle without one is refused at once
+        answer_gen = replace(gen, ctc_weight=0.0)  # the weight asked for guides the transcription, not the answer
         if audio is None:  # nothing to hear: a plain text turn of the answer model's conversation
-            return (yield from answerer.ask(None, prompt, gen))
+            turn = answerer.ask(None, prompt, answer_gen)
+            yield from turn
+            return turn.result
         t0 = time.perf_counter()
         self.reset_listening()
-        weight = ctc_weight_for(TRANSCRIBE_PROMPT, self.has_ctc_head)
+        weight = gen.ctc_weight or ctc_weight_for(TRANSCRIBE_PROMPT, self.has_ctc_head)
         heard = self.ask(audio, TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=weight))
         transcript = heard.run().text.strip()
         listen_ms = (time.perf_counter() - t0) * 1e3
-        answer = answerer.ask(None, transcript + (f"\n{prompt}" if prompt else ""), gen)
-        yield from answer
-        result, heard_timings = answer.result, heard.result.timings
+        if not transcript:  # nothing heard (noise, silence): nothing to answer, the answer model's turn not taken
+            result = AskResult("", [], 0, 0.0, 0, 0, "nothing_heard", Timings(), transcript="")
+        else:
+            answer = answerer.ask(None, transcript + (f"\n{prompt}" if prompt else ""), answer_gen)
+            yield from answer
+            result = answer.result
         result.transcript = transcript
+        heard_timings = heard.result.timings
         t = result.timings  # the whole turn: from the audio to the answer
         t.listen_ms, t.mel_ms, t.encoder_ms = listen_ms, heard_timings.mel_ms, heard_timings.encoder_ms
         t.first_token_ms, t.total_ms = t.first_token_ms + listen_ms, t.total_ms + listen_ms
@@ -278,7 +290,7 @@ class AudioChat:
         """logits -> next token: sampled or greedy, or greedy rescored by the CTC head (``gen.ctc_weight``)."""
         if not gen.ctc_weight or embeds is None:
             return lambda logits: sample_token(logits, gen, rng)
-        scorer = CTCPrefixScorer(self.backend.ctc_log_probs(embeds), next(iter(self.stop_ids)))
+        scorer = CTCPrefixScorer(self.backend.ctc_posteriors(embeds), next(iter(self.stop_ids)))
 
         def choose(logits: np.ndarray) -> int:
             token = guided_choice(logits, scorer, gen.ctc_weight, gen.ctc_candidates)
