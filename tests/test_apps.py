@@ -246,18 +246,23 @@ def assistant_cmd(bundle: Path, *extra: str) -> list[str]:
             "--max-tokens", "12", *extra, "2>" + str(log)]  # fmt: skip
 
 
-def test_two_turns_in_a_terminal_keep_the_conversation(tmux, pulse, bundle_f16, question_wav, speech, tmp_path):
-    tmux.start(assistant_cmd(bundle_f16, "--no-speak"))
+def two_spoken_turns(tmux, pulse, question_wav, speech, tmp_path) -> tuple[str, str, int, int]:
+    """Two questions played to a started assistant: the screen after each, and the context it reported."""
     tmux.wait_for(r"\[listening\]")
     pulse.play(question_wav)
     first = tmux.wait_for(r"context (\d+) tokens")
-    assert "you: [" in first and "assistant: " in first
-    n1 = int(re.findall(r"context (\d+) tokens", first)[-1])
     b = tmp_path / "b.wav"
     sf.write(str(b), speech["b"], SAMPLE_RATE)
     pulse.play(b)
     second = tmux.wait_for(r"context (\d+) tokens", count=2)
-    n2 = int(re.findall(r"context (\d+) tokens", second)[-1])
+    n1, n2 = (int(re.findall(r"context (\d+) tokens", screen)[-1]) for screen in (first, second))
+    return first, second, n1, n2
+
+
+def test_two_turns_in_a_terminal_keep_the_conversation(tmux, pulse, bundle_f16, question_wav, speech, tmp_path):
+    tmux.start(assistant_cmd(bundle_f16, "--no-speak"))
+    first, second, n1, n2 = two_spoken_turns(tmux, pulse, question_wav, speech, tmp_path)
+    assert "you: [" in first and "assistant: " in first
     assert n2 > n1 + 20  # the second turn sits on top of the first in the KV cache
     assert re.search(r"first token \d+\.\d\d s after end of speech \(0\.70 s of it waiting for silence\)", second)
     tmux.keys("r", "Enter")
@@ -274,16 +279,9 @@ def test_listen_first_turns_say_what_was_heard_and_keep_the_answer_models_conver
     bundle = export_bundle(tiny_ckpt, tmp_path / "answering", decoder_type="f16",
                            answer_llm=bundle_f32 / "decoder.gguf", verify=False)  # fmt: skip
     tmux.start(assistant_cmd(bundle, "--no-speak", "--listen-first"))
-    tmux.wait_for(r"\[listening\]")
-    pulse.play(question_wav)
-    first = tmux.wait_for(r"context (\d+) tokens")
+    first, _, n1, n2 = two_spoken_turns(tmux, pulse, question_wav, speech, tmp_path)
     assert "(heard: " in first and "assistant: " in first
-    n1 = int(re.findall(r"context (\d+) tokens", first)[-1])
-    b = tmp_path / "b.wav"
-    sf.write(str(b), speech["b"], SAMPLE_RATE)
-    pulse.play(b)
-    second = tmux.wait_for(r"context (\d+) tokens", count=2)
-    assert int(re.findall(r"context (\d+) tokens", second)[-1]) > n1  # the answer model's conversation grew
+    assert n2 > n1  # the answer model's conversation grew
     tmux.keys("q", "Enter")
     assert tmux.ended()
 
