@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import time
 
+from falcon_audio_edge.files import track_child
+
 
 class Speaker:
     """Says text out loud in a child process that can be stopped at any moment."""
@@ -24,7 +26,8 @@ class Speaker:
         if not self.enabled or not text.strip():
             return
         cmd = [self.binary, "-v", self.voice, "-s", str(self.rate), "--", text]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # tracked: a SIGTERM to the assistant stops the voice too (its handler exits at once)
+        self._proc = track_child(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     @property
     def speaking(self) -> bool:

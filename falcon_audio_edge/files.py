@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,27 @@ from falcon_audio_edge.errors import ExportError, FaEdgeError
 # (``remove_in_progress``) instead of unwinding through whatever C++ code the main thread is in
 _IN_PROGRESS: set[Path] = set()
 _SWAPPING: dict[Path, Path] = {}  # an old folder moved aside -> the place it is being replaced in
+_CHILDREN: set[subprocess.Popen] = set()  # child processes to stop with us (the assistant's voice)
+
+
+def track_child(proc: subprocess.Popen) -> subprocess.Popen:
+    """A child process the SIGTERM handler stops before exiting (``remove_in_progress``)."""
+    _CHILDREN.add(proc)
+    return proc
+
+
+def stop_children() -> None:
+    for proc in list(_CHILDREN):
+        if proc.poll() is None:
+            proc.terminate()
+        _CHILDREN.discard(proc)
 
 
 def remove_in_progress() -> None:
     """Remove every staging folder and temporary file still being written (for a handler that then exits); an
-    old folder moved aside for its replacement goes back if the replacement is not in place yet."""
+    old folder moved aside for its replacement goes back if the replacement is not in place yet; tracked child
+    processes are stopped."""
+    stop_children()
     for old, out in list(_SWAPPING.items()):
         if old.exists() and not out.exists():
             old.rename(out)

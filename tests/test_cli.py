@@ -188,3 +188,12 @@ def test_sigterm_cleanup_during_the_swap_puts_the_old_folder_back(tmp_path, monk
     monkeypatch.undo()
     assert seen == [["bundle"]]  # what the handler left: the old folder in place, no staging folder
     assert (out / "old.txt").read_text() == "the user's bundle"
+
+
+def test_sigterm_cleanup_stops_tracked_children():
+    """The assistant's voice (espeak-ng) is a tracked child: the SIGTERM handler stops it before exiting."""
+    from falcon_audio_edge.files import remove_in_progress, track_child
+
+    child = track_child(subprocess.Popen(["sleep", "30"]))
+    remove_in_progress()
+    assert child.wait(timeout=5) == -signal.SIGTERM
