@@ -190,7 +190,7 @@ def demo(
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
-        generation = replace(generation, ctc_weight=ctc_weight_for(prompt, chat.has_ctc_head, ctc_weight))
+        generation = _with_ctc_weight(generation, prompt, chat, ctc_weight)
         turn = chat.ask(wav, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:
@@ -293,6 +293,14 @@ CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (defaul
             f"transcription by a model with a CTC head, else 0)")  # fmt: skip
 
 
+def _with_ctc_weight(generation: GenerationSettings, prompt: str | None, chat: Any, requested: float | None):
+    """The turn's CTC weight once the model is open (whether it has a head): CTC guidance rescores greedy
+    decoding only (an explicit weight was checked when ``generation`` was built)."""
+    if not generation.greedy:
+        return generation
+    return replace(generation, ctc_weight=ctc_weight_for(prompt, chat.has_ctc_head, requested))
+
+
 def _say_heard(result: Any) -> None:
     """A listen-first answer: what was heard goes to stderr after it (stdout keeps the answer alone)."""
     if result.transcript is not None:
@@ -350,8 +358,7 @@ def ask(
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
     chat, backend = _open_chat(model, runtime)
     with chat:
-        if generation.greedy:  # CTC guidance rescores greedy decoding only (an explicit weight is checked above)
-            generation = replace(generation, ctc_weight=ctc_weight_for(prompt, chat.has_ctc_head, ctc_weight))
+        generation = _with_ctc_weight(generation, prompt, chat, ctc_weight)
         turn = chat.ask(audio, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:

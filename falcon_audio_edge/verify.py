@@ -22,6 +22,7 @@ from falcon_audio_edge.audio import load_audio
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.files import temp_dir
 from falcon_audio_edge.frontend import audio_features, encode_features
+from falcon_audio_edge.runtime.ctc import log_softmax
 from falcon_audio_edge.runtime.engine import AudioChat, Timings
 from falcon_audio_edge.settings import GenerationSettings
 
@@ -86,12 +87,6 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     return errors / max(total, 1)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 def forced_logits(chat: AudioChat, samples: np.ndarray, prompt: str | None, tokens: list[int]) -> np.ndarray:
     """Logits at every position of ``tokens`` (plus the one after), teacher-forced: (len + 1, vocab)."""
     chat.reset()
@@ -137,8 +132,8 @@ def compare(
         matches += got.tokens == want.tokens
         texts["bundle"].append(got.text)
         texts["reference"].append(want.text)
-        ref_lp = _log_softmax(forced_logits(reference, samples, prompt, want.tokens))
-        bun_lp = _log_softmax(forced_logits(bundle, samples, prompt, want.tokens))
+        ref_lp = log_softmax(forced_logits(reference, samples, prompt, want.tokens))
+        bun_lp = log_softmax(forced_logits(bundle, samples, prompt, want.tokens))
         agree.extend(np.argmax(bun_lp, axis=-1) == np.argmax(ref_lp, axis=-1))
         kls.extend((np.exp(ref_lp) * (ref_lp - bun_lp)).sum(axis=-1))
     wer = None

@@ -34,8 +34,8 @@ def f16_embeddings_for(decoder: str, f16_embeddings: bool | None) -> bool:
 
 def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str, encoder: str,
                    allow_requantize: bool, f16_embeddings: bool) -> None:  # fmt: skip
-    """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src (and the CTC head
-    copied, if it has one)."""
+    """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src (the CTC head and the
+    answer model copied as they are, where it has them)."""
     check_decoder_type(decoder)
     check_encoder_type(encoder)
     convert_encoder(src / ENCODER_FILE, dst / ENCODER_FILE, encoder, manifest["encoder"]["dtype"], allow_requantize)

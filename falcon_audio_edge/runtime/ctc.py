@@ -145,10 +145,11 @@ class CTCPrefixScorer:
         self._pending = None
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    top = logits.max()
-    return logits - top - np.log(np.exp(logits - top).sum())
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """float64 log-softmax over the last axis."""
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def guided_choice(logits: np.ndarray, scorer: CTCPrefixScorer, weight: float, n_candidates: int) -> int:

@@ -131,18 +131,18 @@ class AudioChat:
         self._started: tuple[str | None, int, int, list[int]] | None = None  # prompt, ids fed, n_past, close
         self.turns = 0
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
-        self.has_ctc_head = dims.audio.ctc_head
         self.open_answerer: Callable[[], AudioChat] | None = None  # set by open_bundle when it has an answer model
         self._answerer: AudioChat | None = None
+
+    @property
+    def has_ctc_head(self) -> bool:
+        return self.dims.audio.ctc_head
 
     def reset(self) -> None:
         """Forget the conversation (clears the KV cache; the answer model's too)."""
         if self._answerer is not None:
             self._answerer.reset()
-        self.backend.reset()
-        self._close_previous = []
-        self._started = None
-        self.turns = 0
+        self.reset_listening()
 
     def start_turn(self, prompt: str | None = None) -> None:
         """Feed the text before the audio of the next audio turn now (while the user is still speaking);
