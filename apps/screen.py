@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from falcon_audio_edge.console import printable
+
 BARS = " ▁▂▃▄▅▆▇█"
 STATES = ("listening", "recording", "thinking", "speaking", "paused")
 
@@ -52,7 +54,7 @@ class Screen:
         self.out.flush()
 
     def write(self, text: str) -> None:
-        """Streamed answer text (no newline)."""
+        """Streamed answer text (no newline); control characters shown as escapes, not obeyed."""
         self.clear_status()
-        self.out.write(text)
+        self.out.write(printable(text))
         self.out.flush()

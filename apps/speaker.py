@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 
+from falcon_audio_edge.console import speakable
 from falcon_audio_edge.files import track_child
 
 
@@ -25,7 +26,7 @@ class Speaker:
         self.stop()
         if not self.enabled or not text.strip():
             return
-        cmd = [self.binary, "-v", self.voice, "-s", str(self.rate), "--", text]
+        cmd = [self.binary, "-v", self.voice, "-s", str(self.rate), "--", speakable(text)]  # no NUL in an argument
         # tracked: a SIGTERM to the assistant stops the voice too (its handler exits at once)
         self._proc = track_child(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 

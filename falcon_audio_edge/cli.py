@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from falcon_audio_edge.console import printable
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.settings import (
     DEFAULT_CTC_WEIGHT,
@@ -194,7 +195,7 @@ def demo(
         turn = chat.ask(wav, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:
-                typer.echo(piece, nl=False)
+                typer.echo(printable(piece), nl=False)
     if as_json:
         extra = {"timings": turn.result.to_dict()["timings"]}
         if turn.result.transcript is not None:
@@ -362,7 +363,7 @@ def ask(
         turn = chat.ask(audio, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:
-                typer.echo(piece, nl=False)
+                typer.echo(printable(piece), nl=False)
                 sys.stdout.flush()
         result = turn.result
     if not as_json:

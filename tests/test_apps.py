@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ import soundfile as sf
 from falcon_audio_edge.apps.assistant import AssistantSettings
 from falcon_audio_edge.apps.capture import AudioDeviceError, Microphone, level_dbfs, resolve_device
 from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, SpeechStarted, Utterance
+from falcon_audio_edge.apps.screen import Screen
+from falcon_audio_edge.apps.speaker import Speaker
 
 from falcon_audio_edge.audio import SAMPLE_RATE
 from falcon_audio_edge.errors import ConfigError
@@ -111,6 +114,24 @@ def test_listen_first_assistant_needs_an_answer_model(bundle_f16):
 def test_level_meter():
     assert level_dbfs(np.zeros(100, np.float32)) == -100.0
     assert level_dbfs(np.full(100, 0.5, np.float32)) == pytest.approx(-6.02, abs=0.01)
+
+
+def test_model_text_cannot_drive_the_terminal_or_break_the_voice(tmp_path):
+    # an untrained model emits any byte: a CR, a form feed or an ESC sequence must be shown, not obeyed
+    out = io.StringIO()
+    screen = Screen(out)
+    screen.write("Paris\r\x1b[2J\x0c\x00 é\tok\n")
+    assert out.getvalue().endswith("Paris\\r\\x1b[2J\\x0c\\x00 é\tok\n")
+    # a NUL in espeak-ng's argument would make Popen raise; the speaker says the text around it
+    said = tmp_path / "said.txt"
+    fake = tmp_path / "espeak-ng"
+    fake.write_text(f'#!/bin/sh\nfor a; do last="$a"; done\nprintf "%s" "$last" > {said}\n')
+    fake.chmod(0o755)
+    speaker = Speaker(enabled=True)
+    speaker.binary, speaker.enabled = str(fake), True
+    speaker.say("Paris\x00 is\x1b big.\n")
+    speaker.wait()
+    assert said.read_text() == "Paris  is  big.\n"
 
 
 # -- the real audio stack: PulseAudio null sink -> virtual source -> ALSA pulse -> PortAudio -> sounddevice --
