@@ -18,7 +18,9 @@ import typer
 from falcon_audio_edge.console import printable
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.settings import (
+    DEFAULT_BEAM_SIZE,
     DEFAULT_CTC_WEIGHT,
+    MAX_BEAM_SIZE,
     TRANSCRIBE_PROMPT,
     GenerationSettings,
     RuntimeSettings,
@@ -173,6 +175,7 @@ def demo(
     max_tokens: int = 128,
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
+    beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
     rebuild: Annotated[bool, typer.Option(help="rebuild the checkpoint and bundle")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -185,7 +188,7 @@ def demo(
     wav = audio or d.DEMO_QUESTION
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
     prompt = _prompt(prompt, transcribe, listen_first)
-    generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0)
+    generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, beam_size=beam_size)
     d.check_decoder_type(decoder_type)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
@@ -292,6 +295,7 @@ LISTEN_HELP = (
 )
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, else 0)")  # fmt: skip
+BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
 
 
 def _with_ctc_weight(generation: GenerationSettings, prompt: str | None, chat: Any, requested: float | None):
@@ -347,6 +351,7 @@ def ask(
     seed: int | None = None,
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
+    beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     n_ctx: int = 4096,
@@ -355,7 +360,7 @@ def ask(
     """Answer a spoken question, streaming tokens to the terminal."""
     prompt = _prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    ctc_weight=ctc_weight or 0.0)  # fmt: skip
+                                    ctc_weight=ctc_weight or 0.0, beam_size=beam_size)  # fmt: skip
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
     chat, backend = _open_chat(model, runtime)
     with chat:

@@ -9,6 +9,8 @@ from falcon_audio_edge.errors import ConfigError
 
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
+DEFAULT_BEAM_SIZE = 4  # hypotheses a CTC-guided transcription keeps (docs/quality.md measures 1 against it)
+MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
 
 
 def ctc_weight_for(prompt: str | None, has_ctc_head: bool, requested: float | None = None) -> float:
@@ -35,6 +37,7 @@ class GenerationSettings:
     ignore_end_of_turn: bool = False  # generate exactly max_tokens (benchmarks)
     ctc_weight: float = 0.0  # > 0: greedy choices rescored by the bundle's CTC head (transcription; runtime/ctc.py)
     ctc_candidates: int = 8  # how many of the LLM's top tokens the CTC head rescores each step
+    beam_size: int = DEFAULT_BEAM_SIZE  # hypotheses CTC-guided decoding keeps (1: greedy; runtime/beam.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -51,6 +54,8 @@ class GenerationSettings:
             raise ConfigError(
                 f"ctc_weight={self.ctc_weight} rescores greedy decoding: it needs temperature 0, got {self.temperature}"
             )
+        if not isinstance(self.beam_size, int) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise ConfigError(f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}")
         if not isinstance(self.ctc_candidates, int) or not 1 <= self.ctc_candidates <= 256:
             raise ConfigError(f"ctc_candidates must be an integer from 1 to 256, got {self.ctc_candidates!r}")
 

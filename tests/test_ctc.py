@@ -141,26 +141,6 @@ def test_ctc_weight_defaults_to_guidance_only_for_transcription_by_a_model_with_
     assert ctc_weight_for(TRANSCRIBE_PROMPT, True, 0.0) == 0.0 and ctc_weight_for(None, True, 0.3) == 0.3
 
 
-@pytest.fixture(scope="module")
-def ctc_bundle(tiny_ckpt, tmp_path_factory):
-    """The tiny model with a CTC head (its blank and scale moved off their start), exported with an f32 decoder."""
-    import torch
-    from falcon_audio_edge.export.bundle import export_bundle
-
-    from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
-
-    folder = tmp_path_factory.mktemp("ctc")
-    ckpt = load_checkpoint(tiny_ckpt)
-    torch.manual_seed(0)  # the head's blank starts random: the same on every run, whatever ran before
-    head = ckpt.model.add_ctc_head()
-    with torch.no_grad():
-        head.blank.weight.normal_(0.0, 0.5)
-        head.blank.bias.fill_(0.3)
-        head.log_scale.add_(0.7)
-    save_checkpoint(ckpt.model, ckpt.tokenizer, folder / "ckpt")
-    return folder / "ckpt", export_bundle(folder / "ckpt", folder / "bundle", decoder_type="f32")
-
-
 def test_bundle_head_matches_the_pytorch_head(ctc_bundle, clips):
     from falcon_audio_edge.reference import open_checkpoint
     from falcon_audio_edge.runtime.backend import open_bundle

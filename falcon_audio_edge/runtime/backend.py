@@ -63,6 +63,15 @@ class BundleBackend:
     def logits(self) -> np.ndarray:
         return self.decoder.logits()
 
+    def beams_begin(self) -> None:
+        self.decoder.beams_begin()
+
+    def beams_step(self, parents: list[int], tokens: list[int]) -> np.ndarray:
+        return self.decoder.beams_step(parents, tokens)
+
+    def beams_end(self, tokens: list[int]) -> None:
+        self.decoder.beams_end(tokens)
+
     def reset(self) -> None:
         self.decoder.reset()
 

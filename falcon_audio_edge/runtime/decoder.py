@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from falcon_audio_edge.errors import BundleError, FaEdgeError
+from falcon_audio_edge.settings import MAX_BEAM_SIZE as MAX_BEAMS
 
 _LOG_CALLBACK = None
 
@@ -58,6 +59,8 @@ class LlamaDecoder:
         cparams = lc.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
         cparams.n_threads, cparams.n_threads_batch = n_threads, n_threads
+        # beam search keeps each hypothesis in a sequence of its own; one unified cache: a copied prefix is shared
+        cparams.n_seq_max, cparams.kv_unified = 1 + 2 * MAX_BEAMS, True
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lc.llama_model_free(self.model)
@@ -71,6 +74,8 @@ class LlamaDecoder:
         self.bos_id = lc.llama_vocab_bos(self.vocab)
         self.eos_id = lc.llama_vocab_eos(self.vocab)
         self._tokens = lc.llama_batch_init(n_batch, 0, 1)
+        self._beams: list[int] | None = None  # while a beam search runs: each live hypothesis's sequence id
+        self._beam_pos = 0
         self._embeds = lc.llama_batch_init(n_batch, self.n_embd, 1)
 
     def close(self) -> None:
@@ -158,7 +163,54 @@ class LlamaDecoder:
         ptr = self._lc.llama_get_logits_ith(self.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
+    # -- beam search: the conversation is sequence 0; hypotheses branch off it --
+    def beams_begin(self) -> None:
+        """Start a beam search from the conversation so far (the one hypothesis: sequence 0 itself)."""
+        self._beams, self._beam_pos = [0], self.n_past
+
+    def beams_step(self, parents: list[int], tokens: list[int]) -> np.ndarray:
+        """The next hypotheses: ``parents[j]`` (an index into the current ones) extended by ``tokens[j]``.
+        Returns their next-token logits, (len(tokens), n_vocab) float32."""
+        lc, mem = self._lc, self._lc.llama_get_memory(self.ctx)
+        if self._beams is None or len(tokens) != len(parents) or not 1 <= len(tokens) <= min(MAX_BEAMS, self.n_batch):
+            raise FaEdgeError(f"beams_step needs 1 to {MAX_BEAMS} (parent, token) pairs after beams_begin")
+        if self._beam_pos + 1 > self.n_ctx:
+            raise FaEdgeError(f"beam search reached the context size n_ctx={self.n_ctx}; raise n_ctx")
+        fresh = [s for s in range(1, 1 + 2 * MAX_BEAMS) if s not in self._beams][: len(tokens)]
+        for seq, parent in zip(fresh, parents, strict=True):
+            lc.llama_memory_seq_cp(mem, self._beams[parent], seq, -1, -1)  # shares the cells: no copy
+        self._drop_beams()
+        batch = self._tokens
+        for i, (seq, tok) in enumerate(zip(fresh, tokens, strict=True)):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, self._beam_pos, 1, 1
+            batch.seq_id[i][0] = seq
+        batch.n_tokens = len(tokens)
+        rc = lc.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise FaEdgeError(f"llama_decode failed with code {rc} in beam search (KV cache full? raise n_ctx)")
+        self._beams, self._beam_pos = fresh, self._beam_pos + 1
+        rows = [
+            np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+            for i in range(len(tokens))
+        ]
+        return np.stack(rows)  # (B, V) copies
+
+    def beams_end(self, tokens: list[int]) -> None:
+        """End the search: every hypothesis dropped, ``tokens`` (the chosen one) fed to the conversation."""
+        if self._beams is not None:
+            self._drop_beams()
+            self._beams = None
+        if tokens:
+            self.feed_tokens(tokens)
+
+    def _drop_beams(self) -> None:
+        mem = self._lc.llama_get_memory(self.ctx)
+        for seq in self._beams or []:
+            if seq != 0:  # sequence 0 is the conversation
+                self._lc.llama_memory_seq_rm(mem, seq, -1, -1)
+
     def reset(self) -> None:
+        self.beams_end([])
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
         self.n_past = 0
 

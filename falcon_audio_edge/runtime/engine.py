@@ -20,6 +20,7 @@ from falcon_audio_edge.audio import Audio, load_audio
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.frontend import audio_features, encode_features
+from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
 from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, guided_choice
 from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
 
@@ -216,7 +217,8 @@ class AudioChat:
         t0 = time.perf_counter()
         self.reset_listening()
         weight = gen.ctc_weight or ctc_weight_for(TRANSCRIBE_PROMPT, self.has_ctc_head)
-        heard = self.ask(audio, TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=weight))
+        listen = GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=weight, beam_size=gen.beam_size)
+        heard = self.ask(audio, TRANSCRIBE_PROMPT, listen)
         transcript = heard.run().text.strip()
         listen_ms = (time.perf_counter() - t0) * 1e3
         if not transcript:  # nothing heard (noise, silence): nothing to answer, the answer model's turn not taken
@@ -300,22 +302,43 @@ class AudioChat:
 
         return choose
 
+    def _tokens(self, gen: GenerationSettings, embeds: np.ndarray | None):
+        """The answer's tokens, each fed back after it is yielded; returns the stop reason."""
+        choose = self._chooser(gen, embeds, np.random.default_rng(gen.seed))
+        for _ in range(gen.max_tokens):
+            token = choose(self.backend.logits())
+            if token in self.stop_ids and not gen.ignore_end_of_turn:
+                return "end_of_turn"
+            yield token
+            self.backend.feed_tokens([token])
+        return "max_tokens"
+
+    def _searched(self, gen: GenerationSettings, embeds: np.ndarray):
+        """The best hypothesis of a CTC-guided beam search (runtime/beam.py), already in the conversation; returns
+        the stop reason."""
+        end = next(iter(self.stop_ids))
+        scorer = CTCPrefixScorer(self.backend.ctc_posteriors(embeds), end)
+        beams = self.backend if hasattr(self.backend, "beams_step") else ReplayedBeams(self.backend)
+        best = beam_search(beams, self.backend.logits(), scorer, gen, end)
+        yield from best.tokens
+        return "end_of_turn" if best.ended else "max_tokens"
+
     def _turn(self, audio: Any, prompt: str | None, gen: GenerationSettings):
         timings = Timings()
         start = time.perf_counter()
         n_prompt, features, embeds = self.prefill(audio, prompt, timings)
-        rng = np.random.default_rng(gen.seed)
-        choose = self._chooser(gen, embeds, rng)
+        search = gen.ctc_weight and gen.beam_size > 1 and embeds is not None
+        steps = self._searched(gen, embeds) if search else self._tokens(gen, embeds)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens: list[int] = []
         pieces: list[str] = []
-        stop_reason = "max_tokens"
         first = None
         try:
-            for _ in range(gen.max_tokens):
-                token = choose(self.backend.logits())
-                if token in self.stop_ids and not gen.ignore_end_of_turn:
-                    stop_reason = "end_of_turn"
+            while True:
+                try:
+                    token = next(steps)
+                except StopIteration as stop:
+                    stop_reason = stop.value
                     break
                 tokens.append(token)
                 piece = utf8.decode(self.backend.token_bytes(token))
@@ -324,12 +347,12 @@ class AudioChat:
                 if piece:
                     pieces.append(piece)
                     yield piece
-                self.backend.feed_tokens([token])
             tail = utf8.decode(b"", final=True)
             if tail:
                 pieces.append(tail)
                 yield tail
         finally:
+            steps.close()
             self._close_previous = self.backend.tokenize(self.layout.assistant_end)
             self.turns += 1
         end = time.perf_counter()
