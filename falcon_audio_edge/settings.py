@@ -9,7 +9,7 @@ from falcon_audio_edge.errors import ConfigError
 
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
-DEFAULT_BEAM_SIZE = 4  # hypotheses a CTC-guided transcription keeps (docs/quality.md measures 1 against it)
+DEFAULT_BEAM_SIZE = 1  # CTC-guided decoding is greedy unless asked (docs/quality.md measures a beam of 4 too)
 MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
 
 

@@ -135,10 +135,20 @@ def test_beam_size_is_validated(size):
 
 
 def test_cli_beam_size(ctc_bundle, clips):
+    from falcon_audio_edge.runtime.backend import open_bundle
+
     bundle, wav = str(ctc_bundle[1]), str(clips["q0"])
-    one = json.loads(fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "6", "--beam-size", "1",
-                             "--json").stdout)  # fmt: skip
-    four = json.loads(fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "6", "--json").stdout)
-    assert one["generated_tokens"] >= 1 and four["generated_tokens"] >= 1
+    got = {}
+    for width in (1, 4):
+        out = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "8", "--beam-size", str(width),
+                      "--json").stdout  # fmt: skip
+        got[width] = json.loads(out)["tokens"]
+    want = {}
+    with open_bundle(bundle) as chat:
+        for width in (1, 4):
+            chat.reset()
+            gen = GenerationSettings(max_tokens=8, ctc_weight=0.5, beam_size=width)
+            want[width] = chat.ask(wav, TRANSCRIBE_PROMPT, gen).run().tokens
+    assert got == want and got[1] != got[4]  # the flag reaches the search (which finds another transcript here)
     bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--beam-size", "0", check=False)
     assert bad.returncode == 2 and "beam_size must be an integer from 1 to" in bad.stderr

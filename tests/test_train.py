@@ -493,6 +493,21 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
     assert cut_like_target("One. Two thr", True) == "One." and cut_like_target("One. Two thr", False) == "One. Two thr"
 
 
+def test_quality_report_of_a_model_with_a_ctc_head_compares_its_decodings(tmp_path, clips, ctc_bundle):
+    from falcon_audio_edge.train.quality import evaluate, markdown
+
+    row = {"voice": "en-us", "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"}
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps(row) + "\n")
+    result = evaluate(ctc_bundle[1], heldout, None, max_tokens=8)
+    assert result["ctc_weight"] == 0.5 and result["beam_size"] == 1
+    assert all(result[k] > 0.5 for k in ("wer", "wer_beam", "wer_without_ctc"))  # random weights
+    report = markdown(result, "cmd")
+    assert f"CTC-guided, weight 0.5, beam 1: the default) | {result['wer']:.3f} |" in report
+    assert f"| transcription WER (bundle, CTC-guided, `--beam-size 4`) | {result['wer_beam']:.3f} |" in report
+    assert "| seconds per transcription, `--beam-size 4` |" in report
+
+
 def test_batches_group_similar_lengths():
     """Length buckets cut right padding; every example at most once per epoch; the same order on every run."""
     import random
