@@ -10,7 +10,6 @@ them in one batch.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,11 +58,7 @@ def _extensions(i: int, hyp: Hypothesis, logits: np.ndarray, gen: GenerationSett
 
 
 def _child(parent: Hypothesis, ext: _Extension, end: int) -> Hypothesis:
-    scorer = None  # an ended hypothesis scores nothing more
-    if ext.token != end:
-        scorer = copy.copy(parent.scorer)  # its last scores hold the token's state: advancing reuses them
-        scorer.prefix = list(parent.scorer.prefix)
-        scorer.advance(ext.token)
+    scorer = None if ext.token == end else parent.scorer.extended(ext.token)  # an ended one scores nothing more
     return Hypothesis(parent.tokens + [ext.token], ext.llm, ext.ctc, ext.score, scorer, ext.token == end)
 
 

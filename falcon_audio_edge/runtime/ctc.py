@@ -11,6 +11,7 @@ what it expected. Numpy only.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +134,14 @@ class CTCPrefixScorer:
         psi[candidates == self.end_token] = self.full
         self._pending = (candidates, r_n, r_b, psi)
         return psi
+
+    def extended(self, token: int) -> CTCPrefixScorer:
+        """A new scorer for the prefix + ``token`` (one of the candidates last scored); this one is unchanged,
+        so its other candidates can be extended too (beam search)."""
+        child = copy.copy(self)
+        child.prefix = list(self.prefix)
+        child.advance(token)
+        return child
 
     def advance(self, token: int) -> None:
         """Append ``token`` (one of the candidates last scored) to the prefix."""
