@@ -20,6 +20,7 @@ from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.settings import (
     DEFAULT_BEAM_SIZE,
     DEFAULT_CTC_WEIGHT,
+    DEFAULT_PROPOSAL_PROB,
     MAX_BEAM_SIZE,
     TRANSCRIBE_PROMPT,
     GenerationSettings,
@@ -116,18 +117,22 @@ def verify_cmd(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder (train/ and heldout/ inside)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder (train/, heldout/ and dev/ inside)")],
     llm: Annotated[Path, typer.Option(help="the LLM (GGUF) whose answers become the targets")],
     seed: int = 0,
     voices_per_question: Annotated[int, typer.Option(help="spoken-QA clips per training question")] = 3,
     random_clips: Annotated[int, typer.Option(help="training clips of random word sequences")] = 3000,
+    split: Annotated[
+        list[str] | None, typer.Option(help="make only this split (train, heldout or dev); repeat for more")
+    ] = None,
 ) -> None:
     """Make the synthetic speech instruction set with espeak-ng (manifests: audio, instruction, target)."""
-    from falcon_audio_edge.train.synth import build_dataset
+    from falcon_audio_edge.train.synth import SPLITS, build_dataset
 
     say = lambda message: typer.echo(message, err=True)  # noqa: E731
-    for split, path in build_dataset(out, llm, seed, voices_per_question, random_clips, say).items():
-        typer.echo(f"{split}: {path}")
+    splits = tuple(split) if split else tuple(SPLITS)
+    for name, path in build_dataset(out, llm, seed, voices_per_question, random_clips, say, splits).items():
+        typer.echo(f"{name}: {path}")
 
 
 @app.command()
@@ -176,6 +181,7 @@ def demo(
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
+    ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
     rebuild: Annotated[bool, typer.Option(help="rebuild the checkpoint and bundle")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -188,7 +194,8 @@ def demo(
     wav = audio or d.DEMO_QUESTION
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
     prompt = _prompt(prompt, transcribe, listen_first)
-    generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, beam_size=beam_size)
+    generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, beam_size=beam_size,
+                                    ctc_proposal_prob=ctc_proposals)  # fmt: skip
     d.check_decoder_type(decoder_type)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
@@ -296,6 +303,8 @@ LISTEN_HELP = (
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, else 0)")  # fmt: skip
 BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
+PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives at least this probability at some "
+                  "frame, besides the LLM's likeliest (0: off)")  # fmt: skip
 
 
 def _with_ctc_weight(generation: GenerationSettings, prompt: str | None, chat: Any, requested: float | None):
@@ -352,6 +361,7 @@ def ask(
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
+    ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     n_ctx: int = 4096,
@@ -360,7 +370,8 @@ def ask(
     """Answer a spoken question, streaming tokens to the terminal."""
     prompt = _prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    ctc_weight=ctc_weight or 0.0, beam_size=beam_size)  # fmt: skip
+                                    ctc_weight=ctc_weight or 0.0, beam_size=beam_size,
+                                    ctc_proposal_prob=ctc_proposals)  # fmt: skip
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
     chat, backend = _open_chat(model, runtime)
     with chat:

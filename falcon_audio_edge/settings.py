@@ -10,6 +10,7 @@ from falcon_audio_edge.errors import ConfigError
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
 DEFAULT_BEAM_SIZE = 1  # CTC-guided decoding is greedy unless asked (docs/quality.md measures a beam of 4 too)
+DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split (docs/tuning.md)
 MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
 
 
@@ -37,6 +38,8 @@ class GenerationSettings:
     ignore_end_of_turn: bool = False  # generate exactly max_tokens (benchmarks)
     ctc_weight: float = 0.0  # > 0: greedy choices rescored by the bundle's CTC head (transcription; runtime/ctc.py)
     ctc_candidates: int = 8  # how many of the LLM's top tokens the CTC head rescores each step
+    ctc_proposal_prob: float = DEFAULT_PROPOSAL_PROB  # > 0: tokens the CTC head gives this at some frame are
+    # rescored too (words the LLM does not expect can still be heard); 0: the LLM's top tokens alone
     beam_size: int = DEFAULT_BEAM_SIZE  # hypotheses CTC-guided decoding keeps (1: greedy; runtime/beam.py)
 
     def __post_init__(self) -> None:
@@ -56,6 +59,9 @@ class GenerationSettings:
             )
         if not isinstance(self.beam_size, int) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
             raise ConfigError(f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}")
+        if not isinstance(self.ctc_proposal_prob, (int, float)) or not 0.0 <= self.ctc_proposal_prob < 1.0:
+            raise ConfigError(f"ctc_proposal_prob must be a number from 0 up to (not including) 1, got "
+                              f"{self.ctc_proposal_prob!r}")  # fmt: skip
         if not isinstance(self.ctc_candidates, int) or not 1 <= self.ctc_candidates <= 256:
             raise ConfigError(f"ctc_candidates must be an integer from 1 to 256, got {self.ctc_candidates!r}")
 

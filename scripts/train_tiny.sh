@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train and ship the demo model: synthetic data -> base checkpoint -> train the connector -> encoder + LoRA on
 # top of it (stages 2-5) -> a CTC head and more listening on top of the stage-5 model (stages 6-7) -> ship the
-# weights -> export the demo bundle -> quality report (docs/quality.md).
+# weights -> export the demo bundle -> decoding settings chosen on the dev split (docs/tuning.md) -> quality
+# report on the held-out split (docs/quality.md).
 # About 6 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-7 ~40 + 30 + 80 + 30 + 23 + 20 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +27,8 @@ for stage in 6 7; do "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-st
 "$BIN/python" -m falcon_audio_edge.train.ship work/run-tiny-stage7 --onto work/run-tiny-stage5/trainable.safetensors \
   -o falcon_audio_edge/data/shipped/trainable.safetensors
 "$BIN/fa-edge" demo --rebuild --json
+# decoding settings chosen on the dev split (the DEFAULT_* in falcon_audio_edge/settings.py say the best row)
+"$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
+  --dev work/data/dev/manifest.jsonl --weights 0.3,0.5,0.7 --beams 1,4 --proposals 0,0.05,0.1,0.2 --out docs/tuning.md
 "$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --out docs/quality.md

@@ -119,9 +119,10 @@ def test_bundle_and_pytorch_reference_search_alike_over_two_turns(ctc_bundle, cl
     from falcon_audio_edge.reference import open_checkpoint
     from falcon_audio_edge.runtime.backend import open_bundle
 
-    gen = GenerationSettings(max_tokens=8, ctc_weight=0.5, beam_size=4)
+    plain = GenerationSettings(max_tokens=8, ctc_weight=0.5, beam_size=4, ctc_proposal_prob=0.0)
+    proposing = GenerationSettings(max_tokens=8, ctc_weight=0.5, beam_size=4, ctc_proposal_prob=0.01)
     with open_bundle(ctc_bundle[1]) as chat, open_checkpoint(ctc_bundle[0]) as ref:
-        for clip in ("q0", "q2"):
+        for clip, gen in (("q0", plain), ("q2", plain), ("q1", proposing)):
             got = chat.ask(clips[clip], TRANSCRIBE_PROMPT, gen).run()
             want = ref.ask(clips[clip], TRANSCRIBE_PROMPT, gen).run()  # replays each hypothesis
             assert got.tokens and got.tokens == want.tokens and got.stop_reason == want.stop_reason
@@ -152,3 +153,22 @@ def test_cli_beam_size(ctc_bundle, clips):
     assert got == want and got[1] != got[4]  # the flag reaches the search (which finds another transcript here)
     bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--beam-size", "0", check=False)
     assert bad.returncode == 2 and "beam_size must be an integer from 1 to" in bad.stderr
+
+
+def test_cli_ctc_proposals(ctc_bundle, clips):
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    bundle, wav = str(ctc_bundle[1]), str(clips["q1"])
+    got, want = {}, {}
+    for prob in (0.0, 0.01):
+        out = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "8", "--ctc-proposals", str(prob),
+                      "--json").stdout  # fmt: skip
+        got[prob] = json.loads(out)["tokens"]
+    with open_bundle(bundle) as chat:
+        for prob in (0.0, 0.01):
+            chat.reset()
+            gen = GenerationSettings(max_tokens=8, ctc_weight=0.5, ctc_proposal_prob=prob)
+            want[prob] = chat.ask(wav, TRANSCRIBE_PROMPT, gen).run().tokens
+    assert got == want and got[0.0] != got[0.01]  # the flag reaches the decoding (proposals change it here)
+    bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--ctc-proposals", "1", check=False)
+    assert bad.returncode == 2 and "ctc_proposal_prob must be a number from 0 up to" in bad.stderr

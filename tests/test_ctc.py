@@ -4,6 +4,7 @@ through a real export (PyTorch head vs the bundle's numpy head on the GGUF's tok
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -111,6 +112,36 @@ def test_guided_choice_follows_the_audio_where_the_llm_guesses():
     assert guided_choice(logits, scorer, weight=DEFAULT_CTC_WEIGHT, n_candidates=3) == 5  # all said: end of turn
 
 
+def test_proposals_are_the_tokens_some_frame_finds_likely(monkeypatch):
+    from falcon_audio_edge.runtime.ctc import DenseLogProbs, HeadPosteriors
+
+    head, audio = head_for([2, 4], vocab=12)
+    logp = head.log_probs(audio)  # (6, 13): token 2 at frames 0-2, token 4 at frames 3-5
+    for x in (DenseLogProbs(logp), head.posteriors(audio)):
+        assert list(x.proposals(0.3)) == [2, 4]  # the blank (column 0) is never proposed
+        assert len(x.proposals(1e-6)) > 2 and len(x.proposals(0.99)) == 0 and len(x.proposals(0.0)) == 0
+    rng = np.random.default_rng(5)
+    table, blank = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    head = CTCHead(table=table, blank_weight=blank, blank_bias=0.1, log_scale=0.8)
+    embeds = rng.normal(size=(11, 8)).astype(np.float32)
+    monkeypatch.setattr(HeadPosteriors, "CHUNK", 4)  # the frame tops gathered chunk by chunk
+    lazy, dense = head.posteriors(embeds), DenseLogProbs(head.log_probs(embeds))
+    for p in (0.02, 0.1, 0.3):
+        want = np.flatnonzero((np.exp(head.log_probs(embeds)[:, 1:]) >= p).any(axis=0))
+        want = [t for t in want if (np.argsort(-head.log_probs(embeds)[:, 1:], axis=1)[:, :4] == t).any()]
+        assert list(lazy.proposals(p)) == list(dense.proposals(p)) == want
+
+
+def test_proposals_let_the_audio_say_what_the_llm_did_not_rank():
+    head, audio = head_for([2, 4])
+    logits = np.array([0.0, 3.0, 0.0, 0.0, 2.0, 0.0])  # the LLM's top 2: 1 and 4; the audio starts with 2
+    scorer = CTCPrefixScorer(head.log_probs(audio), end_token=5)
+    assert guided_choice(logits, scorer, weight=0.7, n_candidates=2) != 2  # 2 is never scored
+    proposed = scorer.x.proposals(0.3)
+    assert guided_choice(logits, scorer, weight=0.7, n_candidates=2, proposed=proposed) == 2
+    assert guided_choice(logits, scorer, weight=0.0, n_candidates=2, proposed=proposed) == 1  # weight 0: the LLM
+
+
 def test_guided_choice_falls_back_to_the_llm_when_the_audio_is_too_short():
     head, audio = head_for([1], frames_per_token=1)
     scorer = CTCPrefixScorer(head.log_probs(audio), end_token=5)
@@ -127,6 +158,8 @@ def test_guided_choice_falls_back_to_the_llm_when_the_audio_is_too_short():
         ({"ctc_weight": -0.1}, "got -0.1"),
         ({"ctc_weight": 0.5, "temperature": 0.7}, "ctc_weight=0.5 rescores greedy decoding: it needs temperature 0"),
         ({"ctc_candidates": 0}, "ctc_candidates must be an integer from 1 to 256, got 0"),
+        ({"ctc_proposal_prob": 1.0}, r"ctc_proposal_prob must be a number from 0 up to \(not including\) 1, got 1.0"),
+        ({"ctc_proposal_prob": "0.1"}, "ctc_proposal_prob must be a number"),
     ],
 )
 def test_generation_settings_refuse_bad_ctc_values(kwargs, message):
@@ -161,6 +194,11 @@ def test_bundle_head_matches_the_pytorch_head(ctc_bundle, clips):
         chat.reset()
         plain = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=6)).run()
         reference = ref.ask(clips["q0"], TRANSCRIBE_PROMPT, gen).run()
+        proposing = replace(gen, ctc_proposal_prob=0.01, ctc_candidates=1)
+        chat.reset()
+        ref.reset()
+        heard = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, proposing).run()
+        assert heard.tokens == ref.ask(clips["q0"], TRANSCRIBE_PROMPT, proposing).run().tokens
     assert 1 <= len(guided.tokens) <= 6 and guided.tokens == reference.tokens  # f32 decoder: the same choices
     assert guided.tokens != plain.tokens  # the head changed what a random model says
 

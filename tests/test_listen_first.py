@@ -96,3 +96,23 @@ def test_cli_listen_first_and_quantize_keep_the_answer_model(answer_bundle, clip
     copied = read_bundle(tmp_path / "q8")
     assert copied.answer_path is not None
     assert (tmp_path / "q8" / ANSWER_FILE).read_bytes() == (answer_bundle / ANSWER_FILE).read_bytes()
+
+
+def test_listen_first_transcribes_with_the_decoding_settings_asked_for(ctc_bundle, bundle_f32, clips, tmp_path):
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS
+
+    bundle = export_bundle(ctc_bundle[0], tmp_path / "b", decoder_type="f32",
+                           answer_llm=bundle_f32 / "decoder.gguf", verify=False)  # fmt: skip
+    heard = {}
+    with open_bundle(bundle) as chat:
+        for prob in (0.0, 0.01):
+            chat.reset()
+            turn = chat.ask(clips["q1"], None, GenerationSettings(max_tokens=4, ctc_proposal_prob=prob), True).run()
+            chat.reset()
+            alone = GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=0.5, ctc_proposal_prob=prob)
+            assert turn.transcript == chat.ask(clips["q1"], TRANSCRIBE_PROMPT, alone).run().text.strip()
+            heard[prob] = turn.transcript
+    assert heard[0.0] != heard[0.01]  # the proposals asked for reach the transcription

@@ -16,21 +16,31 @@ def test_every_voice_exists_and_held_out_voices_stay_out_of_training():
     synth.check_voices()
     assert not set(synth.TRAIN_VARIANTS) & set(synth.HELDOUT_VARIANTS)
     assert not set(synth.TRAIN_ACCENTS) & set(synth.HELDOUT_ACCENTS)
+    assert not set(synth.DEV_VARIANTS) & (set(synth.TRAIN_VARIANTS) | set(synth.HELDOUT_VARIANTS))
+
+
+def test_the_sentence_lists_of_the_three_splits_never_meet():
+    lists = {name: {t.lower() for n in (split.questions, split.statements) for t in synth.read_lines(n)}
+             for name, split in synth.SPLITS.items()}  # fmt: skip
+    assert all(len(v) >= 20 for v in lists.values())
+    assert not lists["train"] & lists["heldout"] and not lists["train"] & lists["dev"]
+    assert not lists["heldout"] & lists["dev"]
+    assert synth.heldout_sentences() == lists["heldout"] | lists["dev"]  # generated training text avoids both
 
 
 def test_a_misspelled_voice_is_an_error_naming_it(monkeypatch):
     with pytest.raises(RuntimeError, match=r"no voice or variant \['m99', 'en-xx'\]"):
         synth.check_voices(["m1", "m99"], ["en-us", "en-xx"])
     monkeypatch.setattr(synth, "TRAIN_VARIANTS", [*synth.TRAIN_VARIANTS, "f4"])
-    with pytest.raises(RuntimeError, match=r"\['f4'\] are in both"):
+    with pytest.raises(RuntimeError, match=r"\['f4'\] are in two of"):
         synth.check_voices()
 
 
-@pytest.mark.parametrize("heldout", [False, True])
-def test_speak_writes_16k_mono_speech(tmp_path, heldout):
+@pytest.mark.parametrize("split", ["train", "heldout", "dev"])
+def test_speak_writes_16k_mono_speech(tmp_path, split):
     rng = random.Random(3)
-    voice = synth.random_voice(rng, heldout)
-    seconds = synth.speak("The train leaves at seven.", voice, tmp_path / "a.wav", rng, augment=not heldout)
+    voice = synth.random_voice(rng, split)
+    seconds = synth.speak("The train leaves at seven.", voice, tmp_path / "a.wav", rng, augment=split == "train")
     samples, rate = sf.read(str(tmp_path / "a.wav"))
     assert rate == SAMPLE_RATE and samples.ndim == 1
     assert 0.8 < seconds < 4.0 and abs(len(samples) / rate - seconds) < 1e-6
@@ -44,6 +54,26 @@ def test_synth_without_the_llm_is_one_error_line_and_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: --llm {tmp_path / 'missing.gguf'}: no such GGUF file"
     assert not (tmp_path / "data").exists()
+
+
+def test_synth_split_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
+    from tests.conftest import fa_edge
+
+    data = tmp_path / "data"
+    proc = fa_edge("synth", "-o", data, "--llm", tmp_path / "x.gguf", "--split", "test", check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "error: unknown split ['test']; choose from ['train', 'heldout', 'dev']"
+    assert not data.exists()
+    dev_question = synth.read_lines("questions_dev.txt")[3]
+    (data / "train").mkdir(parents=True)
+    rows = [{"audio": "a.wav", "target": "x", "text": "Hello there."},
+            {"audio": "b.wav", "target": "x", "text": dev_question}]  # fmt: skip
+    _rows(data / "train" / "manifest.jsonl", rows)
+    proc = fa_edge("synth", "-o", data, "--llm", tmp_path / "x.gguf", "--split", "dev", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: 1 dev sentences are spoken in {data / 'train'}")
+    assert dev_question in proc.stderr and not (data / "dev").exists()
 
 
 def _rows(path, rows):
@@ -156,7 +186,8 @@ def test_respeak_failing_midway_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no folder, no temporary one
 
 
-def test_a_split_speaks_every_planned_clip_with_its_voices_and_reports_progress(tmp_path):
+@pytest.mark.parametrize("split", ["heldout", "dev"])
+def test_a_split_speaks_every_planned_clip_with_its_voices_and_reports_progress(tmp_path, split):
     import json
 
     class Echo:  # stands in for the LLM: the targets of spoken questions are its answers to the typed text
@@ -164,12 +195,15 @@ def test_a_split_speaks_every_planned_clip_with_its_voices_and_reports_progress(
             return f"answer to {text}"
 
     messages: list[str] = []
-    manifest = synth.build_split(tmp_path / "heldout", True, Echo(), seed=1, voices_per_question=1,
+    manifest = synth.build_split(tmp_path / split, split, Echo(), seed=1, voices_per_question=1,
                                  progress=messages.append)  # fmt: skip
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    assert len(rows) == len(list(synth.plan(True, random.Random(1), 1))) > 100
-    assert messages[0] == f"heldout: 0/{len(rows)} clips spoken"
+    assert len(rows) == len(list(synth.plan(split, random.Random(1), 1))) > 100
+    assert messages[0] == f"{split}: 0/{len(rows)} clips spoken"
     assert all(r["voice"].split("+")[0] in synth.HELDOUT_ACCENTS for r in rows)
+    assert {r["voice"].split("+")[1] for r in rows} <= set(synth.SPLITS[split].variants)
+    spoken = {r["text"].lower() for r in rows}
+    assert spoken <= synth.heldout_sentences() and {r["instruction"] for r in rows} <= {"", "Transcribe the audio."}
     assert all(r["target"] == (r["text"] if r["task"] == "transcribe" else f"answer to {r['text']}") for r in rows)
     for row in rows[:: len(rows) // 5]:
         audio, rate = sf.read(str(manifest.parent / row["audio"]))

@@ -469,16 +469,20 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
         heard = chat.ask(clips["q0"], None, GenerationSettings(max_tokens=64)).run()
         chat.reset()
         read = chat.ask(None, QUESTIONS[0], GenerationSettings(max_tokens=64)).run()
+        chat.reset()
+        written = chat.ask(clips["q1"], "Transcribe the audio.", GenerationSettings(max_tokens=64)).run().text
     said = cut_like_target(heard.text, len(heard.tokens) >= 64)
     typed = cut_like_target(read.text, len(read.tokens) >= 64)
     row = {"voice": "en-us", "task": "qa", "text": QUESTIONS[0], "audio": str(clips["q0"])}
     rows = [{**row, "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"},
+            {**row, "task": "transcribe", "text": written, "audio": str(clips["q1"]), "target": "x"},
             {**row, "target": said}, {**row, "target": typed}, {**row, "target": "No."}]  # fmt: skip
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = evaluate(bundle_f32, heldout, None)
-    assert result["transcribe_clips"] == 1 and result["qa_clips"] == 3
-    assert result["wer"] > 0.5  # random weights do not transcribe
+    assert result["transcribe_clips"] == 2 and result["qa_clips"] == 3
+    assert result["wer"] > 0.0  # random weights do not transcribe (the second row's text is the bundle's own)
+    assert result["exact"] == 0.5  # ... so that row is word for word
     assert said != typed  # a random model answers the spoken and the typed question differently
     assert result["agreement"] == pytest.approx(1 / 3)  # only the first target is the bundle's spoken answer
     assert result["decoder_typed_agreement"] == pytest.approx(1 / 3)  # ... only the second its typed one
@@ -496,6 +500,8 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
 def test_quality_report_of_a_model_with_a_ctc_head_compares_its_decodings(tmp_path, clips, ctc_bundle):
     from falcon_audio_edge.train.quality import evaluate, markdown
 
+    from falcon_audio_edge.settings import DEFAULT_PROPOSAL_PROB
+
     row = {"voice": "en-us", "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"}
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text(json.dumps(row) + "\n")
@@ -503,7 +509,9 @@ def test_quality_report_of_a_model_with_a_ctc_head_compares_its_decodings(tmp_pa
     assert result["ctc_weight"] == 0.5 and result["beam_size"] == 1
     assert all(result[k] > 0.5 for k in ("wer", "wer_beam", "wer_without_ctc"))  # random weights
     report = markdown(result, "cmd")
-    assert f"CTC-guided, weight 0.5, beam 1: the default) | {result['wer']:.3f} |" in report
+    proposals = DEFAULT_PROPOSAL_PROB or "off"
+    assert f"CTC-guided, weight 0.5, beam 1, CTC proposals {proposals}: the default) | {result['wer']:.3f} |" in report
+    assert result["exact"] == 0.0 and "| transcriptions word for word (the default decoding) | 0.000 |" in report
     assert f"| transcription WER (bundle, CTC-guided, `--beam-size 4`) | {result['wer_beam']:.3f} |" in report
     assert "| seconds per transcription, `--beam-size 4` |" in report
 

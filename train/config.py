@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from falcon_audio_edge.train.augment import SpecAugment
+
 from falcon_audio_edge.errors import ConfigError
 
 TRAINABLE = ("connector", "lora", "encoder")
@@ -51,6 +53,10 @@ class TrainConfig:
     ctc_only_steps: int = 0  # the first updates train on the CTC loss alone (no LLM forward: fast)
     ctc_learning_rate: float | None = None  # the CTC head's own peak rate (None: learning_rate)
     init_from: str | None = None  # an earlier run's output_dir (same checkpoint): start from its trained weights
+    freq_masks: int = 0  # SpecAugment (train/augment.py): mel bands masked per training clip
+    freq_mask_width: int = 15  # each band 0 to this many mel bins
+    time_masks: int = 0  # time spans masked per training clip
+    time_mask_width: int = 10  # each span 0 to this many mel frames (10 ms)
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "lora_alpha", "max_steps", "batch_size", "grad_accum", "eval_every", "save_every"):
@@ -58,6 +64,10 @@ class TrainConfig:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         check_rate("learning_rate", self.learning_rate)
+        for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if self.encoder_learning_rate is not None:
             if "encoder" not in self.train:
                 raise ConfigError(f"encoder_learning_rate={self.encoder_learning_rate!r} needs 'encoder' in train")
@@ -138,6 +148,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def spec_augment(self) -> SpecAugment:
+        return SpecAugment(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width)
 
     @property
     def train_manifests(self) -> list[str]:

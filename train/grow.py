@@ -111,7 +111,7 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random) -> Path:
         (tmp / "clips").mkdir()
         new = []
         for i, row in enumerate(rows):
-            voice = random_voice(rng, heldout=False)
+            voice = random_voice(rng, "train")
             clip = tmp / "clips" / f"{i:06d}.wav"
             seconds = speak(spoken_text(row), voice, clip, rng, augment=True)
             new.append({

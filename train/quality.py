@@ -148,8 +148,10 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
         weight = ctc_weight_for(TRANSCRIBE, chat.has_ctc_head)
         hyps, seconds = transcribe_all(chat, trans, base, replace(gen, ctc_weight=weight))
         result.update(wer=word_error_rate([r["text"] for r in trans], hyps), transcribe_s_per_clip=seconds)
+        exact = sum(words(h) == words(r["text"]) for h, r in zip(hyps, trans, strict=True))
+        result["exact"] = exact / max(1, len(trans))
         if weight:
-            result["ctc_weight"], result["beam_size"] = weight, gen.beam_size
+            result.update(ctc_weight=weight, beam_size=gen.beam_size, proposal_prob=gen.ctc_proposal_prob)
             wide, wide_s = transcribe_all(chat, trans, base, replace(gen, ctc_weight=weight, beam_size=COMPARED_BEAM))
             result.update(wer_beam=word_error_rate([r["text"] for r in trans], wide), transcribe_s_per_clip_beam=wide_s)
             plain, _ = transcribe_all(chat, trans, base, gen)
@@ -207,13 +209,14 @@ def markdown(result: dict, command: str) -> str:
     ]
     if "ctc_weight" in result:
         lines += [
-            f"| transcription WER (bundle, CTC-guided, weight {result['ctc_weight']}, beam {result['beam_size']}: "
-            f"the default) | {result['wer']:.3f} |",
+            f"| transcription WER (bundle, CTC-guided, weight {result['ctc_weight']}, beam {result['beam_size']}, "
+            f"CTC proposals {result['proposal_prob'] or 'off'}: the default) | {result['wer']:.3f} |",
             f"| transcription WER (bundle, CTC-guided, `--beam-size {COMPARED_BEAM}`) | {result['wer_beam']:.3f} |",
             f"| transcription WER (bundle, the LLM's greedy choices alone) | {result['wer_without_ctc']:.3f} |",
         ]
     else:
         lines.append(f"| transcription WER (bundle) | {result['wer']:.3f} |")
+    lines.append(f"| transcriptions word for word (the default decoding) | {result['exact']:.3f} |")
     if "whisper_wer" in result:
         lines.append(f"| transcription WER (Whisper tiny.en alone, faster-whisper) | {result['whisper_wer']:.3f} |")
     lines += [

@@ -5,7 +5,9 @@ statements; the ``*_heldout.txt`` lists never reach training) and, for training 
 ``train/textgen.py``: sentences and questions the LLM writes about the topics in ``topics.txt``, and random
 word sequences (they teach listening: no language model can guess them). Each clip is spoken by espeak-ng with an
 accent, a voice variant, a rate and a pitch, and may get gain and white noise. Held-out clips use accents
-and variants that training never hears.
+and variants that training never hears. The dev split (for tuning decoding settings, never for training) has
+sentences of its own (``*_dev.txt``) in the held-out accents with voice variants of its own, so the held-out
+split stays a test that nothing was chosen on.
 
 Tasks (one JSONL row each: audio, instruction, target):
 - transcribe: "Transcribe the audio." (or another wording) -> the sentence.
@@ -53,6 +55,29 @@ TRAIN_VARIANTS = [
 ]  # fmt: skip
 HELDOUT_ACCENTS = ["en-gb-x-gbclan", "en-gb-x-gbcwmd"]
 HELDOUT_VARIANTS = ["m7", "f4", "f5"]
+DEV_VARIANTS = ["edward2", "steph2", "klatt5"]  # the dev split: held-out accents, variants of its own
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where a split's sentences and voices come from."""
+
+    name: str
+    accents: list[str]
+    variants: list[str]
+    questions: str  # file in train/sentences/
+    statements: str
+
+    @property
+    def training(self) -> bool:
+        return self.name == "train"
+
+
+SPLITS = {
+    "train": Split("train", TRAIN_ACCENTS, TRAIN_VARIANTS, "questions.txt", "statements.txt"),
+    "heldout": Split("heldout", HELDOUT_ACCENTS, HELDOUT_VARIANTS, "questions_heldout.txt", "statements_heldout.txt"),
+    "dev": Split("dev", HELDOUT_ACCENTS, DEV_VARIANTS, "questions_dev.txt", "statements_dev.txt"),
+}
 TRANSCRIBE_PROMPTS = [
     "Transcribe the audio.",
     "Transcribe the audio.",
@@ -74,14 +99,15 @@ def read_lines(name: str) -> list[str]:
 
 
 def heldout_sentences() -> set[str]:
-    """The held-out lists' sentences, lower-cased: text that must never reach training."""
-    return {s.lower() for name in ("questions_heldout.txt", "statements_heldout.txt") for s in read_lines(name)}
+    """The held-out and dev lists' sentences, lower-cased: text that must never reach training."""
+    names = [n for split in ("heldout", "dev") for n in (SPLITS[split].questions, SPLITS[split].statements)]
+    return {s.lower() for name in names for s in read_lines(name)}
 
 
 def check_voices(variants: list[str] | None = None, accents: list[str] | None = None) -> None:
     """Every voice this set names must exist in espeak-ng: it silently falls back to its default voice on an
     unknown one, which would make the held-out voices a claim instead of a fact. Train and held-out stay apart."""
-    variants = TRAIN_VARIANTS + HELDOUT_VARIANTS if variants is None else variants
+    variants = TRAIN_VARIANTS + HELDOUT_VARIANTS + DEV_VARIANTS if variants is None else variants
     accents = TRAIN_ACCENTS + HELDOUT_ACCENTS if accents is None else accents
     version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
     found = re.search(r"Data at: (.+)$", version.strip())
@@ -93,9 +119,11 @@ def check_voices(variants: list[str] | None = None, accents: list[str] | None = 
     missing = [v for v in variants if v and not (folder / v).is_file()] + [a for a in accents if a not in known]
     if missing:
         raise SetupError(f"espeak-ng has no voice or variant {missing} (looked in {folder} and --voices=en)")
-    shared = (set(TRAIN_VARIANTS) & set(HELDOUT_VARIANTS)) | (set(TRAIN_ACCENTS) & set(HELDOUT_ACCENTS))
+    unseen = set(HELDOUT_VARIANTS) | set(DEV_VARIANTS)
+    shared = (set(TRAIN_VARIANTS) & unseen) | (set(TRAIN_ACCENTS) & set(HELDOUT_ACCENTS))
+    shared |= set(HELDOUT_VARIANTS) & set(DEV_VARIANTS)
     if shared:
-        raise SetupError(f"voices {sorted(shared)} are in both the training and the held-out lists")
+        raise SetupError(f"voices {sorted(shared)} are in two of the training, held-out and dev lists")
 
 
 @dataclass(frozen=True)
@@ -110,8 +138,9 @@ class Voice:
         return self.accent + (f"+{self.variant}" if self.variant else "")
 
 
-def random_voice(rng: random.Random, heldout: bool) -> Voice:
-    accents, variants = (HELDOUT_ACCENTS, HELDOUT_VARIANTS) if heldout else (TRAIN_ACCENTS, TRAIN_VARIANTS)
+def random_voice(rng: random.Random, split: str) -> Voice:
+    """A voice of the split ("train", "heldout" or "dev")."""
+    accents, variants = SPLITS[split].accents, SPLITS[split].variants
     return Voice(rng.choice(accents), rng.choice(variants), rng.randint(130, 200), rng.randint(30, 70))
 
 
@@ -166,13 +195,13 @@ def user_text(sentence: str, instruction: str | None) -> str:
     return sentence + (f"\n{instruction}" if instruction else "")
 
 
-def plan(heldout: bool, rng: random.Random, voices_per_question: int, extra: Extra | None = None):
+def plan(split: str, rng: random.Random, voices_per_question: int, extra: Extra | None = None):
     """(task, sentence, instruction) for every clip of a split."""
-    questions = read_lines("questions_heldout.txt" if heldout else "questions.txt")
-    statements = read_lines("statements_heldout.txt" if heldout else "statements.txt")
+    questions, statements = read_lines(SPLITS[split].questions), read_lines(SPLITS[split].statements)
+    training = SPLITS[split].training
 
     def transcribe(sentence: str) -> tuple[str, str, str]:
-        return "transcribe", sentence, "Transcribe the audio." if heldout else rng.choice(TRANSCRIBE_PROMPTS)
+        return "transcribe", sentence, rng.choice(TRANSCRIBE_PROMPTS) if training else "Transcribe the audio."
 
     for q in questions:
         for _ in range(voices_per_question):
@@ -181,7 +210,7 @@ def plan(heldout: bool, rng: random.Random, voices_per_question: int, extra: Ext
     for s in statements:
         yield transcribe(s)
         yield transcribe(s)
-        if not heldout:
+        if training:
             yield "instruct", s, rng.choice(INSTRUCTIONS)
     if extra is not None:
         for q in extra.questions:
@@ -216,7 +245,7 @@ def make_extra(answers: TextAnswers, seed: int, n_random: int, vocab: dict[str, 
 
 def build_split(
     out: Path,
-    heldout: bool,
+    split: str,
     answers: TextAnswers,
     seed: int,
     voices_per_question: int = 3,
@@ -227,13 +256,13 @@ def build_split(
     rng = random.Random(seed)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     rows, cache = [], {}
-    total = sum(1 for _ in plan(heldout, random.Random(seed), voices_per_question, extra))  # the count takes no draws
-    for i, (task, sentence, instruction) in enumerate(plan(heldout, rng, voices_per_question, extra)):
+    total = sum(1 for _ in plan(split, random.Random(seed), voices_per_question, extra))  # the count takes no draws
+    for i, (task, sentence, instruction) in enumerate(plan(split, rng, voices_per_question, extra)):
         if i % 500 == 0:
             progress(f"{out.name}: {i}/{total} clips spoken")
-        voice = random_voice(rng, heldout)
+        voice = random_voice(rng, split)
         clip = out / "clips" / f"{i:05d}.wav"
-        seconds = speak(sentence, voice, clip, rng, augment=not heldout)
+        seconds = speak(sentence, voice, clip, rng, augment=SPLITS[split].training)
         if task == "transcribe":
             target = sentence
         else:
@@ -254,28 +283,56 @@ def build_dataset(
     voices_per_question: int = 3,
     random_clips: int = 3000,
     progress: Callable[[str], None] = lambda message: None,
+    splits: tuple[str, ...] = tuple(SPLITS),
 ) -> dict[str, Path]:
-    """Both splits: out/train (training voices, augmented) and out/heldout (unseen sentences and voices).
+    """The splits asked for: out/train (training voices, augmented), out/heldout (unseen sentences and voices,
+    the test) and out/dev (for tuning; its own sentences and variants). Each split has its own seed.
 
-    Training also gets the generated text of ``make_extra`` (``random_clips`` random word sequences).
+    Training also gets the generated text of ``make_extra`` (``random_clips`` random word sequences). A split
+    made on its own next to an existing out/train is first checked against that training text.
     """
     from falcon_audio_edge.config import PromptLayout
     from falcon_audio_edge.importers import chat_format_of
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
     out = Path(out)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ConfigError(f"unknown split {unknown or list(splits)}; choose from {list(SPLITS)}")
+    if "train" not in splits:
+        check_unseen(out / "train" / "manifest.jsonl", splits)
     if not Path(llm).is_file():
         raise ConfigError(f"--llm {llm}: no such GGUF file")
     check_voices()
     tokenizer, _ = tokenizer_from_gguf(llm)
     answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))
     try:
-        progress(f"writing training text with {Path(llm).name} (sentences and a question per topic; minutes)")
-        extra = make_extra(answers, seed, random_clips, tokenizer.get_vocab())
-        progress(f"{len(extra.sentences)} sentences, {len(extra.questions)} questions generated")
-        return {
-            "train": build_split(out / "train", False, answers, seed, voices_per_question, extra, progress),
-            "heldout": build_split(out / "heldout", True, answers, seed + 1, 2, progress=progress),
-        }
+        built = {}
+        for split in splits:
+            extra = None
+            if split == "train":
+                progress(f"writing training text with {Path(llm).name} (sentences and a question per topic; minutes)")
+                extra = make_extra(answers, seed, random_clips, tokenizer.get_vocab())
+                progress(f"{len(extra.sentences)} sentences, {len(extra.questions)} questions generated")
+            per_question = voices_per_question if split == "train" else 2
+            built[split] = build_split(out / split, split, answers, seed + SPLIT_SEEDS[split], per_question, extra,
+                                       progress)  # fmt: skip
+        return built
     finally:
         answers.decoder.close()
+
+
+SPLIT_SEEDS = {"train": 0, "heldout": 1, "dev": 2}  # added to the dataset's seed
+
+
+def check_unseen(train_manifest: Path, splits: tuple[str, ...]) -> None:
+    """The splits' sentences must not be in an existing training set's spoken text (it may predate them)."""
+    if not train_manifest.is_file():
+        return
+    spoken = {str(json.loads(line).get("text", "")).strip().lower() for line in train_manifest.read_text().splitlines()
+              if line.strip()}  # fmt: skip
+    for split in splits:
+        leaked = [t for n in (SPLITS[split].questions, SPLITS[split].statements) for t in read_lines(n)
+                  if t.lower() in spoken]  # fmt: skip
+        if leaked:
+            raise ConfigError(f"{len(leaked)} {split} sentences are spoken in {train_manifest}: {leaked[:3]}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from falcon_audio_edge.train.augment import SpecAugment
 from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
 from falcon_audio_edge.train.state import (
@@ -42,7 +43,10 @@ def ctc_collapse(path: list[int]) -> list[int]:
 class TrainingStep(nn.Module):
     """The whole loss computation as one module, so a distributed wrapper sees every forward."""
 
-    def __init__(self, model, tokenizer, frozen_encoder: bool, ctc_weight: float = 0.0):
+    def __init__(
+        self, model, tokenizer, frozen_encoder: bool, ctc_weight: float = 0.0,
+        augment: SpecAugment | None = None, seed: int = 0,
+    ):  # fmt: skip
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -52,6 +56,8 @@ class TrainingStep(nn.Module):
         if ctc_weight:  # a fresh head, or the base checkpoint's own trains on
             model.add_ctc_head().requires_grad_(True)
         self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example
+        self.augment = augment if augment is not None and augment.active else None
+        self._gen = torch.Generator().manual_seed(seed)
 
     @property
     def ctc(self) -> nn.Module | None:
@@ -65,7 +71,11 @@ class TrainingStep(nn.Module):
     def audio(self, ex: Example) -> torch.Tensor:
         """Audio embeddings of one example, (n_audio_tokens, H); the same frames as at inference."""
         keep = ex.n_audio_tokens * self.model.dims.audio.pool_factor
-        if not self.frozen_encoder:
+        if self.augment is not None and self.training:  # a fresh masking each time: never cached
+            mel = self.augment(torch.from_numpy(ex.mel), 2 * keep, self._gen)  # Whisper's conv stride 2
+            with torch.set_grad_enabled(not self.frozen_encoder and torch.is_grad_enabled()):
+                frames = whisper_encode(self.model.encoder, mel[None].to(self.device))[:, :keep]
+        elif not self.frozen_encoder:
             frames = whisper_encode(self.model.encoder, torch.from_numpy(ex.mel)[None].to(self.device))[:, :keep]
         else:
             key = id(ex)
@@ -296,7 +306,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     params = set_trainable(ckpt.model, cfg)
     train_set = [ex for m in cfg.train_manifests for ex in read_manifest(m, ckpt.dims)]
     eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
-    step_module = TrainingStep(ckpt.model, ckpt.tokenizer, "encoder" not in cfg.train, cfg.ctc_weight)
+    step_module = TrainingStep(
+        ckpt.model,
+        ckpt.tokenizer,
+        "encoder" not in cfg.train,
+        cfg.ctc_weight,
+        cfg.spec_augment,
+        cfg.seed + 1000 * accelerator.process_index,
+    )
     optimizer = make_optimizer(with_ctc_head(params, step_module.ctc, cfg), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     base = base_fingerprint(cfg.checkpoint)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, log_softmax
+from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, candidate_tokens, log_softmax
 from falcon_audio_edge.settings import GenerationSettings
 
 
@@ -45,11 +45,9 @@ class _Extension:
 
 
 def _extensions(i: int, hyp: Hypothesis, logits: np.ndarray, gen: GenerationSettings, end: int, k: int):
-    """The best ``k`` next tokens of one hypothesis by the LLM (and the end of turn), scored."""
+    """The best ``k`` next tokens of one hypothesis by the LLM (the end of turn, the CTC head's proposals), scored."""
     llm = log_softmax(logits)
-    candidates = np.argpartition(-llm, k)[:k] if k < len(llm) else np.arange(len(llm))  # (V,) -> (k,)
-    if end not in candidates:
-        candidates = np.append(candidates, end)
+    candidates = candidate_tokens(llm, k, end, hyp.scorer.x.proposals(gen.ctc_proposal_prob))  # (V,) -> (K,)
     totals = hyp.llm + llm[candidates]
     ctc = hyp.scorer.scores(candidates)  # (k,) log P(audio starts with tokens + c); the end: is exactly tokens
     scores = (1.0 - gen.ctc_weight) * totals + gen.ctc_weight * ctc

@@ -19,6 +19,19 @@ import numpy as np
 from falcon_audio_edge.errors import BundleError
 
 NEG_INF = -np.inf
+TOP_PER_FRAME = 4  # a frame's likeliest tokens kept for acoustic proposals (ctc_proposal_prob)
+
+
+def frame_tops(tokens: np.ndarray, lognorm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's TOP_PER_FRAME likeliest token ids and their log-probabilities: (T, V) -> 2 x (T, m)."""
+    m = min(TOP_PER_FRAME, tokens.shape[1])
+    ids = np.argpartition(-tokens, m - 1, axis=1)[:, :m]
+    return ids, np.take_along_axis(tokens, ids, axis=1).astype(np.float64) - lognorm[:, None]
+
+
+def proposals(top_ids: np.ndarray, top_logp: np.ndarray, min_prob: float) -> np.ndarray:
+    """The tokens some frame gives at least ``min_prob``: what the audio may say that the LLM may not expect."""
+    return np.unique(top_ids[top_logp >= np.log(min_prob)]) if min_prob > 0 else np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,10 @@ class DenseLogProbs:
         self.x = np.asarray(log_probs)  # float32 stays float32 (memory); float64 stays exact
         self.n_frames = self.x.shape[0]
         self.blank = self.x[:, 0].astype(np.float64)
+        self.top_ids, self.top_logp = frame_tops(self.x[:, 1:], np.zeros(self.n_frames))
+
+    def proposals(self, min_prob: float) -> np.ndarray:
+        return proposals(self.top_ids, self.top_logp, min_prob)
 
     def columns(self, ids: np.ndarray) -> np.ndarray:
         return self.x[:, ids + 1].astype(np.float64)  # (T, 1 + V) -> (T, K)
@@ -72,14 +89,22 @@ class HeadPosteriors:
         self.scale = np.float32(np.exp(head.log_scale))
         blank = embeds @ head.blank_weight + np.float32(head.blank_bias)  # (T, H) @ (H,) -> (T,)
         lognorm = np.empty(self.n_frames)
+        tops = []
         for start in range(0, self.n_frames, self.CHUNK):
             tokens = embeds[start : start + self.CHUNK] @ head.table.T * self.scale  # (c, H) @ (H, V) -> (c, V)
             b = blank[start : start + self.CHUNK]
             top = np.maximum(tokens.max(axis=1), b)  # (c,)
             total = np.exp(tokens - top[:, None]).sum(axis=1) + np.exp(b - top)
             lognorm[start : start + self.CHUNK] = top + np.log(total)
+            tops.append(frame_tops(tokens, lognorm[start : start + self.CHUNK]))
         self.lognorm = lognorm
+        m = min(TOP_PER_FRAME, head.table.shape[0])
+        self.top_ids = np.concatenate([t[0] for t in tops]) if tops else np.empty((0, m), dtype=np.int64)
+        self.top_logp = np.concatenate([t[1] for t in tops]) if tops else np.empty((0, m))
         self.blank = blank.astype(np.float64) - lognorm
+
+    def proposals(self, min_prob: float) -> np.ndarray:
+        return proposals(self.top_ids, self.top_logp, min_prob)
 
     def columns(self, ids: np.ndarray) -> np.ndarray:
         """Log-probabilities of tokens ``ids`` at every frame: (K,) -> (T, K)."""
@@ -161,12 +186,21 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def guided_choice(logits: np.ndarray, scorer: CTCPrefixScorer, weight: float, n_candidates: int) -> int:
-    """The next token: the LLM's top ``n_candidates`` rescored as (1 - weight) LLM + weight CTC (log domain)."""
+def candidate_tokens(llm: np.ndarray, n_candidates: int, end_token: int, proposed: np.ndarray) -> np.ndarray:
+    """The LLM's top ``n_candidates`` (log-probabilities ``llm``, (V,)), the end of turn, and the CTC head's
+    ``proposed`` tokens: the ids a CTC-guided step scores, each once."""
+    top = np.argpartition(-llm, n_candidates)[:n_candidates] if n_candidates < len(llm) else np.arange(len(llm))
+    extra = np.setdiff1d(np.append(proposed, end_token), top)  # (K,) + the ones not in it yet
+    return np.concatenate([top, extra]).astype(np.int64)
+
+
+def guided_choice(
+    logits: np.ndarray, scorer: CTCPrefixScorer, weight: float, n_candidates: int, proposed: np.ndarray | None = None
+) -> int:
+    """The next token: the LLM's top ``n_candidates`` (and the CTC head's ``proposed`` tokens) rescored as
+    (1 - weight) LLM + weight CTC (log domain)."""
     llm = log_softmax(logits)
-    candidates = np.argpartition(-llm, n_candidates)[:n_candidates]  # (V,) -> (K,)
-    if scorer.end_token not in candidates:
-        candidates = np.append(candidates, scorer.end_token)
+    candidates = candidate_tokens(llm, n_candidates, scorer.end_token, np.empty(0) if proposed is None else proposed)
     ctc = scorer.scores(candidates)
     if not np.isfinite(scorer.score) or not np.isfinite(ctc).any():  # the audio cannot say more: the LLM alone
         return int(candidates[np.argmax(llm[candidates])])

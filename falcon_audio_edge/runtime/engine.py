@@ -217,7 +217,13 @@ class AudioChat:
         t0 = time.perf_counter()
         self.reset_listening()
         weight = gen.ctc_weight or ctc_weight_for(TRANSCRIBE_PROMPT, self.has_ctc_head)
-        listen = GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=weight, beam_size=gen.beam_size)
+        listen = GenerationSettings(
+            max_tokens=LISTEN_MAX_TOKENS,
+            ctc_weight=weight,
+            beam_size=gen.beam_size,
+            ctc_candidates=gen.ctc_candidates,
+            ctc_proposal_prob=gen.ctc_proposal_prob,
+        )
         heard = self.ask(audio, TRANSCRIBE_PROMPT, listen)
         transcript = heard.run().text.strip()
         listen_ms = (time.perf_counter() - t0) * 1e3
@@ -293,9 +299,10 @@ class AudioChat:
         if not gen.ctc_weight or embeds is None:
             return lambda logits: sample_token(logits, gen, rng)
         scorer = CTCPrefixScorer(self.backend.ctc_posteriors(embeds), next(iter(self.stop_ids)))
+        proposed = scorer.x.proposals(gen.ctc_proposal_prob)
 
         def choose(logits: np.ndarray) -> int:
-            token = guided_choice(logits, scorer, gen.ctc_weight, gen.ctc_candidates)
+            token = guided_choice(logits, scorer, gen.ctc_weight, gen.ctc_candidates, proposed)
             if token not in self.stop_ids:
                 scorer.advance(token)
             return token

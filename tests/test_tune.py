@@ -1,0 +1,75 @@
+"""Choosing decoding settings on the dev split: each trial is the bundle's own decoding with those settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from falcon_audio_edge.train.tune import Trial, best, markdown, run_trials
+
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings
+from tests.conftest import QUESTIONS
+
+
+@pytest.fixture
+def dev(tmp_path, clips):
+    rows = [{"audio": str(clips[f"q{i}"]), "instruction": TRANSCRIBE_PROMPT, "task": "transcribe",
+             "text": QUESTIONS[i], "target": QUESTIONS[i], "voice": "en-us"} for i in range(2)]  # fmt: skip
+    rows.append({"audio": str(clips["q2"]), "instruction": "", "task": "qa", "text": QUESTIONS[2], "target": "A."})
+    path = tmp_path / "dev" / "manifest.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_each_trial_is_the_bundles_decoding_with_its_settings(dev, clips, ctc_bundle):
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.verify import word_error_rate
+
+    trials = run_trials(ctc_bundle[1], dev, [0.3, 0.9], [1, 3], (0.0, 0.01), max_tokens=6)
+    settings = [(t.ctc_weight, t.beam_size, t.proposal_prob) for t in trials[:3]]
+    assert settings == [(0.3, 1, 0), (0.3, 1, 0.01), (0.3, 3, 0)]
+    assert len(trials) == 8
+    outputs = []
+    with open_bundle(ctc_bundle[1]) as chat:
+        for t in trials:
+            gen = GenerationSettings(max_tokens=6, ctc_weight=t.ctc_weight, beam_size=t.beam_size,
+                                     ctc_proposal_prob=t.proposal_prob)  # fmt: skip
+            hyps = []
+            for i in range(2):  # the qa row is not a transcription: left out
+                chat.reset()
+                hyps.append(chat.ask(clips[f"q{i}"], TRANSCRIBE_PROMPT, gen).run().text)
+            outputs.append(hyps)
+            assert t.wer == pytest.approx(word_error_rate(QUESTIONS[:2], hyps))
+            assert 0.0 <= t.exact <= 1.0 and t.seconds > 0
+    assert outputs[0] != outputs[4]  # the weight reaches the decoding (random weights: the CTC head decides more)
+    report = markdown(trials, ctc_bundle[1], dev, "cmd")
+    assert report.count("**best**") == 1 and "| 0.9 | 3 | 0.01 |" in report and "| 0.3 | 1 | off |" in report
+
+
+def test_best_is_the_lowest_wer_then_the_most_exact_then_the_fastest():
+    a, b = Trial(0.5, 1, 0.0, 0.20, 0.4, 0.5), Trial(0.7, 4, 0.0, 0.20, 0.5, 0.7)
+    assert best([a, b]) == b
+    assert best([a, Trial(0.7, 1, 0.1, 0.20, 0.4, 0.4)]).seconds == 0.4
+    assert best([a, b, Trial(0.9, 1, 0.0, 0.19, 0.0, 9.0)]).ctc_weight == 0.9
+
+
+def test_tune_command_bad_input_is_one_error_line(tmp_path, dev, bundle_f32, ctc_bundle):
+    no_rows = tmp_path / "qa.jsonl"
+    no_rows.write_text(json.dumps({"audio": "a.wav", "task": "qa", "text": "Hi?", "target": "Hi."}) + "\n")
+    cases = [
+        ([str(ctc_bundle[1]), "--dev", str(tmp_path / "none.jsonl")], "dev manifest not found"),
+        ([str(ctc_bundle[1]), "--dev", str(dev), "--weights", "0.5,x"], "--weights must be a comma-separated list"),
+        ([str(ctc_bundle[1]), "--dev", str(dev), "--weights", "1.5"], "ctc_weight must be a number from 0 up to"),
+        ([str(ctc_bundle[1]), "--dev", str(dev), "--beams", "9"], "beam_size must be an integer from 1 to 8"),
+        ([str(ctc_bundle[1]), "--dev", str(dev), "--proposals", "-1"], "ctc_proposal_prob must be a number"),
+        ([str(ctc_bundle[1]), "--dev", str(no_rows)], "has no transcription rows"),
+        ([str(bundle_f32), "--dev", str(dev)], "has no CTC head"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "falcon_audio_edge.train.tune", *args, "--out",
+                               str(tmp_path / "t.md")], capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "t.md").exists()

@@ -1,0 +1,129 @@
+"""Choose the transcription decoding settings on the dev split, through the exported bundle.
+
+    python -m falcon_audio_edge.train.tune BUNDLE --dev DATA/dev/manifest.jsonl --out docs/tuning.md
+
+Every CTC weight x beam size x proposal probability asked for transcribes the dev split's transcription clips
+(sentences and voice variants of its own, never trained on, never the held-out test); the table gives the WER,
+the share of clips transcribed word for word (what a listen-first answer needs) and the seconds per clip. The
+best setting by WER is what ``DEFAULT_CTC_WEIGHT``, ``DEFAULT_BEAM_SIZE`` and ``DEFAULT_PROPOSAL_PROB`` should
+say; the held-out split then measures it once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from falcon_audio_edge.train.quality import TRANSCRIBE, transcribe_all
+
+from falcon_audio_edge.errors import ConfigError, FaEdgeError
+from falcon_audio_edge.files import atomic_text
+from falcon_audio_edge.runtime.backend import open_bundle
+from falcon_audio_edge.settings import GenerationSettings
+from falcon_audio_edge.verify import word_error_rate, words
+
+
+@dataclass(frozen=True)
+class Trial:
+    ctc_weight: float
+    beam_size: int
+    proposal_prob: float  # the CTC head's proposals (0: off)
+    wer: float
+    exact: float  # share of clips transcribed word for word
+    seconds: float  # per clip
+
+
+def parse_list(text: str, kind: type, name: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a comma-separated list of {kind.__name__}s, got {text!r}") from exc
+    if not values:
+        raise ConfigError(f"{name} is empty")
+    return values
+
+
+def run_trials(
+    bundle: Path, dev: Path, weights: list[float], beams: list[int], proposals: tuple[float, ...] = (0.0,),
+    max_tokens: int = 64,
+) -> list[Trial]:  # fmt: skip
+    rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("task") == "transcribe" and r.get("instruction") == TRANSCRIBE]
+    if not rows:
+        raise ConfigError(f"{dev} has no transcription rows ({TRANSCRIBE!r}) to tune on")
+    settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, beam_size=b, ctc_proposal_prob=p)
+                for w in weights for b in beams for p in proposals]  # fmt: skip
+    refs = [r["text"] for r in rows]
+    trials = []
+    with open_bundle(bundle) as chat:
+        if not chat.has_ctc_head:
+            raise ConfigError(f"{bundle} has no CTC head: there is no CTC weight or beam to tune")
+        for gen in settings:
+            hyps, seconds = transcribe_all(chat, rows, dev.parent, gen)
+            exact = sum(words(h) == words(r) for h, r in zip(hyps, refs, strict=True)) / len(rows)
+            wer = word_error_rate(refs, hyps)
+            trials.append(Trial(gen.ctc_weight, gen.beam_size, gen.ctc_proposal_prob, wer, exact, seconds))
+    return trials
+
+
+def best(trials: list[Trial]) -> Trial:
+    """Lowest WER; a tie goes to more clips word for word, then to the faster setting."""
+    return min(trials, key=lambda t: (round(t.wer, 6), -t.exact, t.seconds))
+
+
+def markdown(trials: list[Trial], bundle: Path, dev: Path, command: str) -> str:
+    from falcon_audio_edge.bench.run import machine
+
+    host, top = machine(), best(trials)
+    lines = [
+        "# Decoding settings chosen on the dev split",
+        "",
+        f"Bundle `{bundle}`, dev split `{dev}` (its own sentences and voice variants; never trained on).",
+        f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, {platform.system()}.",
+        f"Command: `{command}`",
+        "",
+        "| CTC weight | beam size | CTC proposals (min prob) | WER | transcribed word for word | seconds per clip |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in trials:
+        mark = " **best**" if t == top else ""
+        lines.append(f"| {t.ctc_weight} | {t.beam_size} | {t.proposal_prob or 'off'} | {t.wer:.3f}{mark} | "
+                     f"{t.exact:.3f} | {t.seconds:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--dev", type=Path, required=True, help="the dev split's manifest (fa-edge synth --split dev)")
+    parser.add_argument("--weights", default="0.3,0.5,0.7,0.9", help="CTC weights to try, comma-separated")
+    parser.add_argument("--beams", default="1,4", help="beam sizes to try, comma-separated")
+    parser.add_argument("--proposals", default="0", help="CTC proposal probabilities to try (0: off), comma-separated")
+    parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
+    parser.add_argument("--json", dest="as_json", action="store_true")
+    args = parser.parse_args()
+    try:
+        if not args.dev.is_file():
+            raise ConfigError(f"dev manifest not found: {args.dev}")
+        weights = parse_list(args.weights, float, "--weights")
+        beams = parse_list(args.beams, int, "--beams")
+        proposals = tuple(parse_list(args.proposals, float, "--proposals"))
+        trials = run_trials(args.bundle, args.dev, weights, beams, proposals)
+    except FaEdgeError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    except (json.JSONDecodeError, KeyError) as exc:
+        parser.exit(2, f"error: {args.dev} is not a manifest of the dev split: {exc!r}\n")
+    command = "python -m falcon_audio_edge.train.tune " + shlex.join(sys.argv[1:])
+    text = markdown(trials, args.bundle, args.dev, command)
+    if args.out:
+        atomic_text(args.out, text)
+    print(json.dumps([t.__dict__ for t in trials], indent=2) if args.as_json else text)
+
+
+if __name__ == "__main__":
+    main()
