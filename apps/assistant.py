@@ -77,6 +77,8 @@ class Assistant:
         self.keyboard = keyboard if keyboard is not None else Keyboard()
         self.device = resolve_device(settings.input_device)
         self.chat = open_bundle(settings.bundle, RuntimeSettings(threads=settings.threads))
+        if settings.listen_first:
+            self.chat.prepare_listen_first()  # the first question then waits for neither
         self.endpointer = Endpointer(settings.endpoint)
         self.speaker = Speaker(settings.speak, rate=settings.speech_rate, warn=self.screen.line)
         self.gen = GenerationSettings(max_tokens=settings.max_tokens, temperature=settings.temperature)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from falcon_audio_edge.errors import ExportError, FaEdgeError
+from falcon_audio_edge.errors import BundleError, ExportError, FaEdgeError
 from falcon_audio_edge.runtime.bundle import ANSWER_FILE, read_bundle
 from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, RuntimeSettings
 from tests.conftest import fa_edge, smollm2_gguf
@@ -116,3 +116,33 @@ def test_listen_first_transcribes_with_the_decoding_settings_asked_for(ctc_bundl
             assert turn.transcript == chat.ask(clips["q1"], TRANSCRIBE_PROMPT, alone).run().text.strip()
             heard[prob] = turn.transcript
     assert heard[0.0] != heard[0.01]  # the proposals asked for reach the transcription
+
+
+def test_prepare_listen_first_loads_the_answer_model_and_the_ctc_table_ahead(
+    ctc_bundle, bundle_f32, clips, tmp_path, monkeypatch
+):
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    from falcon_audio_edge.runtime import backend as backend_module
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    bundle = export_bundle(ctc_bundle[0], tmp_path / "b", decoder_type="f32",
+                           answer_llm=bundle_f32 / "decoder.gguf", verify=False)  # fmt: skip
+    gen = GenerationSettings(max_tokens=4)
+    with open_bundle(bundle) as chat, open_bundle(bundle) as cold:
+        chat.prepare_listen_first()
+        assert chat._answerer is not None and chat.backend._ctc_loading is not None
+        chat.backend._ctc_loading.result(timeout=60)  # the table was read in the background
+        first = chat.ask(clips["q0"], None, gen, listen_first=True).run()
+        assert chat.backend._ctc is not None and chat.backend._ctc_loading is None
+        without = cold.ask(clips["q0"], None, gen, listen_first=True).run()  # the table read when first needed
+        assert first.transcript == without.transcript and first.tokens == without.tokens
+
+    def broken(*args):
+        raise BundleError("the CTC head cannot be read")
+
+    monkeypatch.setattr(backend_module, "load_ctc_head", broken)
+    with open_bundle(bundle) as chat:
+        chat.prepare_listen_first()  # no error yet: it surfaces where the table is needed
+        with pytest.raises(BundleError, match="cannot be read"):
+            chat.ask(clips["q0"], None, gen, listen_first=True).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,28 @@ class BundleBackend:
         self.bos_id = self.decoder.bos_id if self.decoder.bos_id >= 0 else None
         self.bundle = bundle
         self._ctc: CTCHead | None = None
+        self._ctc_loading: Future | None = None
+
+    def _load_ctc(self) -> CTCHead:
+        dec = self.bundle.dims.decoder
+        return load_ctc_head(self.bundle.ctc_path, self.bundle.decoder_path, dec.vocab_size, dec.hidden)
+
+    def preload_ctc(self) -> None:
+        """Start reading the CTC head's token table in a background thread (seconds: gguf-py parses the whole
+        GGUF), so that the first guided transcription does not wait for it; errors surface at that use."""
+        if self.bundle.ctc_path is not None and self._ctc is None and self._ctc_loading is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctc-head")
+            self._ctc_loading = pool.submit(self._load_ctc)
+            pool.shutdown(wait=False)  # the thread ends with its one task; nothing waits for it here
 
     def ctc_posteriors(self, embeds: np.ndarray) -> Any:
         """The bundle's CTC head on audio embeddings, (T, H) -> (T, 1 + V); its token table is read from the
-        GGUF on first use (only transcriptions that ask for CTC guidance pay for it)."""
+        GGUF on first use (only transcriptions that ask for CTC guidance pay for it) or by ``preload_ctc``."""
         if self.bundle.ctc_path is None:
             raise BundleError(f"bundle {self.bundle.path} has no CTC head (its model was trained without one)")
         if self._ctc is None:
-            dec = self.bundle.dims.decoder
-            self._ctc = load_ctc_head(self.bundle.ctc_path, self.bundle.decoder_path, dec.vocab_size, dec.hidden)
+            loading, self._ctc_loading = self._ctc_loading, None
+            self._ctc = loading.result() if loading is not None else self._load_ctc()
         return self._ctc.posteriors(embeds)
 
     @property

@@ -197,6 +197,13 @@ class AudioChat:
                               f"{self.dims.name} was trained without one")  # fmt: skip
         return Turn(self._turn(audio, prompt, generation))
 
+    def prepare_listen_first(self) -> None:
+        """Load what a listen-first turn needs before the first one: the answer model now, the CTC head's token
+        table in the background (an assistant calls this at start, while nobody has spoken yet)."""
+        self.answerer()
+        if self.has_ctc_head and hasattr(self.backend, "preload_ctc"):
+            self.backend.preload_ctc()
+
     def answerer(self) -> AudioChat:
         """The bundle's answer model (loaded on first use; its load time joins ``load_ms``)."""
         if self._answerer is None:
