@@ -67,8 +67,8 @@ def test_synth_split_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
     assert not data.exists()
     dev_question = synth.read_lines("questions_dev.txt")[3]
     (data / "train").mkdir(parents=True)
-    rows = [{"audio": "a.wav", "target": "x", "text": "Hello there."},
-            {"audio": "b.wav", "target": "x", "text": dev_question}]  # fmt: skip
+    rows = ["not json", {"audio": "a.wav", "target": "x", "text": "Hello there."},
+            {"audio": "b.wav", "target": dev_question, "task": "transcribe"}]  # fmt: skip
     _rows(data / "train" / "manifest.jsonl", rows)
     proc = fa_edge("synth", "-o", data, "--llm", tmp_path / "x.gguf", "--split", "dev", check=False)
     assert proc.returncode == 2

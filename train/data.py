@@ -102,6 +102,13 @@ def _load(row: dict, base: Path, dims: ModelDims, out: list[Example], where: str
     return None
 
 
+def spoken_text(row: object) -> str | None:
+    """What a row's clip says (see ``transcript``); None for a row that is not an object with a target."""
+    if not isinstance(row, dict) or not isinstance(row.get("target"), str) or not row["target"].strip():
+        return None
+    return transcript(row)
+
+
 def transcript(row: dict) -> str | None:
     """What a row's clip says: its ``text``, or the target of a transcription row; None when unknown."""
     text = row.get("text")

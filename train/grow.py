@@ -24,7 +24,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from falcon_audio_edge.train.data import manifest_rows, transcript, warn_skipped
+from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.synth import (
     TRANSCRIBE_PROMPTS,
     check_voices,
@@ -37,13 +37,6 @@ from falcon_audio_edge.train.textgen import common_words, random_word_sentences,
 
 from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.files import atomic_text, staged_dir
-
-
-def spoken_text(row: object) -> str | None:
-    """What a row's clip says (see ``data.transcript``); None for a row that is not an object with a target."""
-    if not isinstance(row, dict) or not isinstance(row.get("target"), str) or not row["target"].strip():
-        return None
-    return transcript(row)
 
 
 def read_rows(manifest: Path) -> list[dict]:

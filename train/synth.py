@@ -24,12 +24,14 @@ import random
 import re
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.textgen import (
     common_words,
     generated_questions,
@@ -67,6 +69,7 @@ class Split:
     variants: list[str]
     questions: str  # file in train/sentences/
     statements: str
+    seed_offset: int  # added to the dataset's seed: each split draws its own voices
 
     @property
     def training(self) -> bool:
@@ -74,9 +77,11 @@ class Split:
 
 
 SPLITS = {
-    "train": Split("train", TRAIN_ACCENTS, TRAIN_VARIANTS, "questions.txt", "statements.txt"),
-    "heldout": Split("heldout", HELDOUT_ACCENTS, HELDOUT_VARIANTS, "questions_heldout.txt", "statements_heldout.txt"),
-    "dev": Split("dev", HELDOUT_ACCENTS, DEV_VARIANTS, "questions_dev.txt", "statements_dev.txt"),
+    "train": Split("train", TRAIN_ACCENTS, TRAIN_VARIANTS, "questions.txt", "statements.txt", 0),
+    "heldout": Split(
+        "heldout", HELDOUT_ACCENTS, HELDOUT_VARIANTS, "questions_heldout.txt", "statements_heldout.txt", 1
+    ),
+    "dev": Split("dev", HELDOUT_ACCENTS, DEV_VARIANTS, "questions_dev.txt", "statements_dev.txt", 2),
 }
 TRANSCRIBE_PROMPTS = [
     "Transcribe the audio.",
@@ -315,22 +320,20 @@ def build_dataset(
                 extra = make_extra(answers, seed, random_clips, tokenizer.get_vocab())
                 progress(f"{len(extra.sentences)} sentences, {len(extra.questions)} questions generated")
             per_question = voices_per_question if split == "train" else 2
-            built[split] = build_split(out / split, split, answers, seed + SPLIT_SEEDS[split], per_question, extra,
-                                       progress)  # fmt: skip
+            built[split] = build_split(out / split, split, answers, seed + SPLITS[split].seed_offset, per_question,
+                                       extra, progress)  # fmt: skip
         return built
     finally:
         answers.decoder.close()
-
-
-SPLIT_SEEDS = {"train": 0, "heldout": 1, "dev": 2}  # added to the dataset's seed
 
 
 def check_unseen(train_manifest: Path, splits: tuple[str, ...]) -> None:
     """The splits' sentences must not be in an existing training set's spoken text (it may predate them)."""
     if not train_manifest.is_file():
         return
-    spoken = {str(json.loads(line).get("text", "")).strip().lower() for line in train_manifest.read_text().splitlines()
-              if line.strip()}  # fmt: skip
+    skipped: Counter = Counter()
+    spoken = {text.lower() for _, row in manifest_rows(train_manifest, skipped) if (text := spoken_text(row))}
+    warn_skipped(train_manifest, skipped)
     for split in splits:
         leaked = [t for n in (SPLITS[split].questions, SPLITS[split].statements) for t in read_lines(n)
                   if t.lower() in spoken]  # fmt: skip
