@@ -52,6 +52,9 @@ class TorchBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def preload_ctc(self) -> None:
+        """Nothing to read ahead: the head's weights are in the loaded checkpoint."""
+
     def ctc_posteriors(self, embeds: np.ndarray) -> Any:
         if self.model.ctc is None:
             raise ConfigError(f"this checkpoint ({self.model.dims.name}) has no CTC head")

@@ -106,6 +106,9 @@ class TextBackend(BundleBackend):
     def encode(self, mel: np.ndarray) -> np.ndarray:
         raise BundleError("the answer model takes text only")
 
+    def preload_ctc(self) -> None:
+        """Nothing to read ahead: the answer model has no CTC head."""
+
     def ctc_posteriors(self, embeds: np.ndarray) -> Any:
         raise BundleError("the answer model takes text only")
 

@@ -44,10 +44,13 @@ class _Extension:
     score: float
 
 
-def _extensions(i: int, hyp: Hypothesis, logits: np.ndarray, gen: GenerationSettings, end: int, k: int):
-    """The best ``k`` next tokens of one hypothesis by the LLM (the end of turn, the CTC head's proposals), scored."""
+def _extensions(
+    i: int, hyp: Hypothesis, logits: np.ndarray, gen: GenerationSettings, end: int, k: int, proposed: np.ndarray
+):
+    """The best ``k`` next tokens of one hypothesis by the LLM (the end of turn, the CTC head's ``proposed``
+    tokens), scored."""
     llm = log_softmax(logits)
-    candidates = candidate_tokens(llm, k, end, hyp.scorer.x.proposals(gen.ctc_proposal_prob))  # (V,) -> (K,)
+    candidates = candidate_tokens(llm, k, end, proposed)  # (V,) -> (K,)
     totals = hyp.llm + llm[candidates]
     ctc = hyp.scorer.scores(candidates)  # (k,) log P(audio starts with tokens + c); the end: is exactly tokens
     scores = (1.0 - gen.ctc_weight) * totals + gen.ctc_weight * ctc
@@ -72,13 +75,14 @@ def beam_search(
     that hypothesis afterwards."""
     width = gen.beam_size
     k = max(gen.ctc_candidates, width)
+    proposed = scorer.x.proposals(gen.ctc_proposal_prob)  # one clip: the same for every hypothesis
     live, rows = [Hypothesis([], 0.0, 0.0, 0.0, scorer)], logits[None, :]  # (V,) -> (1, V)
     best_ended: Hypothesis | None = None
     backend.beams_begin()
     try:
         for _ in range(gen.max_tokens):
             ranked = sorted(
-                (e for i, h in enumerate(live) for e in _extensions(i, h, rows[i], gen, end, k)),
+                (e for i, h in enumerate(live) for e in _extensions(i, h, rows[i], gen, end, k, proposed)),
                 key=lambda e: -e.score,
             )
             ranked = [e for e in ranked if np.isfinite(e.score)]
