@@ -72,6 +72,12 @@ def words(text: str) -> list[str]:
     return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
+def exact_share(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """The share of clips whose hypothesis has the reference's words exactly (lower-cased, punctuation removed)."""
+    same = sum(words(r) == words(h) for r, h in zip(references, hypotheses, strict=True))
+    return same / max(1, len(references))
+
+
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Word-level edit distance over all clips / reference words (lower-cased, punctuation removed)."""
     errors = total = 0

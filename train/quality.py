@@ -32,7 +32,7 @@ from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.runtime.bundle import read_bundle
 from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
-from falcon_audio_edge.verify import word_error_rate, words
+from falcon_audio_edge.verify import exact_share, word_error_rate, words
 
 TRANSCRIBE = TRANSCRIBE_PROMPT
 TARGET_WER = 0.08  # the shipped model's targets: WER <= 8% and no worse than Whisper tiny.en alone,
@@ -148,8 +148,7 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
         weight = ctc_weight_for(TRANSCRIBE, chat.has_ctc_head)
         hyps, seconds = transcribe_all(chat, trans, base, replace(gen, ctc_weight=weight))
         result.update(wer=word_error_rate([r["text"] for r in trans], hyps), transcribe_s_per_clip=seconds)
-        exact = sum(words(h) == words(r["text"]) for h, r in zip(hyps, trans, strict=True))
-        result["exact"] = exact / max(1, len(trans))
+        result["exact"] = exact_share([r["text"] for r in trans], hyps)
         if weight:
             result.update(ctc_weight=weight, beam_size=gen.beam_size, proposal_prob=gen.ctc_proposal_prob)
             wide, wide_s = transcribe_all(chat, trans, base, replace(gen, ctc_weight=weight, beam_size=COMPARED_BEAM))

@@ -71,12 +71,13 @@ class TrainingStep(nn.Module):
     def audio(self, ex: Example) -> torch.Tensor:
         """Audio embeddings of one example, (n_audio_tokens, H); the same frames as at inference."""
         keep = ex.n_audio_tokens * self.model.dims.audio.pool_factor
-        if self.augment is not None and self.training:  # a fresh masking each time: never cached
-            mel = self.augment(torch.from_numpy(ex.mel), 2 * keep, self._gen)  # Whisper's conv stride 2
+        augmenting = self.augment is not None and self.training  # a fresh masking each time: never cached
+        if augmenting or not self.frozen_encoder:
+            mel = torch.from_numpy(ex.mel)
+            if augmenting:
+                mel = self.augment(mel, 2 * keep, self._gen)  # the clip's mel frames: Whisper's conv stride 2
             with torch.set_grad_enabled(not self.frozen_encoder and torch.is_grad_enabled()):
                 frames = whisper_encode(self.model.encoder, mel[None].to(self.device))[:, :keep]
-        elif not self.frozen_encoder:
-            frames = whisper_encode(self.model.encoder, torch.from_numpy(ex.mel)[None].to(self.device))[:, :keep]
         else:
             key = id(ex)
             if key not in self._frames:

@@ -25,7 +25,7 @@ from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.settings import GenerationSettings
-from falcon_audio_edge.verify import word_error_rate, words
+from falcon_audio_edge.verify import exact_share, word_error_rate
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,7 @@ def run_trials(
             raise ConfigError(f"{bundle} has no CTC head: there is no CTC weight or beam to tune")
         for gen in settings:
             hyps, seconds = transcribe_all(chat, rows, dev.parent, gen)
-            exact = sum(words(h) == words(r) for h, r in zip(hyps, refs, strict=True)) / len(rows)
-            wer = word_error_rate(refs, hyps)
+            wer, exact = word_error_rate(refs, hyps), exact_share(refs, hyps)
             trials.append(Trial(gen.ctc_weight, gen.beam_size, gen.ctc_proposal_prob, wer, exact, seconds))
     return trials
 
