@@ -19,13 +19,15 @@ from falcon_audio_edge.console import printable
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.settings import (
     DEFAULT_BEAM_SIZE,
+    DEFAULT_CHAR_WEIGHT,
     DEFAULT_CTC_WEIGHT,
+    DEFAULT_CTC_WEIGHT_WITH_CHARS,
     DEFAULT_PROPOSAL_PROB,
     MAX_BEAM_SIZE,
     TRANSCRIBE_PROMPT,
     GenerationSettings,
     RuntimeSettings,
-    ctc_weight_for,
+    guidance_for,
 )
 
 app = typer.Typer(
@@ -180,6 +182,7 @@ def demo(
     max_tokens: int = 128,
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
+    char_weight: Annotated[float | None, typer.Option(help=CHAR_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
@@ -194,14 +197,15 @@ def demo(
     wav = audio or d.DEMO_QUESTION
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
     prompt = _prompt(prompt, transcribe, listen_first)
-    generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, beam_size=beam_size,
+    generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
+                                    beam_size=beam_size,
                                     ctc_proposal_prob=ctc_proposals)  # fmt: skip
     d.check_decoder_type(decoder_type)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
-        generation = _with_ctc_weight(generation, prompt, chat, ctc_weight)
+        generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight)
         turn = chat.ask(wav, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:
@@ -301,18 +305,24 @@ LISTEN_HELP = (
     "answers the transcript"
 )
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
-            f"transcription by a model with a CTC head, else 0)")  # fmt: skip
+            f"transcription by a model with a CTC head, {DEFAULT_CTC_WEIGHT_WITH_CHARS} beside a character head, "
+            "else 0)")  # fmt: skip
+CHAR_HELP = (f"weight of the model's character CTC head in greedy decoding; with --ctc-weight below 1 (default: "
+             f"{DEFAULT_CHAR_WEIGHT} for transcription by a model with one, else 0)")  # fmt: skip
 BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
 PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives at least this probability at some "
                   "frame, besides the LLM's likeliest (0: off)")  # fmt: skip
 
 
-def _with_ctc_weight(generation: GenerationSettings, prompt: str | None, chat: Any, requested: float | None):
-    """The turn's CTC weight once the model is open (whether it has a head): CTC guidance rescores greedy
-    decoding only (an explicit weight was checked when ``generation`` was built)."""
+def _with_guidance(
+    generation: GenerationSettings, prompt: str | None, chat: Any, ctc: float | None, chars: float | None
+):
+    """The turn's CTC weights once the model is open (which heads it has): CTC guidance rescores greedy decoding
+    only (explicit weights were checked when ``generation`` was built)."""
     if not generation.greedy:
         return generation
-    return replace(generation, ctc_weight=ctc_weight_for(prompt, chat.has_ctc_head, requested))
+    ctc_weight, char_weight = guidance_for(prompt, chat.has_ctc_head, chat.has_char_head, ctc, chars)
+    return replace(generation, ctc_weight=ctc_weight, char_weight=char_weight)
 
 
 def _say_heard(result: Any) -> None:
@@ -360,6 +370,7 @@ def ask(
     seed: int | None = None,
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
+    char_weight: Annotated[float | None, typer.Option(help=CHAR_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
@@ -370,12 +381,12 @@ def ask(
     """Answer a spoken question, streaming tokens to the terminal."""
     prompt = _prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    ctc_weight=ctc_weight or 0.0, beam_size=beam_size,
+                                    ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0, beam_size=beam_size,
                                     ctc_proposal_prob=ctc_proposals)  # fmt: skip
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
     chat, backend = _open_chat(model, runtime)
     with chat:
-        generation = _with_ctc_weight(generation, prompt, chat, ctc_weight)
+        generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight)
         turn = chat.ask(audio, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:

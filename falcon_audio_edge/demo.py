@@ -12,16 +12,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import CheckpointError, FaEdgeError
-from falcon_audio_edge.files import atomic_text
+from falcon_audio_edge.files import atomic_file, atomic_text
 from falcon_audio_edge.runtime.bundle import sha256_file
 
 SHIPPED_WEIGHTS = "data/shipped/trainable.safetensors"
+SHIPPED_CHAR_HEAD = "data/shipped/char_head.npz"  # the character CTC head (train/charhead.py), where shipped
 DEMO_QUESTION = Path(__file__).resolve().parent / "data" / "question.wav"  # says data/question.txt
 DEMO_ENCODER_TYPE = "fp32"  # a model this close to the edge of hearing loses words to an int8 encoder (README)
 
@@ -47,6 +49,11 @@ def home() -> Path:
 
 def shipped_weights() -> Path:
     return Path(str(resources.files("falcon_audio_edge").joinpath(SHIPPED_WEIGHTS)))
+
+
+def shipped_char_head() -> Path | None:
+    path = Path(str(resources.files("falcon_audio_edge").joinpath(SHIPPED_CHAR_HEAD)))
+    return path if path.is_file() else None
 
 
 def require_shipped_weights() -> Path:
@@ -80,7 +87,14 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
              "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head}  # fmt: skip
     model, tokenizer = build_model("tiny", whisper_dir(), smollm2_gguf(), name=dims.name, **audio)
     apply_trained(model, weights)
-    return save_checkpoint(model, tokenizer, out, force=True)
+    saved = save_checkpoint(model, tokenizer, out, force=True)
+    chars = shipped_char_head() if weights == shipped_weights() else None
+    if chars is not None:  # checked against the model's width, then beside its weights (export takes it along)
+        from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, load_char_head
+
+        load_char_head(chars, dims.decoder.hidden)
+        atomic_file(saved / CHAR_HEAD_FILE, lambda p: shutil.copyfile(chars, p))
+    return saved
 
 
 def apply_trained(model, weights: Path) -> None:
@@ -162,7 +176,9 @@ def built_from(weights: Path) -> str:
     modification time (hashing ~150 MB on every run would cost more than the answer)."""
     files = {"whisper": whisper_dir() / "model.bin", "llm": smollm2_gguf()}
     ident = {name: [str(p), p.stat().st_size, p.stat().st_mtime_ns] for name, p in files.items() if p.is_file()}
-    return json.dumps({"shipped_sha256": sha256_file(weights), **ident}, indent=1) + "\n"
+    chars = shipped_char_head()
+    heads = {"char_head_sha256": sha256_file(chars)} if chars is not None else {}
+    return json.dumps({"shipped_sha256": sha256_file(weights), **heads, **ident}, indent=1) + "\n"
 
 
 def question_text(wav: Path) -> str | None:

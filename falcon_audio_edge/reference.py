@@ -13,6 +13,7 @@ import torch
 
 from falcon_audio_edge.checkpoint import Checkpoint, load_checkpoint
 from falcon_audio_edge.errors import ConfigError
+from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, load_char_head
 from falcon_audio_edge.runtime.engine import AudioChat
 
 
@@ -40,6 +41,9 @@ class TorchBackend:
         self.special_ids = set(self.tokenizer.all_special_ids) | {
             i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special
         }
+        chars = Path(ckpt.path) / CHAR_HEAD_FILE
+        self.char_head = load_char_head(chars, ckpt.dims.decoder.hidden) if chars.is_file() else None
+        self.has_char_head = self.char_head is not None
         self.cache = None
         self.n_past = 0
         self._logits: np.ndarray | None = None
@@ -60,6 +64,12 @@ class TorchBackend:
             raise ConfigError(f"this checkpoint ({self.model.dims.name}) has no CTC head")
         with torch.no_grad():
             return self.model.ctc_log_probs(torch.from_numpy(embeds).to(self.dtype)).float().numpy()
+
+    def char_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+        """The checkpoint's character head (char_head.npz beside its weights: the same numpy code as the bundle's)."""
+        if self.char_head is None:
+            raise ConfigError(f"this checkpoint ({self.model.dims.name}) has no character head ({CHAR_HEAD_FILE})")
+        return self.char_head.log_probs(embeds)
 
     def token_bytes(self, token: int) -> bytes:
         piece = None if token in self.special_ids else self.tokenizer.convert_ids_to_tokens(token)

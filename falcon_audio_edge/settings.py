@@ -12,14 +12,35 @@ DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a
 DEFAULT_BEAM_SIZE = 1  # CTC-guided decoding is greedy unless asked (docs/quality.md measures a beam of 4 too)
 DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split (docs/tuning.md)
 MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
+DEFAULT_CHAR_WEIGHT = 0.2  # the character head's share of a transcription's guidance, where the model has one
+DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.3  # ... and the token head's then (the LLM keeps 0.5; docs/tuning.md)
 
 
-def ctc_weight_for(prompt: str | None, has_ctc_head: bool, requested: float | None = None) -> float:
-    """The CTC weight of a turn: as requested, else DEFAULT_CTC_WEIGHT for a transcription (the
-    TRANSCRIBE_PROMPT) by a model with a CTC head, else 0 (plain decoding)."""
+def ctc_weight_for(prompt: str | None, has_ctc_head: bool, requested: float | None = None, chars: float = 0.0) -> float:
+    """The token CTC head's weight in a turn: as requested, else for a transcription (the TRANSCRIBE_PROMPT) by
+    a model with a CTC head DEFAULT_CTC_WEIGHT, or DEFAULT_CTC_WEIGHT_WITH_CHARS next to a character head's
+    weight ``chars``; else 0 (plain decoding)."""
     if requested is not None:
         return requested
-    return DEFAULT_CTC_WEIGHT if has_ctc_head and prompt == TRANSCRIBE_PROMPT else 0.0
+    if not has_ctc_head or prompt != TRANSCRIBE_PROMPT:
+        return 0.0
+    return DEFAULT_CTC_WEIGHT_WITH_CHARS if chars else DEFAULT_CTC_WEIGHT
+
+
+def char_weight_for(prompt: str | None, has_char_head: bool, requested: float | None = None) -> float:
+    """The character head's weight in a turn: as requested, else DEFAULT_CHAR_WEIGHT for a transcription by a
+    model with a character head (runtime/chars.py), else 0."""
+    if requested is not None:
+        return requested
+    return DEFAULT_CHAR_WEIGHT if has_char_head and prompt == TRANSCRIBE_PROMPT else 0.0
+
+
+def guidance_for(
+    prompt: str | None, has_ctc_head: bool, has_char_head: bool, ctc: float | None = None, chars: float | None = None
+) -> tuple[float, float]:
+    """(token CTC weight, character head weight) of a turn: as requested, else the defaults for the model's heads."""
+    char_weight = char_weight_for(prompt, has_char_head, chars)
+    return ctc_weight_for(prompt, has_ctc_head, ctc, chars=char_weight), char_weight
 
 
 def default_threads() -> int:
@@ -37,6 +58,8 @@ class GenerationSettings:
     seed: int | None = None
     ignore_end_of_turn: bool = False  # generate exactly max_tokens (benchmarks)
     ctc_weight: float = 0.0  # > 0: greedy choices rescored by the bundle's CTC head (transcription; runtime/ctc.py)
+    char_weight: float = 0.0  # > 0: the character CTC head rescores them too (runtime/chars.py); the LLM keeps
+    # 1 - ctc_weight - char_weight
     ctc_candidates: int = 8  # how many of the LLM's top tokens the CTC head rescores each step
     ctc_proposal_prob: float = DEFAULT_PROPOSAL_PROB  # > 0: tokens the CTC head gives this at some frame are
     # rescored too (words the LLM does not expect can still be heard); 0: the LLM's top tokens alone
@@ -57,6 +80,16 @@ class GenerationSettings:
             raise ConfigError(
                 f"ctc_weight={self.ctc_weight} rescores greedy decoding: it needs temperature 0, got {self.temperature}"
             )
+        if not isinstance(self.char_weight, (int, float)) or not 0.0 <= self.char_weight < 1.0:
+            raise ConfigError(f"char_weight must be a number from 0 up to (not including) 1, got {self.char_weight!r}")
+        if self.ctc_weight + self.char_weight >= 1.0:
+            raise ConfigError(f"ctc_weight={self.ctc_weight} + char_weight={self.char_weight} must stay below 1 "
+                              "(the LLM's own weight is what is left)")  # fmt: skip
+        if self.char_weight and not self.greedy:
+            raise ConfigError(
+                f"char_weight={self.char_weight} rescores greedy decoding: it needs temperature 0, "
+                f"got {self.temperature}"
+            )
         if not isinstance(self.beam_size, int) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
             raise ConfigError(f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}")
         if not isinstance(self.ctc_proposal_prob, (int, float)) or not 0.0 <= self.ctc_proposal_prob < 1.0:
@@ -68,6 +101,11 @@ class GenerationSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def guide_weight(self) -> float:
+        """The CTC heads' weight together (token + character; 0: no guidance), against the LLM's 1 - it."""
+        return self.ctc_weight + self.char_weight
 
 
 @dataclass(frozen=True)

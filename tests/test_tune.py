@@ -46,14 +46,16 @@ def test_each_trial_is_the_bundles_decoding_with_its_settings(dev, clips, ctc_bu
             assert 0.0 <= t.exact <= 1.0 and t.seconds > 0
     assert outputs[0] != outputs[4]  # the weight reaches the decoding (random weights: the CTC head decides more)
     report = markdown(trials, ctc_bundle[1], dev, "cmd")
-    assert report.count("**best**") == 1 and "| 0.9 | 3 | 0.01 |" in report and "| 0.3 | 1 | off |" in report
+    assert (
+        report.count("**best**") == 1 and "| 0.9 | off | 3 | 0.01 |" in report and "| 0.3 | off | 1 | off |" in report
+    )
 
 
 def test_best_is_the_lowest_wer_then_the_most_exact_then_the_fastest():
-    a, b = Trial(0.5, 1, 0.0, 0.20, 0.4, 0.5), Trial(0.7, 4, 0.0, 0.20, 0.5, 0.7)
+    a, b = Trial(0.5, 0.0, 1, 0.0, 0.20, 0.4, 0.5), Trial(0.7, 0.0, 4, 0.0, 0.20, 0.5, 0.7)
     assert best([a, b]) == b
-    assert best([a, Trial(0.7, 1, 0.1, 0.20, 0.4, 0.4)]).seconds == 0.4
-    assert best([a, b, Trial(0.9, 1, 0.0, 0.19, 0.0, 9.0)]).ctc_weight == 0.9
+    assert best([a, Trial(0.7, 0.0, 1, 0.1, 0.20, 0.4, 0.4)]).seconds == 0.4
+    assert best([a, b, Trial(0.9, 0.0, 1, 0.0, 0.19, 0.0, 9.0)]).ctc_weight == 0.9
 
 
 def test_tune_command_bad_input_is_one_error_line(tmp_path, dev, bundle_f32, ctc_bundle):

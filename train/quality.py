@@ -31,7 +31,7 @@ from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.backend import open_bundle
 from falcon_audio_edge.runtime.bundle import read_bundle
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for, guidance_for
 from falcon_audio_edge.verify import exact_share, word_error_rate, words
 
 TRANSCRIBE = TRANSCRIBE_PROMPT
@@ -145,13 +145,20 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
     qa = [r for r in rows if r["task"] == "qa"]
     result: dict = {"bundle": str(bundle), "transcribe_clips": len(trans), "qa_clips": len(qa)}
     with open_bundle(bundle) as chat:
-        weight = ctc_weight_for(TRANSCRIBE, chat.has_ctc_head)
-        hyps, seconds = transcribe_all(chat, trans, base, replace(gen, ctc_weight=weight))
+        weight, chars = guidance_for(TRANSCRIBE, chat.has_ctc_head, chat.has_char_head)
+        guided = replace(gen, ctc_weight=weight, char_weight=chars)
+        hyps, seconds = transcribe_all(chat, trans, base, guided)
         result.update(wer=word_error_rate([r["text"] for r in trans], hyps), transcribe_s_per_clip=seconds)
         result["exact"] = exact_share([r["text"] for r in trans], hyps)
+        if chars and weight:  # what the character head adds: the token head alone at its own default weight
+            tokens_only, _ = transcribe_all(
+                chat, trans, base, replace(gen, ctc_weight=ctc_weight_for(TRANSCRIBE, True))
+            )
+            result["wer_token_head_only"] = word_error_rate([r["text"] for r in trans], tokens_only)
         if weight:
-            result.update(ctc_weight=weight, beam_size=gen.beam_size, proposal_prob=gen.ctc_proposal_prob)
-            wide, wide_s = transcribe_all(chat, trans, base, replace(gen, ctc_weight=weight, beam_size=COMPARED_BEAM))
+            result.update(ctc_weight=weight, char_weight=chars, beam_size=gen.beam_size,
+                          proposal_prob=gen.ctc_proposal_prob)  # fmt: skip
+            wide, wide_s = transcribe_all(chat, trans, base, replace(guided, beam_size=COMPARED_BEAM))
             result.update(wer_beam=word_error_rate([r["text"] for r in trans], wide), transcribe_s_per_clip_beam=wide_s)
             plain, _ = transcribe_all(chat, trans, base, gen)
             result["wer_without_ctc"] = word_error_rate([r["text"] for r in trans], plain)
@@ -208,11 +215,17 @@ def markdown(result: dict, command: str) -> str:
     ]
     if "ctc_weight" in result:
         lines += [
-            f"| transcription WER (bundle, CTC-guided, weight {result['ctc_weight']}, beam {result['beam_size']}, "
-            f"CTC proposals {result['proposal_prob'] or 'off'}: the default) | {result['wer']:.3f} |",
+            f"| transcription WER (bundle, CTC-guided, weight {result['ctc_weight']}"
+            + (f", character head {result['char_weight']}" if result.get("char_weight") else "")
+            + f", beam {result['beam_size']}, CTC proposals {result['proposal_prob'] or 'off'}: the default) | "
+            f"{result['wer']:.3f} |",
             f"| transcription WER (bundle, CTC-guided, `--beam-size {COMPARED_BEAM}`) | {result['wer_beam']:.3f} |",
             f"| transcription WER (bundle, the LLM's greedy choices alone) | {result['wer_without_ctc']:.3f} |",
         ]
+        if "wer_token_head_only" in result:
+            alone = f"{result['wer_token_head_only']:.3f}"
+            lines.insert(-2, f"| transcription WER (bundle, the token CTC head alone, weight "
+                             f"{ctc_weight_for(TRANSCRIBE, True)}: no character head) | {alone} |")  # fmt: skip
     else:
         lines.append(f"| transcription WER (bundle) | {result['wer']:.3f} |")
     lines.append(f"| transcriptions word for word (the default decoding) | {result['exact']:.3f} |")

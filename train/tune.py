@@ -5,8 +5,9 @@
 Every CTC weight x beam size x proposal probability asked for transcribes the dev split's transcription clips
 (sentences and voice variants of its own, never trained on, never the held-out test); the table gives the WER,
 the share of clips transcribed word for word (what a listen-first answer needs) and the seconds per clip. The
-best setting by WER is what ``DEFAULT_CTC_WEIGHT``, ``DEFAULT_BEAM_SIZE`` and ``DEFAULT_PROPOSAL_PROB`` should
-say; the held-out split then measures it once.
+best setting by WER is what ``DEFAULT_CTC_WEIGHT`` (``DEFAULT_CTC_WEIGHT_WITH_CHARS`` beside a character head),
+``DEFAULT_CHAR_WEIGHT``, ``DEFAULT_BEAM_SIZE`` and ``DEFAULT_PROPOSAL_PROB`` should say; the held-out split then
+measures it once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from falcon_audio_edge.verify import exact_share, word_error_rate
 @dataclass(frozen=True)
 class Trial:
     ctc_weight: float
+    char_weight: float  # the character head's (0: off)
     beam_size: int
     proposal_prob: float  # the CTC head's proposals (0: off)
     wer: float
@@ -50,23 +52,27 @@ def parse_list(text: str, kind: type, name: str) -> list:
 
 def run_trials(
     bundle: Path, dev: Path, weights: list[float], beams: list[int], proposals: tuple[float, ...] = (0.0,),
-    max_tokens: int = 64,
+    max_tokens: int = 64, char_weights: tuple[float, ...] = (0.0,),
 ) -> list[Trial]:  # fmt: skip
     rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("task") == "transcribe" and r.get("instruction") == TRANSCRIBE]
     if not rows:
         raise ConfigError(f"{dev} has no transcription rows ({TRANSCRIBE!r}) to tune on")
-    settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, beam_size=b, ctc_proposal_prob=p)
-                for w in weights for b in beams for p in proposals]  # fmt: skip
+    settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, char_weight=c, beam_size=b, ctc_proposal_prob=p)
+                for w in weights for c in char_weights for b in beams for p in proposals]  # fmt: skip
     refs = [r["text"] for r in rows]
     trials = []
     with open_bundle(bundle) as chat:
         if not chat.has_ctc_head:
             raise ConfigError(f"{bundle} has no CTC head: there is no CTC weight or beam to tune")
+        if any(char_weights) and not chat.has_char_head:
+            raise ConfigError(f"{bundle} has no character head: --char-weights must be 0")
         for gen in settings:
             hyps, seconds = transcribe_all(chat, rows, dev.parent, gen)
             wer, exact = word_error_rate(refs, hyps), exact_share(refs, hyps)
-            trials.append(Trial(gen.ctc_weight, gen.beam_size, gen.ctc_proposal_prob, wer, exact, seconds))
+            trials.append(
+                Trial(gen.ctc_weight, gen.char_weight, gen.beam_size, gen.ctc_proposal_prob, wer, exact, seconds)
+            )
     return trials
 
 
@@ -86,13 +92,14 @@ def markdown(trials: list[Trial], bundle: Path, dev: Path, command: str) -> str:
         f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, {platform.system()}.",
         f"Command: `{command}`",
         "",
-        "| CTC weight | beam size | CTC proposals (min prob) | WER | transcribed word for word | seconds per clip |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| CTC weight | character head weight | beam size | CTC proposals (min prob) | WER | transcribed word for word "
+        "| seconds per clip |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for t in trials:
         mark = " **best**" if t == top else ""
-        lines.append(f"| {t.ctc_weight} | {t.beam_size} | {t.proposal_prob or 'off'} | {t.wer:.3f}{mark} | "
-                     f"{t.exact:.3f} | {t.seconds:.2f} |")  # fmt: skip
+        lines.append(f"| {t.ctc_weight} | {t.char_weight or 'off'} | {t.beam_size} | {t.proposal_prob or 'off'} | "
+                     f"{t.wer:.3f}{mark} | {t.exact:.3f} | {t.seconds:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -102,6 +109,7 @@ def main() -> None:
     parser.add_argument("--dev", type=Path, required=True, help="the dev split's manifest (fa-edge synth --split dev)")
     parser.add_argument("--weights", default="0.3,0.5,0.7,0.9", help="CTC weights to try, comma-separated")
     parser.add_argument("--beams", default="1,4", help="beam sizes to try, comma-separated")
+    parser.add_argument("--char-weights", default="0", help="character head weights to try (0: off), comma-separated")
     parser.add_argument("--proposals", default="0", help="CTC proposal probabilities to try (0: off), comma-separated")
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
     parser.add_argument("--json", dest="as_json", action="store_true")
@@ -112,7 +120,8 @@ def main() -> None:
         weights = parse_list(args.weights, float, "--weights")
         beams = parse_list(args.beams, int, "--beams")
         proposals = tuple(parse_list(args.proposals, float, "--proposals"))
-        trials = run_trials(args.bundle, args.dev, weights, beams, proposals)
+        chars = tuple(parse_list(args.char_weights, float, "--char-weights"))
+        trials = run_trials(args.bundle, args.dev, weights, beams, proposals, char_weights=chars)
     except FaEdgeError as exc:
         parser.exit(2, f"error: {exc}\n")
     except (json.JSONDecodeError, KeyError) as exc:

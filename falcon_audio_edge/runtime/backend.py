@@ -11,6 +11,7 @@ import numpy as np
 
 from falcon_audio_edge.errors import BundleError
 from falcon_audio_edge.runtime.bundle import Bundle, read_bundle
+from falcon_audio_edge.runtime.chars import CharHead, load_char_head
 from falcon_audio_edge.runtime.ctc import CTCHead, load_ctc_head
 from falcon_audio_edge.runtime.decoder import LlamaDecoder
 from falcon_audio_edge.runtime.encoder import OnnxEncoder
@@ -32,6 +33,8 @@ class BundleBackend:
         self.bundle = bundle
         self._ctc: CTCHead | None = None
         self._ctc_loading: Future | None = None
+        self.has_char_head = bundle.char_path is not None
+        self._chars: CharHead | None = None
 
     def _load_ctc(self) -> CTCHead:
         dec = self.bundle.dims.decoder
@@ -54,6 +57,14 @@ class BundleBackend:
             loading, self._ctc_loading = self._ctc_loading, None
             self._ctc = loading.result() if loading is not None else self._load_ctc()
         return self._ctc.posteriors(embeds)
+
+    def char_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+        """The bundle's character CTC head on audio embeddings, (T, H) -> (kT, 1 + L) (read on first use)."""
+        if self.bundle.char_path is None:
+            raise BundleError(f"bundle {self.bundle.path} has no character head")
+        if self._chars is None:
+            self._chars = load_char_head(self.bundle.char_path, self.bundle.dims.decoder.hidden)
+        return self._chars.log_probs(embeds)
 
     @property
     def n_past(self) -> int:
@@ -102,6 +113,7 @@ class TextBackend(BundleBackend):
     def __init__(self, path: Path, settings: RuntimeSettings):  # not super().__init__: it loads an encoder
         self.decoder = LlamaDecoder(path, settings.n_ctx, settings.n_batch, settings.n_threads)
         self.bos_id = self.decoder.bos_id if self.decoder.bos_id >= 0 else None
+        self.has_char_head = False
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         raise BundleError("the answer model takes text only")
@@ -110,6 +122,9 @@ class TextBackend(BundleBackend):
         """Nothing to read ahead: the answer model has no CTC head."""
 
     def ctc_posteriors(self, embeds: np.ndarray) -> Any:
+        raise BundleError("the answer model takes text only")
+
+    def char_log_probs(self, embeds: np.ndarray) -> np.ndarray:
         raise BundleError("the answer model takes text only")
 
 

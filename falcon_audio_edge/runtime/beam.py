@@ -1,7 +1,8 @@
 """CTC-guided beam search for transcription: several hypotheses at once, scored by the LLM and the CTC head.
 
 A hypothesis's score is (1 - w) x its summed LLM log-probability + w x the CTC log-probability that the audio
-starts with it (log P that the audio is exactly it, once it ends), w = ``ctc_weight`` (> 0). Both
+starts with it (log P that the audio is exactly it, once it ends), w = ``ctc_weight`` + ``char_weight`` (> 0;
+the CTC part is then their weighted mean, runtime/chars.py). Both
 parts only fall as a hypothesis grows, so once an ended hypothesis scores at least as well as every live one,
 nothing the search could still find beats it: the search stops there (or at ``max_tokens``). Each live
 hypothesis is a sequence of the decoder's KV cache (``beams_step``): a step decodes one token for each of
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, candidate_tokens, log_softmax
+from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, candidate_tokens, log_softmax, proposals_of
 from falcon_audio_edge.settings import GenerationSettings
 
 
@@ -53,7 +54,7 @@ def _extensions(
     candidates = candidate_tokens(llm, k, end, proposed)  # (V,) -> (K,)
     totals = hyp.llm + llm[candidates]
     ctc = hyp.scorer.scores(candidates)  # (k,) log P(audio starts with tokens + c); the end: is exactly tokens
-    scores = (1.0 - gen.ctc_weight) * totals + gen.ctc_weight * ctc
+    scores = (1.0 - gen.guide_weight) * totals + gen.guide_weight * ctc
     rows = zip(candidates, totals, ctc, scores, strict=True)
     return [_Extension(i, int(c), float(t), float(x), float(s)) for c, t, x, s in rows]
 
@@ -75,7 +76,7 @@ def beam_search(
     that hypothesis afterwards."""
     width = gen.beam_size
     k = max(gen.ctc_candidates, width)
-    proposed = scorer.x.proposals(gen.ctc_proposal_prob)  # one clip: the same for every hypothesis
+    proposed = proposals_of(scorer, gen.ctc_proposal_prob)  # one clip: the same for every hypothesis
     live, rows = [Hypothesis([], 0.0, 0.0, 0.0, scorer)], logits[None, :]  # (V,) -> (1, V)
     best_ended: Hypothesis | None = None
     backend.beams_begin()

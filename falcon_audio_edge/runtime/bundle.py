@@ -15,6 +15,7 @@ from falcon_audio_edge import audio
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import BundleError, FaEdgeError
 from falcon_audio_edge.files import read_json
+from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE  # optional: a character CTC head
 
 BUNDLE_FORMAT = "falcon-audio-edge-bundle"
 BUNDLE_VERSION = 1
@@ -65,6 +66,11 @@ class Bundle:
     @property
     def ctc_path(self) -> Path | None:
         return self.path / CTC_FILE if self.dims.audio.ctc_head else None
+
+    @property
+    def char_path(self) -> Path | None:
+        """The character CTC head (runtime/chars.py), where the model has one."""
+        return self.path / CHAR_HEAD_FILE if CHAR_HEAD_FILE in self.manifest["files"] else None
 
     @property
     def decoder_type(self) -> str:

@@ -34,6 +34,12 @@ def proposals(top_ids: np.ndarray, top_logp: np.ndarray, min_prob: float) -> np.
     return np.unique(top_ids[top_logp >= np.log(min_prob)]) if min_prob > 0 else np.empty(0, dtype=np.int64)
 
 
+def proposals_of(scorer, min_prob: float) -> np.ndarray:
+    """The token head's proposals for a scorer's clip (none where the scorer has no token head: ``x`` None)."""
+    x = getattr(scorer, "x", None)
+    return x.proposals(min_prob) if x is not None else np.empty(0, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class CTCHead:
     """Audio embeddings (T, H) -> log-probabilities over blank + vocabulary (T, 1 + V); blank is column 0."""

@@ -21,8 +21,9 @@ from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
-from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, guided_choice
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
+from falcon_audio_edge.runtime.chars import guide_scorer
+from falcon_audio_edge.runtime.ctc import guided_choice, proposals_of
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, guidance_for
 
 LISTEN_MAX_TOKENS = 448  # a listen-first transcription: a stop for a runaway, well above 2 x 30 s of speech
 
@@ -32,10 +33,12 @@ class Backend(Protocol):
 
     n_past: int
     bos_id: int | None
+    has_char_head: bool  # a character CTC head (runtime/chars.py) reads this model's audio embeddings
 
     def encode(self, mel: np.ndarray) -> np.ndarray: ...
     def ctc_posteriors(self, embeds: np.ndarray) -> Any: ...
     def preload_ctc(self) -> None: ...
+    def char_log_probs(self, embeds: np.ndarray) -> np.ndarray: ...
     def tokenize(self, text: str) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
     def feed_tokens(self, ids: list[int]) -> None: ...
@@ -140,6 +143,10 @@ class AudioChat:
     def has_ctc_head(self) -> bool:
         return self.dims.audio.ctc_head
 
+    @property
+    def has_char_head(self) -> bool:
+        return self.backend.has_char_head
+
     def reset(self) -> None:
         """Forget the conversation (clears the KV cache; the answer model's too)."""
         if self._answerer is not None:
@@ -196,6 +203,9 @@ class AudioChat:
         if generation.ctc_weight and not self.has_ctc_head:
             raise FaEdgeError(f"ctc_weight={generation.ctc_weight} needs a model with a CTC head; "
                               f"{self.dims.name} was trained without one")  # fmt: skip
+        if generation.char_weight and not self.has_char_head:
+            raise FaEdgeError(f"char_weight={generation.char_weight} needs a model with a character head "
+                              "(python -m falcon_audio_edge.train.charhead)")  # fmt: skip
         return Turn(self._turn(audio, prompt, generation))
 
     def prepare_listen_first(self) -> None:
@@ -217,17 +227,20 @@ class AudioChat:
 
     def _listen_first(self, audio: Any, prompt: str | None, gen: GenerationSettings):
         answerer = self.answerer()  # before any work: a bundle without one is refused at once
-        answer_gen = replace(gen, ctc_weight=0.0)  # the weight asked for guides the transcription, not the answer
+        answer_gen = replace(gen, ctc_weight=0.0, char_weight=0.0)  # the weights guide the transcription only
         if audio is None:  # nothing to hear: a plain text turn of the answer model's conversation
             turn = answerer.ask(None, prompt, answer_gen)
             yield from turn
             return turn.result
         t0 = time.perf_counter()
         self.reset_listening()
-        weight = gen.ctc_weight or ctc_weight_for(TRANSCRIBE_PROMPT, self.has_ctc_head)
+        weight, chars = (gen.ctc_weight, gen.char_weight) if gen.guide_weight else guidance_for(
+            TRANSCRIBE_PROMPT, self.has_ctc_head, self.has_char_head
+        )  # fmt: skip
         listen = GenerationSettings(
             max_tokens=LISTEN_MAX_TOKENS,
             ctc_weight=weight,
+            char_weight=chars,
             beam_size=gen.beam_size,
             ctc_candidates=gen.ctc_candidates,
             ctc_proposal_prob=gen.ctc_proposal_prob,
@@ -303,19 +316,22 @@ class AudioChat:
         return n_before + len(ids_after), features, embeds
 
     def _chooser(self, gen: GenerationSettings, embeds: np.ndarray | None, rng: np.random.Generator):
-        """logits -> next token: sampled or greedy, or greedy rescored by the CTC head (``gen.ctc_weight``)."""
-        if not gen.ctc_weight or embeds is None:
+        """logits -> next token: sampled or greedy, or greedy rescored by the CTC heads (``gen.guide_weight``)."""
+        if not gen.guide_weight or embeds is None:
             return lambda logits: sample_token(logits, gen, rng)
-        scorer = CTCPrefixScorer(self.backend.ctc_posteriors(embeds), next(iter(self.stop_ids)))
-        proposed = scorer.x.proposals(gen.ctc_proposal_prob)
+        scorer = self._scorer(gen, embeds)
+        proposed = proposals_of(scorer, gen.ctc_proposal_prob)
 
         def choose(logits: np.ndarray) -> int:
-            token = guided_choice(logits, scorer, gen.ctc_weight, gen.ctc_candidates, proposed)
+            token = guided_choice(logits, scorer, gen.guide_weight, gen.ctc_candidates, proposed)
             if token not in self.stop_ids:
                 scorer.advance(token)
             return token
 
         return choose
+
+    def _scorer(self, gen: GenerationSettings, embeds: np.ndarray):
+        return guide_scorer(self.backend, gen, embeds, next(iter(self.stop_ids)), self.has_ctc_head)
 
     def _tokens(self, gen: GenerationSettings, embeds: np.ndarray | None):
         """The answer's tokens, each fed back after it is yielded; returns the stop reason."""
@@ -332,7 +348,7 @@ class AudioChat:
         """The best hypothesis of a CTC-guided beam search (runtime/beam.py), already in the conversation; returns
         the stop reason."""
         end = next(iter(self.stop_ids))
-        scorer = CTCPrefixScorer(self.backend.ctc_posteriors(embeds), end)
+        scorer = self._scorer(gen, embeds)
         beams = self.backend if hasattr(self.backend, "beams_step") else ReplayedBeams(self.backend)
         best = beam_search(beams, self.backend.logits(), scorer, gen, end)
         yield from best.tokens
@@ -342,7 +358,7 @@ class AudioChat:
         timings = Timings()
         start = time.perf_counter()
         n_prompt, features, embeds = self.prefill(audio, prompt, timings)
-        search = gen.ctc_weight and gen.beam_size > 1 and embeds is not None
+        search = gen.guide_weight and gen.beam_size > 1 and embeds is not None
         steps = self._searched(gen, embeds) if search else self._tokens(gen, embeds)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens: list[int] = []

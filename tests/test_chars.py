@@ -1,0 +1,240 @@
+"""The character CTC head: its prefix scoring against the token scorer (itself checked by brute force), the
+token -> character mapping, the numpy head against the PyTorch one it is trained as, its file, its training,
+and guided transcription through a bundle and the PyTorch reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from falcon_audio_edge.errors import BundleError, ConfigError, FaEdgeError
+from falcon_audio_edge.runtime.chars import (
+    ALPHABET,
+    CHAR_HEAD_FILE,
+    LABELS,
+    SPACE,
+    CharPrefixScorer,
+    JointScorer,
+    extend,
+    load_char_head,
+    text_labels,
+    transcript_labels,
+)
+from falcon_audio_edge.runtime.ctc import CTCPrefixScorer
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, char_weight_for, ctc_weight_for
+from tests.conftest import fa_edge
+from tests.test_ctc import random_log_probs
+
+N_LABELS = 1 + len(ALPHABET)
+
+
+def test_extend_equals_the_token_scorer_label_by_label():
+    """A label sequence scored by ``extend`` (cumulative sums) equals CTCPrefixScorer (a loop over frames) on
+    the same log-probabilities, repeats and all."""
+    rng = np.random.default_rng(1)
+    x = random_log_probs(rng, frames=14, vocab=6)
+    ref = CTCPrefixScorer(x, end_token=99)
+    r_n, r_b, last = np.full(14, -np.inf), np.cumsum(x[:, 0]), None
+    for label in [2, 2, 3, 1, 1, 5]:
+        want = ref.scores(np.array([label - 1]))[0]
+        ref.advance(label - 1)
+        r_n, r_b, psi = extend(x, r_n, r_b, last, label)
+        last = label
+        assert np.isclose(psi, want, rtol=1e-9)
+        assert np.isclose(np.logaddexp(r_n[-1], r_b[-1]), ref.full, rtol=1e-9)
+
+
+def test_token_text_becomes_labels():
+    assert text_labels(" Hi") == [SPACE, LABELS["h"], LABELS["i"]]
+    assert text_labels("?") == [] and text_labels("2") == []
+    assert text_labels("-up") == [SPACE, LABELS["u"], LABELS["p"]]
+    assert transcript_labels("  Don't stop, co-op!") == text_labels("don't stop co op")
+
+
+def spelling(text: str, frames_per_label: int = 2, sure: float = 6.0) -> np.ndarray:
+    """Log-probabilities that say ``text``: each label for a few frames, a blank between."""
+    rows = []
+    for label in transcript_labels(text):
+        rows += [label] * frames_per_label + [0]
+    x = np.zeros((len(rows) + 2, N_LABELS))
+    x[np.arange(len(rows)), rows] = sure
+    x[len(rows) :, 0] = sure
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+TOKENS = {0: "What", 1: " is", 2: " it", 3: "?", 4: " its", 5: "<end>", 6: " i", 7: "s"}
+
+
+def scorer_for(text: str) -> CharPrefixScorer:
+    return CharPrefixScorer(spelling(text), end_token=5, token_text=lambda t: "" if t == 5 else TOKENS[t])
+
+
+def test_char_scorer_follows_the_spelling_across_token_boundaries():
+    scorer = scorer_for("what is it")
+    words = np.array([0, 1, 2, 4])  # whole words (" i" is a prefix of " is": as likely a start, or more)
+    for token in (0, 1):
+        assert words[np.argmax(scorer.scores(words))] == token
+        scorer.advance(token)
+    scores = scorer.scores(np.array([2, 4, 3, 5]))
+    assert scores[0] > scores[1] + 3  # " it", not " its"
+    assert scores[2] == scores[3] == scorer.full  # "?" says nothing: scored as ending here, like the end
+    short = scorer.full
+    scorer.advance(2)
+    assert scorer.full > short + 10  # the whole spelling said: far likelier the audio is exactly it
+    two_tokens = scorer_for("what is it")
+    for token in (0, 6, 7):  # " i" + "s" spells what " is" spells
+        two_tokens.scores(np.array([token]))
+        two_tokens.advance(token)
+    one = scorer_for("what is it")
+    for token in (0, 1):
+        one.advance(token)
+    assert np.isclose(two_tokens.score, one.score) and two_tokens.state.labels == one.state.labels
+
+
+def test_extended_leaves_the_parent_and_joint_weights_the_two_heads():
+    scorer = scorer_for("what is it")
+    child = scorer.extended(0)
+    assert scorer.state.labels == () and len(child.state.labels) == 4
+    token = CTCPrefixScorer(random_log_probs(np.random.default_rng(0), 20, 8), end_token=5)
+    joint = JointScorer(token, scorer_for("what is it"), 0.3, 0.2)
+    cands = np.array([0, 1, 3])
+    want = (0.3 * token.scores(cands) + 0.2 * scorer_for("what is it").scores(cands)) / 0.5
+    assert np.allclose(joint.scores(cands), want) and joint.x is token.x
+    moved = joint.extended(0)
+    assert joint.chars.state.labels == () and moved.chars.state.labels and moved.token.prefix == [0]
+
+
+def make_head(hidden: int = 8, width: int = 16, context: int = 1, seed: int = 0):
+    import torch
+    from falcon_audio_edge.train.charhead import CharHeadConfig, head_module, to_char_head
+
+    cfg = CharHeadConfig(steps=10, warmup_steps=1, width=width, context=context)
+    torch.manual_seed(seed)
+    net = head_module(hidden, cfg)
+    return net, cfg, to_char_head(net, cfg)
+
+
+def test_numpy_head_equals_the_torch_head_and_survives_its_file(tmp_path):
+    import torch
+    from falcon_audio_edge.train.charhead import head_log_probs
+
+    net, cfg, head = make_head()
+    net.eval()
+    embeds = np.random.default_rng(0).normal(size=(7, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = head_log_probs(net, torch.from_numpy(embeds), cfg).numpy()
+    got = head.log_probs(embeds)
+    assert got.shape == (14, N_LABELS) and np.abs(got - want).max() < 1e-4
+    assert np.allclose(np.exp(got).sum(axis=1), 1.0)
+    head.save(tmp_path / CHAR_HEAD_FILE)
+    loaded = load_char_head(tmp_path / CHAR_HEAD_FILE, hidden=8)
+    assert loaded.context == 1 and loaded.upsample == 2
+    assert np.abs(loaded.log_probs(embeds) - got).max() < 0.05  # stored in float16
+    with pytest.raises(BundleError, match="reads 8-wide embeddings; the decoder's are 32"):
+        load_char_head(tmp_path / CHAR_HEAD_FILE, hidden=32)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(BundleError, match="cannot read the character head"):
+        load_char_head(tmp_path / "bad.npz")
+
+
+def test_head_training_learns_to_spell_synthetic_audio():
+    """Embeddings that are one fixed vector per letter (and one for silence): the trained head reads them."""
+    from falcon_audio_edge.train.charhead import CharHeadConfig, Clip, greedy_text, train_head
+
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(N_LABELS, 16)).astype(np.float32)
+    words = ["cab", "bad", "dab", "abc", "bead", "face", "fade", "deaf"]
+
+    def clip(text: str) -> Clip:
+        labels = transcript_labels(text)
+        frames = [codes[label] for label in labels for _ in range(2)] + [codes[0]] * 2
+        return Clip(np.stack(frames) + rng.normal(size=(len(frames), 16)).astype(np.float32) * 0.1, labels, text)
+
+    train = [clip(f"{a} {b}") for a in words for b in words]
+    cfg = CharHeadConfig(steps=300, batch_size=8, warmup_steps=20, width=64, context=1, eval_every=300)
+    head = train_head(train, [], 16, cfg, log=lambda m: None)
+    test = clip("face bead")
+    assert greedy_text(head.log_probs(test.embeds)) == "face bead"
+
+
+def test_char_settings_are_checked_and_default_only_for_transcription():
+    with pytest.raises(ConfigError, match="ctc_weight=0.6 \\+ char_weight=0.5 must stay below 1"):
+        GenerationSettings(ctc_weight=0.6, char_weight=0.5)
+    with pytest.raises(ConfigError, match="char_weight=0.2 rescores greedy decoding"):
+        GenerationSettings(char_weight=0.2, temperature=0.7)
+    assert char_weight_for(TRANSCRIBE_PROMPT, True) == 0.2 and char_weight_for(None, True) == 0.0
+    assert char_weight_for(TRANSCRIBE_PROMPT, False) == 0.0 and char_weight_for(None, True, 0.4) == 0.4
+    assert ctc_weight_for(TRANSCRIBE_PROMPT, True, chars=0.2) == 0.3 and ctc_weight_for(TRANSCRIBE_PROMPT, True) == 0.5
+
+
+@pytest.fixture(scope="module")
+def char_bundle(ctc_bundle, tmp_path_factory):
+    """The CTC test model with a (random) character head beside its weights, exported: the bundle carries it."""
+    import shutil
+
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    folder = tmp_path_factory.mktemp("chars")
+    shutil.copytree(ctc_bundle[0], folder / "ckpt")
+    _, _, head = make_head(hidden=32, width=16, context=1, seed=3)
+    head.save(folder / "ckpt" / CHAR_HEAD_FILE)
+    return folder / "ckpt", export_bundle(folder / "ckpt", folder / "bundle", decoder_type="f32")
+
+
+def test_bundle_and_reference_transcribe_alike_with_the_character_head(char_bundle, clips):
+    from falcon_audio_edge.reference import open_checkpoint
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.bundle import read_bundle
+
+    ckpt, bundle = char_bundle
+    assert read_bundle(bundle).char_path == bundle / CHAR_HEAD_FILE
+    gen = GenerationSettings(max_tokens=6, ctc_weight=0.3, char_weight=0.4)
+    with open_bundle(bundle) as chat, open_checkpoint(ckpt) as ref:
+        assert chat.has_char_head and ref.has_char_head
+        heard = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, gen).run()
+        assert heard.tokens == ref.ask(clips["q0"], TRANSCRIBE_PROMPT, gen).run().tokens
+        chat.reset()
+        token_only = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=6, ctc_weight=0.3)).run()
+        chat.reset()
+        beam = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(**{**gen.__dict__, "beam_size": 3})).run()
+    assert 1 <= len(heard.tokens) <= 6 and heard.tokens != token_only.tokens  # the character head had its say
+    assert 1 <= len(beam.tokens) <= 6
+
+
+def test_a_bundle_without_a_character_head_refuses_its_weight(ctc_bundle, clips):
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    with open_bundle(ctc_bundle[1]) as chat:
+        assert not chat.has_char_head
+        with pytest.raises(FaEdgeError, match="char_weight=0.2 needs a model with a character head"):
+            chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(char_weight=0.2))
+    bad = fa_edge("ask", str(ctc_bundle[1]), "--audio", str(clips["q0"]), "--char-weight", "0.2", check=False)
+    assert bad.returncode == 2 and "needs a model with a character head" in bad.stderr
+
+
+def test_export_refuses_a_character_head_of_another_width(ctc_bundle, tmp_path):
+    import shutil
+
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    shutil.copytree(ctc_bundle[0], tmp_path / "ckpt")
+    make_head(hidden=8)[2].save(tmp_path / "ckpt" / CHAR_HEAD_FILE)
+    with pytest.raises(BundleError, match="reads 8-wide embeddings; the decoder's are 32"):
+        export_bundle(tmp_path / "ckpt", tmp_path / "bundle", decoder_type="f32")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_tuning_grid_takes_the_character_weight(char_bundle, ctc_bundle, clips, tmp_path):
+    import json
+
+    from falcon_audio_edge.train.tune import markdown, run_trials
+
+    rows = [{"audio": str(clips[f"q{i}"]), "instruction": TRANSCRIBE_PROMPT, "target": "What is it?",
+             "text": "What is it?", "task": "transcribe"} for i in range(2)]  # fmt: skip
+    dev = tmp_path / "manifest.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trials = run_trials(char_bundle[1], dev, [0.3], [1], char_weights=(0.0, 0.4), max_tokens=4)
+    assert [(t.ctc_weight, t.char_weight) for t in trials] == [(0.3, 0.0), (0.3, 0.4)]
+    assert "| 0.3 | 0.4 | 1 | off |" in markdown(trials, char_bundle[1], dev, "cmd")
+    with pytest.raises(ConfigError, match="has no character head: --char-weights must be 0"):
+        run_trials(ctc_bundle[1], dev, [0.3], [1], char_weights=(0.0, 0.2))
