@@ -9,7 +9,7 @@ from falcon_audio_edge.errors import ConfigError
 
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
-DEFAULT_BEAM_SIZE = 1  # CTC-guided decoding is greedy unless asked (docs/quality.md measures a beam of 4 too)
+DEFAULT_BEAM_SIZE = 4  # hypotheses CTC-guided decoding keeps (docs/tuning.md; docs/quality.md measures greedy too)
 DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split (docs/tuning.md)
 MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
 DEFAULT_CHAR_WEIGHT = 0.2  # the character head's share of a transcription's guidance, where the model has one

@@ -238,3 +238,18 @@ def test_tuning_grid_takes_the_character_weight(char_bundle, ctc_bundle, clips, 
     assert "| 0.3 | 0.4 | 1 | off |" in markdown(trials, char_bundle[1], dev, "cmd")
     with pytest.raises(ConfigError, match="has no character head: --char-weights must be 0"):
         run_trials(ctc_bundle[1], dev, [0.3], [1], char_weights=(0.0, 0.2))
+
+
+def test_quality_report_measures_the_token_head_alone_beside_both(char_bundle, clips, tmp_path):
+    import json
+
+    from falcon_audio_edge.train.quality import evaluate, markdown
+
+    row = {"voice": "en-us", "task": "transcribe", "text": "What is it?", "audio": str(clips["q1"]), "target": "x"}
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps(row) + "\n")
+    result = evaluate(char_bundle[1], heldout, None, max_tokens=4)
+    assert (result["ctc_weight"], result["char_weight"]) == (0.3, 0.2) and 0 <= result["wer_token_head_only"]
+    report = markdown(result, "cmd")
+    assert "weight 0.3, character head 0.2, beam" in report
+    assert f"the token CTC head alone, weight 0.5: no character head) | {result['wer_token_head_only']:.3f} |" in report

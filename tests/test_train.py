@@ -498,22 +498,28 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
 
 
 def test_quality_report_of_a_model_with_a_ctc_head_compares_its_decodings(tmp_path, clips, ctc_bundle):
-    from falcon_audio_edge.train.quality import evaluate, markdown
+    from falcon_audio_edge.train.quality import COMPARED_BEAM, evaluate, markdown
 
-    from falcon_audio_edge.settings import DEFAULT_PROPOSAL_PROB
+    from falcon_audio_edge.settings import DEFAULT_BEAM_SIZE, DEFAULT_PROPOSAL_PROB
 
     row = {"voice": "en-us", "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"}
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text(json.dumps(row) + "\n")
     result = evaluate(ctc_bundle[1], heldout, None, max_tokens=8)
-    assert result["ctc_weight"] == 0.5 and result["beam_size"] == 1
+    assert result["ctc_weight"] == 0.5 and result["beam_size"] == DEFAULT_BEAM_SIZE and not result["char_weight"]
     assert all(result[k] > 0.5 for k in ("wer", "wer_beam", "wer_without_ctc"))  # random weights
+    assert "wer_token_head_only" not in result  # no character head: the default is the token head alone
     report = markdown(result, "cmd")
     proposals = DEFAULT_PROPOSAL_PROB or "off"
-    assert f"CTC-guided, weight 0.5, beam 1, CTC proposals {proposals}: the default) | {result['wer']:.3f} |" in report
+    assert (f"CTC-guided, weight 0.5, beam {DEFAULT_BEAM_SIZE}, CTC proposals {proposals}: the default) | "
+            f"{result['wer']:.3f} |") in report  # fmt: skip
     assert result["exact"] == 0.0 and "| transcriptions word for word (the default decoding) | 0.000 |" in report
-    assert f"| transcription WER (bundle, CTC-guided, `--beam-size 4`) | {result['wer_beam']:.3f} |" in report
-    assert "| seconds per transcription, `--beam-size 4` |" in report
+    assert (
+        f"| transcription WER (bundle, CTC-guided, `--beam-size {COMPARED_BEAM}`) | {result['wer_beam']:.3f} |"
+        in report
+    )
+    assert f"| seconds per transcription, `--beam-size {COMPARED_BEAM}` |" in report
+    assert COMPARED_BEAM != DEFAULT_BEAM_SIZE
 
 
 def test_batches_group_similar_lengths():
