@@ -306,9 +306,10 @@ LISTEN_HELP = (
 )
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, {DEFAULT_CTC_WEIGHT_WITH_CHARS} beside a character head, "
-            "else 0)")  # fmt: skip
+            "else 0; 0 when only --char-weight is given)")  # fmt: skip
 CHAR_HELP = (f"weight of the model's character CTC head in greedy decoding; with --ctc-weight below 1 (default: "
-             f"{DEFAULT_CHAR_WEIGHT} for transcription by a model with one, else 0)")  # fmt: skip
+             f"{DEFAULT_CHAR_WEIGHT} for transcription by a model with one, else 0; 0 when only --ctc-weight is "
+             "given)")  # fmt: skip
 BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
 PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives at least this probability at some "
                   "frame, besides the LLM's likeliest (0: off)")  # fmt: skip
@@ -423,7 +424,7 @@ def info(
         f"encoder  Whisper d_model={d.encoder.d_model} layers={d.encoder.n_layers} heads={d.encoder.n_heads} "
         f"mels={d.encoder.n_mels}  [{b.manifest['encoder']['dtype']}]",
         f"audio    pool x{d.audio.pool_factor} ({50 // d.audio.pool_factor} tokens/s), connector={d.audio.connector}, "
-        f"pad_to_30s={d.audio.pad_to_30s}, ctc_head={d.audio.ctc_head}",
+        f"pad_to_30s={d.audio.pad_to_30s}, ctc_head={d.audio.ctc_head}, char_head={b.char_path is not None}",
         f"decoder  llama hidden={d.decoder.hidden} layers={d.decoder.n_layers} heads={d.decoder.n_heads}/"
         f"{d.decoder.n_kv_heads} head_dim={d.decoder.head_dim} ffn={d.decoder.ffn_dim} vocab={d.decoder.vocab_size}"
         f"  [{b.decoder_type}]",

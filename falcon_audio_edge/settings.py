@@ -38,9 +38,12 @@ def char_weight_for(prompt: str | None, has_char_head: bool, requested: float | 
 def guidance_for(
     prompt: str | None, has_ctc_head: bool, has_char_head: bool, ctc: float | None = None, chars: float | None = None
 ) -> tuple[float, float]:
-    """(token CTC weight, character head weight) of a turn: as requested, else the defaults for the model's heads."""
-    char_weight = char_weight_for(prompt, has_char_head, chars)
-    return ctc_weight_for(prompt, has_ctc_head, ctc, chars=char_weight), char_weight
+    """(token CTC weight, character head weight) of a turn: the defaults for the model's heads when neither is
+    requested; else as requested, the one not named 0 (``--ctc-weight 0`` alone turns guidance off)."""
+    if ctc is not None or chars is not None:
+        return ctc or 0.0, chars or 0.0
+    char_weight = char_weight_for(prompt, has_char_head)
+    return ctc_weight_for(prompt, has_ctc_head, chars=char_weight), char_weight
 
 
 def default_threads() -> int:

@@ -25,6 +25,7 @@ from falcon_audio_edge.runtime.bundle import (
     read_bundle,
     write_manifest,
 )
+from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE
 from falcon_audio_edge.settings import default_threads
 
 
@@ -34,14 +35,14 @@ def f16_embeddings_for(decoder: str, f16_embeddings: bool | None) -> bool:
 
 def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str, encoder: str,
                    allow_requantize: bool, f16_embeddings: bool) -> None:  # fmt: skip
-    """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src (the CTC head and the
+    """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src (the CTC heads and the
     answer model copied as they are, where it has them)."""
     check_decoder_type(decoder)
     check_encoder_type(encoder)
     convert_encoder(src / ENCODER_FILE, dst / ENCODER_FILE, encoder, manifest["encoder"]["dtype"], allow_requantize)
     quantize_decoder(src / DECODER_FILE, dst / DECODER_FILE, decoder, manifest["decoder"]["type"], allow_requantize,
                      default_threads(), f16_embeddings)  # fmt: skip
-    for name in (CTC_FILE, ANSWER_FILE):  # the CTC head and the answer model are copied as they are
+    for name in (CTC_FILE, CHAR_HEAD_FILE, ANSWER_FILE):  # the CTC heads and the answer model: copied as they are
         if name in manifest["files"]:
             shutil.copyfile(src / name, dst / name)
 

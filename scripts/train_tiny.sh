@@ -40,6 +40,6 @@ cp "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/checkpoint/char_head.np
 "$BIN/fa-edge" demo --rebuild --json
 # decoding settings chosen on the dev split (the DEFAULT_* in falcon_audio_edge/settings.py say the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
-  --dev work/data/dev/manifest.jsonl --weights 0.3,0.5 --char-weights 0,0.1,0.2,0.3 --beams 1 --proposals 0.2 --out docs/tuning.md
+  --dev work/data/dev/manifest.jsonl --weights 0.3,0.5 --char-weights 0,0.2,0.3 --beams 1,4 --proposals 0.2 --out docs/tuning.md
 "$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --out docs/quality.md

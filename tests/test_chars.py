@@ -21,7 +21,13 @@ from falcon_audio_edge.runtime.chars import (
     transcript_labels,
 )
 from falcon_audio_edge.runtime.ctc import CTCPrefixScorer
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, char_weight_for, ctc_weight_for
+from falcon_audio_edge.settings import (
+    TRANSCRIBE_PROMPT,
+    GenerationSettings,
+    char_weight_for,
+    ctc_weight_for,
+    guidance_for,
+)
 from tests.conftest import fa_edge
 from tests.test_ctc import random_log_probs
 
@@ -46,7 +52,8 @@ def test_extend_equals_the_token_scorer_label_by_label():
 
 def test_token_text_becomes_labels():
     assert text_labels(" Hi") == [SPACE, LABELS["h"], LABELS["i"]]
-    assert text_labels("?") == [] and text_labels("2") == []
+    assert text_labels("?") == [SPACE] and text_labels("2") == [SPACE]  # not heard: a space, as in training
+    assert text_labels("U.S.") == transcript_labels("U.S.") + [SPACE]
     assert text_labels("-up") == [SPACE, LABELS["u"], LABELS["p"]]
     assert transcript_labels("  Don't stop, co-op!") == text_labels("don't stop co op")
 
@@ -165,6 +172,12 @@ def test_char_settings_are_checked_and_default_only_for_transcription():
     assert char_weight_for(TRANSCRIBE_PROMPT, True) == 0.2 and char_weight_for(None, True) == 0.0
     assert char_weight_for(TRANSCRIBE_PROMPT, False) == 0.0 and char_weight_for(None, True, 0.4) == 0.4
     assert ctc_weight_for(TRANSCRIBE_PROMPT, True, chars=0.2) == 0.3 and ctc_weight_for(TRANSCRIBE_PROMPT, True) == 0.5
+    assert guidance_for(TRANSCRIBE_PROMPT, True, True) == (0.3, 0.2)
+    assert guidance_for(TRANSCRIBE_PROMPT, True, False) == (0.5, 0.0) and guidance_for(None, True, True) == (0.0, 0.0)
+    # naming one weight leaves the other at 0 (--ctc-weight 0 alone turns guidance off; 0.9 alone is valid)
+    assert guidance_for(TRANSCRIBE_PROMPT, True, True, ctc=0.9) == (0.9, 0.0)
+    assert guidance_for(TRANSCRIBE_PROMPT, True, True, ctc=0.0) == (0.0, 0.0)
+    assert guidance_for(TRANSCRIBE_PROMPT, True, True, chars=0.4) == (0.0, 0.4)
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +246,8 @@ def test_tuning_grid_takes_the_character_weight(char_bundle, ctc_bundle, clips, 
              "text": "What is it?", "task": "transcribe"} for i in range(2)]  # fmt: skip
     dev = tmp_path / "manifest.jsonl"
     dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    trials = run_trials(char_bundle[1], dev, [0.3], [1], char_weights=(0.0, 0.4), max_tokens=4)
-    assert [(t.ctc_weight, t.char_weight) for t in trials] == [(0.3, 0.0), (0.3, 0.4)]
+    trials = run_trials(char_bundle[1], dev, [0.3, 0.9], [1], char_weights=(0.0, 0.4), max_tokens=4)
+    assert [(t.ctc_weight, t.char_weight) for t in trials] == [(0.3, 0.0), (0.3, 0.4), (0.9, 0.0)]  # 1.3: skipped
     assert "| 0.3 | 0.4 | 1 | off |" in markdown(trials, char_bundle[1], dev, "cmd")
     with pytest.raises(ConfigError, match="has no character head: --char-weights must be 0"):
         run_trials(ctc_bundle[1], dev, [0.3], [1], char_weights=(0.0, 0.2))
@@ -253,3 +266,14 @@ def test_quality_report_measures_the_token_head_alone_beside_both(char_bundle, c
     report = markdown(result, "cmd")
     assert "weight 0.3, character head 0.2, beam" in report
     assert f"the token CTC head alone, weight 0.5: no character head) | {result['wer_token_head_only']:.3f} |" in report
+
+
+def test_quantized_bundle_keeps_the_character_head(char_bundle, tmp_path):
+    from falcon_audio_edge.quantize.bundle import quantize_bundle
+
+    from falcon_audio_edge.runtime.bundle import read_bundle
+
+    out = quantize_bundle(char_bundle[1], tmp_path / "q", decoder="q8_0", encoder="int8", verify=False)
+    bundle = read_bundle(out)
+    assert bundle.char_path == out / CHAR_HEAD_FILE
+    assert (out / CHAR_HEAD_FILE).read_bytes() == (char_bundle[1] / CHAR_HEAD_FILE).read_bytes()

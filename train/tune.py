@@ -59,7 +59,11 @@ def run_trials(
     if not rows:
         raise ConfigError(f"{dev} has no transcription rows ({TRANSCRIBE!r}) to tune on")
     settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, char_weight=c, beam_size=b, ctc_proposal_prob=p)
-                for w in weights for c in char_weights for b in beams for p in proposals]  # fmt: skip
+                for w in weights for c in char_weights if not (w < 1 and c < 1 <= w + c)  # sums of 1: skipped
+                for b in beams for p in proposals]  # fmt: skip
+    if not settings:
+        raise ConfigError(f"every CTC weight + character weight asked for ({weights} + {list(char_weights)}) "
+                          "reaches 1: the LLM keeps none")  # fmt: skip
     refs = [r["text"] for r in rows]
     trials = []
     with open_bundle(bundle) as chat:

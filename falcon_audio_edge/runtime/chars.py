@@ -6,8 +6,8 @@ hears a neighbour in meaning instead ("bicycle" -> "boat"). A character head spe
 ("agypt" for "Egypt"), so it can back a word it never heard in training. Each guided step scores the
 LLM's candidate tokens by the CTC prefix probability of the characters they spell (Watanabe et al. 2017,
 as in ``runtime/ctc.py``, over characters): a token's text is lower-cased, letters and the apostrophe are
-labels, white space and hyphens are the space label (emitted lazily, before the next letter), anything
-else (punctuation, digits) is not heard and is scored as if the transcription ended there.
+labels, anything else (white space, hyphens, punctuation, digits) is the space label, emitted lazily (before the
+next letter, never twice). A token that adds no letter is scored as if the transcription ended there.
 
 The head reads the audio embeddings the decoder is fed: the embeddings at frames t-c..t+c, concatenated
 -> MLP (tanh-approximated GELU) -> ``upsample`` x (1 + labels) logits: (T, H) -> (upsample*T, 1 + L).
@@ -34,9 +34,9 @@ NEG_INF = -np.inf
 
 
 def text_labels(text: str) -> list[int]:
-    """A token's labels, spaces where they fall (white space and hyphens); other characters are not heard."""
-    spaced = "".join(" " if ch.isspace() or ch == "-" else ch for ch in text.lower())
-    return [LABELS[ch] for ch in spaced if ch in LABELS]
+    """A token's labels: letters and the apostrophe, and a space for anything else (white space, hyphens,
+    punctuation, digits), as ``transcript_labels`` spells training targets ("U.S." is "u s" in both)."""
+    return [LABELS.get(ch, SPACE) for ch in text.lower()]
 
 
 def transcript_labels(text: str) -> list[int]:
