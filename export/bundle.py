@@ -20,7 +20,7 @@ from falcon_audio_edge.checkpoint import load_checkpoint
 from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.files import staged_dir
 from falcon_audio_edge.runtime.bundle import ANSWER_FILE, CTC_FILE, DECODER_FILE, ENCODER_FILE, write_manifest
-from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, load_char_head
+from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, copy_char_head
 
 
 def versions() -> dict[str, str]:
@@ -114,16 +114,15 @@ def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version:
     shutil.rmtree(stage)
     if ckpt.model.ctc is not None:
         write_ctc_head(ckpt.model.ctc, tmp / CTC_FILE)
-    copy_char_head(ckpt, tmp)
+    add_char_head(ckpt, tmp)
 
 
-def copy_char_head(ckpt, tmp: Path) -> None:
+def add_char_head(ckpt, tmp: Path) -> None:
     """The checkpoint's character CTC head (char_head.npz, train/charhead.py), if it has one, checked against
     the model's width before it joins the bundle."""
     src = Path(ckpt.path) / CHAR_HEAD_FILE
     if src.is_file():
-        load_char_head(src, ckpt.dims.decoder.hidden)
-        shutil.copyfile(src, tmp / CHAR_HEAD_FILE)
+        copy_char_head(src, tmp / CHAR_HEAD_FILE, ckpt.dims.decoder.hidden)
 
 
 def gguf_vocab(path: Path) -> list[str]:

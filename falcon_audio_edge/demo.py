@@ -12,14 +12,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import CheckpointError, FaEdgeError
-from falcon_audio_edge.files import atomic_file, atomic_text
+from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.bundle import sha256_file
 
 SHIPPED_WEIGHTS = "data/shipped/trainable.safetensors"
@@ -90,10 +89,9 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
     saved = save_checkpoint(model, tokenizer, out, force=True)
     chars = shipped_char_head() if weights == shipped_weights() else None
     if chars is not None:  # checked against the model's width, then beside its weights (export takes it along)
-        from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, load_char_head
+        from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, copy_char_head
 
-        load_char_head(chars, dims.decoder.hidden)
-        atomic_file(saved / CHAR_HEAD_FILE, lambda p: shutil.copyfile(chars, p))
+        copy_char_head(chars, saved / CHAR_HEAD_FILE, dims.decoder.hidden)
     return saved
 
 

@@ -116,10 +116,10 @@ def to_char_head(net, cfg: CharHeadConfig) -> CharHead:
 
 
 def greedy_text(log_probs: np.ndarray) -> str:
-    """Best path, repeats merged, blanks dropped."""
-    path = log_probs.argmax(axis=1)
-    keep = (path != 0) & np.append(True, path[1:] != path[:-1])
-    return "".join(ALPHABET[i - 1] for i in path[keep])
+    """Best path, repeats merged, blanks dropped (the trainer's ``ctc_collapse``, which shifts label i to i - 1)."""
+    from falcon_audio_edge.train.trainer import ctc_collapse
+
+    return "".join(ALPHABET[i] for i in ctc_collapse(log_probs.argmax(axis=1).tolist()))
 
 
 def char_wer(head: CharHead, clips: list[Clip]) -> float:
@@ -181,13 +181,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     try:
-        import torch
-
         from falcon_audio_edge.checkpoint import load_checkpoint
 
         cfg = CharHeadConfig(**{k: getattr(args, k) for k in CharHeadConfig().__dict__})
         ckpt = load_checkpoint(args.checkpoint)
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         train = encode_clips(ckpt, args.train)
         dev = encode_clips(ckpt, [args.eval]) if args.eval else []
         print(f"{len(train)} training clips, {len(dev)} eval clips", flush=True)

@@ -18,13 +18,15 @@ Numpy only; ``train/charhead.py`` trains it on a checkpoint's frozen audio embed
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from falcon_audio_edge.errors import BundleError
-from falcon_audio_edge.runtime.ctc import CTCPrefixScorer
+from falcon_audio_edge.files import atomic_file
+from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, log_softmax
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # label i + 1 is ALPHABET[i]; 0 is the blank
 SPACE = 1
@@ -87,9 +89,7 @@ class CharHead:
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = x @ w + b
             x = gelu(x) if i < 2 else x
-        x = x.reshape(n * self.upsample, -1).astype(np.float64)  # (T, k(1+L)) -> (kT, 1+L)
-        x = x - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+        return log_softmax(x.reshape(n * self.upsample, -1))  # (T, k(1+L)) -> (kT, 1+L)
 
     def save(self, path: Path) -> None:
         arrays = {f"w{i}": w.astype(np.float16) for i, w in enumerate(self.weights)}
@@ -115,6 +115,12 @@ def load_char_head(path: Path, hidden: int | None = None) -> CharHead:
     if hidden is not None and head.weights[0].shape[0] != (2 * head.context + 1) * hidden:
         raise BundleError(f"{path}: the character head reads {head.hidden}-wide embeddings; the decoder's are {hidden}")
     return head
+
+
+def copy_char_head(src: Path, dst: Path, hidden: int) -> Path:
+    """Copy a character head file after checking it reads ``hidden``-wide embeddings (written whole or not at all)."""
+    load_char_head(src, hidden)
+    return atomic_file(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _logcumsumexp(x: np.ndarray) -> np.ndarray:

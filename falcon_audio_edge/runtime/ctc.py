@@ -36,8 +36,7 @@ def proposals(top_ids: np.ndarray, top_logp: np.ndarray, min_prob: float) -> np.
 
 def proposals_of(scorer, min_prob: float) -> np.ndarray:
     """The token head's proposals for a scorer's clip (none where the scorer has no token head: ``x`` None)."""
-    x = getattr(scorer, "x", None)
-    return x.proposals(min_prob) if x is not None else np.empty(0, dtype=np.int64)
+    return scorer.x.proposals(min_prob) if scorer.x is not None else np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
