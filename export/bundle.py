@@ -20,7 +20,7 @@ from falcon_audio_edge.checkpoint import load_checkpoint
 from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.files import staged_dir
 from falcon_audio_edge.runtime.bundle import ANSWER_FILE, CTC_FILE, DECODER_FILE, ENCODER_FILE, write_manifest
-from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, copy_char_head
+from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, copy_char_head
 
 
 def versions() -> dict[str, str]:

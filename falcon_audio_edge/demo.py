@@ -89,7 +89,7 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
     saved = save_checkpoint(model, tokenizer, out, force=True)
     chars = shipped_char_head() if weights == shipped_weights() else None
     if chars is not None:  # checked against the model's width, then beside its weights (export takes it along)
-        from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, copy_char_head
+        from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, copy_char_head
 
         copy_char_head(chars, saved / CHAR_HEAD_FILE, dims.decoder.hidden)
     return saved

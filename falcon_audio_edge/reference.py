@@ -13,7 +13,7 @@ import torch
 
 from falcon_audio_edge.checkpoint import Checkpoint, load_checkpoint
 from falcon_audio_edge.errors import ConfigError
-from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE, load_char_head
+from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, load_char_head
 from falcon_audio_edge.runtime.engine import AudioChat
 
 

@@ -25,7 +25,7 @@ from falcon_audio_edge.runtime.bundle import (
     read_bundle,
     write_manifest,
 )
-from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE
+from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE
 from falcon_audio_edge.settings import default_threads
 
 

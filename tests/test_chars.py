@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 
 from falcon_audio_edge.errors import BundleError, ConfigError, FaEdgeError
+from falcon_audio_edge.runtime.charnet import ALPHABET, CHAR_HEAD_FILE, load_char_head
 from falcon_audio_edge.runtime.chars import (
-    ALPHABET,
-    CHAR_HEAD_FILE,
     LABELS,
     SPACE,
     CharPrefixScorer,
     JointScorer,
     extend,
-    load_char_head,
     text_labels,
     transcript_labels,
 )
@@ -111,31 +109,34 @@ def test_extended_leaves_the_parent_and_joint_weights_the_two_heads():
     assert joint.chars.state.labels == () and moved.chars.state.labels and moved.token.prefix == [0]
 
 
-def make_head(hidden: int = 8, width: int = 16, context: int = 1, seed: int = 0):
+def make_head(hidden: int = 8, width: int = 16, context: int = 1, seed: int = 0, blocks: int = 0):
     import torch
-    from falcon_audio_edge.train.charhead import CharHeadConfig, head_module, to_char_head
+    from falcon_audio_edge.train.charhead import CharHeadConfig, head_module
+    from falcon_audio_edge.train.charnet import to_char_head
 
-    cfg = CharHeadConfig(steps=10, warmup_steps=1, width=width, context=context)
+    cfg = CharHeadConfig(steps=10, warmup_steps=1, width=width, context=context, blocks=blocks)
     torch.manual_seed(seed)
     net = head_module(hidden, cfg)
-    return net, cfg, to_char_head(net, cfg)
+    return net, cfg, to_char_head(net)
 
 
-def test_numpy_head_equals_the_torch_head_and_survives_its_file(tmp_path):
+@pytest.mark.parametrize("blocks", [0, 2])
+def test_numpy_head_equals_the_torch_head_and_survives_its_file(tmp_path, blocks):
     import torch
     from falcon_audio_edge.train.charhead import head_log_probs
 
-    net, cfg, head = make_head()
+    net, cfg, head = make_head(blocks=blocks)
     net.eval()
     embeds = np.random.default_rng(0).normal(size=(7, 8)).astype(np.float32)
     with torch.no_grad():
-        want = head_log_probs(net, torch.from_numpy(embeds), cfg).numpy()
+        want = head_log_probs(net, torch.from_numpy(embeds)).numpy()
     got = head.log_probs(embeds)
     assert got.shape == (14, N_LABELS) and np.abs(got - want).max() < 1e-4
+    assert len(head.blocks) == blocks
     assert np.allclose(np.exp(got).sum(axis=1), 1.0)
     head.save(tmp_path / CHAR_HEAD_FILE)
     loaded = load_char_head(tmp_path / CHAR_HEAD_FILE, hidden=8)
-    assert loaded.context == 1 and loaded.upsample == 2
+    assert loaded.context == 1 and loaded.upsample == 2 and len(loaded.blocks) == blocks
     assert np.abs(loaded.log_probs(embeds) - got).max() < 0.05  # stored in float16
     with pytest.raises(BundleError, match="reads 8-wide embeddings; the decoder's are 32"):
         load_char_head(tmp_path / CHAR_HEAD_FILE, hidden=32)
@@ -164,6 +165,77 @@ def test_head_training_learns_to_spell_synthetic_audio():
     assert greedy_text(head.log_probs(test.embeds)) == "face bead"
 
 
+def test_batched_clips_read_as_each_alone():
+    """Padding a short clip up to a long one's length changes none of its own frames' outputs (the blocks'
+    attention masks the padding)."""
+    import torch
+
+    net, _, _ = make_head(blocks=2)
+    net.eval()
+    rng = np.random.default_rng(1)
+    short, long = (torch.from_numpy(rng.normal(size=(n, 8)).astype(np.float32)) for n in (3, 9))
+    with torch.no_grad():
+        both, lengths = net([short, long])
+        alone = net([short])[0]
+    assert lengths.tolist() == [6, 18] and torch.allclose(both[:6, 0], alone[:, 0], atol=1e-5)
+
+
+def test_a_head_file_without_blocks_reads_as_the_plain_mlp_and_bad_blocks_are_refused(tmp_path):
+    _, _, head = make_head(blocks=1)
+    embeds = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
+    _, _, plain = make_head()
+    arrays = {f"w{i}": w for i, w in enumerate(plain.weights)} | {f"b{i}": b for i, b in enumerate(plain.biases)}
+    np.savez(tmp_path / "old.npz", **arrays, context=1, upsample=2, alphabet=np.array(ALPHABET))  # the first format
+    old = load_char_head(tmp_path / "old.npz", hidden=8)
+    assert old.blocks == () and np.abs(old.log_probs(embeds) - plain.log_probs(embeds)).max() < 1e-5
+    bad = dict(head.blocks[0], qkv_w=head.blocks[0]["qkv_w"][:, :-1])
+    with pytest.raises(BundleError, match="block 0 qkv_w: shape \\(16, 47\\), expected \\(16, 48\\)"):
+        type(head)(head.weights, head.biases, head.context, head.upsample, blocks=(bad,), heads=4, norm=head.norm)
+    with pytest.raises(BundleError, match="width 16 does not split into 3 attention heads"):
+        type(head)(head.weights, head.biases, head.context, head.upsample, blocks=head.blocks, heads=3, norm=head.norm)
+    with pytest.raises(BundleError, match="heads=4 and 2 final norm arrays, but no transformer blocks"):
+        type(head)(head.weights, head.biases, head.context, head.upsample, heads=4, norm=head.norm)
+    head.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as data:
+        assert "w2" not in data and "out_w" in data  # a reader that knows no blocks fails on it
+        arrays = {k: data[k] for k in data.files if k != "block0_ff2_b"}
+    np.savez(tmp_path / "cut.npz", **arrays)
+    with pytest.raises(BundleError, match="cannot read the character head .*cut.npz.*block0_ff2_b"):
+        load_char_head(tmp_path / "cut.npz")
+
+
+def test_augmented_clips_stay_long_enough_for_their_labels():
+    from falcon_audio_edge.train.charhead import CharHeadConfig, augmented, ctc_frames
+
+    assert ctc_frames([3, 3, 4, 4, 4]) == 8 and ctc_frames([1, 2]) == 2 and ctc_frames([]) == 0
+    rng = np.random.default_rng(0)
+    ramp = np.arange(20, dtype=np.float32)[:, None] * np.ones((1, 4), dtype=np.float32)  # frame i is all i
+    labels = [2, 2, *range(3, 20)]  # 19 labels, one repeat: CTC needs 20 frames, 10 embeddings at upsample 2
+    stretched = [augmented(ramp, labels, CharHeadConfig(stretch=0.45), rng) for _ in range(50)]
+    assert min(map(len, stretched)) == 11 and max(map(len, stretched)) <= 29  # floor: the clip's own 20 or need
+    short = [augmented(ramp, labels * 2, CharHeadConfig(stretch=0.45), rng) for _ in range(20)]
+    assert min(map(len, short)) == 20  # 39 frames needed: never shrunk below the clip itself
+    for x in stretched:
+        assert x.dtype == np.float32 and x[0, 0] == 0 and x[-1, 0] == 19 and np.all(np.diff(x[:, 0]) > 0)
+    masked_cfg = CharHeadConfig(time_mask=0.3)
+    masked = [augmented(ramp, labels, masked_cfg, rng) for _ in range(50)]
+    share = [float((x == 0).all(axis=1)[1:].mean()) for x in masked]  # frame 0 is zero anyway
+    assert 0.1 < np.mean(share) < 0.4 and min(share) < max(share)
+    assert np.array_equal(ramp[:, 0], np.arange(20)) and all(len(x) == 20 for x in masked)  # the cache is untouched
+    with pytest.raises(ConfigError, match="stretch must be in \\[0, 0.5\\), got 0.7"):
+        CharHeadConfig(stretch=0.7)
+    with pytest.raises(ConfigError, match="width=30 must be a multiple of heads=4"):
+        CharHeadConfig(blocks=1, width=30)
+
+
+def test_alibi_penalises_distance_less_in_each_further_head():
+    from falcon_audio_edge.runtime.charnet import alibi_bias
+
+    bias = alibi_bias(3, 2)
+    assert bias.shape == (2, 3, 3) and np.allclose(bias[0], -np.abs(np.subtract.outer(range(3), range(3))) / 16)
+    assert np.allclose(bias[1], bias[0] / 16) and np.all(np.diagonal(bias, axis1=1, axis2=2) == 0)
+
+
 def test_char_settings_are_checked_and_default_only_for_transcription():
     with pytest.raises(ConfigError, match="ctc_weight=0.6 \\+ char_weight=0.5 must stay below 1"):
         GenerationSettings(ctc_weight=0.6, char_weight=0.5)
@@ -182,14 +254,15 @@ def test_char_settings_are_checked_and_default_only_for_transcription():
 
 @pytest.fixture(scope="module")
 def char_bundle(ctc_bundle, tmp_path_factory):
-    """The CTC test model with a (random) character head beside its weights, exported: the bundle carries it."""
+    """The CTC test model with a (random) character head beside its weights, exported: the bundle carries it.
+    The head has a transformer block, so its file has every kind of array (the MLP-only format has its own test)."""
     import shutil
 
     from falcon_audio_edge.export.bundle import export_bundle
 
     folder = tmp_path_factory.mktemp("chars")
     shutil.copytree(ctc_bundle[0], folder / "ckpt")
-    _, _, head = make_head(hidden=32, width=16, context=1, seed=3)
+    _, _, head = make_head(hidden=32, width=16, context=1, seed=3, blocks=1)
     head.save(folder / "ckpt" / CHAR_HEAD_FILE)
     return folder / "ckpt", export_bundle(folder / "ckpt", folder / "bundle", decoder_type="f32")
 

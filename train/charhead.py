@@ -1,4 +1,4 @@
-"""Train a checkpoint's character CTC head (``runtime/chars.py``) on its frozen audio embeddings.
+"""Train a checkpoint's character CTC head (``runtime/charnet.py``) on its frozen audio embeddings.
 
     python -m falcon_audio_edge.train.charhead CHECKPOINT --train DATA/train/manifest.jsonl [--train ...]
         --eval DATA/dev/manifest.jsonl --steps 3000
@@ -22,7 +22,8 @@ import numpy as np
 
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.files import atomic_file
-from falcon_audio_edge.runtime.chars import ALPHABET, CHAR_HEAD_FILE, CharHead, transcript_labels
+from falcon_audio_edge.runtime.charnet import ALPHABET, CHAR_HEAD_FILE, CharHead
+from falcon_audio_edge.runtime.chars import transcript_labels
 
 
 @dataclass(frozen=True)
@@ -35,25 +36,34 @@ class CharHeadConfig:
     context: int = 2  # audio embeddings each side the head sees
     width: int = 512
     upsample: int = 2  # output frames per audio embedding
+    blocks: int = 0  # transformer blocks over the whole clip after the MLP front (runtime/charnet.py)
+    heads: int = 4  # their attention heads
     dropout: float = 0.0  # on the head's input and hidden layers, in training
+    stretch: float = 0.0  # each training clip's embeddings resampled in time by a factor in [1 - s, 1 + s]
+    time_mask: float = 0.0  # each training clip gets about this share of its frames zeroed, in spans of <= 3
     eval_every: int = 500
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "width", "upsample", "eval_every"):
+        for name in ("steps", "batch_size", "width", "upsample", "eval_every", "heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("warmup_steps", "context", "seed"):
+        for name in ("warmup_steps", "context", "seed", "blocks"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.blocks and self.width % self.heads:
+            raise ConfigError(f"width={self.width} must be a multiple of heads={self.heads}")
         if self.warmup_steps >= self.steps:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be below steps={self.steps}")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "time_mask"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 <= self.stretch < 0.5:
+            raise ConfigError(f"stretch must be in [0, 0.5), got {self.stretch!r}")
         if not 0 <= self.weight_decay < 1:
             raise ConfigError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
 
@@ -85,34 +95,14 @@ def encode_clips(ckpt, manifests: list[Path]) -> list[Clip]:
 
 
 def head_module(hidden: int, cfg: CharHeadConfig):
-    import torch.nn as nn
+    from falcon_audio_edge.train.charnet import HeadNet
 
-    n_out, p = cfg.upsample * (1 + len(ALPHABET)), cfg.dropout
-    return nn.Sequential(
-        nn.Dropout(p), nn.Linear(hidden * (2 * cfg.context + 1), cfg.width), nn.GELU(approximate="tanh"),
-        nn.Dropout(p), nn.Linear(cfg.width, cfg.width), nn.GELU(approximate="tanh"),
-        nn.Dropout(p), nn.Linear(cfg.width, n_out),
-    )  # fmt: skip
+    return HeadNet(hidden, cfg.context, cfg.width, cfg.upsample, cfg.blocks, cfg.heads, cfg.dropout)
 
 
-def head_log_probs(net, embeds, cfg: CharHeadConfig):
-    """(T, H) -> (upsample*T, 1 + L), as runtime/chars.CharHead computes it."""
-    import torch
-
-    n, c = embeds.shape[0], cfg.context
-    padded = torch.nn.functional.pad(embeds, (0, 0, c, c))  # (T, H) -> (T + 2c, H)
-    x = torch.cat([padded[i : i + n] for i in range(2 * c + 1)], dim=1)  # -> (T, (2c+1)H)
-    return net(x).reshape(n * cfg.upsample, -1).log_softmax(-1)  # (T, k(1+L)) -> (kT, 1+L)
-
-
-def to_char_head(net, cfg: CharHeadConfig) -> CharHead:
-    linears = [m for m in net if hasattr(m, "weight")]  # the three linears (dropout has no weights)
-    return CharHead(
-        weights=tuple(m.weight.detach().numpy().T.copy() for m in linears),  # (out, in) -> (in, out)
-        biases=tuple(m.bias.detach().numpy().copy() for m in linears),
-        context=cfg.context,
-        upsample=cfg.upsample,
-    )
+def head_log_probs(net, embeds):
+    """(T, H) -> (upsample*T, 1 + L), as runtime/charnet.CharHead computes it."""
+    return net([embeds])[0][:, 0]  # (kT, 1, C) -> (kT, C)
 
 
 def greedy_text(log_probs: np.ndarray) -> str:
@@ -129,25 +119,45 @@ def char_wer(head: CharHead, clips: list[Clip]) -> float:
     return word_error_rate([c.text for c in clips], hyps)
 
 
-def batch_loss(net, batch: list[Clip], cfg: CharHeadConfig):
+def ctc_frames(labels: list[int]) -> int:
+    """The fewest frames CTC can read ``labels`` from: one each, and a blank between two equal neighbours."""
+    return len(labels) + sum(a == b for a, b in zip(labels, labels[1:], strict=False))
+
+
+def augmented(embeds: np.ndarray, labels: list[int], cfg: CharHeadConfig, rng: np.random.Generator) -> np.ndarray:
+    """A training clip's embeddings, stretched in time (linear interpolation between neighbours) and with
+    spans of frames zeroed; never stretched shorter than CTC needs for its labels (or than it was)."""
+    n = len(embeds)
+    if cfg.stretch:
+        need = -(-ctc_frames(labels) // cfg.upsample)  # ceil: each embedding gives upsample frames
+        m = max(round(n * rng.uniform(1 - cfg.stretch, 1 + cfg.stretch)), min(need, n), 1)
+        pos = np.linspace(0, n - 1, m)  # the new frames' positions on the old time axis
+        lo = np.floor(pos).astype(int)
+        hi, frac = np.minimum(lo + 1, n - 1), (pos - lo)[:, None].astype(np.float32)
+        embeds = embeds[lo] * (1 - frac) + embeds[hi] * frac  # (T, H) -> (m, H)
+    if cfg.time_mask:
+        embeds = embeds.copy()
+        for start in rng.integers(0, len(embeds), rng.poisson(cfg.time_mask * len(embeds) / 2)):
+            embeds[start : start + rng.integers(1, 4)] = 0.0
+    return embeds
+
+
+def batch_loss(net, batch: list[Clip], cfg: CharHeadConfig, rng: np.random.Generator | None = None):
     import torch
 
-    logp = [head_log_probs(net, torch.from_numpy(c.embeds), cfg) for c in batch]
-    width = max(x.shape[0] for x in logp)
-    padded = logp[0].new_zeros(width, len(batch), logp[0].shape[1])
-    for j, x in enumerate(logp):
-        padded[: x.shape[0], j] = x  # (T_j, C) into (T, N, C)
+    feats = [c.embeds if rng is None else augmented(c.embeds, c.labels, cfg, rng) for c in batch]
+    logp, lengths = net([torch.from_numpy(np.ascontiguousarray(x)) for x in feats])  # (kT, B, C), (B,)
     targets = torch.tensor([label for c in batch for label in c.labels])
-    return torch.nn.functional.ctc_loss(
-        padded, targets, torch.tensor([x.shape[0] for x in logp]), torch.tensor([len(c.labels) for c in batch]),
-        zero_infinity=True,
-    )  # fmt: skip
+    labels = torch.tensor([len(c.labels) for c in batch])
+    return torch.nn.functional.ctc_loss(logp, targets, lengths, labels, zero_infinity=True)
 
 
 def train_head(train: list[Clip], dev: list[Clip], hidden: int, cfg: CharHeadConfig, log=print) -> CharHead:
     import torch
 
     torch.manual_seed(cfg.seed)
+    from falcon_audio_edge.train.charnet import to_char_head
+
     net = head_module(hidden, cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
@@ -159,17 +169,18 @@ def train_head(train: list[Clip], dev: list[Clip], hidden: int, cfg: CharHeadCon
     sched = torch.optim.lr_scheduler.LambdaLR(opt, scale)
     rng, t0 = np.random.default_rng(cfg.seed), time.perf_counter()
     for step in range(1, cfg.steps + 1):
-        loss = batch_loss(net, [train[i] for i in rng.integers(0, len(train), cfg.batch_size)], cfg)
+        batch = [train[i] for i in rng.integers(0, len(train), cfg.batch_size)]
+        loss = batch_loss(net, batch, cfg, rng if cfg.stretch or cfg.time_mask else None)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            wer = char_wer(to_char_head(net, cfg), dev) if dev else float("nan")
+            wer = char_wer(to_char_head(net), dev) if dev else float("nan")
             log(f"step {step}/{cfg.steps}: loss {loss.item():.3f}, eval greedy character WER {wer:.3f}, "
                 f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
-    return to_char_head(net, cfg)
+    return to_char_head(net)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from falcon_audio_edge.errors import BundleError
 from falcon_audio_edge.runtime.bundle import Bundle, read_bundle
-from falcon_audio_edge.runtime.chars import CharHead, load_char_head
+from falcon_audio_edge.runtime.charnet import CharHead, load_char_head
 from falcon_audio_edge.runtime.ctc import CTCHead, load_ctc_head
 from falcon_audio_edge.runtime.decoder import LlamaDecoder
 from falcon_audio_edge.runtime.encoder import OnnxEncoder

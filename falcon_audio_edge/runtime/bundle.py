@@ -15,7 +15,7 @@ from falcon_audio_edge import audio
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import BundleError, FaEdgeError
 from falcon_audio_edge.files import read_json
-from falcon_audio_edge.runtime.chars import CHAR_HEAD_FILE  # optional: a character CTC head
+from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE  # optional: a character CTC head
 
 BUNDLE_FORMAT = "falcon-audio-edge-bundle"
 BUNDLE_VERSION = 1

@@ -9,29 +9,23 @@ as in ``runtime/ctc.py``, over characters): a token's text is lower-cased, lette
 labels, anything else (white space, hyphens, punctuation, digits) is the space label, emitted lazily (before the
 next letter, never twice). A token that adds no letter is scored as if the transcription ended there.
 
-The head reads the audio embeddings the decoder is fed: the embeddings at frames t-c..t+c, concatenated
--> MLP (tanh-approximated GELU) -> ``upsample`` x (1 + labels) logits: (T, H) -> (upsample*T, 1 + L).
-The upsampling gives it Whisper's 50 frames a second back (characters come faster than 25 a second).
-Numpy only; ``train/charhead.py`` trains it on a checkpoint's frozen audio embeddings.
+The head (``runtime/charnet.py``) reads the audio embeddings the decoder is fed and gives per-frame
+log-probabilities of the labels. Numpy only; ``train/charhead.py`` trains it on a checkpoint's frozen audio
+embeddings.
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from falcon_audio_edge.errors import BundleError
-from falcon_audio_edge.files import atomic_file
-from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, log_softmax
+from falcon_audio_edge.runtime.charnet import ALPHABET
+from falcon_audio_edge.runtime.ctc import CTCPrefixScorer
 
-ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # label i + 1 is ALPHABET[i]; 0 is the blank
 SPACE = 1
 LABELS = {c: i + 1 for i, c in enumerate(ALPHABET)}
-CHAR_HEAD_FILE = "char_head.npz"
 NEG_INF = -np.inf
 
 
@@ -45,82 +39,6 @@ def transcript_labels(text: str) -> list[int]:
     """The labels a transcript's audio says: its words, single spaces between, none at either end."""
     words = "".join(ch if ch in LABELS else " " for ch in text.lower()).split()
     return text_labels(" ".join(words))
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (what the head trains with: torch's approximate="tanh")."""
-    return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x**3)))
-
-
-@dataclass(frozen=True)
-class CharHead:
-    """Weights of the character head: three linears, (in, out) matrices; ``context`` frames each side."""
-
-    weights: tuple[np.ndarray, ...]  # W0 ((2c+1)H, D), W1 (D, D), W2 (D, upsample * (1 + L))
-    biases: tuple[np.ndarray, ...]
-    context: int
-    upsample: int
-    alphabet: str = ALPHABET
-
-    def __post_init__(self) -> None:
-        if self.alphabet != ALPHABET:
-            raise BundleError(f"character head alphabet {self.alphabet!r} is not this version's {ALPHABET!r}")
-        if len(self.weights) != 3 or len(self.biases) != 3:
-            raise BundleError(f"character head: 3 linears expected, got {len(self.weights)} weights")
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if w.ndim != 2 or b.shape != (w.shape[1],):
-                raise BundleError(f"character head layer {i}: weight {w.shape} and bias {b.shape} do not fit")
-            if i and w.shape[0] != self.weights[i - 1].shape[1]:
-                raise BundleError(f"character head layer {i}: takes {w.shape[0]}, gets {self.weights[i - 1].shape[1]}")
-        if self.weights[2].shape[1] != self.upsample * (1 + len(ALPHABET)):
-            raise BundleError(f"character head: {self.weights[2].shape[1]} outputs, expected upsample {self.upsample}"
-                              f" x {1 + len(ALPHABET)} labels")  # fmt: skip
-
-    @property
-    def hidden(self) -> int:
-        """The width of the audio embeddings it reads."""
-        return self.weights[0].shape[0] // (2 * self.context + 1)
-
-    def log_probs(self, embeds: np.ndarray) -> np.ndarray:
-        """(T, H) audio embeddings -> (upsample*T, 1 + L) float64 log-probabilities, blank first."""
-        n, c = len(embeds), self.context
-        padded = np.pad(np.asarray(embeds, dtype=np.float32), ((c, c), (0, 0)))  # (T, H) -> (T + 2c, H)
-        x = np.concatenate([padded[i : i + n] for i in range(2 * c + 1)], axis=1)  # -> (T, (2c+1)H)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = x @ w + b
-            x = gelu(x) if i < 2 else x
-        return log_softmax(x.reshape(n * self.upsample, -1))  # (T, k(1+L)) -> (kT, 1+L)
-
-    def save(self, path: Path) -> None:
-        arrays = {f"w{i}": w.astype(np.float16) for i, w in enumerate(self.weights)}
-        arrays |= {f"b{i}": b.astype(np.float16) for i, b in enumerate(self.biases)}
-        with open(path, "wb") as f:
-            np.savez(f, **arrays, context=np.int64(self.context), upsample=np.int64(self.upsample),
-                     alphabet=np.array(self.alphabet))  # fmt: skip
-
-
-def load_char_head(path: Path, hidden: int | None = None) -> CharHead:
-    """A character head from its npz, checked (and against the decoder's width ``hidden``, if given)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            head = CharHead(
-                weights=tuple(np.asarray(data[f"w{i}"], dtype=np.float32) for i in range(3)),
-                biases=tuple(np.asarray(data[f"b{i}"], dtype=np.float32) for i in range(3)),
-                context=int(data["context"]),
-                upsample=int(data["upsample"]),
-                alphabet=str(data["alphabet"]),
-            )
-    except (OSError, KeyError, ValueError) as exc:
-        raise BundleError(f"cannot read the character head {path}: {exc}") from exc
-    if hidden is not None and head.weights[0].shape[0] != (2 * head.context + 1) * hidden:
-        raise BundleError(f"{path}: the character head reads {head.hidden}-wide embeddings; the decoder's are {hidden}")
-    return head
-
-
-def copy_char_head(src: Path, dst: Path, hidden: int) -> Path:
-    """Copy a character head file after checking it reads ``hidden``-wide embeddings (written whole or not at all)."""
-    load_char_head(src, hidden)
-    return atomic_file(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _logcumsumexp(x: np.ndarray) -> np.ndarray:

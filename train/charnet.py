@@ -1,0 +1,93 @@
+"""The character head's network in PyTorch, for training: the same function as ``runtime/charnet.py``'s numpy
+``CharHead`` (windows -> two GELU linears -> optional ALiBi transformer blocks -> LayerNorm -> output linear),
+batched over padded clips; ``to_char_head`` hands its weights to the numpy head."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from falcon_audio_edge.runtime.charnet import ALPHABET, BLOCK_SHAPES, CharHead, alibi_bias
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: bidirectional self-attention with an ALiBi bias, then a GELU MLP."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.ff1, self.ff2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        qkv = self.qkv(self.ln1(x)).reshape(b, t, 3, self.heads, d // self.heads)  # (B, T, 3D) -> (B, T, 3, h, D/h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # -> 3 x (B, h, T, D/h)
+        att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, T, D/h)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))  # (B, h, T, D/h) -> (B, T, D)
+        return x + self.drop(self.ff2(nn.functional.gelu(self.ff1(self.ln2(x)), approximate="tanh")))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """This block's weights under runtime/charnet.py's names, matrices as (in, out)."""
+        out = {}
+        for name in BLOCK_SHAPES:
+            module, kind = name.rsplit("_", 1)
+            tensor = getattr(getattr(self, module), "weight" if kind == "w" else "bias").detach()
+            out[name] = tensor.numpy().T.copy() if tensor.ndim == 2 else tensor.numpy().copy()  # (out, in) -> (in, out)
+        return out
+
+
+class HeadNet(nn.Module):
+    def __init__(self, hidden: int, context: int, width: int, upsample: int, blocks: int, heads: int, dropout: float):
+        super().__init__()
+        self.context, self.upsample, self.heads = context, upsample, heads
+        self.front = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(hidden * (2 * context + 1), width), nn.GELU(approximate="tanh"),
+            nn.Dropout(dropout), nn.Linear(width, width), nn.GELU(approximate="tanh"),
+        )  # fmt: skip
+        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(blocks))
+        self.norm = nn.LayerNorm(width) if blocks else None
+        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, upsample * (1 + len(ALPHABET))))
+
+    def windows(self, embeds: torch.Tensor) -> torch.Tensor:
+        """(T, H) -> (T, (2c+1)H): each frame with its c neighbours each side (zeros past the ends)."""
+        n, c = embeds.shape[0], self.context
+        padded = nn.functional.pad(embeds, (0, 0, c, c))  # (T, H) -> (T + 2c, H)
+        return torch.cat([padded[i : i + n] for i in range(2 * c + 1)], dim=1)
+
+    def forward(self, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips of (T_i, H) embeddings -> ((upsample*T, B, 1 + L) log-probabilities, padded; (B,) lengths)."""
+        lengths = torch.tensor([len(c) for c in clips])
+        width = int(lengths.max())
+        x = torch.stack([nn.functional.pad(self.windows(c), (0, 0, 0, width - len(c))) for c in clips])  # (B, T, W)
+        x = self.front(x)
+        if self.blocks:
+            keys = torch.arange(width)[None, :] < lengths[:, None]  # (B, T): real frames, not padding
+            bias = torch.from_numpy(alibi_bias(width, self.heads))[None]  # (1, h, T, T)
+            bias = bias.masked_fill(~keys[:, None, None, :], float("-inf"))  # (B, h, T, T)
+            for blk in self.blocks:
+                x = blk(x, bias)
+            x = self.norm(x)
+        x = self.out(x)  # (B, T, k(1+L))
+        logp = x.reshape(len(clips), width * self.upsample, -1).log_softmax(-1)  # (B, T, k(1+L)) -> (B, kT, 1+L)
+        return logp.transpose(0, 1), lengths * self.upsample  # (B, kT, C) -> (kT, B, C)
+
+
+def to_char_head(net: HeadNet) -> CharHead:
+    linears = [net.front[1], net.front[4], net.out[1]]
+
+    def vec(t: torch.Tensor) -> np.ndarray:
+        return t.detach().numpy().copy()
+
+    return CharHead(
+        weights=tuple(vec(m.weight).T.copy() for m in linears),  # (out, in) -> (in, out)
+        biases=tuple(vec(m.bias) for m in linears),
+        context=net.context,
+        upsample=net.upsample,
+        blocks=tuple(blk.arrays() for blk in net.blocks),
+        heads=net.heads if net.blocks else 0,
+        norm=(vec(net.norm.weight), vec(net.norm.bias)) if net.blocks else (),
+    )
