@@ -77,27 +77,19 @@ class GenerationSettings:
             raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.ctc_weight, (int, float)) or not 0.0 <= self.ctc_weight < 1.0:
-            raise ConfigError(f"ctc_weight must be a number from 0 up to (not including) 1, got {self.ctc_weight!r}")
-        if self.ctc_weight and not self.greedy:
-            raise ConfigError(
-                f"ctc_weight={self.ctc_weight} rescores greedy decoding: it needs temperature 0, got {self.temperature}"
-            )
-        if not isinstance(self.char_weight, (int, float)) or not 0.0 <= self.char_weight < 1.0:
-            raise ConfigError(f"char_weight must be a number from 0 up to (not including) 1, got {self.char_weight!r}")
+        for name in ("ctc_weight", "char_weight", "ctc_proposal_prob"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be a number from 0 up to (not including) 1, got {value!r}")
+        for name in ("ctc_weight", "char_weight"):
+            if getattr(self, name) and not self.greedy:
+                raise ConfigError(f"{name}={getattr(self, name)} rescores greedy decoding: it needs temperature 0, "
+                                  f"got {self.temperature}")  # fmt: skip
         if self.ctc_weight + self.char_weight >= 1.0:
             raise ConfigError(f"ctc_weight={self.ctc_weight} + char_weight={self.char_weight} must stay below 1 "
                               "(the LLM's own weight is what is left)")  # fmt: skip
-        if self.char_weight and not self.greedy:
-            raise ConfigError(
-                f"char_weight={self.char_weight} rescores greedy decoding: it needs temperature 0, "
-                f"got {self.temperature}"
-            )
         if not isinstance(self.beam_size, int) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
             raise ConfigError(f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}")
-        if not isinstance(self.ctc_proposal_prob, (int, float)) or not 0.0 <= self.ctc_proposal_prob < 1.0:
-            raise ConfigError(f"ctc_proposal_prob must be a number from 0 up to (not including) 1, got "
-                              f"{self.ctc_proposal_prob!r}")  # fmt: skip
         if not isinstance(self.ctc_candidates, int) or not 1 <= self.ctc_candidates <= 256:
             raise ConfigError(f"ctc_candidates must be an integer from 1 to 256, got {self.ctc_candidates!r}")
 

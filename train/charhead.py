@@ -142,10 +142,10 @@ def augmented(embeds: np.ndarray, labels: list[int], cfg: CharHeadConfig, rng: n
     return embeds
 
 
-def batch_loss(net, batch: list[Clip], cfg: CharHeadConfig, rng: np.random.Generator | None = None):
+def batch_loss(net, batch: list[Clip], cfg: CharHeadConfig, rng: np.random.Generator):
     import torch
 
-    feats = [c.embeds if rng is None else augmented(c.embeds, c.labels, cfg, rng) for c in batch]
+    feats = [augmented(c.embeds, c.labels, cfg, rng) for c in batch]  # as they are, and no draws, without augmentation
     logp, lengths = net([torch.from_numpy(np.ascontiguousarray(x)) for x in feats])  # (kT, B, C), (B,)
     targets = torch.tensor([label for c in batch for label in c.labels])
     labels = torch.tensor([len(c.labels) for c in batch])
@@ -154,10 +154,9 @@ def batch_loss(net, batch: list[Clip], cfg: CharHeadConfig, rng: np.random.Gener
 
 def train_head(train: list[Clip], dev: list[Clip], hidden: int, cfg: CharHeadConfig, log=print) -> CharHead:
     import torch
-
-    torch.manual_seed(cfg.seed)
     from falcon_audio_edge.train.charnet import to_char_head
 
+    torch.manual_seed(cfg.seed)
     net = head_module(hidden, cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
@@ -170,7 +169,7 @@ def train_head(train: list[Clip], dev: list[Clip], hidden: int, cfg: CharHeadCon
     rng, t0 = np.random.default_rng(cfg.seed), time.perf_counter()
     for step in range(1, cfg.steps + 1):
         batch = [train[i] for i in rng.integers(0, len(train), cfg.batch_size)]
-        loss = batch_loss(net, batch, cfg, rng if cfg.stretch or cfg.time_mask else None)
+        loss = batch_loss(net, batch, cfg, rng)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

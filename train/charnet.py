@@ -11,6 +11,12 @@ from torch import nn
 from falcon_audio_edge.runtime.charnet import ALPHABET, BLOCK_SHAPES, CharHead, alibi_bias
 
 
+def as_array(t: torch.Tensor) -> np.ndarray:
+    """A parameter as the numpy head stores it: matrices as (in, out), vectors as they are."""
+    t = t.detach()
+    return (t.T if t.ndim == 2 else t).numpy().copy()  # (out, in) -> (in, out)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: bidirectional self-attention with an ALiBi bias, then a GELU MLP."""
 
@@ -32,12 +38,11 @@ class Block(nn.Module):
 
     def arrays(self) -> dict[str, np.ndarray]:
         """This block's weights under runtime/charnet.py's names, matrices as (in, out)."""
-        out = {}
-        for name in BLOCK_SHAPES:
-            module, kind = name.rsplit("_", 1)
-            tensor = getattr(getattr(self, module), "weight" if kind == "w" else "bias").detach()
-            out[name] = tensor.numpy().T.copy() if tensor.ndim == 2 else tensor.numpy().copy()  # (out, in) -> (in, out)
-        return out
+        parts = {name: name.rsplit("_", 1) for name in BLOCK_SHAPES}  # "qkv_w" -> self.qkv.weight
+        return {
+            name: as_array(getattr(getattr(self, m), "weight" if k == "w" else "bias"))
+            for name, (m, k) in parts.items()
+        }
 
 
 class HeadNet(nn.Module):
@@ -78,16 +83,12 @@ class HeadNet(nn.Module):
 
 def to_char_head(net: HeadNet) -> CharHead:
     linears = [net.front[1], net.front[4], net.out[1]]
-
-    def vec(t: torch.Tensor) -> np.ndarray:
-        return t.detach().numpy().copy()
-
     return CharHead(
-        weights=tuple(vec(m.weight).T.copy() for m in linears),  # (out, in) -> (in, out)
-        biases=tuple(vec(m.bias) for m in linears),
+        weights=tuple(as_array(m.weight) for m in linears),
+        biases=tuple(as_array(m.bias) for m in linears),
         context=net.context,
         upsample=net.upsample,
         blocks=tuple(blk.arrays() for blk in net.blocks),
         heads=net.heads if net.blocks else 0,
-        norm=(vec(net.norm.weight), vec(net.norm.bias)) if net.blocks else (),
+        norm=(as_array(net.norm.weight), as_array(net.norm.bias)) if net.blocks else (),
     )
