@@ -137,17 +137,21 @@ def synth(
         typer.echo(f"{name}: {path}")
 
 
+ACCENTS_HELP = "share of clips (0-1) spoken with a synthetic accent: a few vowels moved (train/accent.py)"
+
+
 @app.command()
 def respeak(
     manifest: Annotated[Path, typer.Argument(help="a training manifest (rows with text or transcription targets)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="new folder: clips/ and manifest.jsonl")],
     copies: Annotated[int, typer.Option(help="new clips per row")] = 1,
     seed: int = 0,
+    accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
 ) -> None:
     """Speak every row of a training manifest again with other training voices (targets kept; no LLM needed)."""
     from falcon_audio_edge.train.grow import respeak as respeak_rows
 
-    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed)}")
+    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents)}")
 
 
 @app.command(name="synth-words")
@@ -157,11 +161,12 @@ def synth_words(
     clips: Annotated[int, typer.Option(help="random word sequences to speak")] = 10000,
     common_words: Annotated[int, typer.Option(help="how many of the commonest words to draw from")] = 10000,
     seed: int = 0,
+    accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
 ) -> None:
     """Transcription clips of random word sequences in training voices: more words heard, none learnt by heart."""
     from falcon_audio_edge.train.grow import random_word_set
 
-    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed)}")
+    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents)}")
 
 
 @app.command(name="train")

@@ -8,10 +8,11 @@ prompt, the word error rate of each.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,20 +70,39 @@ def builtin_clips(folder: Path, count: int = len(BUILTIN_SENTENCES)) -> list[tup
 
 
 def words(text: str) -> list[str]:
+    """Lower-cased words, punctuation removed (the answer comparisons; ``plain_words`` of the WER)."""
     return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
-def exact_share(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """The share of clips whose hypothesis has the reference's words exactly (lower-cased, punctuation removed)."""
-    same = sum(words(r) == words(h) for r, h in zip(references, hypotheses, strict=True))
+@functools.cache
+def _english_normalizer() -> Callable[[str], str]:
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+def english_words(text: str) -> list[str]:
+    """Words as English WER is usually scored (Whisper's English normalizer: case and punctuation dropped,
+    numbers as digits, British spellings as American, contractions spelled out, hesitations removed)."""
+    return _english_normalizer()(text).split()
+
+
+def exact_share(
+    references: Sequence[str], hypotheses: Sequence[str], split: Callable[[str], list[str]] = english_words
+) -> float:
+    """The share of clips whose hypothesis has the reference's words exactly (after ``split``)."""
+    same = sum(split(r) == split(h) for r, h in zip(references, hypotheses, strict=True))
     return same / max(1, len(references))
 
 
-def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Word-level edit distance over all clips / reference words (lower-cased, punctuation removed)."""
+def word_error_rate(
+    references: Sequence[str], hypotheses: Sequence[str], split: Callable[[str], list[str]] = english_words
+) -> float:
+    """Word-level edit distance over all clips / reference words, both split into words by ``split`` (the
+    usual English normalization by default; ``words``: only lower-cased, punctuation removed)."""
     errors = total = 0
     for ref, hyp in zip(references, hypotheses, strict=True):
-        r, h = words(ref), words(hyp)
+        r, h = split(ref), split(hyp)
         row = list(range(len(h) + 1))
         for i, rw in enumerate(r, 1):
             prev, row[0] = row[0], i

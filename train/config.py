@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 30
     max_steps: int = 300
+    stop_after: int | None = None  # end the run after this step; the schedule still spans max_steps
     batch_size: int = 8
     grad_accum: int = 1
     bf16: bool = True  # bf16 autocast (CPU or CUDA)
@@ -74,6 +75,9 @@ class TrainConfig:
             check_rate("encoder_learning_rate", self.encoder_learning_rate)
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}")
+        stop, last = self.stop_after, self.max_steps
+        if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= last):
+            raise ConfigError(f"stop_after={stop!r} must be an integer from 1 to max_steps={self.max_steps}")
         if not isinstance(self.ctc_weight, (int, float)) or self.ctc_weight < 0:
             raise ConfigError(f"ctc_weight must be a number >= 0, got {self.ctc_weight!r}")
         if not isinstance(self.ctc_only_steps, int) or not 0 <= self.ctc_only_steps <= self.max_steps:
@@ -152,6 +156,11 @@ class TrainConfig:
     @property
     def spec_augment(self) -> SpecAugment:
         return SpecAugment(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width)
+
+    @property
+    def last_step(self) -> int:
+        """The step the run ends after: stop_after, or max_steps."""
+        return self.max_steps if self.stop_after is None else self.stop_after
 
     @property
     def train_manifests(self) -> list[str]:

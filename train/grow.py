@@ -24,6 +24,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from falcon_audio_edge.train.accent import MAX_MOVES
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.synth import (
     TRANSCRIBE_PROMPTS,
@@ -60,17 +61,21 @@ def read_rows(manifest: Path) -> list[dict]:
     return rows
 
 
-def respeak(manifest: str | Path, out: str | Path, copies: int = 1, seed: int = 0) -> Path:
-    """Write out/clips/*.wav and out/manifest.jsonl: ``copies`` new clips of every usable row; returns the manifest."""
+def respeak(manifest: str | Path, out: str | Path, copies: int = 1, seed: int = 0, accents: float = 0.0) -> Path:
+    """Write out/clips/*.wav and out/manifest.jsonl: ``copies`` new clips of every usable row; returns the manifest.
+    ``accents``: the share of clips spoken with a synthetic accent (train/accent.py)."""
     manifest, out = Path(manifest), Path(out)
     if not isinstance(copies, int) or copies < 1:
         raise ConfigError(f"--copies must be an integer >= 1, got {copies!r}")
+    check_share(accents)
     check_new_folder(out)
     rows = read_rows(manifest)
-    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed))
+    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), accents)
 
 
-def random_word_set(out: str | Path, llm: str | Path, clips: int, common: int = 10000, seed: int = 0) -> Path:
+def random_word_set(
+    out: str | Path, llm: str | Path, clips: int, common: int = 10000, seed: int = 0, accents: float = 0.0
+) -> Path:
     """Transcription clips of random word sequences (3-8 words) in training voices; returns the manifest."""
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
@@ -78,6 +83,7 @@ def random_word_set(out: str | Path, llm: str | Path, clips: int, common: int = 
     for name, value in (("--clips", clips), ("--common-words", common)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    check_share(accents)
     check_new_folder(out)
     if not Path(llm).is_file():
         raise ConfigError(f"--llm {llm}: no such GGUF file")
@@ -89,7 +95,12 @@ def random_word_set(out: str | Path, llm: str | Path, clips: int, common: int = 
         {"instruction": rng.choice(TRANSCRIBE_PROMPTS), "target": s, "task": "transcribe", "text": s}
         for s in random_word_sentences(rng, sorted(words), clips)
     ]
-    return speak_rows(rows, out, rng)
+    return speak_rows(rows, out, rng, accents)
+
+
+def check_share(accents: float) -> None:
+    if isinstance(accents, bool) or not isinstance(accents, int | float) or not 0 <= accents <= 1:
+        raise ConfigError(f"--accents must be a share from 0 to 1, got {accents!r}")
 
 
 def check_new_folder(out: Path) -> None:
@@ -97,7 +108,7 @@ def check_new_folder(out: Path) -> None:
         raise ConfigError(f"{out} already exists; this writes a new folder (remove it or pick another)")
 
 
-def speak_rows(rows: list[dict], out: Path, rng: random.Random) -> Path:
+def speak_rows(rows: list[dict], out: Path, rng: random.Random, accents: float = 0.0) -> Path:
     """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all."""
     check_voices()
     with staged_dir(out, force=False) as tmp:
@@ -106,10 +117,12 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random) -> Path:
         for i, row in enumerate(rows):
             voice = random_voice(rng, "train")
             clip = tmp / "clips" / f"{i:06d}.wav"
-            seconds = speak(spoken_text(row), voice, clip, rng, augment=True)
+            moves = rng.randint(1, MAX_MOVES) if accents and rng.random() < accents else 0
+            seconds = speak(spoken_text(row), voice, clip, rng, augment=True, accent_moves=moves)
             new.append({
                 **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
                 "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
+                **({"accent_moves": moves} if moves else {}),
             })  # fmt: skip
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
     return out / "manifest.jsonl"

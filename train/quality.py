@@ -155,6 +155,7 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
         guided = replace(gen, ctc_weight=weight, char_weight=chars)
         hyps, seconds = transcribe_all(chat, trans, base, guided)
         result.update(wer=word_error_rate([r["text"] for r in trans], hyps), transcribe_s_per_clip=seconds)
+        result["wer_plain"] = word_error_rate([r["text"] for r in trans], hyps, split=words)
         result["exact"] = exact_share([r["text"] for r in trans], hyps)
         if chars and weight:  # what the character head adds: the token head alone at its own default weight
             tokens_only, _ = transcribe_all(
@@ -181,6 +182,7 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
     if whisper is not None:
         whisper_hyps = whisper_transcripts(whisper, [base / r["audio"] for r in trans])
         result["whisper_wer"] = word_error_rate([r["text"] for r in trans], whisper_hyps)
+        result["whisper_wer_plain"] = word_error_rate([r["text"] for r in trans], whisper_hyps, split=words)
     return result
 
 
@@ -216,6 +218,10 @@ def markdown(result: dict, command: str) -> str:
         f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, {platform.system()}.",
         f"Command: `{command}`",
         "",
+        "WER is scored as English WER usually is: both sides through Whisper's English normalizer (the "
+        "`whisper-normalizer` package: case and punctuation dropped, numbers as digits, British spellings as "
+        "American). The rows marked *plain* only lower-case and drop punctuation (`colour` vs `color` is an error).",
+        "",
         "| measure | value |",
         "| --- | --- |",
     ]
@@ -234,9 +240,12 @@ def markdown(result: dict, command: str) -> str:
                              f"{ctc_weight_for(TRANSCRIBE, True)}: no character head) | {alone} |")  # fmt: skip
     else:
         lines.append(f"| transcription WER (bundle) | {result['wer']:.3f} |")
+    lines.append(f"| transcription WER, plain (the default decoding) | {result['wer_plain']:.3f} |")
     lines.append(f"| transcriptions word for word (the default decoding) | {result['exact']:.3f} |")
     if "whisper_wer" in result:
         lines.append(f"| transcription WER (Whisper tiny.en alone, faster-whisper) | {result['whisper_wer']:.3f} |")
+    if "whisper_wer_plain" in result:
+        lines.append(f"| transcription WER, plain (Whisper tiny.en alone) | {result['whisper_wer_plain']:.3f} |")
     lines += [
         f"| spoken-question agreement (exact answer match) | {result['agreement']:.3f} |",
         f"| first-sentence agreement | {result['first_sentence_agreement']:.3f} |",

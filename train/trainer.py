@@ -327,10 +327,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     kept = frozen_to_bf16(ckpt.model.llm) if cfg.bf16 else {}  # after prepare: DDP broadcasts float32 states
     rank, world = accelerator.process_index, accelerator.num_processes
     stream = micro_batches([approx_length(ex) for ex in train_set], cfg, step * cfg.grad_accum)
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(total=cfg.last_step, initial=step, disable=not (progress and accelerator.is_main_process))
     loss_value, eval_loss, ctc_wer = float("nan"), None, None
     wrapped.train()
-    while step < cfg.max_steps:
+    while step < cfg.last_step:
         for _ in range(cfg.grad_accum):
             batch = [train_set[i] for i in next(stream)][rank::world]
             with accelerator.accumulate(wrapped), accelerator.autocast():
@@ -344,7 +344,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         loss_value = float(accelerator.reduce(loss.detach(), reduction="mean"))
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if eval_set and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+        if eval_set and (step % cfg.eval_every == 0 or step == cfg.last_step):
             eval_loss, ctc_wer = evaluate(step_module, eval_set, cfg, accelerator)
             wer_text = "" if ctc_wer is None else f", eval CTC WER {ctc_wer:.3f}"
             bar.write(f"step {step}: train loss {loss_value:.4f}, eval loss {eval_loss:.4f}{wer_text}")
@@ -353,14 +353,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         accelerator.wait_for_everyone()
     bar.close()
     restore_frozen(ckpt.model.llm, kept)
-    return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss, ctc_wer), accelerator, base)
+    going_on = (optimizer, scheduler) if step < cfg.max_steps else (None, None)  # stop_after: it can go on later
+    return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss, ctc_wer), accelerator, base, going_on)
 
 
-def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, base: str) -> TrainResult:
+def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, base: str, going_on) -> TrainResult:
     trainable = out / "trainable.safetensors"
     merged = out / "checkpoint"
     if accelerator.is_main_process:
-        save_state(out, step, step_module, None, None, cfg, base)
+        save_state(out, step, step_module, *going_on, cfg, base)
         save_trainable(ckpt.model, trainable, cfg)
         model = ckpt.model
         if "lora" in cfg.train:

@@ -96,6 +96,8 @@ def markdown(trials: list[Trial], bundle: Path, dev: Path, command: str) -> str:
         f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, {platform.system()}.",
         f"Command: `{command}`",
         "",
+        "WER after Whisper's English normalizer (case, punctuation, numbers, British and American spellings).",
+        "",
         "| CTC weight | character head weight | beam size | CTC proposals (min prob) | WER | transcribed word for word "
         "| seconds per clip |",
         "| --- | --- | --- | --- | --- | --- | --- |",
