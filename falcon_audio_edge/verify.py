@@ -70,7 +70,7 @@ def builtin_clips(folder: Path, count: int = len(BUILTIN_SENTENCES)) -> list[tup
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words, punctuation removed (the answer comparisons; ``plain_words`` of the WER)."""
+    """Lower-cased words, punctuation removed (the answer comparisons, and the WER's plain ``split``)."""
     return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 

@@ -77,7 +77,7 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0 and < max_steps={self.max_steps}")
         stop, last = self.stop_after, self.max_steps
         if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= last):
-            raise ConfigError(f"stop_after={stop!r} must be an integer from 1 to max_steps={self.max_steps}")
+            raise ConfigError(f"stop_after={stop!r} must be an integer from 1 to max_steps={last}")
         if not isinstance(self.ctc_weight, (int, float)) or self.ctc_weight < 0:
             raise ConfigError(f"ctc_weight must be a number >= 0, got {self.ctc_weight!r}")
         if not isinstance(self.ctc_only_steps, int) or not 0 <= self.ctc_only_steps <= self.max_steps:

@@ -24,7 +24,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from falcon_audio_edge.train.accent import MAX_MOVES
+from falcon_audio_edge.train.accent import MAX_MOVES, accent_shift, phonemes
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.synth import (
     TRANSCRIBE_PROMPTS,
@@ -117,12 +117,14 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random, accents: float =
         for i, row in enumerate(rows):
             voice = random_voice(rng, "train")
             clip = tmp / "clips" / f"{i:06d}.wav"
-            moves = rng.randint(1, MAX_MOVES) if accents and rng.random() < accents else 0
-            seconds = speak(spoken_text(row), voice, clip, rng, augment=True, accent_moves=moves)
+            text, moves = spoken_text(row), {}
+            if accents and rng.random() < accents:  # a synthetic accent: espeak-ng speaks moved phonemes
+                text, moves = accent_shift(phonemes(text, voice.name), rng, rng.randint(1, MAX_MOVES))
+            seconds = speak(text, voice, clip, rng, augment=True)
             new.append({
                 **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
                 "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
-                **({"accent_moves": moves} if moves else {}),
+                **({"accent_moves": len(moves)} if moves else {}),
             })  # fmt: skip
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
     return out / "manifest.jsonl"

@@ -150,25 +150,26 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
     trans = [r for r in rows if r["task"] == "transcribe"]
     qa = [r for r in rows if r["task"] == "qa"]
     result: dict = {"bundle": str(bundle), "transcribe_clips": len(trans), "qa_clips": len(qa)}
+    refs = [r["text"] for r in trans]
     with open_bundle(bundle) as chat:
         weight, chars = guidance_for(TRANSCRIBE, chat.has_ctc_head, chat.has_char_head)
         guided = replace(gen, ctc_weight=weight, char_weight=chars)
         hyps, seconds = transcribe_all(chat, trans, base, guided)
-        result.update(wer=word_error_rate([r["text"] for r in trans], hyps), transcribe_s_per_clip=seconds)
-        result["wer_plain"] = word_error_rate([r["text"] for r in trans], hyps, split=words)
-        result["exact"] = exact_share([r["text"] for r in trans], hyps)
+        result.update(wer=word_error_rate(refs, hyps), transcribe_s_per_clip=seconds)
+        result["wer_plain"] = word_error_rate(refs, hyps, split=words)
+        result["exact"] = exact_share(refs, hyps)
         if chars and weight:  # what the character head adds: the token head alone at its own default weight
             tokens_only, _ = transcribe_all(
                 chat, trans, base, replace(gen, ctc_weight=ctc_weight_for(TRANSCRIBE, True))
             )
-            result["wer_token_head_only"] = word_error_rate([r["text"] for r in trans], tokens_only)
+            result["wer_token_head_only"] = word_error_rate(refs, tokens_only)
         if weight:
             result.update(ctc_weight=weight, char_weight=chars, beam_size=gen.beam_size,
                           proposal_prob=gen.ctc_proposal_prob)  # fmt: skip
             wide, wide_s = transcribe_all(chat, trans, base, replace(guided, beam_size=COMPARED_BEAM))
-            result.update(wer_beam=word_error_rate([r["text"] for r in trans], wide), transcribe_s_per_clip_beam=wide_s)
+            result.update(wer_beam=word_error_rate(refs, wide), transcribe_s_per_clip_beam=wide_s)
             plain, _ = transcribe_all(chat, trans, base, gen)
-            result["wer_without_ctc"] = word_error_rate([r["text"] for r in trans], plain)
+            result["wer_without_ctc"] = word_error_rate(refs, plain)
         result.update(spoken_questions(chat, qa, base, gen))
         result["decoder_typed_agreement"] = typed_agreement(chat, qa, gen)
         if chat.open_answerer is not None:  # the bundle has an answer model: listen-first turns too
@@ -181,8 +182,8 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
         )
     if whisper is not None:
         whisper_hyps = whisper_transcripts(whisper, [base / r["audio"] for r in trans])
-        result["whisper_wer"] = word_error_rate([r["text"] for r in trans], whisper_hyps)
-        result["whisper_wer_plain"] = word_error_rate([r["text"] for r in trans], whisper_hyps, split=words)
+        result["whisper_wer"] = word_error_rate(refs, whisper_hyps)
+        result["whisper_wer_plain"] = word_error_rate(refs, whisper_hyps, split=words)
     return result
 
 

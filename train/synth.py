@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from falcon_audio_edge.train.accent import accent_shift, phonemes
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.textgen import (
     common_words,
@@ -150,11 +149,8 @@ def random_voice(rng: random.Random, split: str) -> Voice:
     return Voice(rng.choice(accents), rng.choice(variants), rng.randint(130, 200), rng.randint(30, 70))
 
 
-def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool, accent_moves: int = 0) -> float:
-    """Write ``text`` spoken by ``voice`` as a 16 kHz mono WAV; returns its length in seconds. ``accent_moves``
-    > 0: that many of its vowel kinds moved (a synthetic accent, train/accent.py)."""
-    if accent_moves:
-        text, _ = accent_shift(phonemes(text, voice.name), rng, accent_moves)
+def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool) -> float:
+    """Write ``text`` spoken by ``voice`` as a 16 kHz mono WAV; returns its length in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(raw), "--", text]
