@@ -145,6 +145,22 @@ def test_numpy_head_equals_the_torch_head_and_survives_its_file(tmp_path, blocks
         load_char_head(tmp_path / "bad.npz")
 
 
+@pytest.mark.parametrize("blocks", [0, 1])
+def test_a_head_goes_back_into_a_network_that_trains_on(blocks):
+    """from_char_head undoes to_char_head: the network it gives computes what the numpy head computes."""
+    import torch
+    from falcon_audio_edge.train.charhead import head_log_probs
+    from falcon_audio_edge.train.charnet import from_char_head
+
+    _, _, head = make_head(blocks=blocks, seed=3)
+    net = from_char_head(head).eval()
+    assert all(p.requires_grad for p in net.parameters())
+    embeds = np.random.default_rng(1).normal(size=(9, 8)).astype(np.float32)
+    with torch.no_grad():
+        got = head_log_probs(net, torch.from_numpy(embeds)).numpy()
+    assert np.abs(got - head.log_probs(embeds)).max() < 1e-4
+
+
 def test_head_training_learns_to_spell_synthetic_audio():
     """Embeddings that are one fixed vector per letter (and one for silence): the trained head reads them."""
     from falcon_audio_edge.train.charhead import CharHeadConfig, Clip, greedy_text, train_head

@@ -48,7 +48,7 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"load_in_4bit": True}, "load_in_4bit \\(QLoRA\\) needs 'lora'"),
         ({"warmup_steps": 6}, "warmup_steps=6 must be >= 0 and < max_steps=6"),
         ({"optimizer": "sgd"}, "optimizer must be one of"),
-        ({"ctc_only_steps": 2}, "ctc_only_steps=2 needs ctc_weight > 0"),
+        ({"ctc_only_steps": 2}, "ctc_only_steps=2 needs ctc_weight or char_weight > 0"),
         ({"ctc_weight": 0.5, "ctc_only_steps": 7}, "ctc_only_steps=7 must be an integer from 0 to max_steps"),
         ({"checkpoint": 3}, "checkpoint must be a path, got 3"),
         ({"train_manifest": []}, r"train_manifest must be a path or a list of paths, got \[\]"),
@@ -63,6 +63,10 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"stop_after": 7}, r"stop_after=7 must be an integer from 1 to max_steps=6"),
         ({"stop_after": 0}, r"stop_after=0 must be an integer from 1 to max_steps=6"),
         ({"stop_after": "3"}, r"stop_after='3' must be an integer from 1 to max_steps=6"),
+        ({"char_weight": -0.5}, r"char_weight must be a number >= 0, got -0.5"),
+        ({"char_weight": True}, r"char_weight must be a number >= 0, got True"),
+        ({"char_learning_rate": 0.01}, r"char_learning_rate=0.01 needs char_weight > 0"),
+        ({"char_weight": 0.5, "char_learning_rate": 1e-0}, r"char_learning_rate must be a number in \(0, 1\)"),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_keys(tmp_path, tiny_ckpt, manifest, patch, message):
@@ -386,6 +390,53 @@ def test_a_run_saved_before_the_head_moved_into_the_model_still_resumes(tmp_path
     assert np.allclose(got, head.numpy(), atol=1e-6)  # the old head was loaded (a fresh one would be random)
 
 
+def test_the_character_head_trains_with_the_encoder_and_goes_on_from_the_checkpoints(tmp_path, tiny_ckpt, manifest):
+    """char_weight: the character CTC loss trains a head (fresh, or the checkpoint's char_head.npz) with the
+    connector and encoder; eval reads its greedy spelling; the head lands beside the run and in its checkpoint."""
+    import shutil
+
+    import torch
+    from falcon_audio_edge.train.trainer import train
+
+    from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, load_char_head
+
+    cfg = config(tmp_path, tiny_ckpt, manifest, train=["connector", "encoder"], char_weight=0.5, ctc_only_steps=3,
+                 char_learning_rate=0.01)  # fmt: skip
+    first = train(cfg, progress=False)
+    assert first.char_head == tmp_path / "run" / CHAR_HEAD_FILE
+    assert first.eval_char_wer is not None and first.eval_char_wer >= 0.9  # 6 steps of a random tiny model
+    assert first.eval_ctc_wer is None and "eval character WER" in first.summary()
+    head = load_char_head(first.char_head, hidden=32)
+    again = load_char_head(first.checkpoint / CHAR_HEAD_FILE, hidden=32)
+    assert all(np.array_equal(a, b) for a, b in zip(head.weights, again.weights, strict=True))
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert any(k.startswith("chars.") for k in state["trainable"]) and state["config"]["char_weight"] == 0.5
+
+    # on from a checkpoint that has a head: that head is where training starts (a rate of ~0 keeps it there)
+    base = tmp_path / "with-head"
+    shutil.copytree(first.checkpoint, base)
+    slow = config(tmp_path, base, manifest, char_weight=0.5, char_learning_rate=1e-9, max_steps=2, warmup_steps=0,
+                  output_dir=str(tmp_path / "second"))  # fmt: skip
+    kept = load_char_head(train(slow, progress=False).char_head, hidden=32)
+    assert all(np.abs(a - b).max() < 1e-3 for a, b in zip(head.weights, kept.weights, strict=True))
+
+
+def test_a_run_saved_before_character_heads_resumes(tmp_path, tiny_ckpt, manifest):
+    """state.pt files written before char_weight existed carry no such key: they resume as runs without one."""
+    import torch
+    from falcon_audio_edge.train.trainer import train
+
+    cfg = config(tmp_path, tiny_ckpt, manifest, max_steps=4, stop_after=2)
+    train(cfg, progress=False)
+    path = tmp_path / "run" / "state.pt"
+    state = torch.load(path, weights_only=False)
+    del state["config"]["char_weight"], state["config"]["char_learning_rate"]
+    torch.save(state, path)
+    assert train(config(tmp_path, tiny_ckpt, manifest, max_steps=4), progress=False).steps == 4
+    with pytest.raises(ConfigError, match=r"other \['char_weight'\]"):
+        train(config(tmp_path, tiny_ckpt, manifest, max_steps=4, char_weight=0.5), progress=False)
+
+
 def test_ctc_collapse_merges_repeats_and_drops_blanks():
     from falcon_audio_edge.train.trainer import ctc_collapse
 
@@ -545,7 +596,7 @@ def test_batches_group_similar_lengths():
     """Length buckets cut right padding; every example at most once per epoch; the same order on every run."""
     import random
 
-    from falcon_audio_edge.train.trainer import batches
+    from falcon_audio_edge.train.schedule import batches
 
     cfg = TrainConfig.from_dict({"checkpoint": "c", "train_manifest": "m", "output_dir": "o", "batch_size": 8})
     rng = random.Random(0)
@@ -654,6 +705,12 @@ def test_ship_stacks_a_run_on_the_demo_model_onto_its_shipped_weights(tmp_path, 
     name = "connector.proj.1.weight"
     assert torch.equal(got[name], shipped[name] + 1.0)  # the run's connector, the shipped LoRA and encoder
     assert all(torch.equal(got[k], v) for k, v in shipped.items() if not k.startswith("connector."))
+
+    state = torch.load(run / "state.pt", weights_only=False)  # a char_weight run: its head ships as char_head.npz
+    torch.save({**state, "trainable": {**state["trainable"], "chars.out.1.bias": torch.zeros(58)}}, run / "state.pt")
+    with safe_open(str(ship(run, onto, tmp_path / "with-chars.safetensors")), framework="pt") as f:
+        assert set(f.keys()) == set(got)
+    torch.save(state, run / "state.pt")
 
     other = tmp_path / "other.safetensors"
     other.write_bytes(onto.read_bytes() + b" ")  # another file: the checkpoint was not built from it

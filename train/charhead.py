@@ -144,12 +144,10 @@ def augmented(embeds: np.ndarray, labels: list[int], cfg: CharHeadConfig, rng: n
 
 def batch_loss(net, batch: list[Clip], cfg: CharHeadConfig, rng: np.random.Generator):
     import torch
+    from falcon_audio_edge.train.charnet import char_ctc_loss
 
     feats = [augmented(c.embeds, c.labels, cfg, rng) for c in batch]  # as they are, and no draws, without augmentation
-    logp, lengths = net([torch.from_numpy(np.ascontiguousarray(x)) for x in feats])  # (kT, B, C), (B,)
-    targets = torch.tensor([label for c in batch for label in c.labels])
-    labels = torch.tensor([len(c.labels) for c in batch])
-    return torch.nn.functional.ctc_loss(logp, targets, lengths, labels, zero_infinity=True)
+    return char_ctc_loss(net, [torch.from_numpy(np.ascontiguousarray(x)) for x in feats], [c.labels for c in batch])
 
 
 def train_head(train: list[Clip], dev: list[Clip], hidden: int, cfg: CharHeadConfig, log=print) -> CharHead:

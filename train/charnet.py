@@ -4,11 +4,13 @@ batched over padded clips; ``to_char_head`` hands its weights to the numpy head.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
-from falcon_audio_edge.runtime.charnet import ALPHABET, BLOCK_SHAPES, CharHead, alibi_bias
+from falcon_audio_edge.runtime.charnet import ALPHABET, BLOCK_SHAPES, CharHead, alibi_bias, load_char_head
 
 
 def as_array(t: torch.Tensor) -> np.ndarray:
@@ -79,6 +81,45 @@ class HeadNet(nn.Module):
         x = self.out(x)  # (B, T, k(1+L))
         logp = x.reshape(len(clips), width * self.upsample, -1).log_softmax(-1)  # (B, T, k(1+L)) -> (B, kT, 1+L)
         return logp.transpose(0, 1), lengths * self.upsample  # (B, kT, C) -> (kT, B, C)
+
+
+def char_ctc_loss(net: HeadNet, clips: list[torch.Tensor], labels: list[list[int]]) -> torch.Tensor:
+    """Mean CTC loss of the head's reading of clips ((T_i, H) embeddings each) against their character labels."""
+    logp, lengths = net(clips)  # (kT, B, C), (B,)
+    targets = torch.tensor([label for row in labels for label in row])
+    return nn.functional.ctc_loss(
+        logp.float(), targets, lengths, torch.tensor([len(row) for row in labels]), zero_infinity=True
+    )
+
+
+def start_head(path: Path, hidden: int) -> HeadNet:
+    """The head to train on with the encoder: ``path`` (a checkpoint's char_head.npz) if there is one, else a
+    fresh one of ``train/charhead.py``'s default shape."""
+    if path.is_file():
+        return from_char_head(load_char_head(path, hidden))
+    from falcon_audio_edge.train.charhead import CharHeadConfig, head_module
+
+    return head_module(hidden, CharHeadConfig())
+
+
+def from_char_head(head: CharHead, dropout: float = 0.0) -> HeadNet:
+    """A numpy head's weights (checked by ``CharHead`` itself) in a trainable network: ``to_char_head`` undone.
+    Every array lands on a parameter of the same shape (``load_state_dict`` is strict)."""
+    hidden = head.weights[0].shape[0] // (2 * head.context + 1)
+    width = head.weights[0].shape[1]
+    net = HeadNet(hidden, head.context, width, head.upsample, len(head.blocks), head.heads or 1, dropout)
+    arrays = {"front.1": (head.weights[0], head.biases[0]), "front.4": (head.weights[1], head.biases[1]),
+              "out.1": (head.weights[2], head.biases[2])}  # fmt: skip
+    state = {f"{m}.{k}": torch.from_numpy(np.ascontiguousarray(a.T if a.ndim == 2 else a))
+             for m, (w, b) in arrays.items() for k, a in (("weight", w), ("bias", b))}  # fmt: skip
+    for i, blk in enumerate(head.blocks):
+        for name, a in blk.items():
+            m, k = name.rsplit("_", 1)
+            state[f"blocks.{i}.{m}.{'weight' if k == 'w' else 'bias'}"] = torch.from_numpy(a.T if a.ndim == 2 else a)
+    if head.blocks:
+        state |= {"norm.weight": torch.from_numpy(head.norm[0]), "norm.bias": torch.from_numpy(head.norm[1])}
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net
 
 
 def to_char_head(net: HeadNet) -> CharHead:

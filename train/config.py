@@ -53,6 +53,8 @@ class TrainConfig:
     ctc_weight: float = 0.0  # > 0: add the CTC loss of the spoken transcript on the audio embeddings
     ctc_only_steps: int = 0  # the first updates train on the CTC loss alone (no LLM forward: fast)
     ctc_learning_rate: float | None = None  # the CTC head's own peak rate (None: learning_rate)
+    char_weight: float = 0.0  # > 0: add the character CTC loss (the checkpoint's char_head.npz, or a fresh head)
+    char_learning_rate: float | None = None  # the character head's own peak rate (None: learning_rate)
     init_from: str | None = None  # an earlier run's output_dir (same checkpoint): start from its trained weights
     freq_masks: int = 0  # SpecAugment (train/augment.py): mel bands masked per training clip
     freq_mask_width: int = 15  # each band 0 to this many mel bins
@@ -88,8 +90,16 @@ class TrainConfig:
             if not self.ctc_weight:
                 raise ConfigError(f"ctc_learning_rate={self.ctc_learning_rate!r} needs ctc_weight > 0 (no CTC head)")
             check_rate("ctc_learning_rate", self.ctc_learning_rate)
-        if self.ctc_only_steps and not self.ctc_weight:
-            raise ConfigError(f"ctc_only_steps={self.ctc_only_steps} needs ctc_weight > 0 (there is no loss otherwise)")
+        if not isinstance(self.char_weight, (int, float)) or isinstance(self.char_weight, bool) or self.char_weight < 0:
+            raise ConfigError(f"char_weight must be a number >= 0, got {self.char_weight!r}")
+        if self.char_learning_rate is not None:
+            if not self.char_weight:
+                raise ConfigError(f"char_learning_rate={self.char_learning_rate!r} needs char_weight > 0 (no head)")
+            check_rate("char_learning_rate", self.char_learning_rate)
+        if self.ctc_only_steps and not (self.ctc_weight or self.char_weight):
+            raise ConfigError(
+                f"ctc_only_steps={self.ctc_only_steps} needs ctc_weight or char_weight > 0 (there is no loss otherwise)"
+            )
         for name in ("checkpoint", "output_dir", "eval_manifest", "init_from"):
             value = getattr(self, name)
             optional = value is None and name in ("eval_manifest", "init_from")

@@ -22,8 +22,9 @@ BATCHING = f"shuffle, sort by length within buckets of {BUCKET} batches, shuffle
 # settings that must not change between a run and its resume
 RESUME_KEYS = (
     "checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "ctc_weight",
-    "ctc_only_steps", "init_from", "ctc_learning_rate",
+    "ctc_only_steps", "init_from", "ctc_learning_rate", "char_weight", "char_learning_rate",
 )  # fmt: skip
+ADDED_KEYS = {"char_weight": 0.0, "char_learning_rate": None}  # resume keys newer than some saves: their value then
 
 
 def base_fingerprint(checkpoint: str | Path) -> str:
@@ -110,7 +111,7 @@ def init_weights(run: Path, model, cfg, base: str) -> list[str]:
 
 def check_resume(out: Path, saved: dict, cfg, base: str) -> None:
     """``saved``: the config part of ``out``'s state; every setting a resume must keep, and the base weights."""
-    changed = sorted(k for k in RESUME_KEYS if k != "checkpoint" and saved.get(k) != getattr(cfg, k))
+    changed = sorted(k for k in RESUME_KEYS if k != "checkpoint" and saved.get(k, ADDED_KEYS.get(k)) != getattr(cfg, k))
     if "train_manifests" in saved and saved["train_manifests"] != cfg.train_manifests:  # saved since manifest lists
         changed.append("train_manifest (the batch order a resume replays)")
     if not same_base(saved, cfg, base):

@@ -7,18 +7,17 @@ processes: each takes its shard of every batch and gradients are averaged.
 
 from __future__ import annotations
 
-import itertools
-import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from falcon_audio_edge.train.augment import SpecAugment
+from falcon_audio_edge.train.charhead import greedy_text, head_log_probs
+from falcon_audio_edge.train.charnet import HeadNet, char_ctc_loss, start_head, to_char_head
 from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
+from falcon_audio_edge.train.schedule import approx_length, lr_lambda, micro_batches
 from falcon_audio_edge.train.state import (
-    BUCKET,
     base_fingerprint,
     init_weights,
     load_state,
@@ -29,7 +28,10 @@ from torch import nn
 
 from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
 from falcon_audio_edge.errors import ConfigError
+from falcon_audio_edge.files import atomic_file
 from falcon_audio_edge.model import whisper_encode
+from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE
+from falcon_audio_edge.runtime.chars import transcript_labels
 from falcon_audio_edge.verify import word_error_rate
 
 IGNORE = -100
@@ -45,7 +47,7 @@ class TrainingStep(nn.Module):
 
     def __init__(
         self, model, tokenizer, frozen_encoder: bool, ctc_weight: float = 0.0,
-        augment: SpecAugment | None = None, seed: int = 0,
+        augment: SpecAugment | None = None, seed: int = 0, chars: HeadNet | None = None, char_weight: float = 0.0,
     ):  # fmt: skip
         super().__init__()
         self.model = model
@@ -58,6 +60,10 @@ class TrainingStep(nn.Module):
         self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example
         self.augment = augment if augment is not None and augment.active else None
         self._gen = torch.Generator().manual_seed(seed)
+        if (chars is None) != (not char_weight):
+            raise ValueError(f"a character head and char_weight > 0 go together (char_weight={char_weight})")
+        self.chars = chars  # the character CTC head (runtime/charnet.py's network), trained with char_weight
+        self.char_weight = char_weight
 
     @property
     def ctc(self) -> nn.Module | None:
@@ -105,12 +111,27 @@ class TrainingStep(nn.Module):
         return embeds, labels
 
     def forward(self, batch: list[Example], lm: bool = True, ctc: bool = True) -> torch.Tensor:
-        """The LM loss on the targets, plus ``ctc_weight`` x the CTC loss on the transcripts (if any)."""
+        """The LM loss on the targets, plus ``ctc_weight`` x the token CTC loss and ``char_weight`` x the character
+        CTC loss on the transcripts (if any)."""
         audio = [self.audio(ex) for ex in batch]
         loss = self.lm_loss(batch, audio) if lm else torch.zeros((), device=self.device)
         if ctc and self.ctc is not None:
             loss = loss + self.ctc_weight * self.ctc_loss(batch, audio)
+        if ctc and self.chars is not None:
+            loss = loss + self.char_weight * self.char_loss(batch, audio)
         return loss
+
+    def char_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
+        """The character head's CTC loss on the spelled transcripts (examples without one are left out)."""
+        spelled = [(a, labels) for ex, a in zip(batch, audio, strict=True)
+                   if (labels := transcript_labels(ex.transcript or ""))]  # fmt: skip
+        if not spelled:
+            return sum(a.sum() for a in audio) * 0.0
+        return char_ctc_loss(self.chars, [a for a, _ in spelled], [labels for _, labels in spelled])
+
+    def char_transcripts(self, audio: list[torch.Tensor]) -> list[str]:
+        """Greedy reading of audio embeddings by the character head."""
+        return [greedy_text(head_log_probs(self.chars, a).float().numpy()) for a in audio]
 
     def ctc_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
         """CTC of each spoken transcript against its audio positions (examples without one are left out)."""
@@ -155,16 +176,6 @@ class TrainingStep(nn.Module):
         return nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
-def lr_lambda(cfg: TrainConfig):
-    def scale(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return scale
-
-
 def set_trainable(model, cfg: TrainConfig) -> list[dict]:
     """Freeze all, then unfreeze what ``cfg.train`` names; returns the optimizer's parameter groups."""
     for p in model.parameters():
@@ -186,14 +197,16 @@ def set_trainable(model, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def with_ctc_head(groups: list[dict], ctc: nn.Module | None, cfg: TrainConfig) -> list[dict]:
-    """The CTC head trains with the connector, or at ``ctc_learning_rate`` in a group of its own (a fresh head on
-    audio embeddings that were trained before must move faster than they do, or it settles on all-blank)."""
+def with_ctc_head(groups: list[dict], ctc: nn.Module | None, cfg: TrainConfig, rate: float | None = None) -> list[dict]:
+    """A CTC head (token or character) trains with the connector, or at its own ``rate`` (default
+    ``ctc_learning_rate``) in a group of its own (a fresh head on audio embeddings that were trained before must
+    move faster than they do, or it settles on all-blank)."""
+    rate = cfg.ctc_learning_rate if rate is None else rate
     if ctc is None:
         return groups
-    if cfg.ctc_learning_rate is None:
+    if rate is None:
         return [{**groups[0], "params": [*groups[0]["params"], *ctc.parameters()]}, *groups[1:]]
-    return [*groups, {"params": list(ctc.parameters()), "lr": cfg.ctc_learning_rate}]
+    return [*groups, {"params": list(ctc.parameters()), "lr": rate}]
 
 
 def make_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -209,37 +222,18 @@ def make_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def approx_length(ex: Example) -> int:
-    """About how many positions an example takes in the LLM (audio + text at ~4 characters a token)."""
-    return ex.n_audio_tokens + (len(ex.instruction or "") + len(ex.target)) // 4
+@dataclass
+class Evaluation:
+    """One periodic eval: mean LM loss on the targets, and the greedy WERs of the heads that train (or None)."""
 
+    loss: float
+    ctc_wer: float | None = None  # the token CTC head's reading
+    char_wer: float | None = None  # the character head's reading
 
-def batches(lengths: list[int], cfg: TrainConfig, epoch: int) -> list[list[int]]:
-    """One epoch's batches: shuffled, then sorted by length within buckets of BUCKET batches, so a batch holds
-    examples of similar length and little of it is right padding; the batches are shuffled again. The same
-    order on every run (for resume)."""
-    rng = random.Random(cfg.seed * 1000 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    size, out = cfg.batch_size, []
-    for start in range(0, len(order), size * BUCKET):
-        chunk = sorted(order[start : start + size * BUCKET], key=lambda i: lengths[i])
-        out += [chunk[i : i + size] for i in range(0, len(chunk) - size + 1, size)]
-    rng.shuffle(out)
-    return out
-
-
-def micro_batches(lengths: list[int], cfg: TrainConfig, start: int):
-    """Every micro-batch from ``start`` on, epoch after epoch, the same order on every run (for resume)."""
-    per_epoch = len(batches(lengths, cfg, 0))
-    if per_epoch == 0:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(lengths)} training examples")
-    epoch, order = None, []
-    for index in itertools.count(start):
-        if index // per_epoch != epoch:  # one epoch's order, made once
-            epoch = index // per_epoch
-            order = batches(lengths, cfg, epoch)
-        yield order[index % per_epoch]
+    def text(self) -> str:
+        out = f"eval loss {self.loss:.4f}"
+        out += "" if self.ctc_wer is None else f", eval CTC WER {self.ctc_wer:.3f}"
+        return out + ("" if self.char_wer is None else f", eval character WER {self.char_wer:.3f}")
 
 
 @dataclass
@@ -250,12 +244,15 @@ class TrainResult:
     checkpoint: Path
     trainable: Path
     eval_ctc_wer: float | None = None  # greedy CTC WER of the last eval (runs with a CTC head)
+    eval_char_wer: float | None = None  # greedy character WER of the last eval (runs with char_weight)
+    char_head: Path | None = None  # the trained character head (runs with char_weight)
 
     def summary(self) -> str:
-        evals = "" if self.eval_loss is None else f", eval loss {self.eval_loss:.4f}"
-        evals += "" if self.eval_ctc_wer is None else f", eval CTC WER {self.eval_ctc_wer:.3f}"
+        evals = Evaluation(self.eval_loss or 0.0, self.eval_ctc_wer, self.eval_char_wer).text()
+        evals = "" if self.eval_loss is None else f", {evals}"
+        heads = "" if self.char_head is None else f", character head {self.char_head}"
         return (f"trained {self.steps} steps: loss {self.final_loss:.4f}{evals}; checkpoint {self.checkpoint}, "
-                f"trained weights {self.trainable}")  # fmt: skip
+                f"trained weights {self.trainable}{heads}")  # fmt: skip
 
 
 def frozen_to_bf16(llm: nn.Module) -> dict[str, torch.Tensor]:
@@ -276,23 +273,23 @@ def restore_frozen(llm: nn.Module, kept: dict[str, torch.Tensor]) -> None:
             p.data = kept[name]
 
 
-def evaluate(
-    step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator
-) -> tuple[float, float | None]:
-    """Mean LM loss on the targets, and (with a CTC head) the greedy CTC WER of the spoken examples: how well
-    the audio embeddings alone say the words. The loss is a poor proxy for listening; the WER is a direct one."""
+def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator) -> Evaluation:
+    """Mean LM loss on the targets, and (with CTC heads) their greedy WERs on the spoken examples: how well the
+    audio embeddings alone say the words. The loss is a poor proxy for listening; the WERs are direct ones."""
     step_module.eval()
-    losses, refs, hyps = [], [], []
+    losses, refs, ctc_hyps, char_hyps = [], [], [], []
     with torch.no_grad(), accelerator.autocast():
         for i in range(0, len(examples), cfg.batch_size):
             chunk = examples[i : i + cfg.batch_size]
-            audio = [step_module.audio(ex) for ex in chunk]  # once, for the loss and the CTC reading
+            audio = [step_module.audio(ex) for ex in chunk]  # once, for the loss and the CTC readings
             losses.append(float(step_module.lm_loss(chunk, audio)))
-            spoken = [j for j, ex in enumerate(chunk) if ex.transcript] if step_module.ctc is not None else []
-            refs += [chunk[j].transcript for j in spoken]
-            hyps += step_module.ctc_transcripts([audio[j] for j in spoken])
+            spoken = [a for a, ex in zip(audio, chunk, strict=True) if ex.transcript]
+            refs += [ex.transcript for ex in chunk if ex.transcript]
+            ctc_hyps += step_module.ctc_transcripts(spoken) if step_module.ctc is not None else []
+            char_hyps += step_module.char_transcripts(spoken) if step_module.chars is not None else []
     step_module.train()
-    return sum(losses) / len(losses), (word_error_rate(refs, hyps) if refs else None)
+    wer = [word_error_rate(refs, hyps) if refs and hyps else None for hyps in (ctc_hyps, char_hyps)]
+    return Evaluation(sum(losses) / len(losses), *wer)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
@@ -314,8 +311,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         cfg.ctc_weight,
         cfg.spec_augment,
         cfg.seed + 1000 * accelerator.process_index,
+        start_head(Path(cfg.checkpoint) / CHAR_HEAD_FILE, ckpt.dims.decoder.hidden) if cfg.char_weight else None,
+        cfg.char_weight,
     )
-    optimizer = make_optimizer(with_ctc_head(params, step_module.ctc, cfg), cfg)
+    params = with_ctc_head(with_ctc_head(params, step_module.ctc, cfg), step_module.chars, cfg, cfg.char_learning_rate)
+    optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     base = base_fingerprint(cfg.checkpoint)
     step = load_state(out, step_module, optimizer, scheduler, cfg, base)
@@ -328,7 +328,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     stream = micro_batches([approx_length(ex) for ex in train_set], cfg, step * cfg.grad_accum)
     bar = tqdm(total=cfg.last_step, initial=step, disable=not (progress and accelerator.is_main_process))
-    loss_value, eval_loss, ctc_wer = float("nan"), None, None
+    loss_value, evals = float("nan"), None
     wrapped.train()
     while step < cfg.last_step:
         for _ in range(cfg.grad_accum):
@@ -345,16 +345,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if eval_set and (step % cfg.eval_every == 0 or step == cfg.last_step):
-            eval_loss, ctc_wer = evaluate(step_module, eval_set, cfg, accelerator)
-            wer_text = "" if ctc_wer is None else f", eval CTC WER {ctc_wer:.3f}"
-            bar.write(f"step {step}: train loss {loss_value:.4f}, eval loss {eval_loss:.4f}{wer_text}")
+            evals = evaluate(step_module, eval_set, cfg, accelerator)
+            bar.write(f"step {step}: train loss {loss_value:.4f}, {evals.text()}")
         if step % cfg.save_every == 0 and accelerator.is_main_process:
             save_state(out, step, step_module, optimizer, scheduler, cfg, base)
         accelerator.wait_for_everyone()
     bar.close()
     restore_frozen(ckpt.model.llm, kept)
     going_on = (optimizer, scheduler) if step < cfg.max_steps else (None, None)  # stop_after: it can go on later
-    return _finish(cfg, out, ckpt, step_module, step, (loss_value, eval_loss, ctc_wer), accelerator, base, going_on)
+    return _finish(cfg, out, ckpt, step_module, step, (loss_value, evals), accelerator, base, going_on)
 
 
 def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, base: str, going_on) -> TrainResult:
@@ -367,5 +366,13 @@ def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, b
         if "lora" in cfg.train:
             model.llm = model.llm.merge_and_unload()
         save_checkpoint(model.float().eval(), ckpt.tokenizer, merged, force=True)
+        if step_module.chars is not None:  # beside the run's weights, and in its checkpoint for fa-edge export
+            head = to_char_head(step_module.chars.float().eval())
+            for folder in (out, merged):
+                atomic_file(folder / CHAR_HEAD_FILE, head.save)
     accelerator.wait_for_everyone()
-    return TrainResult(step, losses[0], losses[1], merged, trainable, eval_ctc_wer=losses[2])
+    evals = losses[1] or Evaluation(float("nan"))
+    return TrainResult(
+        step, losses[0], None if losses[1] is None else evals.loss, merged, trainable, evals.ctc_wer, evals.char_wer,
+        out / CHAR_HEAD_FILE if step_module.chars is not None else None,
+    )  # fmt: skip
