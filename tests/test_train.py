@@ -282,6 +282,24 @@ def test_ctc_head_trains_with_the_connector_or_at_its_own_rate(tmp_path, tiny_ck
         assert sum(len(g["params"]) for g in groups) == len({id(p) for g in groups for p in g["params"]})
 
 
+def test_the_character_head_trains_at_its_own_rate_or_the_connectors(tmp_path, tiny_ckpt, manifest):
+    """Without char_learning_rate the character head joins the connector's group, whatever ctc_learning_rate is."""
+    from falcon_audio_edge.train.charhead import CharHeadConfig, head_module
+    from falcon_audio_edge.train.trainer import set_trainable, with_ctc_head, with_head
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+
+    for extra, rates in (({}, [5e-3, 0.02]), ({"char_learning_rate": 0.03}, [5e-3, 0.02, 0.03])):
+        ckpt = load_checkpoint(tiny_ckpt)
+        cfg = config(tmp_path, tiny_ckpt, manifest, ctc_weight=0.5, ctc_learning_rate=0.02, char_weight=0.5, **extra)
+        head = head_module(32, CharHeadConfig(width=16))
+        ctc = ckpt.model.add_ctc_head()
+        groups = with_head(with_ctc_head(set_trainable(ckpt.model, cfg), ctc, cfg), head, cfg.char_learning_rate)
+        assert [g["lr"] for g in groups] == rates
+        char_group = groups[-1] if extra else groups[0]
+        assert {id(p) for p in head.parameters()} <= {id(p) for p in char_group["params"]}
+
+
 def _check_lora_merge(result, tiny_ckpt, merged_by_peft, before):
     """The shipped file's adapters, merged without peft, give peft's merged weights; bad files are refused."""
     import torch

@@ -197,16 +197,20 @@ def set_trainable(model, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def with_ctc_head(groups: list[dict], ctc: nn.Module | None, cfg: TrainConfig, rate: float | None = None) -> list[dict]:
-    """A CTC head (token or character) trains with the connector, or at its own ``rate`` (default
-    ``ctc_learning_rate``) in a group of its own (a fresh head on audio embeddings that were trained before must
-    move faster than they do, or it settles on all-blank)."""
-    rate = cfg.ctc_learning_rate if rate is None else rate
-    if ctc is None:
+def with_ctc_head(groups: list[dict], ctc: nn.Module | None, cfg: TrainConfig) -> list[dict]:
+    """The token CTC head's parameters, at ``ctc_learning_rate`` (``with_head``)."""
+    return with_head(groups, ctc, cfg.ctc_learning_rate)
+
+
+def with_head(groups: list[dict], head: nn.Module | None, rate: float | None) -> list[dict]:
+    """A CTC head (token or character) trains with the connector, or at its own ``rate`` in a group of its own (a
+    fresh head on audio embeddings that were trained before must move faster than they do, or it settles on
+    all-blank)."""
+    if head is None:
         return groups
     if rate is None:
-        return [{**groups[0], "params": [*groups[0]["params"], *ctc.parameters()]}, *groups[1:]]
-    return [*groups, {"params": list(ctc.parameters()), "lr": rate}]
+        return [{**groups[0], "params": [*groups[0]["params"], *head.parameters()]}, *groups[1:]]
+    return [*groups, {"params": list(head.parameters()), "lr": rate}]
 
 
 def make_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -240,16 +244,27 @@ class Evaluation:
 class TrainResult:
     steps: int
     final_loss: float
-    eval_loss: float | None
+    evaluation: Evaluation | None  # the last eval (None: no eval manifest)
     checkpoint: Path
     trainable: Path
-    eval_ctc_wer: float | None = None  # greedy CTC WER of the last eval (runs with a CTC head)
-    eval_char_wer: float | None = None  # greedy character WER of the last eval (runs with char_weight)
     char_head: Path | None = None  # the trained character head (runs with char_weight)
 
+    @property
+    def eval_loss(self) -> float | None:
+        return None if self.evaluation is None else self.evaluation.loss
+
+    @property
+    def eval_ctc_wer(self) -> float | None:
+        """Greedy CTC WER of the last eval (runs with a CTC head)."""
+        return None if self.evaluation is None else self.evaluation.ctc_wer
+
+    @property
+    def eval_char_wer(self) -> float | None:
+        """Greedy character WER of the last eval (runs with char_weight)."""
+        return None if self.evaluation is None else self.evaluation.char_wer
+
     def summary(self) -> str:
-        evals = Evaluation(self.eval_loss or 0.0, self.eval_ctc_wer, self.eval_char_wer).text()
-        evals = "" if self.eval_loss is None else f", {evals}"
+        evals = "" if self.evaluation is None else f", {self.evaluation.text()}"
         heads = "" if self.char_head is None else f", character head {self.char_head}"
         return (f"trained {self.steps} steps: loss {self.final_loss:.4f}{evals}; checkpoint {self.checkpoint}, "
                 f"trained weights {self.trainable}{heads}")  # fmt: skip
@@ -314,7 +329,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         start_head(Path(cfg.checkpoint) / CHAR_HEAD_FILE, ckpt.dims.decoder.hidden) if cfg.char_weight else None,
         cfg.char_weight,
     )
-    params = with_ctc_head(with_ctc_head(params, step_module.ctc, cfg), step_module.chars, cfg, cfg.char_learning_rate)
+    params = with_head(with_ctc_head(params, step_module.ctc, cfg), step_module.chars, cfg.char_learning_rate)
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     base = base_fingerprint(cfg.checkpoint)
@@ -371,8 +386,5 @@ def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, b
             for folder in (out, merged):
                 atomic_file(folder / CHAR_HEAD_FILE, head.save)
     accelerator.wait_for_everyone()
-    evals = losses[1] or Evaluation(float("nan"))
-    return TrainResult(
-        step, losses[0], None if losses[1] is None else evals.loss, merged, trainable, evals.ctc_wer, evals.char_wer,
-        out / CHAR_HEAD_FILE if step_module.chars is not None else None,
-    )  # fmt: skip
+    heads = out / CHAR_HEAD_FILE if step_module.chars is not None else None
+    return TrainResult(step, losses[0], losses[1], merged, trainable, heads)
