@@ -16,7 +16,7 @@ from falcon_audio_edge.runtime.charnet import ALPHABET, BLOCK_SHAPES, CharHead, 
 def as_array(t: torch.Tensor) -> np.ndarray:
     """A parameter as the numpy head stores it: matrices as (in, out), vectors as they are."""
     t = t.detach()
-    return (t.T if t.ndim == 2 else t).numpy().copy()  # (out, in) -> (in, out)
+    return (t.T if t.ndim == 2 else t).cpu().numpy().copy()  # (out, in) -> (in, out)
 
 
 class Block(nn.Module):
@@ -74,7 +74,7 @@ class HeadNet(nn.Module):
         if self.blocks:
             keys = torch.arange(width)[None, :] < lengths[:, None]  # (B, T): real frames, not padding
             bias = torch.from_numpy(alibi_bias(width, self.heads))[None]  # (1, h, T, T)
-            bias = bias.masked_fill(~keys[:, None, None, :], float("-inf"))  # (B, h, T, T)
+            bias = bias.masked_fill(~keys[:, None, None, :], float("-inf")).to(x.device)  # (B, h, T, T)
             for blk in self.blocks:
                 x = blk(x, bias)
             x = self.norm(x)
@@ -86,7 +86,7 @@ class HeadNet(nn.Module):
 def char_ctc_loss(net: HeadNet, clips: list[torch.Tensor], labels: list[list[int]]) -> torch.Tensor:
     """Mean CTC loss of the head's reading of clips ((T_i, H) embeddings each) against their character labels."""
     logp, lengths = net(clips)  # (kT, B, C), (B,)
-    targets = torch.tensor([label for row in labels for label in row])
+    targets = torch.tensor([label for row in labels for label in row], device=logp.device)
     return nn.functional.ctc_loss(
         logp.float(), targets, lengths, torch.tensor([len(row) for row in labels]), zero_infinity=True
     )

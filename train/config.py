@@ -12,6 +12,7 @@ from typing import Any
 from falcon_audio_edge.train.augment import SpecAugment
 
 from falcon_audio_edge.errors import ConfigError
+from falcon_audio_edge.lora import LoraSettings
 
 TRAINABLE = ("connector", "lora", "encoder")
 OPTIMIZERS = ("adamw", "adamw8bit")
@@ -34,8 +35,8 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    load_in_4bit: bool = False  # QLoRA: NF4 base LLM (bitsandbytes, CUDA only)
-    optimizer: str = "adamw"  # or adamw8bit (bitsandbytes, CUDA only)
+    load_in_4bit: bool = False  # QLoRA: the LLM's decoder layers in NF4 under the adapters (bitsandbytes)
+    optimizer: str = "adamw"  # or adamw8bit (bitsandbytes)
     learning_rate: float = 1e-3
     encoder_learning_rate: float | None = None  # with 'encoder' in train: its own peak rate (None: learning_rate)
     weight_decay: float = 0.0
@@ -121,8 +122,6 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.load_in_4bit and "lora" not in self.train:
             raise ConfigError("load_in_4bit (QLoRA) needs 'lora' in train: a 4-bit base LLM cannot train itself")
-        if self.load_in_4bit and "encoder" in self.train:
-            raise ConfigError("load_in_4bit conflicts with training the encoder in this recipe; pick one")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> TrainConfig:
@@ -175,6 +174,11 @@ class TrainConfig:
     @property
     def train_manifests(self) -> list[str]:
         return self.train_manifest if isinstance(self.train_manifest, list) else [self.train_manifest]
+
+    @property
+    def lora_settings(self) -> LoraSettings:
+        """The adapters' shape, as saved with the trained weights and used to merge them."""
+        return LoraSettings(self.lora_r, self.lora_alpha, tuple(self.lora_targets))
 
 
 def _relative_to(base: Path, value: Any) -> Any:

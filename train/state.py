@@ -12,7 +12,6 @@ import torch
 from falcon_audio_edge.checkpoint import WEIGHTS_NAME
 from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.files import atomic_file
-from falcon_audio_edge.lora import LoraSettings
 from falcon_audio_edge.runtime.bundle import sha256_file
 
 STATE_FILE = "state.pt"
@@ -22,9 +21,11 @@ BATCHING = f"shuffle, sort by length within buckets of {BUCKET} batches, shuffle
 # settings that must not change between a run and its resume
 RESUME_KEYS = (
     "checkpoint", "train", "lora_r", "lora_alpha", "lora_targets", "batch_size", "grad_accum", "seed", "ctc_weight",
-    "ctc_only_steps", "init_from", "ctc_learning_rate", "char_weight", "char_learning_rate",
+    "ctc_only_steps", "init_from", "ctc_learning_rate", "char_weight", "char_learning_rate", "optimizer",
+    "load_in_4bit",
 )  # fmt: skip
-ADDED_KEYS = {"char_weight": 0.0, "char_learning_rate": None}  # resume keys newer than some saves: their value then
+# resume keys newer than some saves: their value then
+ADDED_KEYS = {"char_weight": 0.0, "char_learning_rate": None, "optimizer": "adamw", "load_in_4bit": False}
 
 
 def base_fingerprint(checkpoint: str | Path) -> str:
@@ -73,7 +74,7 @@ def load_state(out: Path, model, optimizer, scheduler, cfg, base: str) -> int:
     path = out / STATE_FILE
     if not path.is_file():
         return 0
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)  # a GPU run's save too
     check_resume(out, state["config"], cfg, base)
     want, saved = trainable_state(model), saved_trainable(state)
     if set(saved) != set(want):
@@ -94,7 +95,7 @@ def init_weights(run: Path, model, cfg, base: str) -> list[str]:
     path = Path(run) / STATE_FILE
     if not path.is_file():
         raise ConfigError(f"init_from: {path} not found (give an earlier run's output_dir)")
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)  # a GPU run's save too
     if not same_base(state["config"], cfg, base):
         raise ConfigError(
             f"init_from: {run} trained from other base weights ({state['config']['checkpoint']}), not {cfg.checkpoint}"
@@ -134,5 +135,5 @@ def save_trainable(model, path: Path, cfg) -> Path:
     tensors = {k: (v.half() if k in half else v).detach().cpu().contiguous() for k, v in state.items()}
     meta = {"train": ",".join(cfg.train), "dims": model.dims.to_json()}
     if "lora" in cfg.train:
-        meta |= LoraSettings(cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets)).to_metadata()
+        meta |= cfg.lora_settings.to_metadata()
     return atomic_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -16,6 +16,7 @@ from falcon_audio_edge.train.charhead import greedy_text, head_log_probs
 from falcon_audio_edge.train.charnet import HeadNet, char_ctc_loss, start_head, to_char_head
 from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
+from falcon_audio_edge.train.qlora import adamw8bit, check_bitsandbytes, full_precision_model, quantize_llm
 from falcon_audio_edge.train.schedule import approx_length, lr_lambda, micro_batches
 from falcon_audio_edge.train.state import (
     base_fingerprint,
@@ -27,8 +28,8 @@ from falcon_audio_edge.train.state import (
 from torch import nn
 
 from falcon_audio_edge.checkpoint import load_checkpoint, save_checkpoint
-from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.files import atomic_file
+from falcon_audio_edge.lora import LoraSettings
 from falcon_audio_edge.model import whisper_encode
 from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE
 from falcon_audio_edge.runtime.chars import transcript_labels
@@ -131,7 +132,7 @@ class TrainingStep(nn.Module):
 
     def char_transcripts(self, audio: list[torch.Tensor]) -> list[str]:
         """Greedy reading of audio embeddings by the character head."""
-        return [greedy_text(head_log_probs(self.chars, a).float().numpy()) for a in audio]
+        return [greedy_text(head_log_probs(self.chars, a).float().cpu().numpy()) for a in audio]
 
     def ctc_loss(self, batch: list[Example], audio: list[torch.Tensor]) -> torch.Tensor:
         """CTC of each spoken transcript against its audio positions (examples without one are left out)."""
@@ -166,14 +167,18 @@ class TrainingStep(nn.Module):
         return self.target_loss(embeds, mask, labels)
 
     def target_loss(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on the target tokens only; the vocabulary projection runs on those positions alone."""
-        llm = self.model.llm
-        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # LoRA layers are in place
-        hidden = base.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        targets = labels[:, 1:]  # position t predicts token t+1
-        keep = targets != IGNORE
-        logits = base.lm_head(hidden[:, :-1][keep])  # (B, L-1, H)[keep] -> (N, H) -> (N, V)
-        return nn.functional.cross_entropy(logits.float(), targets[keep])
+        return target_loss(self.model.llm, embeds, mask, labels)
+
+
+def target_loss(llm, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the target tokens only (labels elsewhere are IGNORE); the vocabulary projection runs on
+    those positions alone."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # LoRA layers are in place
+    hidden = base.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]  # position t predicts token t+1
+    keep = targets != IGNORE
+    logits = base.lm_head(hidden[:, :-1][keep])  # (B, L-1, H)[keep] -> (N, H) -> (N, V)
+    return nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
 def set_trainable(model, cfg: TrainConfig) -> list[dict]:
@@ -181,10 +186,7 @@ def set_trainable(model, cfg: TrainConfig) -> list[dict]:
     for p in model.parameters():
         p.requires_grad_(False)
     if "lora" in cfg.train:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_targets, lora_dropout=0.0)
-        model.llm = get_peft_model(model.llm, lora)
+        model.llm = with_lora(model.llm, cfg.lora_settings)
     for p in model.connector.parameters():
         p.requires_grad_(True)
     encoder = list(model.encoder.parameters()) if "encoder" in cfg.train else []
@@ -195,6 +197,14 @@ def set_trainable(model, cfg: TrainConfig) -> list[dict]:
     if encoder:
         groups.append({"params": encoder, "lr": cfg.encoder_learning_rate or cfg.learning_rate})
     return groups
+
+
+def with_lora(llm, settings: LoraSettings):
+    """peft's LoRA adapters on the LLM's ``settings.targets`` layers (4-bit ones too, under QLoRA)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, target_modules=list(settings.targets))
+    return get_peft_model(llm, config)  # lora_dropout: peft's default, 0
 
 
 def with_ctc_head(groups: list[dict], ctc: nn.Module | None, cfg: TrainConfig) -> list[dict]:
@@ -214,15 +224,8 @@ def with_head(groups: list[dict], head: nn.Module | None, rate: float | None) ->
 
 
 def make_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw8bit" or cfg.load_in_4bit:
-        if not torch.cuda.is_available():
-            raise ConfigError("adamw8bit and load_in_4bit use bitsandbytes, which needs a CUDA GPU; use adamw on CPU")
-    if cfg.load_in_4bit:
-        raise ConfigError("load_in_4bit is not implemented in this recipe yet (QLoRA); see the README")
     if cfg.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return adamw8bit(params, cfg.learning_rate, cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
@@ -272,11 +275,12 @@ class TrainResult:
 
 def frozen_to_bf16(llm: nn.Module) -> dict[str, torch.Tensor]:
     """Cast the frozen LLM weights to bfloat16 once: autocast would cast them again at every op of every step
-    (it caches casts only for weights that train). Returns the float32 originals for ``restore_frozen``."""
+    (it caches casts only for weights that train). Returns the float32 originals for ``restore_frozen``, in host
+    memory (on a GPU they would take twice the bf16 copy's room there)."""
     kept = {}
     for name, p in llm.named_parameters():
         if not p.requires_grad and p.dtype == torch.float32:
-            kept[name] = p.data
+            kept[name] = p.data.cpu()  # the same tensor on the CPU
             p.data = p.data.to(torch.bfloat16)
     return kept
 
@@ -285,7 +289,7 @@ def restore_frozen(llm: nn.Module, kept: dict[str, torch.Tensor]) -> None:
     """Put the float32 originals back, so the saved checkpoint holds the base weights exactly."""
     for name, p in llm.named_parameters():
         if name in kept:
-            p.data = kept[name]
+            p.data = kept[name].to(p.device)  # the same tensor on the CPU
 
 
 def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator) -> Evaluation:
@@ -313,9 +317,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     from tqdm.auto import tqdm
 
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    check_bitsandbytes(cfg, accelerator.device)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     ckpt = load_checkpoint(cfg.checkpoint)
+    if cfg.load_in_4bit:  # QLoRA: before peft wraps the layers, so its adapters sit over the 4-bit ones
+        quantize_llm(ckpt.model.llm, accelerator.device, torch.bfloat16 if cfg.bf16 else torch.float32)
     params = set_trainable(ckpt.model, cfg)
     train_set = [ex for m in cfg.train_manifests for ex in read_manifest(m, ckpt.dims)]
     eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
@@ -378,7 +385,9 @@ def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, b
         save_state(out, step, step_module, *going_on, cfg, base)
         save_trainable(ckpt.model, trainable, cfg)
         model = ckpt.model
-        if "lora" in cfg.train:
+        if cfg.load_in_4bit:  # the adapters merge into the full-precision base, not into its NF4 copy
+            model = full_precision_model(cfg.checkpoint, model, cfg.lora_settings)
+        elif "lora" in cfg.train:
             model.llm = model.llm.merge_and_unload()
         save_checkpoint(model.float().eval(), ckpt.tokenizer, merged, force=True)
         if step_module.chars is not None:  # beside the run's weights, and in its checkpoint for fa-edge export
