@@ -462,6 +462,24 @@ def test_ctc_collapse_merges_repeats_and_drops_blanks():
     assert ctc_collapse([7, 7, 7]) == [6] and ctc_collapse([0, 0]) == [] and ctc_collapse([]) == []
 
 
+def test_a_frozen_encoders_frames_are_computed_once_and_kept_in_host_memory(checkpoint, manifest):
+    import copy
+
+    import torch
+    from falcon_audio_edge.train.trainer import TrainingStep
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU machine runs this too
+    model = copy.deepcopy(checkpoint.model).to(device)
+    step = TrainingStep(model, checkpoint.tokenizer, frozen_encoder=True)
+    ex = read_manifest(manifest, checkpoint.dims)[0]
+    first = step.audio(ex)
+    assert first.device.type == device.type and first.shape == (ex.n_audio_tokens, checkpoint.dims.decoder.hidden)
+    (cached,) = step._frames.values()
+    assert cached.device.type == "cpu"  # the whole set's frames would fill a GPU
+    model.encoder.layer_norm.bias.data += 1.0  # a cached reading does not run the encoder again
+    assert torch.equal(step.audio(ex), first) and len(step._frames) == 1
+
+
 def test_ctc_transcripts_read_the_greedy_path_as_text(checkpoint):
     import copy
 

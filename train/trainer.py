@@ -58,7 +58,7 @@ class TrainingStep(nn.Module):
         self.ctc_weight = ctc_weight
         if ctc_weight:  # a fresh head, or the base checkpoint's own trains on
             model.add_ctc_head().requires_grad_(True)
-        self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example
+        self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example (host)
         self.augment = augment if augment is not None and augment.active else None
         self._gen = torch.Generator().manual_seed(seed)
         if (chars is None) != (not char_weight):
@@ -87,11 +87,11 @@ class TrainingStep(nn.Module):
                 frames = whisper_encode(self.model.encoder, mel[None].to(self.device))[:, :keep]
         else:
             key = id(ex)
-            if key not in self._frames:
+            if key not in self._frames:  # kept in host memory: on a GPU the whole set's frames would fill it
                 with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                     mel = torch.from_numpy(ex.mel)[None].to(self.device)
-                    self._frames[key] = whisper_encode(self.model.encoder, mel)[:, :keep].clone()
-            frames = self._frames[key]
+                    self._frames[key] = whisper_encode(self.model.encoder, mel)[:, :keep].cpu().clone()
+            frames = self._frames[key].to(self.device)
         return self.model.project_frames(frames)[0, : ex.n_audio_tokens]
 
     def _tokens(self, text: str) -> torch.Tensor:
