@@ -3,8 +3,8 @@ trained on top) and 8-bit AdamW.
 
 Only the linears inside the decoder layers are quantized; the token embeddings (tied to the output head in
 SmolLM2 and Falcon3) and the norms stay as they are. The checkpoint a QLoRA run saves is not the NF4 copy: the
-base checkpoint is loaded again and the run's trained weights (connector, adapters, ...) are applied to it, so the
-adapters merge into the full-precision base, as the shipped-weights path (``demo.apply_trained``) does.
+base checkpoint is loaded again, the run's encoder, connector and CTC head are copied into it from the trained
+model, and the adapters are merged into its full-precision weights (``full_precision_model``).
 """
 
 from __future__ import annotations

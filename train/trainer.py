@@ -280,7 +280,7 @@ def frozen_to_bf16(llm: nn.Module) -> dict[str, torch.Tensor]:
     kept = {}
     for name, p in llm.named_parameters():
         if not p.requires_grad and p.dtype == torch.float32:
-            kept[name] = p.data.cpu()  # the same tensor on the CPU
+            kept[name] = p.data.cpu()  # no copy when the run is on the CPU
             p.data = p.data.to(torch.bfloat16)
     return kept
 
@@ -289,7 +289,7 @@ def restore_frozen(llm: nn.Module, kept: dict[str, torch.Tensor]) -> None:
     """Put the float32 originals back, so the saved checkpoint holds the base weights exactly."""
     for name, p in llm.named_parameters():
         if name in kept:
-            p.data = kept[name].to(p.device)  # the same tensor on the CPU
+            p.data = kept[name].to(p.device)  # no copy when the run is on the CPU
 
 
 def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfig, accelerator) -> Evaluation:
