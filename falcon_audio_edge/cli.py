@@ -138,6 +138,7 @@ def synth(
 
 
 ACCENTS_HELP = "share of clips (0-1) spoken with a synthetic accent: a few vowels moved (train/accent.py)"
+VOICES_HELP = "share of clips (0-1) spoken by a synthetic voice variant made from the training ones (train/voices.py)"
 
 
 @app.command()
@@ -147,11 +148,12 @@ def respeak(
     copies: Annotated[int, typer.Option(help="new clips per row")] = 1,
     seed: int = 0,
     accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
+    voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
 ) -> None:
     """Speak every row of a training manifest again with other training voices (targets kept; no LLM needed)."""
     from falcon_audio_edge.train.grow import respeak as respeak_rows
 
-    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents)}")
+    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents, voices)}")
 
 
 @app.command(name="synth-words")
@@ -162,11 +164,12 @@ def synth_words(
     common_words: Annotated[int, typer.Option(help="how many of the commonest words to draw from")] = 10000,
     seed: int = 0,
     accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
+    voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
 ) -> None:
     """Transcription clips of random word sequences in training voices: more words heard, none learnt by heart."""
     from falcon_audio_edge.train.grow import random_word_set
 
-    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents)}")
+    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents, voices)}")
 
 
 @app.command(name="train")

@@ -22,19 +22,23 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from falcon_audio_edge.train.accent import MAX_MOVES, accent_shift, phonemes
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.synth import (
+    TRAIN_VARIANTS,
     TRANSCRIBE_PROMPTS,
     check_voices,
+    espeak_data,
     heldout_sentences,
     random_voice,
     read_lines,
     speak,
 )
 from falcon_audio_edge.train.textgen import common_words, random_word_sentences, vocabulary
+from falcon_audio_edge.train.voices import VoiceBank
 
 from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.files import atomic_text, staged_dir
@@ -61,20 +65,30 @@ def read_rows(manifest: Path) -> list[dict]:
     return rows
 
 
-def respeak(manifest: str | Path, out: str | Path, copies: int = 1, seed: int = 0, accents: float = 0.0) -> Path:
+def respeak(
+    manifest: str | Path, out: str | Path, copies: int = 1, seed: int = 0, accents: float = 0.0, voices: float = 0.0
+) -> Path:
     """Write out/clips/*.wav and out/manifest.jsonl: ``copies`` new clips of every usable row; returns the manifest.
-    ``accents``: the share of clips spoken with a synthetic accent (train/accent.py)."""
+    ``accents``: the share of clips spoken with a synthetic accent (train/accent.py); ``voices``: the share
+    spoken by a synthetic voice variant (train/voices.py)."""
     manifest, out = Path(manifest), Path(out)
     if not isinstance(copies, int) or copies < 1:
         raise ConfigError(f"--copies must be an integer >= 1, got {copies!r}")
-    check_share(accents)
+    check_share("--accents", accents)
+    check_share("--voices", voices)
     check_new_folder(out)
     rows = read_rows(manifest)
-    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), accents)
+    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), accents, voices)
 
 
 def random_word_set(
-    out: str | Path, llm: str | Path, clips: int, common: int = 10000, seed: int = 0, accents: float = 0.0
+    out: str | Path,
+    llm: str | Path,
+    clips: int,
+    common: int = 10000,
+    seed: int = 0,
+    accents: float = 0.0,
+    voices: float = 0.0,
 ) -> Path:
     """Transcription clips of random word sequences (3-8 words) in training voices; returns the manifest."""
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
@@ -83,7 +97,8 @@ def random_word_set(
     for name, value in (("--clips", clips), ("--common-words", common)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    check_share(accents)
+    check_share("--accents", accents)
+    check_share("--voices", voices)
     check_new_folder(out)
     if not Path(llm).is_file():
         raise ConfigError(f"--llm {llm}: no such GGUF file")
@@ -95,12 +110,12 @@ def random_word_set(
         {"instruction": rng.choice(TRANSCRIBE_PROMPTS), "target": s, "task": "transcribe", "text": s}
         for s in random_word_sentences(rng, sorted(words), clips)
     ]
-    return speak_rows(rows, out, rng, accents)
+    return speak_rows(rows, out, rng, accents, voices)
 
 
-def check_share(accents: float) -> None:
-    if isinstance(accents, bool) or not isinstance(accents, int | float) or not 0 <= accents <= 1:
-        raise ConfigError(f"--accents must be a share from 0 to 1, got {accents!r}")
+def check_share(name: str, share: float) -> None:
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+        raise ConfigError(f"{name} must be a share from 0 to 1, got {share!r}")
 
 
 def check_new_folder(out: Path) -> None:
@@ -108,23 +123,30 @@ def check_new_folder(out: Path) -> None:
         raise ConfigError(f"{out} already exists; this writes a new folder (remove it or pick another)")
 
 
-def speak_rows(rows: list[dict], out: Path, rng: random.Random, accents: float = 0.0) -> Path:
-    """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all."""
+def speak_rows(rows: list[dict], out: Path, rng: random.Random, accents: float = 0.0, voices: float = 0.0) -> Path:
+    """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all;
+    ``voices`` of them by a synthetic variant instead of a training one."""
     check_voices()
-    with staged_dir(out, force=False) as tmp:
+    with staged_dir(out, force=False) as tmp, VoiceBank(espeak_data(), TRAIN_VARIANTS) as bank:
         (tmp / "clips").mkdir()
-        new = []
-        for i, row in enumerate(rows):
-            voice = random_voice(rng, "train")
-            clip = tmp / "clips" / f"{i:06d}.wav"
-            text, moves = spoken_text(row), {}
-            if accents and rng.random() < accents:  # a synthetic accent: espeak-ng speaks moved phonemes
-                text, moves = accent_shift(phonemes(text, voice.name), rng, rng.randint(1, MAX_MOVES))
-            seconds = speak(text, voice, clip, rng, augment=True)
-            new.append({
-                **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
-                "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
-                **({"accent_moves": len(moves)} if moves else {}),
-            })  # fmt: skip
+        new = [speak_row(row, tmp / "clips" / f"{i:06d}.wav", rng, accents, bank if voices else None, voices)
+               for i, row in enumerate(rows)]  # fmt: skip
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
     return out / "manifest.jsonl"
+
+
+def speak_row(row: dict, clip: Path, rng: random.Random, accents: float, bank: VoiceBank | None, share: float) -> dict:
+    """Speak one row into ``clip``; returns its manifest row (with how the voice was made)."""
+    voice, made = random_voice(rng, "train"), None
+    if bank is not None and rng.random() < share:  # a synthetic variant instead of the drawn training one
+        variant, made = bank.draw(rng)
+        voice = replace(voice, variant=variant, data_path=bank.path)
+    text, moves = spoken_text(row), {}
+    if accents and rng.random() < accents:  # a synthetic accent: espeak-ng speaks moved phonemes
+        text, moves = accent_shift(phonemes(text, voice.accent), rng, rng.randint(1, MAX_MOVES))
+    seconds = speak(text, voice, clip, rng, augment=True)
+    return {
+        **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
+        "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
+        **({"accent_moves": len(moves)} if moves else {}), **({"synthetic_voice": made.row()} if made else {}),
+    }  # fmt: skip

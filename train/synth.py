@@ -109,16 +109,21 @@ def heldout_sentences() -> set[str]:
     return {s.lower() for name in names for s in read_lines(name)}
 
 
+def espeak_data() -> Path:
+    """The installed espeak-ng's data folder (voices/!v holds the variants)."""
+    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"Data at: (.+)$", version.strip())
+    if not found:
+        raise SetupError(f"espeak-ng --version does not say where its data is: {version!r}")
+    return Path(found.group(1).strip())
+
+
 def check_voices(variants: list[str] | None = None, accents: list[str] | None = None) -> None:
     """Every voice this set names must exist in espeak-ng: it silently falls back to its default voice on an
     unknown one, which would make the held-out voices a claim instead of a fact. Train and held-out stay apart."""
     variants = TRAIN_VARIANTS + HELDOUT_VARIANTS + DEV_VARIANTS if variants is None else variants
     accents = TRAIN_ACCENTS + HELDOUT_ACCENTS if accents is None else accents
-    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"Data at: (.+)$", version.strip())
-    if not found:
-        raise SetupError(f"espeak-ng --version does not say where its data is: {version!r}")
-    folder = Path(found.group(1).strip()) / "voices" / "!v"
+    folder = espeak_data() / "voices" / "!v"
     listed = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True, check=True).stdout
     known = {line.split()[1] for line in listed.splitlines()[1:] if len(line.split()) > 1}
     missing = [v for v in variants if v and not (folder / v).is_file()] + [a for a in accents if a not in known]
@@ -137,6 +142,7 @@ class Voice:
     variant: str
     rate: int
     pitch: int
+    data_path: Path | None = None  # espeak-ng's --path, for a synthetic variant (train/voices.py's VoiceBank)
 
     @property
     def name(self) -> str:
@@ -153,7 +159,9 @@ def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool
     """Write ``text`` spoken by ``voice`` as a 16 kHz mono WAV; returns its length in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(raw), "--", text]
+        where = [f"--path={voice.data_path}"] if voice.data_path is not None else []
+        cmd = ["espeak-ng", *where, "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(raw),
+               "--", text]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True)
         samples = load_audio(raw).samples
     if augment:
