@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,9 +128,12 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random, accents: float =
     """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all;
     ``voices`` of them by a synthetic variant instead of a training one."""
     check_voices()
-    with staged_dir(out, force=False) as tmp, VoiceBank(espeak_data(), TRAIN_VARIANTS) as bank:
+    with (
+        staged_dir(out, force=False) as tmp,
+        VoiceBank(espeak_data(), TRAIN_VARIANTS) if voices else nullcontext() as bank,
+    ):
         (tmp / "clips").mkdir()
-        new = [speak_row(row, tmp / "clips" / f"{i:06d}.wav", rng, accents, bank if voices else None, voices)
+        new = [speak_row(row, tmp / "clips" / f"{i:06d}.wav", rng, accents, bank, voices)
                for i, row in enumerate(rows)]  # fmt: skip
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
     return out / "manifest.jsonl"
