@@ -138,6 +138,7 @@ def synth(
 
 
 ACCENTS_HELP = "share of clips (0-1) spoken with a synthetic accent: a few vowels moved (train/accent.py)"
+CONSONANTS_HELP = "each consonant feature's chance (0-1) in an accented clip: h- and g-dropping, th-fronting, glottal t"
 VOICES_HELP = "share of clips (0-1) spoken by a synthetic voice variant made from the training ones (train/voices.py)"
 
 
@@ -149,11 +150,12 @@ def respeak(
     seed: int = 0,
     accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
     voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
+    consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
 ) -> None:
     """Speak every row of a training manifest again with other training voices (targets kept; no LLM needed)."""
     from falcon_audio_edge.train.grow import respeak as respeak_rows
 
-    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents, voices)}")
+    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents, voices, consonants)}")
 
 
 @app.command(name="synth-words")
@@ -165,11 +167,12 @@ def synth_words(
     seed: int = 0,
     accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
     voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
+    consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
 ) -> None:
     """Transcription clips of random word sequences in training voices: more words heard, none learnt by heart."""
     from falcon_audio_edge.train.grow import random_word_set
 
-    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents, voices)}")
+    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents, voices, consonants)}")
 
 
 @app.command(name="train")

@@ -79,3 +79,44 @@ def test_respeak_with_accents_marks_the_accented_clips_and_refuses_a_bad_share(t
         with pytest.raises(ConfigError, match=f"--accents must be a share from 0 to 1, got {bad!r}"):
             respeak(tmp_path / "in.jsonl", tmp_path / "bad", accents=bad)
         assert not (tmp_path / "bad").exists()
+
+
+def test_consonant_features_change_every_place_they_fit_and_nothing_else():
+    words = [["h", "'aUs"], ["g", ",oU", "I", "N"], ["T", "'I", "N", "k"], ["D", "a", "t"], ["b", "'I", "t", "@"]]
+    spoken = {f: accent.accent_shift(words, random.Random(0), 0, (f,))[0] for f in accent.CONSONANT_FEATURES}
+    assert spoken["h-dropping"] == "[['aUs g,oUIN T'INk Dat b'It@]]"  # the stress mark stays with the vowel
+    assert spoken["g-dropping"] == "[[h'aUs g,oUIn T'INk Dat b'It@]]"  # final -IN only: think keeps its N
+    assert spoken["th-fronting"] == "[[h'aUs g,oUIN f'INk vat b'It@]]"
+    assert spoken["t-glottalling"] == "[[h'aUs g,oUIN T'INk Da? b'It@]]"  # word-final t only
+    both, moves = accent.accent_shift(words, random.Random(0), 0, ("h-dropping", "th-fronting"))
+    assert both == "[['aUs g,oUIN f'INk vat b'It@]]" and moves == {}
+    assert accent.accent_shift([["h"]], random.Random(0), 0, ("h-dropping",))[0] == "[[h]]"  # never an empty word
+    with pytest.raises(ValueError, match="unknown consonant feature 'r-rolling'"):
+        accent.consonant_feature([("", "r")], "r-rolling")
+
+
+@pytest.mark.parametrize("voice", synth.TRAIN_ACCENTS)
+def test_espeak_takes_the_consonant_features_phonemes_as_written(voice):
+    words = accent.phonemes("How is he thinking about going out with that?", voice)
+    spoken, _ = accent.accent_shift(words, random.Random(0), 0, accent.CONSONANT_FEATURES)
+    cmd = ["espeak-ng", "-q", "-x", "-v", voice, "--", spoken]
+    heard = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
+    assert heard == spoken.strip("[]").split()  # every changed phoneme is one espeak-ng has in this accent
+    assert "h" not in "".join(heard) and "T" not in "".join(heard) and "?" in "".join(heard)
+
+
+def test_consonant_draws_happen_only_when_asked_and_are_recorded(tmp_path):
+    from falcon_audio_edge.train.grow import respeak
+
+    from falcon_audio_edge.errors import ConfigError
+
+    rng = random.Random(3)
+    assert accent.draw_consonants(rng, 0.0) == () and rng.random() == random.Random(3).random()  # no draw at 0
+    row = {"audio": "a.wav", "instruction": "Transcribe the audio.", "target": "He thinks that it is going well.",
+           "task": "transcribe", "text": "He thinks that it is going well."}  # fmt: skip
+    (tmp_path / "in.jsonl").write_text(json.dumps(row) + "\n")
+    manifest = respeak(tmp_path / "in.jsonl", tmp_path / "out", copies=6, seed=2, accents=1.0, consonants=1.0)
+    new = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert all(r["accent_consonants"] == list(accent.CONSONANT_FEATURES) for r in new)
+    with pytest.raises(ConfigError, match="--consonants must be a share from 0 to 1, got 2"):
+        respeak(tmp_path / "in.jsonl", tmp_path / "bad", consonants=2)

@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from falcon_audio_edge.train.accent import MAX_MOVES, accent_shift, phonemes
+from falcon_audio_edge.train.accent import MAX_MOVES, accent_shift, draw_consonants, phonemes
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.synth import (
     TRAIN_VARIANTS,
@@ -67,19 +67,27 @@ def read_rows(manifest: Path) -> list[dict]:
 
 
 def respeak(
-    manifest: str | Path, out: str | Path, copies: int = 1, seed: int = 0, accents: float = 0.0, voices: float = 0.0
+    manifest: str | Path,
+    out: str | Path,
+    copies: int = 1,
+    seed: int = 0,
+    accents: float = 0.0,
+    voices: float = 0.0,
+    consonants: float = 0.0,
 ) -> Path:
     """Write out/clips/*.wav and out/manifest.jsonl: ``copies`` new clips of every usable row; returns the manifest.
     ``accents``: the share of clips spoken with a synthetic accent (train/accent.py); ``voices``: the share
-    spoken by a synthetic voice variant (train/voices.py)."""
+    spoken by a synthetic voice variant (train/voices.py); ``consonants``: each consonant feature's chance in an
+    accented clip (train/accent.py CONSONANT_FEATURES)."""
     manifest, out = Path(manifest), Path(out)
     if not isinstance(copies, int) or copies < 1:
         raise ConfigError(f"--copies must be an integer >= 1, got {copies!r}")
     check_share("--accents", accents)
     check_share("--voices", voices)
+    check_share("--consonants", consonants)
     check_new_folder(out)
     rows = read_rows(manifest)
-    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), accents, voices)
+    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), accents, voices, consonants)
 
 
 def random_word_set(
@@ -90,6 +98,7 @@ def random_word_set(
     seed: int = 0,
     accents: float = 0.0,
     voices: float = 0.0,
+    consonants: float = 0.0,
 ) -> Path:
     """Transcription clips of random word sequences (3-8 words) in training voices; returns the manifest."""
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
@@ -100,6 +109,7 @@ def random_word_set(
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     check_share("--accents", accents)
     check_share("--voices", voices)
+    check_share("--consonants", consonants)
     check_new_folder(out)
     if not Path(llm).is_file():
         raise ConfigError(f"--llm {llm}: no such GGUF file")
@@ -111,7 +121,7 @@ def random_word_set(
         {"instruction": rng.choice(TRANSCRIBE_PROMPTS), "target": s, "task": "transcribe", "text": s}
         for s in random_word_sentences(rng, sorted(words), clips)
     ]
-    return speak_rows(rows, out, rng, accents, voices)
+    return speak_rows(rows, out, rng, accents, voices, consonants)
 
 
 def check_share(name: str, share: float) -> None:
@@ -124,7 +134,9 @@ def check_new_folder(out: Path) -> None:
         raise ConfigError(f"{out} already exists; this writes a new folder (remove it or pick another)")
 
 
-def speak_rows(rows: list[dict], out: Path, rng: random.Random, accents: float = 0.0, voices: float = 0.0) -> Path:
+def speak_rows(
+    rows: list[dict], out: Path, rng: random.Random, accents: float = 0.0, voices: float = 0.0, consonants: float = 0.0
+) -> Path:
     """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all;
     ``voices`` of them by a synthetic variant instead of a training one."""
     check_voices()
@@ -133,24 +145,30 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random, accents: float =
         VoiceBank(espeak_data(), TRAIN_VARIANTS) if voices else nullcontext() as bank,
     ):
         (tmp / "clips").mkdir()
-        new = [speak_row(row, tmp / "clips" / f"{i:06d}.wav", rng, accents, bank, voices)
+        new = [speak_row(row, tmp / "clips" / f"{i:06d}.wav", rng, (accents, consonants), bank, voices)
                for i, row in enumerate(rows)]  # fmt: skip
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
     return out / "manifest.jsonl"
 
 
-def speak_row(row: dict, clip: Path, rng: random.Random, accents: float, bank: VoiceBank | None, share: float) -> dict:
-    """Speak one row into ``clip``; returns its manifest row (with how the voice was made)."""
+def speak_row(
+    row: dict, clip: Path, rng: random.Random, accents: tuple[float, float], bank: VoiceBank | None, share: float
+) -> dict:
+    """Speak one row into ``clip``; returns its manifest row (with how the voice was made). ``accents``: the
+    share of accented clips, and each consonant feature's chance in one."""
     voice, made = random_voice(rng, "train"), None
     if bank is not None and rng.random() < share:  # a synthetic variant instead of the drawn training one
         variant, made = bank.draw(rng)
         voice = replace(voice, variant=variant, data_path=bank.path)
-    text, moves = spoken_text(row), {}
-    if accents and rng.random() < accents:  # a synthetic accent: espeak-ng speaks moved phonemes
-        text, moves = accent_shift(phonemes(text, voice.accent), rng, rng.randint(1, MAX_MOVES))
+    text, moves, features = spoken_text(row), {}, ()
+    if accents[0] and rng.random() < accents[0]:  # a synthetic accent: espeak-ng speaks moved phonemes
+        n_moves, features = rng.randint(1, MAX_MOVES), draw_consonants(rng, accents[1])
+        text, moves = accent_shift(phonemes(text, voice.accent), rng, n_moves, features)
     seconds = speak(text, voice, clip, rng, augment=True)
     return {
         **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
         "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
-        **({"accent_moves": len(moves)} if moves else {}), **({"synthetic_voice": made.row()} if made else {}),
+        **({"accent_moves": len(moves)} if moves else {}),
+        **({"accent_consonants": list(features)} if features else {}),
+        **({"synthetic_voice": made.row()} if made else {}),
     }  # fmt: skip
