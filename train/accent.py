@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import subprocess
+from pathlib import Path
 
 # Full English vowels as espeak-ng's mnemonics: (height at the start, backness at the start, height at the
 # end, backness at the end); height 0 (open) to 3 (close), backness 0 (front) to 2 (back). Weak vowels (@,
@@ -45,9 +46,11 @@ def nearest(vowel: str, count: int = NEIGHBOURS) -> list[str]:
     return [name for _, name in others[:count]]
 
 
-def phonemes(text: str, voice: str) -> list[list[str]]:
-    """espeak-ng's phoneme mnemonics for ``text`` in ``voice``: a list of words, each a list of phonemes."""
-    cmd = ["espeak-ng", "-q", "-x", "--sep=_", "-v", voice, "--", text]
+def phonemes(text: str, voice: str, data_path: Path | None = None) -> list[list[str]]:
+    """espeak-ng's phoneme mnemonics for ``text`` in ``voice`` (a variant can change them: it is part of the
+    voice), from ``data_path`` if given (a synthetic variant's); a list of words, each a list of phonemes."""
+    where = [f"--path={data_path}"] if data_path is not None else []
+    cmd = ["espeak-ng", "-q", "-x", "--sep=_", *where, "-v", voice, "--", text]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [word.split("_") for word in out.split()]
 

@@ -23,7 +23,7 @@ import json
 import random
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from falcon_audio_edge.train.accent import MAX_MOVES, accent_shift, draw_consonants, phonemes
@@ -82,12 +82,10 @@ def respeak(
     manifest, out = Path(manifest), Path(out)
     if not isinstance(copies, int) or copies < 1:
         raise ConfigError(f"--copies must be an integer >= 1, got {copies!r}")
-    check_share("--accents", accents)
-    check_share("--voices", voices)
-    check_share("--consonants", consonants)
+    shares = Shares(accents, voices, consonants)
     check_new_folder(out)
     rows = read_rows(manifest)
-    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), accents, voices, consonants)
+    return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), shares)
 
 
 def random_word_set(
@@ -107,9 +105,7 @@ def random_word_set(
     for name, value in (("--clips", clips), ("--common-words", common)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    check_share("--accents", accents)
-    check_share("--voices", voices)
-    check_share("--consonants", consonants)
+    shares = Shares(accents, voices, consonants)
     check_new_folder(out)
     if not Path(llm).is_file():
         raise ConfigError(f"--llm {llm}: no such GGUF file")
@@ -121,12 +117,24 @@ def random_word_set(
         {"instruction": rng.choice(TRANSCRIBE_PROMPTS), "target": s, "task": "transcribe", "text": s}
         for s in random_word_sentences(rng, sorted(words), clips)
     ]
-    return speak_rows(rows, out, rng, accents, voices, consonants)
+    return speak_rows(rows, out, rng, shares)
 
 
-def check_share(name: str, share: float) -> None:
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
-        raise ConfigError(f"{name} must be a share from 0 to 1, got {share!r}")
+@dataclass(frozen=True)
+class Shares:
+    """How often the synthetic changes happen, each 0-1: ``accents`` of the clips get a synthetic accent
+    (train/accent.py), ``voices`` a synthetic voice variant (train/voices.py), and each consonant feature comes
+    into an accented clip with chance ``consonants``."""
+
+    accents: float = 0.0
+    voices: float = 0.0
+    consonants: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            share = getattr(self, f.name)
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+                raise ConfigError(f"--{f.name} must be a share from 0 to 1, got {share!r}")
 
 
 def check_new_folder(out: Path) -> None:
@@ -134,36 +142,30 @@ def check_new_folder(out: Path) -> None:
         raise ConfigError(f"{out} already exists; this writes a new folder (remove it or pick another)")
 
 
-def speak_rows(
-    rows: list[dict], out: Path, rng: random.Random, accents: float = 0.0, voices: float = 0.0, consonants: float = 0.0
-) -> Path:
+def speak_rows(rows: list[dict], out: Path, rng: random.Random, shares: Shares) -> Path:
     """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all;
-    ``voices`` of them by a synthetic variant instead of a training one."""
+    ``shares.voices`` of them by a synthetic variant instead of a training one."""
     check_voices()
     with (
         staged_dir(out, force=False) as tmp,
-        VoiceBank(espeak_data(), TRAIN_VARIANTS) if voices else nullcontext() as bank,
+        VoiceBank(espeak_data(), TRAIN_VARIANTS) if shares.voices else nullcontext() as bank,
     ):
         (tmp / "clips").mkdir()
-        new = [speak_row(row, tmp / "clips" / f"{i:06d}.wav", rng, (accents, consonants), bank, voices)
-               for i, row in enumerate(rows)]  # fmt: skip
+        new = [speak_row(row, tmp / "clips" / f"{i:06d}.wav", rng, shares, bank) for i, row in enumerate(rows)]
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
     return out / "manifest.jsonl"
 
 
-def speak_row(
-    row: dict, clip: Path, rng: random.Random, accents: tuple[float, float], bank: VoiceBank | None, share: float
-) -> dict:
-    """Speak one row into ``clip``; returns its manifest row (with how the voice was made). ``accents``: the
-    share of accented clips, and each consonant feature's chance in one."""
+def speak_row(row: dict, clip: Path, rng: random.Random, shares: Shares, bank: VoiceBank | None) -> dict:
+    """Speak one row into ``clip``; returns its manifest row (with how the voice and accent were made)."""
     voice, made = random_voice(rng, "train"), None
-    if bank is not None and rng.random() < share:  # a synthetic variant instead of the drawn training one
+    if bank is not None and rng.random() < shares.voices:  # a synthetic variant instead of the drawn training one
         variant, made = bank.draw(rng)
         voice = replace(voice, variant=variant, data_path=bank.path)
     text, moves, features = spoken_text(row), {}, ()
-    if accents[0] and rng.random() < accents[0]:  # a synthetic accent: espeak-ng speaks moved phonemes
-        n_moves, features = rng.randint(1, MAX_MOVES), draw_consonants(rng, accents[1])
-        text, moves = accent_shift(phonemes(text, voice.accent), rng, n_moves, features)
+    if shares.accents and rng.random() < shares.accents:  # a synthetic accent: espeak-ng speaks moved phonemes
+        n_moves, features = rng.randint(1, MAX_MOVES), draw_consonants(rng, shares.consonants)
+        text, moves = accent_shift(phonemes(text, voice.name, voice.data_path), rng, n_moves, features)
     seconds = speak(text, voice, clip, rng, augment=True)
     return {
         **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,

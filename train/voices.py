@@ -97,7 +97,7 @@ def synthetic_variant(
     base: list[list[str]], quality: list[list[str]], voice: SyntheticVoice, rng: random.Random
 ) -> str:
     """The text of a variant file: ``base``'s settings with ``voice``'s changes and ``quality``'s voice quality."""
-    replaced = DROPPED_KEYS + QUALITY_KEYS + ("formant", "pitch")
+    replaced = DROPPED_KEYS + QUALITY_KEYS + NUMERIC_KEYS  # the formant and pitch lines are rewritten below
     kept = [" ".join(fields) for fields in base if fields[0] not in replaced]
     own = [" ".join(fields) for fields in quality if fields[0] in QUALITY_KEYS]
     lines = [f"name {VARIANT}", "language variant", *kept, pitch_line(base, voice), *formant_lines(base, voice, rng)]
