@@ -86,3 +86,43 @@ def merge_lora(llm, tensors: dict, settings: LoraSettings, source: str) -> int:
             delta = b.float() @ a.float() * settings.scale  # (out, r) @ (r, in) -> (out, in)
             weight.add_(delta.to(weight.dtype))
     return len(adapters)
+
+
+def stack_adapters(
+    below: dict, below_settings: LoraSettings | None, above: dict, above_settings: LoraSettings, source: str
+) -> tuple[dict, LoraSettings]:
+    """Two sets of adapters as one of rank ``r_below + r_above``: the sum of both deltas, exactly.
+
+    ``below`` was merged into the LLM that ``above`` trained on, so the LLM ``above`` saw is
+    ``W + s_b B_b A_b`` and its own adapters add ``s_a B_a A_a``. Stacked along the rank,
+    ``[B_b, B_a (s_a / s_b)] @ [A_b; A_a] * s_b`` is that sum, at the scale of ``below``. Both must cover the same
+    layers (every key, half pair and shape checked by ``pair_adapters`` and here).
+    """
+    import torch
+
+    if below_settings is None:
+        return dict(above), above_settings
+    if set(below_settings.targets) != set(above_settings.targets):
+        raise CheckpointError(
+            f"{source}: LoRA targets {sorted(above_settings.targets)} differ from the shipped adapters' "
+            f"{sorted(below_settings.targets)}: stack adapters on the same layers"
+        )
+    lower, upper = pair_adapters(below, "the shipped adapters"), pair_adapters(above, source)
+    if set(lower) != set(upper):
+        raise CheckpointError(f"{source}: LoRA layers {sorted(set(lower) ^ set(upper))[:5]} are in only one of the two")
+    r = below_settings.r + above_settings.r
+    alpha = below_settings.scale * r
+    if alpha != int(alpha):
+        raise CheckpointError(f"{source}: stacked rank {r} at scale {below_settings.scale} needs a whole lora_alpha")
+    ratio = above_settings.scale / below_settings.scale
+    out = {}
+    for name, (a_b, b_b) in lower.items():
+        a_a, b_a = upper[name]
+        if a_a.shape[1] != a_b.shape[1] or b_a.shape[0] != b_b.shape[0]:
+            raise CheckpointError(f"{source}: {name} LoRA shapes {tuple(a_a.shape)}, {tuple(b_a.shape)} do not fit "
+                                  f"the shipped {tuple(a_b.shape)}, {tuple(b_b.shape)}")  # fmt: skip
+        prefix = f"llm.base_model.model.{name}"
+        out[f"{prefix}.lora_A.default.weight"] = torch.cat([a_b.float(), a_a.float()]).half()  # (r_b + r_a, in)
+        b_above = b_a.float() * ratio
+        out[f"{prefix}.lora_B.default.weight"] = torch.cat([b_b.float(), b_above], dim=1).half()  # (out, r_b + r_a)
+    return out, LoraSettings(r, int(alpha), below_settings.targets)

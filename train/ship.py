@@ -5,9 +5,11 @@
 A run whose ``checkpoint`` is a demo checkpoint (built by ``fa-edge demo`` from SHIPPED: the LoRA adapters
 merged, the encoder and connector as shipped) trains on from the shipped model. Its trained parts
 (connector, encoder, CTC head) replace SHIPPED's; SHIPPED's LoRA adapters stay (the run's LLM is the merged
-one, frozen). The link is checked, not assumed: the run's base weights must still be that checkpoint's (by
-sha256) and the checkpoint must have been built from SHIPPED (its ``sources.json``). Every tensor's key and
-shape is checked against SHIPPED; the new file is written whole or not at all.
+one). A run that trained LoRA adapters of its own on that merged LLM adds them: both sets are stacked along the
+rank into one (``lora.stack_adapters``: the sum of the two deltas, exactly). The link is checked, not assumed:
+the run's base weights must still be that checkpoint's (by sha256) and the checkpoint must have been built from
+SHIPPED (its ``sources.json``). Every tensor's key and shape is checked against SHIPPED; the new file is written
+whole or not at all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from falcon_audio_edge.checkpoint import WEIGHTS_NAME, read_dims
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.files import atomic_file
+from falcon_audio_edge.lora import LORA_KEY, LoraSettings, stack_adapters
 from falcon_audio_edge.runtime.bundle import sha256_file
 
 PARTS = ("connector.", "encoder.", "ctc.")  # what a run on top of the demo model may replace
@@ -51,14 +54,43 @@ def run_base(run: Path, onto: Path) -> tuple[dict, Path]:
     return state, base
 
 
-def stacked(state: dict, shipped: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, torch.Tensor]:
-    """SHIPPED's tensors with the run's trained parts in place of theirs, every key and shape checked."""
+def run_adapters(state: dict, trained: dict[str, torch.Tensor]) -> tuple[dict, LoraSettings | None]:
+    """The run's own LoRA adapters (taken out of ``trained``) and their settings, or ({}, None)."""
+    adapters = {k: trained.pop(k) for k in [k for k in trained if LORA_KEY.match(k)]}
+    if not adapters:
+        return {}, None
+    cfg = state["config"]
+    return adapters, LoraSettings(cfg["lora_r"], cfg["lora_alpha"], tuple(cfg["lora_targets"]))
+
+
+def stacked_lora(below: dict, meta: dict, adapters: dict, settings: LoraSettings) -> tuple[dict, LoraSettings]:
+    """SHIPPED's adapters (``below``, their settings in ``meta``) and the run's as one set."""
+    try:
+        below_settings = LoraSettings.from_metadata(meta, "the shipped weights") if below else None
+        return stack_adapters(below, below_settings, adapters, settings, "the run")
+    except FaEdgeError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def stacked(
+    state: dict, shipped: dict[str, torch.Tensor], dims: ModelDims, meta: dict[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], LoraSettings | None]:
+    """SHIPPED's tensors with the run's trained parts in place of theirs, every key and shape checked, and the
+    LoRA settings of the result where the run trained adapters (``meta``: SHIPPED's metadata, which holds its
+    adapters' settings)."""
     trained = {k.removeprefix("model."): v for k, v in saved_trainable(state).items()
                if not k.startswith("chars.")}  # fmt: skip  # a character head ships as its own char_head.npz
+    adapters, settings = run_adapters(state, trained)
     other = sorted(k for k in trained if not k.startswith(PARTS))
     if other:
-        raise ConfigError(f"the run trained {other[:3]}: only the connector, encoder and CTC head can be stacked")
-    out = dict(shipped)
+        raise ConfigError(
+            f"the run trained {other[:3]}: only the connector, encoder, CTC head and LoRA adapters can be stacked"
+        )
+    out, lora = dict(shipped), None
+    if adapters:  # SHIPPED's adapters give way to both sets stacked
+        below = {k: out.pop(k) for k in [k for k in out if LORA_KEY.match(k)]}
+        merged, lora = stacked_lora(below, meta or {}, adapters, settings)
+        out |= merged
     for key, value in trained.items():
         if key in shipped and shipped[key].shape != value.shape:
             raise ConfigError(f"{key}: the run's shape {tuple(value.shape)} != the shipped {tuple(shipped[key].shape)}")
@@ -73,7 +105,7 @@ def stacked(state: dict, shipped: dict[str, torch.Tensor], dims: ModelDims) -> d
     if has_ctc != dims.audio.ctc_head:
         raise ConfigError(f"the stacked weights {'have' if has_ctc else 'lack'} a CTC head; their dims say "
                           f"ctc_head={dims.audio.ctc_head}")  # fmt: skip
-    return {k: v.contiguous() for k, v in out.items()}
+    return {k: v.contiguous() for k, v in out.items()}, lora
 
 
 def ship(run: Path, onto: Path, out: Path) -> Path:
@@ -96,9 +128,10 @@ def ship(run: Path, onto: Path, out: Path) -> Path:
     dims = ModelDims.from_json(meta["dims"])
     if has_ctc:
         dims = replace(dims, audio=replace(dims.audio, ctc_head=True))
-    tensors = stacked(state, shipped, dims)
+    tensors, lora = stacked(state, shipped, dims, meta)
     trained = set(meta.get("train", "").split(",")) | set(state["config"]["train"]) | ({"ctc"} if has_ctc else set())
     meta |= {"dims": dims.to_json(), "train": ",".join(sorted(trained - {""})), "stacked_from": str(run.resolve())}
+    meta |= lora.to_metadata() if lora is not None else {}
     return atomic_file(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
