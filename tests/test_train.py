@@ -67,6 +67,8 @@ def config(tmp_path: Path, ckpt: Path, manifest: Path, **overrides) -> TrainConf
         ({"char_weight": True}, r"char_weight must be a number >= 0, got True"),
         ({"char_learning_rate": 0.01}, r"char_learning_rate=0.01 needs char_weight > 0"),
         ({"char_weight": 0.5, "char_learning_rate": 1e-0}, r"char_learning_rate must be a number in \(0, 1\)"),
+        ({"bf16": "yes"}, r"bf16 must be true, false or auto, got 'yes'"),
+        ({"bf16": 1}, r"bf16 must be true, false or auto, got 1"),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_keys(tmp_path, tiny_ckpt, manifest, patch, message):
@@ -250,6 +252,27 @@ def test_bf16_run_casts_the_frozen_llm_once_and_saves_it_exact(tmp_path, tiny_ck
     for name, value in saved.llm.state_dict().items():  # only the LoRA targets moved, the rest bit for bit
         if not name.endswith(("q_proj.weight", "v_proj.weight")):
             assert torch.equal(value, base[name]), name
+
+
+def test_bf16_auto_follows_the_hardware_and_true_without_it_warns(monkeypatch):
+    import warnings
+
+    import torch
+    from falcon_audio_edge.train.precision import CPU_BF16_CHECKS, measure, native_bf16, use_bf16
+
+    cpu = torch.device("cpu")
+    assert TrainConfig.from_dict({"checkpoint": "c", "train_manifest": "m", "output_dir": "o"}).bf16 == "auto"
+    for has in (False, True):
+        for name in CPU_BF16_CHECKS:
+            monkeypatch.setattr(torch.cpu, name, lambda has=has: has)
+        assert native_bf16(cpu) is has and use_bf16("auto", cpu) is has
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
+        warned = [str(w.message) for w in caught]
+        assert warned == [] if has else len(warned) == 1 and warned[0].startswith("bf16: true on a cpu without bf16")
+    times = measure(rows=64, inner=64, cols=64, repeats=1)
+    assert set(times) == {"float32", "bfloat16"} and all(ms > 0 for ms in times.values())
 
 
 def test_encoder_gets_its_own_learning_rate(tmp_path, tiny_ckpt, manifest):

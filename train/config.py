@@ -16,6 +16,7 @@ from falcon_audio_edge.lora import LoraSettings
 
 TRAINABLE = ("connector", "lora", "encoder")
 OPTIMIZERS = ("adamw", "adamw8bit")
+BF16_SETTINGS = (True, False, "auto")  # auto: where the device has bf16 arithmetic (train/precision.py)
 
 
 def check_rate(name: str, value: Any) -> None:
@@ -45,7 +46,7 @@ class TrainConfig:
     stop_after: int | None = None  # end the run after this step; the schedule still spans max_steps
     batch_size: int = 8
     grad_accum: int = 1
-    bf16: bool = True  # bf16 autocast (CPU or CUDA)
+    bf16: bool | str = "auto"  # bf16 autocast: true, false, or auto (where the device has bf16 arithmetic)
     eval_every: int = 100
     save_every: int = 100
     max_eval_examples: int = 64
@@ -68,6 +69,8 @@ class TrainConfig:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         check_rate("learning_rate", self.learning_rate)
+        if not any(self.bf16 is v or (isinstance(v, str) and self.bf16 == v) for v in BF16_SETTINGS):
+            raise ConfigError(f"bf16 must be true, false or auto, got {self.bf16!r}")
         for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

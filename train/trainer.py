@@ -16,6 +16,7 @@ from falcon_audio_edge.train.charhead import greedy_text, head_log_probs
 from falcon_audio_edge.train.charnet import HeadNet, char_ctc_loss, start_head, to_char_head
 from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
+from falcon_audio_edge.train.precision import use_bf16
 from falcon_audio_edge.train.qlora import adamw8bit, check_bitsandbytes, full_precision_model, quantize_llm
 from falcon_audio_edge.train.schedule import approx_length, lr_lambda, micro_batches
 from falcon_audio_edge.train.state import (
@@ -312,17 +313,18 @@ def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfi
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    bf16 = use_bf16(cfg.bf16, PartialState().device)
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
     check_bitsandbytes(cfg, accelerator.device)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     ckpt = load_checkpoint(cfg.checkpoint)
     if cfg.load_in_4bit:  # QLoRA: before peft wraps the layers, so its adapters sit over the 4-bit ones
-        quantize_llm(ckpt.model.llm, accelerator.device, torch.bfloat16 if cfg.bf16 else torch.float32)
+        quantize_llm(ckpt.model.llm, accelerator.device, torch.bfloat16 if bf16 else torch.float32)
     params = set_trainable(ckpt.model, cfg)
     train_set = [ex for m in cfg.train_manifests for ex in read_manifest(m, ckpt.dims)]
     eval_set = read_manifest(cfg.eval_manifest, ckpt.dims, cfg.max_eval_examples) if cfg.eval_manifest else []
@@ -346,7 +348,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         if accelerator.is_main_process:
             print(f"starting from {cfg.init_from}; {len(fresh)} trainable tensors fresh (e.g. {fresh[:2]})")
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)  # the schedule steps once per update
-    kept = frozen_to_bf16(ckpt.model.llm) if cfg.bf16 else {}  # after prepare: DDP broadcasts float32 states
+    kept = frozen_to_bf16(ckpt.model.llm) if bf16 else {}  # after prepare: DDP broadcasts float32 states
     rank, world = accelerator.process_index, accelerator.num_processes
     stream = micro_batches([approx_length(ex) for ex in train_set], cfg, step * cfg.grad_accum)
     bar = tqdm(total=cfg.last_step, initial=step, disable=not (progress and accelerator.is_main_process))

@@ -1,0 +1,60 @@
+"""Whether a run trains under bf16 autocast: only where the device does bf16 arithmetic natively.
+
+A CPU without AVX512-BF16 or AMX has no bf16 instructions: PyTorch then runs bf16 matrix products on a generic
+fallback, many times slower than float32 (``python -m falcon_audio_edge.train.precision`` times one product both
+ways on this CPU). ``bf16: auto`` (the default) turns autocast on only where the hardware has it; ``bf16: true``
+on such a CPU is kept, with a warning.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+CPU_BF16_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` does bf16 arithmetic in hardware (a CUDA GPU that supports it; a CPU with AVX512-BF16 or
+    AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, name, lambda: False)() for name in CPU_BF16_CHECKS)
+    return False
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    """The config's ``bf16`` for this device: ``auto`` follows the hardware; ``true`` without it warns."""
+    native = native_bf16(device)
+    if setting == "auto":
+        return native
+    if setting and not native:
+        warnings.warn(
+            f"bf16: true on a {device.type} without bf16 arithmetic (no AVX512-BF16 or AMX): its matrix products "
+            "run on a slow fallback, many times slower than float32; bf16: auto or false avoids it",
+            stacklevel=2,
+        )
+    return bool(setting)
+
+
+def measure(rows: int = 1600, inner: int = 1536, cols: int = 576, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds of one (rows x inner) @ (inner x cols) product in float32 and in bfloat16 on this CPU."""
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
+        a @ b  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        out[str(dtype).removeprefix("torch.")] = (time.perf_counter() - start) / repeats * 1000
+    return out
+
+
+if __name__ == "__main__":
+    cpu = torch.device("cpu")
+    times = measure()
+    print(f"native bf16 on this CPU: {native_bf16(cpu)} (bf16: auto -> {use_bf16('auto', cpu)})")
+    print(", ".join(f"{name} {ms:.1f} ms" for name, ms in times.items()))
