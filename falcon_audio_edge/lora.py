@@ -100,8 +100,8 @@ def stack_adapters(
     """
     import torch
 
-    if below_settings is None:
-        return dict(above), above_settings
+    if below_settings is None:  # nothing below: the run's adapters as they are, in float16 as shipped
+        return {k: v.half() for k, v in above.items()}, above_settings
     if set(below_settings.targets) != set(above_settings.targets):
         raise CheckpointError(
             f"{source}: LoRA targets {sorted(above_settings.targets)} differ from the shipped adapters' "

@@ -115,7 +115,9 @@ def test_stacked_adapters_are_the_sum_of_both_deltas(tiny_ckpt):
         assert torch.allclose(value, one_by_one.state_dict()[key], atol=1e-5), key
     moved = max(float((at_once.state_dict()[k] - v).abs().max()) for k, v in below_only.state_dict().items())
     assert moved > 0.1  # the run's own adapters are in it, not only the shipped ones
-    assert stack_adapters({}, None, above, high, "run") == (above, high)  # nothing below: the run's as they are
+    alone, alone_settings = stack_adapters({}, None, {k: v.float() for k, v in above.items()}, high, "run")
+    assert alone_settings == high and set(alone) == set(above)  # nothing below: the run's as they are, in float16
+    assert all(v.dtype == torch.float16 and torch.equal(v, above[k]) for k, v in alone.items())
 
     with pytest.raises(CheckpointError, match="differ from the shipped adapters'"):
         stack_adapters(below, low, _adapters(llm, ("q_proj",), 3, seed=2), LoraSettings(3, 3, ("q_proj",)), "run")
