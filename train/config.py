@@ -16,7 +16,6 @@ from falcon_audio_edge.lora import LoraSettings
 
 TRAINABLE = ("connector", "lora", "encoder")
 OPTIMIZERS = ("adamw", "adamw8bit")
-BF16_SETTINGS = (True, False, "auto")  # auto: where the device has bf16 arithmetic (train/precision.py)
 
 
 def check_rate(name: str, value: Any) -> None:
@@ -69,7 +68,7 @@ class TrainConfig:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         check_rate("learning_rate", self.learning_rate)
-        if not any(self.bf16 is v or (isinstance(v, str) and self.bf16 == v) for v in BF16_SETTINGS):
+        if not (isinstance(self.bf16, bool) or self.bf16 == "auto"):  # auto: train/precision.py
             raise ConfigError(f"bf16 must be true, false or auto, got {self.bf16!r}")
         for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
             value = getattr(self, name)

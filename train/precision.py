@@ -32,8 +32,9 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
     if setting == "auto":
         return native
     if setting and not native:
+        missing = " (no AVX512-BF16 or AMX)" if device.type == "cpu" else ""
         warnings.warn(
-            f"bf16: true on a {device.type} without bf16 arithmetic (no AVX512-BF16 or AMX): its matrix products "
+            f"bf16: true on a {device.type} without bf16 arithmetic{missing}: its matrix products "
             "run on a slow fallback, many times slower than float32; bf16: auto or false avoids it",
             stacklevel=2,
         )
