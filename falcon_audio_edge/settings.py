@@ -9,11 +9,11 @@ from falcon_audio_edge.errors import ConfigError
 
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
-DEFAULT_BEAM_SIZE = 4  # hypotheses CTC-guided decoding keeps (docs/tuning.md; docs/quality.md measures greedy too)
-DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split (docs/tuning.md)
+DEFAULT_BEAM_SIZE = 4  # hypotheses CTC-guided decoding keeps (docs/tuning-stage8.md; docs/quality.md measures greedy)
+DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split (docs/tuning-stage8.md)
 MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
-DEFAULT_CHAR_WEIGHT = 0.2  # the character head's share of a transcription's guidance, where the model has one
-DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.3  # ... and the token head's then (the LLM keeps 0.5; docs/tuning.md)
+DEFAULT_CHAR_WEIGHT = 0.3  # the character head's share of a transcription's guidance, where the model has one
+DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.2  # ... and the token head's then (the LLM keeps 0.5; docs/tuning.md)
 
 
 def ctc_weight_for(prompt: str | None, has_ctc_head: bool, requested: float | None = None, chars: float = 0.0) -> float:

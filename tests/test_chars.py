@@ -20,6 +20,9 @@ from falcon_audio_edge.runtime.chars import (
 )
 from falcon_audio_edge.runtime.ctc import CTCPrefixScorer
 from falcon_audio_edge.settings import (
+    DEFAULT_CHAR_WEIGHT,
+    DEFAULT_CTC_WEIGHT,
+    DEFAULT_CTC_WEIGHT_WITH_CHARS,
     TRANSCRIBE_PROMPT,
     GenerationSettings,
     char_weight_for,
@@ -257,11 +260,15 @@ def test_char_settings_are_checked_and_default_only_for_transcription():
         GenerationSettings(ctc_weight=0.6, char_weight=0.5)
     with pytest.raises(ConfigError, match="char_weight=0.2 rescores greedy decoding"):
         GenerationSettings(char_weight=0.2, temperature=0.7)
-    assert char_weight_for(TRANSCRIBE_PROMPT, True) == 0.2 and char_weight_for(None, True) == 0.0
+    char, token, token_alone = DEFAULT_CHAR_WEIGHT, DEFAULT_CTC_WEIGHT_WITH_CHARS, DEFAULT_CTC_WEIGHT
+    assert 0 < char and 0 < token and char + token < 1 and 0 < token_alone < 1  # the dev split's choices
+    assert char_weight_for(TRANSCRIBE_PROMPT, True) == char and char_weight_for(None, True) == 0.0
     assert char_weight_for(TRANSCRIBE_PROMPT, False) == 0.0 and char_weight_for(None, True, 0.4) == 0.4
-    assert ctc_weight_for(TRANSCRIBE_PROMPT, True, chars=0.2) == 0.3 and ctc_weight_for(TRANSCRIBE_PROMPT, True) == 0.5
-    assert guidance_for(TRANSCRIBE_PROMPT, True, True) == (0.3, 0.2)
-    assert guidance_for(TRANSCRIBE_PROMPT, True, False) == (0.5, 0.0) and guidance_for(None, True, True) == (0.0, 0.0)
+    assert ctc_weight_for(TRANSCRIBE_PROMPT, True, chars=0.2) == token
+    assert ctc_weight_for(TRANSCRIBE_PROMPT, True) == token_alone
+    assert guidance_for(TRANSCRIBE_PROMPT, True, True) == (token, char)
+    assert guidance_for(TRANSCRIBE_PROMPT, True, False) == (token_alone, 0.0)
+    assert guidance_for(None, True, True) == (0.0, 0.0)
     # naming one weight leaves the other at 0 (--ctc-weight 0 alone turns guidance off; 0.9 alone is valid)
     assert guidance_for(TRANSCRIBE_PROMPT, True, True, ctc=0.9) == (0.9, 0.0)
     assert guidance_for(TRANSCRIBE_PROMPT, True, True, ctc=0.0) == (0.0, 0.0)
@@ -351,9 +358,10 @@ def test_quality_report_measures_the_token_head_alone_beside_both(char_bundle, c
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text(json.dumps(row) + "\n")
     result = evaluate(char_bundle[1], heldout, None, max_tokens=4)
-    assert (result["ctc_weight"], result["char_weight"]) == (0.3, 0.2) and 0 <= result["wer_token_head_only"]
+    token, char = DEFAULT_CTC_WEIGHT_WITH_CHARS, DEFAULT_CHAR_WEIGHT
+    assert (result["ctc_weight"], result["char_weight"]) == (token, char) and 0 <= result["wer_token_head_only"]
     report = markdown(result, "cmd")
-    assert "weight 0.3, character head 0.2, beam" in report
+    assert f"weight {token}, character head {char}, beam" in report
     assert f"the token CTC head alone, weight 0.5: no character head) | {result['wer_token_head_only']:.3f} |" in report
 
 
