@@ -6,7 +6,7 @@
 # export the demo bundle -> decoding settings chosen on the dev split (docs/tuning.md) -> quality report on the
 # held-out split (docs/quality.md).
 # About 7.5 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-9 ~40 + 30 + 80 + 30 + 23 + 20 +
-# 47 + 25 min).
+# 47 + 29 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"

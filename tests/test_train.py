@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -184,15 +185,18 @@ def test_stop_after_ends_the_run_early_on_the_full_schedule_and_it_can_go_on(tmp
 
 
 def test_accelerate_launch_with_two_cpu_processes(tmp_path, tiny_ckpt, manifest):
-    cfg = config(tmp_path, tiny_ckpt, manifest, max_steps=4, eval_every=4, save_every=4, grad_accum=1, batch_size=4)
+    cfg = config(tmp_path, tiny_ckpt, manifest, max_steps=4, eval_every=4, save_every=4, grad_accum=1, batch_size=4,
+                 bf16="auto")  # each process may time bf16 on its own: process 0's choice is broadcast  # fmt: skip
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "falcon_audio_edge.train", str(path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # --multi_gpu is accelerate's torchrun launcher; with no GPU its processes train on the CPU (--cpu alone runs one)
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "falcon_audio_edge.train", str(path)]  # fmt: skip
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "trained 4 steps" in proc.stdout
+    assert "training on cpu: 2 processes" in proc.stdout and "trained 4 steps" in proc.stdout, proc.stdout[-2000:]
     assert (tmp_path / "run" / "trainable.safetensors").is_file()
 
 
@@ -258,10 +262,12 @@ def test_bf16_auto_follows_the_hardware_and_true_without_it_warns(monkeypatch):
     import warnings
 
     import torch
+    from falcon_audio_edge.train import precision
     from falcon_audio_edge.train.precision import CPU_BF16_CHECKS, measure, native_bf16, use_bf16
 
     cpu = torch.device("cpu")
     assert TrainConfig.from_dict({"checkpoint": "c", "train_manifest": "m", "output_dir": "o"}).bf16 == "auto"
+    monkeypatch.setattr(precision, "bf16_is_faster", lambda: True)  # the timing: its own test below
     for has in (False, True):
         for name in CPU_BF16_CHECKS:
             monkeypatch.setattr(torch.cpu, name, lambda has=has: has)
@@ -273,6 +279,20 @@ def test_bf16_auto_follows_the_hardware_and_true_without_it_warns(monkeypatch):
         assert warned == [] if has else len(warned) == 1 and warned[0].startswith("bf16: true on a cpu without bf16")
     times = measure(rows=64, inner=64, cols=64, repeats=1)
     assert set(times) == {"float32", "bfloat16"} and all(ms > 0 for ms in times.values())
+
+
+def test_bf16_auto_on_a_cpu_with_bf16_follows_the_timing(monkeypatch):
+    """AVX512-BF16 without AMX can be slower in bf16 than in float32: auto then trains in float32."""
+    import torch
+    from falcon_audio_edge.train import precision
+
+    for name in precision.CPU_BF16_CHECKS:
+        monkeypatch.setattr(torch.cpu, name, lambda: True)
+    for bf16_ms, want in ((5.0, True), (20.0, False)):
+        monkeypatch.setattr(precision, "measure", lambda repeats, ms=bf16_ms: {"float32": 10.0, "bfloat16": ms})
+        assert precision.use_bf16("auto", torch.device("cpu")) is want
+        assert precision.use_bf16(True, torch.device("cpu")) is True  # asked for: kept, no timing needed
+        assert precision.same_on_every_process(want) is want  # one process: its own choice
 
 
 def test_encoder_gets_its_own_learning_rate(tmp_path, tiny_ckpt, manifest):
@@ -704,7 +724,8 @@ def test_the_committed_configs_load_and_chain():
     assert "cp work/run-tiny-stage8/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
     assert "ship work/run-tiny-stage9 --onto falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
     assert "cp work/run-tiny-stage9/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
-    assert shipped.index("ship work/run-tiny-stage8") < shipped.index("FA_EDGE_HOME=work/home-stage8")
+    stage8_home = shipped.index("FA_EDGE_HOME=work/home-stage8")  # built from the stage-8 files, head included
+    assert shipped.index("ship work/run-tiny-stage8") < shipped.index("cp work/run-tiny-stage8/char") < stage8_home
     homes = {
         "run-tiny-stage6": "home-stage5",
         "run-tiny-stage7": "home-stage5",

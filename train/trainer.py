@@ -16,7 +16,7 @@ from falcon_audio_edge.train.charhead import greedy_text, head_log_probs
 from falcon_audio_edge.train.charnet import HeadNet, char_ctc_loss, start_head, to_char_head
 from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
-from falcon_audio_edge.train.precision import use_bf16
+from falcon_audio_edge.train.precision import same_on_every_process, use_bf16
 from falcon_audio_edge.train.qlora import adamw8bit, check_bitsandbytes, full_precision_model, quantize_llm
 from falcon_audio_edge.train.schedule import approx_length, lr_lambda, micro_batches
 from falcon_audio_edge.train.state import (
@@ -314,10 +314,12 @@ def evaluate(step_module: TrainingStep, examples: list[Example], cfg: TrainConfi
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import set_seed
+    from accelerate.utils import parse_flag_from_env, set_seed
     from tqdm.auto import tqdm
 
-    bf16 = use_bf16(cfg.bf16, PartialState().device)
+    # on the CPU when asked (--cpu) or when there is no GPU: accelerate then runs torchrun's processes as MULTI_CPU
+    on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    bf16 = same_on_every_process(use_bf16(cfg.bf16, PartialState(cpu=on_cpu).device))
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
     check_bitsandbytes(cfg, accelerator.device)
     set_seed(cfg.seed)
@@ -350,6 +352,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)  # the schedule steps once per update
     kept = frozen_to_bf16(ckpt.model.llm) if bf16 else {}  # after prepare: DDP broadcasts float32 states
     rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        print(f"training on {accelerator.device.type}: {world} process{'es' if world > 1 else ''}, bf16 {bf16}")
     stream = micro_batches([approx_length(ex) for ex in train_set], cfg, step * cfg.grad_accum)
     bar = tqdm(total=cfg.last_step, initial=step, disable=not (progress and accelerator.is_main_process))
     loss_value, evals = float("nan"), None
