@@ -317,8 +317,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     from accelerate.utils import parse_flag_from_env, set_seed
     from tqdm.auto import tqdm
 
-    # on the CPU when asked (--cpu) or when there is no GPU: accelerate then runs torchrun's processes as MULTI_CPU
-    on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    # on the CPU when asked (--cpu) or when there is no accelerator (CUDA, MPS, XPU, ...): accelerate then runs
+    # torchrun's processes as MULTI_CPU
+    on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available()
     bf16 = same_on_every_process(use_bf16(cfg.bf16, PartialState(cpu=on_cpu).device))
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
     check_bitsandbytes(cfg, accelerator.device)
