@@ -293,6 +293,22 @@ def test_bf16_auto_on_a_cpu_with_bf16_follows_the_timing(monkeypatch):
         assert precision.use_bf16("auto", torch.device("cpu")) is want
         assert precision.use_bf16(True, torch.device("cpu")) is True  # asked for: kept, no timing needed
         assert precision.same_on_every_process(want) is want  # one process: its own choice
+        assert precision.run_bf16("auto", torch.device("cpu"), main_process=True) is want
+
+
+def test_bf16_auto_is_timed_on_the_main_process_alone(monkeypatch):
+    """The other processes of a distributed run take process 0's choice (the 2-process test runs it); they never
+    time the product themselves."""
+    import torch
+    from falcon_audio_edge.train import precision
+
+    for name in precision.CPU_BF16_CHECKS:
+        monkeypatch.setattr(torch.cpu, name, lambda: True)
+    timed = []
+    monkeypatch.setattr(precision, "bf16_is_faster", lambda: timed.append(1) or True)
+    assert precision.run_bf16("auto", torch.device("cpu"), main_process=False) is False  # not distributed here
+    assert timed == []
+    assert precision.run_bf16("auto", torch.device("cpu"), main_process=True) is True and timed == [1]
 
 
 def test_encoder_gets_its_own_learning_rate(tmp_path, tiny_ckpt, manifest):

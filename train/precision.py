@@ -52,13 +52,19 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
 
 
 def same_on_every_process(flag: bool) -> bool:
-    """Process 0's ``flag`` on every process of a distributed run (each times its own product), else ``flag``."""
+    """Process 0's ``flag`` on every process of a distributed run, else ``flag``."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
         return flag
     value = torch.tensor([int(flag)])
     dist.broadcast(value, src=0)
     return bool(value.item())
+
+
+def run_bf16(setting: bool | str, device: torch.device, main_process: bool) -> bool:
+    """``use_bf16`` for a run, decided on the main process alone (the others would time the product on the same
+    cores at the same moment) and broadcast to the rest."""
+    return same_on_every_process(use_bf16(setting, device) if main_process else False)
 
 
 def measure(rows: int = 1600, inner: int = 1536, cols: int = 576, repeats: int = 3) -> dict[str, float]:

@@ -16,7 +16,7 @@ from falcon_audio_edge.train.charhead import greedy_text, head_log_probs
 from falcon_audio_edge.train.charnet import HeadNet, char_ctc_loss, start_head, to_char_head
 from falcon_audio_edge.train.config import TrainConfig
 from falcon_audio_edge.train.data import Example, read_manifest
-from falcon_audio_edge.train.precision import same_on_every_process, use_bf16
+from falcon_audio_edge.train.precision import run_bf16
 from falcon_audio_edge.train.qlora import adamw8bit, check_bitsandbytes, full_precision_model, quantize_llm
 from falcon_audio_edge.train.schedule import approx_length, lr_lambda, micro_batches
 from falcon_audio_edge.train.state import (
@@ -320,7 +320,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     # on the CPU when asked (--cpu) or when there is no accelerator (CUDA, MPS, XPU, ...): accelerate then runs
     # torchrun's processes as MULTI_CPU
     on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available()
-    bf16 = same_on_every_process(use_bf16(cfg.bf16, PartialState(cpu=on_cpu).device))
+    state = PartialState(cpu=on_cpu)
+    bf16 = run_bf16(cfg.bf16, state.device, state.is_main_process)
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
     check_bitsandbytes(cfg, accelerator.device)
     set_seed(cfg.seed)
