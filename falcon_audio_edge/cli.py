@@ -22,12 +22,14 @@ from falcon_audio_edge.settings import (
     DEFAULT_CHAR_WEIGHT,
     DEFAULT_CTC_WEIGHT,
     DEFAULT_CTC_WEIGHT_WITH_CHARS,
+    DEFAULT_LM_WEIGHT,
     DEFAULT_PROPOSAL_PROB,
     MAX_BEAM_SIZE,
     TRANSCRIBE_PROMPT,
     GenerationSettings,
     RuntimeSettings,
     guidance_for,
+    lm_weight_for,
 )
 
 app = typer.Typer(
@@ -194,6 +196,7 @@ def demo(
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
     char_weight: Annotated[float | None, typer.Option(help=CHAR_HELP)] = None,
+    lm_weight: Annotated[float | None, typer.Option(help=LM_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
@@ -209,6 +212,7 @@ def demo(
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
     prompt = _prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
+                                    lm_weight=lm_weight or 0.0,
                                     beam_size=beam_size,
                                     ctc_proposal_prob=ctc_proposals)  # fmt: skip
     d.check_decoder_type(decoder_type)
@@ -216,7 +220,7 @@ def demo(
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
-        generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight)
+        generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight, lm_weight)
         turn = chat.ask(wav, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:
@@ -321,20 +325,26 @@ CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (defaul
 CHAR_HELP = (f"weight of the model's character CTC head in greedy decoding; with --ctc-weight below 1 (default: "
              f"{DEFAULT_CHAR_WEIGHT} for transcription by a model with one, else 0; 0 when only --ctc-weight is "
              "given)")  # fmt: skip
+LM_HELP = (
+    f"weight of the bundle's text LLM (answer.gguf) scoring a CTC-guided transcription, 0 to <1, added to "
+    f"the others (default: {DEFAULT_LM_WEIGHT} when the transcription is guided and the bundle has one, else 0)"
+)
 BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
 PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives at least this probability at some "
                   "frame, besides the LLM's likeliest (0: off)")  # fmt: skip
 
 
 def _with_guidance(
-    generation: GenerationSettings, prompt: str | None, chat: Any, ctc: float | None, chars: float | None
-):
-    """The turn's CTC weights once the model is open (which heads it has): CTC guidance rescores greedy decoding
-    only (explicit weights were checked when ``generation`` was built)."""
+    generation: GenerationSettings, prompt: str | None, chat: Any, ctc: float | None, chars: float | None,
+    lm: float | None = None,
+):  # fmt: skip
+    """The turn's CTC and text-prior weights once the model is open (which heads and text LLM it has): they
+    rescore greedy decoding only (explicit weights were checked when ``generation`` was built)."""
     if not generation.greedy:
         return generation
     ctc_weight, char_weight = guidance_for(prompt, chat.has_ctc_head, chat.has_char_head, ctc, chars)
-    return replace(generation, ctc_weight=ctc_weight, char_weight=char_weight)
+    lm_weight = lm_weight_for(bool(ctc_weight + char_weight), chat.has_text_llm, lm)
+    return replace(generation, ctc_weight=ctc_weight, char_weight=char_weight, lm_weight=lm_weight)
 
 
 def _say_heard(result: Any) -> None:
@@ -383,6 +393,7 @@ def ask(
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
     char_weight: Annotated[float | None, typer.Option(help=CHAR_HELP)] = None,
+    lm_weight: Annotated[float | None, typer.Option(help=LM_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
@@ -393,12 +404,13 @@ def ask(
     """Answer a spoken question, streaming tokens to the terminal."""
     prompt = _prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0, beam_size=beam_size,
+                                    ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
+                                    lm_weight=lm_weight or 0.0, beam_size=beam_size,
                                     ctc_proposal_prob=ctc_proposals)  # fmt: skip
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
     chat, backend = _open_chat(model, runtime)
     with chat:
-        generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight)
+        generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight, lm_weight)
         turn = chat.ask(audio, prompt, generation, listen_first=listen_first)
         for piece in turn:
             if not as_json:

@@ -52,10 +52,10 @@ def test_each_trial_is_the_bundles_decoding_with_its_settings(dev, clips, ctc_bu
 
 
 def test_best_is_the_lowest_wer_then_the_most_exact_then_the_fastest():
-    a, b = Trial(0.5, 0.0, 1, 0.0, 0.20, 0.4, 0.5), Trial(0.7, 0.0, 4, 0.0, 0.20, 0.5, 0.7)
+    a, b = Trial(0.5, 0.0, 1, 0.0, 0.0, 0.20, 0.4, 0.5), Trial(0.7, 0.0, 4, 0.0, 0.0, 0.20, 0.5, 0.7)
     assert best([a, b]) == b
-    assert best([a, Trial(0.7, 0.0, 1, 0.1, 0.20, 0.4, 0.4)]).seconds == 0.4
-    assert best([a, b, Trial(0.9, 0.0, 1, 0.0, 0.19, 0.0, 9.0)]).ctc_weight == 0.9
+    assert best([a, Trial(0.7, 0.0, 1, 0.1, 0.0, 0.20, 0.4, 0.4)]).seconds == 0.4
+    assert best([a, b, Trial(0.9, 0.0, 1, 0.0, 0.0, 0.19, 0.0, 9.0)]).ctc_weight == 0.9
 
 
 def test_tune_command_bad_input_is_one_error_line(tmp_path, dev, bundle_f32, ctc_bundle):

@@ -37,6 +37,7 @@ from falcon_audio_edge.settings import (
     GenerationSettings,
     ctc_weight_for,
     guidance_for,
+    lm_weight_for,
 )
 from falcon_audio_edge.verify import exact_share, word_error_rate, words
 
@@ -153,7 +154,8 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
     refs = [r["text"] for r in trans]
     with open_bundle(bundle) as chat:
         weight, chars = guidance_for(TRANSCRIBE, chat.has_ctc_head, chat.has_char_head)
-        guided = replace(gen, ctc_weight=weight, char_weight=chars)
+        lm = lm_weight_for(bool(weight + chars), chat.has_text_llm)
+        guided = replace(gen, ctc_weight=weight, char_weight=chars, lm_weight=lm)
         hyps, seconds = transcribe_all(chat, trans, base, guided)
         result.update(wer=word_error_rate(refs, hyps), transcribe_s_per_clip=seconds)
         result["wer_plain"] = word_error_rate(refs, hyps, split=words)
@@ -163,9 +165,13 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
                 chat, trans, base, replace(gen, ctc_weight=ctc_weight_for(TRANSCRIBE, True))
             )
             result["wer_token_head_only"] = word_error_rate(refs, tokens_only)
+        if lm:  # what the text LLM adds: the same decoding without it
+            unfused, unfused_s = transcribe_all(chat, trans, base, replace(guided, lm_weight=0.0))
+            result.update(wer_without_lm=word_error_rate(refs, unfused), exact_without_lm=exact_share(refs, unfused),
+                          transcribe_s_per_clip_without_lm=unfused_s)  # fmt: skip
         if weight:
             result.update(ctc_weight=weight, char_weight=chars, beam_size=gen.beam_size,
-                          proposal_prob=gen.ctc_proposal_prob)  # fmt: skip
+                          proposal_prob=gen.ctc_proposal_prob, lm_weight=lm)  # fmt: skip
             wide, wide_s = transcribe_all(chat, trans, base, replace(guided, beam_size=COMPARED_BEAM))
             result.update(wer_beam=word_error_rate(refs, wide), transcribe_s_per_clip_beam=wide_s)
             plain, _ = transcribe_all(chat, trans, base, gen)
@@ -230,19 +236,26 @@ def markdown(result: dict, command: str) -> str:
         lines += [
             f"| transcription WER (bundle, CTC-guided, weight {result['ctc_weight']}"
             + (f", character head {result['char_weight']}" if result.get("char_weight") else "")
-            + f", beam {result['beam_size']}, CTC proposals {result['proposal_prob'] or 'off'}: the default) | "
-            f"{result['wer']:.3f} |",
+            + f", beam {result['beam_size']}, CTC proposals {result['proposal_prob'] or 'off'}"
+            + (f", text LLM {result['lm_weight']}" if result.get("lm_weight") else "")
+            + f": the default) | {result['wer']:.3f} |",
             f"| transcription WER (bundle, CTC-guided, `--beam-size {COMPARED_BEAM}`) | {result['wer_beam']:.3f} |",
             f"| transcription WER (bundle, the LLM's greedy choices alone) | {result['wer_without_ctc']:.3f} |",
         ]
         if "wer_token_head_only" in result:
             alone = f"{result['wer_token_head_only']:.3f}"
-            lines.insert(-2, f"| transcription WER (bundle, the token CTC head alone, weight "
-                             f"{ctc_weight_for(TRANSCRIBE, True)}: no character head) | {alone} |")  # fmt: skip
+            weight = ctc_weight_for(TRANSCRIBE, True)
+            lines.insert(-2, f"| transcription WER (bundle, the token CTC head alone, weight {weight}: no character "
+                             f"head, no text LLM) | {alone} |")  # fmt: skip
+        if "wer_without_lm" in result:
+            lines.insert(-2, f"| transcription WER (bundle, the default decoding without the text LLM: "
+                             f"`--lm-weight 0`) | {result['wer_without_lm']:.3f} |")  # fmt: skip
     else:
         lines.append(f"| transcription WER (bundle) | {result['wer']:.3f} |")
     lines.append(f"| transcription WER, plain (the default decoding) | {result['wer_plain']:.3f} |")
     lines.append(f"| transcriptions word for word (the default decoding) | {result['exact']:.3f} |")
+    if "exact_without_lm" in result:
+        lines.append(f"| transcriptions word for word (without the text LLM) | {result['exact_without_lm']:.3f} |")
     if "whisper_wer" in result:
         lines.append(f"| transcription WER (Whisper tiny.en alone, faster-whisper) | {result['whisper_wer']:.3f} |")
     if "whisper_wer_plain" in result:
@@ -256,6 +269,11 @@ def markdown(result: dict, command: str) -> str:
         f"{'n/a' if result['decoder_typed_agreement'] is None else format(result['decoder_typed_agreement'], '.3f')} |",
         f"| seconds per transcription (2 threads) | {result['transcribe_s_per_clip']:.2f} |",
         *beam_seconds_row(result),
+        *(
+            [f"| seconds per transcription, `--lm-weight 0` | {result['transcribe_s_per_clip_without_lm']:.2f} |"]
+            if "transcribe_s_per_clip_without_lm" in result
+            else []
+        ),  # fmt: skip
         "",
         "| target | measured | |",
         "| --- | --- | --- |",

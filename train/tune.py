@@ -6,8 +6,8 @@ Every CTC weight x beam size x proposal probability asked for transcribes the de
 (sentences and voice variants of its own, never trained on, never the held-out test); the table gives the WER,
 the share of clips transcribed word for word (what a listen-first answer needs) and the seconds per clip. The
 best setting by WER is what ``DEFAULT_CTC_WEIGHT`` (``DEFAULT_CTC_WEIGHT_WITH_CHARS`` beside a character head),
-``DEFAULT_CHAR_WEIGHT``, ``DEFAULT_BEAM_SIZE`` and ``DEFAULT_PROPOSAL_PROB`` should say; the held-out split then
-measures it once.
+``DEFAULT_CHAR_WEIGHT``, ``DEFAULT_BEAM_SIZE``, ``DEFAULT_PROPOSAL_PROB`` and ``DEFAULT_LM_WEIGHT`` should say;
+the held-out split then measures it once.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Trial:
     char_weight: float  # the character head's (0: off)
     beam_size: int
     proposal_prob: float  # the CTC head's proposals (0: off)
+    lm_weight: float  # the text prior's (0: off)
     wer: float
     exact: float  # share of clips transcribed word for word
     seconds: float  # per clip
@@ -52,15 +53,16 @@ def parse_list(text: str, kind: type, name: str) -> list:
 
 def run_trials(
     bundle: Path, dev: Path, weights: list[float], beams: list[int], proposals: tuple[float, ...] = (0.0,),
-    max_tokens: int = 64, char_weights: tuple[float, ...] = (0.0,),
+    max_tokens: int = 64, char_weights: tuple[float, ...] = (0.0,), lm_weights: tuple[float, ...] = (0.0,),
 ) -> list[Trial]:  # fmt: skip
     rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("task") == "transcribe" and r.get("instruction") == TRANSCRIBE]
     if not rows:
         raise ConfigError(f"{dev} has no transcription rows ({TRANSCRIBE!r}) to tune on")
-    settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, char_weight=c, beam_size=b, ctc_proposal_prob=p)
+    settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, char_weight=c, beam_size=b, ctc_proposal_prob=p,
+                                   lm_weight=m)
                 for w in weights for c in char_weights if not (w < 1 and c < 1 <= w + c)  # sums of 1: skipped
-                for b in beams for p in proposals]  # fmt: skip
+                for b in beams for p in proposals for m in lm_weights]  # fmt: skip
     if not settings:
         raise ConfigError(f"every CTC weight + character weight asked for ({weights} + {list(char_weights)}) "
                           "reaches 1: the LLM keeps none")  # fmt: skip
@@ -71,11 +73,22 @@ def run_trials(
             raise ConfigError(f"{bundle} has no CTC head: there is no CTC weight or beam to tune")
         if any(char_weights) and not chat.has_char_head:
             raise ConfigError(f"{bundle} has no character head: --char-weights must be 0")
+        if any(lm_weights) and not chat.has_text_llm:
+            raise ConfigError(f"{bundle} has no text LLM (answer.gguf): --lm-weights must be 0")
         for gen in settings:
             hyps, seconds = transcribe_all(chat, rows, dev.parent, gen)
             wer, exact = word_error_rate(refs, hyps), exact_share(refs, hyps)
             trials.append(
-                Trial(gen.ctc_weight, gen.char_weight, gen.beam_size, gen.ctc_proposal_prob, wer, exact, seconds)
+                Trial(
+                    gen.ctc_weight,
+                    gen.char_weight,
+                    gen.beam_size,
+                    gen.ctc_proposal_prob,
+                    gen.lm_weight,
+                    wer,
+                    exact,
+                    seconds,
+                )  # fmt: skip
             )
     return trials
 
@@ -98,14 +111,14 @@ def markdown(trials: list[Trial], bundle: Path, dev: Path, command: str) -> str:
         "",
         "WER after Whisper's English normalizer (case, punctuation, numbers, British and American spellings).",
         "",
-        "| CTC weight | character head weight | beam size | CTC proposals (min prob) | WER | transcribed word for word "
-        "| seconds per clip |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| CTC weight | character head weight | beam size | CTC proposals (min prob) | text LLM weight | WER "
+        "| transcribed word for word | seconds per clip |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for t in trials:
         mark = " **best**" if t == top else ""
         lines.append(f"| {t.ctc_weight} | {t.char_weight or 'off'} | {t.beam_size} | {t.proposal_prob or 'off'} | "
-                     f"{t.wer:.3f}{mark} | {t.exact:.3f} | {t.seconds:.2f} |")  # fmt: skip
+                     f"{t.lm_weight or 'off'} | {t.wer:.3f}{mark} | {t.exact:.3f} | {t.seconds:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -117,6 +130,8 @@ def main() -> None:
     parser.add_argument("--beams", default="1,4", help="beam sizes to try, comma-separated")
     parser.add_argument("--char-weights", default="0", help="character head weights to try (0: off), comma-separated")
     parser.add_argument("--proposals", default="0", help="CTC proposal probabilities to try (0: off), comma-separated")
+    parser.add_argument("--lm-weights", default="0",
+                        help="text LLM (answer.gguf) weights to try (0: off), comma-separated")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
     parser.add_argument("--json", dest="as_json", action="store_true")
     args = parser.parse_args()
@@ -127,7 +142,8 @@ def main() -> None:
         beams = parse_list(args.beams, int, "--beams")
         proposals = tuple(parse_list(args.proposals, float, "--proposals"))
         chars = tuple(parse_list(args.char_weights, float, "--char-weights"))
-        trials = run_trials(args.bundle, args.dev, weights, beams, proposals, char_weights=chars)
+        lms = tuple(parse_list(args.lm_weights, float, "--lm-weights"))
+        trials = run_trials(args.bundle, args.dev, weights, beams, proposals, char_weights=chars, lm_weights=lms)
     except FaEdgeError as exc:
         parser.exit(2, f"error: {exc}\n")
     except (json.JSONDecodeError, KeyError) as exc:

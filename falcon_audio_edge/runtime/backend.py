@@ -107,6 +107,39 @@ class BundleBackend:
         self.decoder.close()
 
 
+TEXT_PRIOR_CTX = 2048  # positions of the text prior's own context: the user's-message prefix + hypotheses
+
+
+class LlamaTextPrior:
+    """The bundle's text LLM (answer.gguf) as the prior of a transcription's hypotheses (shallow fusion,
+    runtime/beam.py): each search starts from ``prefix`` (the start of a user's message) in a context of its own,
+    so the answer model's conversation is untouched; each hypothesis is a KV sequence, as in the decoder."""
+
+    def __init__(self, path: Path, prefix: list[int], settings: RuntimeSettings):
+        n_ctx = min(settings.n_ctx, TEXT_PRIOR_CTX)
+        self.decoder = LlamaDecoder(path, n_ctx, settings.n_batch, settings.n_threads)
+        self.prefix = prefix
+
+    def begin(self) -> np.ndarray:
+        self.decoder.reset()
+        self.decoder.feed_tokens(self.prefix)
+        row = self.decoder.logits()
+        self.decoder.beams_begin()
+        return row
+
+    def beams_begin(self) -> None:
+        self.decoder.beams_begin()
+
+    def beams_step(self, parents: list[int], tokens: list[int]) -> np.ndarray:
+        return self.decoder.beams_step(parents, tokens)
+
+    def beams_end(self, tokens: list[int]) -> None:
+        self.decoder.beams_end(tokens)
+
+    def close(self) -> None:
+        self.decoder.close()
+
+
 class TextBackend(BundleBackend):
     """A text-only decoder (a bundle's answer.gguf): the bundle backend's text side, no encoder, no CTC head."""
 
@@ -138,5 +171,6 @@ def open_bundle(path: str | Path, settings: RuntimeSettings | None = None) -> Au
     if bundle.answer_path is not None:
         answer = bundle.answer_path
         chat.open_answerer = lambda: AudioChat(TextBackend(answer, settings), bundle.dims)
+        chat.open_text_prior = lambda prefix: LlamaTextPrior(answer, prefix, settings)
     chat.load_ms = (time.perf_counter() - t0) * 1e3
     return chat

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,8 @@ from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
 from falcon_audio_edge.runtime.chars import guide_scorer
 from falcon_audio_edge.runtime.ctc import guided_choice, proposals_of
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, guidance_for
+from falcon_audio_edge.runtime.turn import AskResult, Timings, Turn, sample_token
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, guidance_for, lm_weight_for
 
 LISTEN_MAX_TOKENS = 448  # a listen-first transcription: a stop for a runaway, well above 2 x 30 s of speech
 
@@ -49,78 +50,6 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class Timings:
-    """Milliseconds per stage of one turn (first_token: audio ready -> first token out)."""
-
-    listen_ms: float = 0.0  # listen-first turns: the transcription before the answer
-    mel_ms: float = 0.0
-    encoder_ms: float = 0.0
-    prefill_ms: float = 0.0
-    first_token_ms: float = 0.0
-    decode_ms: float = 0.0
-    total_ms: float = 0.0
-    tokens_per_s: float = 0.0
-
-
-@dataclass
-class AskResult:
-    """One answered turn."""
-
-    text: str
-    tokens: list[int]
-    audio_tokens: int
-    audio_seconds: float
-    windows: int
-    prompt_tokens: int
-    stop_reason: str  # "end_of_turn", "max_tokens", or "nothing_heard" (a listen-first turn that heard no words)
-    timings: Timings = field(default_factory=Timings)
-    transcript: str | None = None  # listen-first turns: what the model heard, answered by the answer model
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["generated_tokens"] = len(self.tokens)
-        return data
-
-
-def sample_token(logits: np.ndarray, settings: GenerationSettings, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0; else temperature, top-k, then top-p (nucleus) sampling."""
-    if settings.greedy:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / settings.temperature
-    order = np.argsort(-scaled)
-    if settings.top_k:
-        order = order[: settings.top_k]
-    probs = np.exp(scaled[order] - scaled[order[0]])
-    probs /= probs.sum()
-    keep = min(len(probs), int(np.searchsorted(np.cumsum(probs), settings.top_p)) + 1)
-    probs = probs[:keep] / probs[:keep].sum()
-    return int(order[rng.choice(keep, p=probs)])
-
-
-class Turn:
-    """A streaming answer: iterate for text pieces; ``result`` is set once it is exhausted."""
-
-    def __init__(self, steps: Iterator[str]):
-        self._steps = steps
-        self.result: AskResult | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        result = yield from self._steps
-        if result is not None:  # a second iteration finds the generator spent
-            self.result = result
-
-    def close(self) -> None:
-        """Stop the answer here; the conversation stays usable (the partial answer is part of it)."""
-        self._steps.close()
-
-    def run(self) -> AskResult:
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
-
-
 class AudioChat:
     """A multi-turn conversation with audio turns, on a bundle or on the PyTorch reference."""
 
@@ -138,6 +67,9 @@ class AudioChat:
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
         self.open_answerer: Callable[[], AudioChat] | None = None  # set by open_bundle when it has an answer model
         self._answerer: AudioChat | None = None
+        # set by open_bundle when it has a text LLM: prefix ids -> the text prior of transcriptions (runtime/beam.py)
+        self.open_text_prior: Callable[[list[int]], Any] | None = None
+        self._text_prior: Any = None
 
     @property
     def has_ctc_head(self) -> bool:
@@ -146,6 +78,22 @@ class AudioChat:
     @property
     def has_char_head(self) -> bool:
         return self.backend.has_char_head
+
+    @property
+    def has_text_llm(self) -> bool:
+        """Whether a text LLM (the bundle's answer.gguf) can score transcriptions (``lm_weight``)."""
+        return self.open_text_prior is not None
+
+    def text_prior(self) -> Any:
+        """The text prior of guided transcriptions (loaded on first use; its load time joins ``load_ms``)."""
+        if self._text_prior is None:
+            if self.open_text_prior is None:
+                raise FaEdgeError("lm_weight needs a bundle with a text LLM (fa-edge export --answer-llm)")
+            t0 = time.perf_counter()
+            bos = [self.backend.bos_id] if self.layout.add_bos and self.backend.bos_id is not None else []
+            self._text_prior = self.open_text_prior(bos + self.backend.tokenize(self.layout.user_start))
+            self.load_ms += (time.perf_counter() - t0) * 1e3
+        return self._text_prior
 
     def reset(self) -> None:
         """Forget the conversation (clears the KV cache; the answer model's too)."""
@@ -176,6 +124,8 @@ class AudioChat:
         try:
             if self._answerer is not None:
                 self._answerer.close()
+            if self._text_prior is not None:
+                self._text_prior.close()
         finally:
             self.backend.close()
 
@@ -206,12 +156,20 @@ class AudioChat:
         if generation.char_weight and not self.has_char_head:
             raise FaEdgeError(f"char_weight={generation.char_weight} needs a model with a character head "
                               "(python -m falcon_audio_edge.train.charhead)")  # fmt: skip
+        if generation.lm_weight and not generation.guide_weight:
+            raise FaEdgeError(f"lm_weight={generation.lm_weight} scores CTC-guided transcriptions: it needs "
+                              "ctc_weight or char_weight")  # fmt: skip
+        if generation.lm_weight and not self.has_text_llm:
+            raise FaEdgeError(f"lm_weight={generation.lm_weight} needs a bundle with a text LLM "
+                              "(fa-edge export --answer-llm)")  # fmt: skip
         return Turn(self._turn(audio, prompt, generation))
 
     def prepare_listen_first(self) -> None:
         """Load what a listen-first turn needs before the first one: the answer model now, the CTC head's token
         table in the background (an assistant calls this at start, while nobody has spoken yet)."""
         self.answerer()
+        if self.has_text_llm:
+            self.text_prior()
         if self.has_ctc_head:
             self.backend.preload_ctc()
 
@@ -227,7 +185,7 @@ class AudioChat:
 
     def _listen_first(self, audio: Any, prompt: str | None, gen: GenerationSettings):
         answerer = self.answerer()  # before any work: a bundle without one is refused at once
-        answer_gen = replace(gen, ctc_weight=0.0, char_weight=0.0)  # the weights guide the transcription only
+        answer_gen = replace(gen, ctc_weight=0.0, char_weight=0.0, lm_weight=0.0)  # they guide the transcription only
         if audio is None:  # nothing to hear: a plain text turn of the answer model's conversation
             turn = answerer.ask(None, prompt, answer_gen)
             yield from turn
@@ -237,6 +195,8 @@ class AudioChat:
         weight, chars = (gen.ctc_weight, gen.char_weight) if gen.guide_weight else guidance_for(
             TRANSCRIBE_PROMPT, self.has_ctc_head, self.has_char_head
         )  # fmt: skip
+        asked = gen.lm_weight if gen.guide_weight or gen.lm_weight else None
+        lm = lm_weight_for(bool(weight + chars), self.has_text_llm, asked)
         listen = GenerationSettings(
             max_tokens=LISTEN_MAX_TOKENS,
             ctc_weight=weight,
@@ -244,6 +204,7 @@ class AudioChat:
             beam_size=gen.beam_size,
             ctc_candidates=gen.ctc_candidates,
             ctc_proposal_prob=gen.ctc_proposal_prob,
+            lm_weight=lm,
         )
         heard = self.ask(audio, TRANSCRIBE_PROMPT, listen)
         transcript = heard.run().text.strip()
@@ -350,7 +311,8 @@ class AudioChat:
         end = next(iter(self.stop_ids))
         scorer = self._scorer(gen, embeds)
         beams = self.backend if hasattr(self.backend, "beams_step") else ReplayedBeams(self.backend)
-        best = beam_search(beams, self.backend.logits(), scorer, gen, end)
+        prior = self.text_prior() if gen.lm_weight else None
+        best = beam_search(beams, self.backend.logits(), scorer, gen, end, prior)
         yield from best.tokens
         return "end_of_turn" if best.ended else "max_tokens"
 
@@ -358,7 +320,8 @@ class AudioChat:
         timings = Timings()
         start = time.perf_counter()
         n_prompt, features, embeds = self.prefill(audio, prompt, timings)
-        search = gen.guide_weight and gen.beam_size > 1 and embeds is not None
+        # a text prior follows hypotheses: with one, even a single one (beam_size 1) is searched
+        search = gen.guide_weight and (gen.beam_size > 1 or gen.lm_weight) and embeds is not None
         steps = self._searched(gen, embeds) if search else self._tokens(gen, embeds)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens: list[int] = []
