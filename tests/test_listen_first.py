@@ -9,7 +9,7 @@ import pytest
 
 from falcon_audio_edge.errors import BundleError, ExportError, FaEdgeError
 from falcon_audio_edge.runtime.bundle import ANSWER_FILE, read_bundle
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, RuntimeSettings
+from falcon_audio_edge.settings import DEFAULT_LM_WEIGHT, TRANSCRIBE_PROMPT, GenerationSettings, RuntimeSettings
 from tests.conftest import fa_edge, smollm2_gguf
 
 
@@ -112,7 +112,9 @@ def test_listen_first_transcribes_with_the_decoding_settings_asked_for(ctc_bundl
             chat.reset()
             turn = chat.ask(clips["q1"], None, GenerationSettings(max_tokens=4, ctc_proposal_prob=prob), True).run()
             chat.reset()
-            alone = GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=0.5, ctc_proposal_prob=prob)
+            alone = GenerationSettings(
+                max_tokens=LISTEN_MAX_TOKENS, ctc_weight=0.5, ctc_proposal_prob=prob, lm_weight=DEFAULT_LM_WEIGHT
+            )  # the bundle has a text LLM: its prior too
             assert turn.transcript == chat.ask(clips["q1"], TRANSCRIBE_PROMPT, alone).run().text.strip()
             heard[prob] = turn.transcript
     assert heard[0.0] != heard[0.01]  # the proposals asked for reach the transcription

@@ -245,8 +245,9 @@ def markdown(result: dict, command: str) -> str:
         if "wer_token_head_only" in result:
             alone = f"{result['wer_token_head_only']:.3f}"
             weight = ctc_weight_for(TRANSCRIBE, True)
+            no_lm = ", no text LLM" if result.get("lm_weight") else ""
             lines.insert(-2, f"| transcription WER (bundle, the token CTC head alone, weight {weight}: no character "
-                             f"head, no text LLM) | {alone} |")  # fmt: skip
+                             f"head{no_lm}) | {alone} |")  # fmt: skip
         if "wer_without_lm" in result:
             lines.insert(-2, f"| transcription WER (bundle, the default decoding without the text LLM: "
                              f"`--lm-weight 0`) | {result['wer_without_lm']:.3f} |")  # fmt: skip

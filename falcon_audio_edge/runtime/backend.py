@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,39 +108,6 @@ class BundleBackend:
         self.decoder.close()
 
 
-TEXT_PRIOR_CTX = 2048  # positions of the text prior's own context: the user's-message prefix + hypotheses
-
-
-class LlamaTextPrior:
-    """The bundle's text LLM (answer.gguf) as the prior of a transcription's hypotheses (shallow fusion,
-    runtime/beam.py): each search starts from ``prefix`` (the start of a user's message) in a context of its own,
-    so the answer model's conversation is untouched; each hypothesis is a KV sequence, as in the decoder."""
-
-    def __init__(self, path: Path, prefix: list[int], settings: RuntimeSettings):
-        n_ctx = min(settings.n_ctx, TEXT_PRIOR_CTX)
-        self.decoder = LlamaDecoder(path, n_ctx, settings.n_batch, settings.n_threads)
-        self.prefix = prefix
-
-    def begin(self) -> np.ndarray:
-        self.decoder.reset()
-        self.decoder.feed_tokens(self.prefix)
-        row = self.decoder.logits()
-        self.decoder.beams_begin()
-        return row
-
-    def beams_begin(self) -> None:
-        self.decoder.beams_begin()
-
-    def beams_step(self, parents: list[int], tokens: list[int]) -> np.ndarray:
-        return self.decoder.beams_step(parents, tokens)
-
-    def beams_end(self, tokens: list[int]) -> None:
-        self.decoder.beams_end(tokens)
-
-    def close(self) -> None:
-        self.decoder.close()
-
-
 class TextBackend(BundleBackend):
     """A text-only decoder (a bundle's answer.gguf): the bundle backend's text side, no encoder, no CTC head."""
 
@@ -159,6 +127,27 @@ class TextBackend(BundleBackend):
 
     def char_log_probs(self, embeds: np.ndarray) -> np.ndarray:
         raise BundleError("the answer model takes text only")
+
+
+TEXT_PRIOR_CTX = 2048  # positions of the text prior's own context: the user's-message prefix + hypotheses
+
+
+class LlamaTextPrior(TextBackend):
+    """The bundle's text LLM (answer.gguf) as the prior of a transcription's hypotheses (shallow fusion,
+    runtime/beam.py): each search starts from ``prefix`` (the start of a user's message) in a context of its own,
+    so the answer model's conversation is untouched; each hypothesis is a KV sequence, as in the decoder."""
+
+    def __init__(self, path: Path, prefix: list[int], settings: RuntimeSettings):
+        super().__init__(path, replace(settings, n_ctx=min(settings.n_ctx, TEXT_PRIOR_CTX)))
+        self.prefix = prefix
+
+    def begin(self) -> np.ndarray:
+        """The next-token logits after the prefix alone; the hypotheses then branch off it."""
+        self.decoder.reset()
+        self.decoder.feed_tokens(self.prefix)
+        row = self.decoder.logits()
+        self.decoder.beams_begin()
+        return row
 
 
 def open_bundle(path: str | Path, settings: RuntimeSettings | None = None) -> AudioChat:
