@@ -336,7 +336,7 @@ PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives
 
 def _with_guidance(
     generation: GenerationSettings, prompt: str | None, chat: Any, ctc: float | None, chars: float | None,
-    lm: float | None = None,
+    lm: float | None,
 ):  # fmt: skip
     """The turn's CTC and text-prior weights once the model is open (which heads and text LLM it has): they
     rescore greedy decoding only (explicit weights were checked when ``generation`` was built)."""

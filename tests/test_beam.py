@@ -40,18 +40,25 @@ class ToyLM:
         self.chosen = list(tokens)
 
 
-def exhaustive_best(lm: ToyLM, ctc: np.ndarray, weight: float, max_len: int) -> tuple[tuple[int, ...], float]:
-    """The ended sequence (of words 1, 2) with the best combined score, by scoring every one."""
+def exhaustive_best(
+    lm: ToyLM, ctc: np.ndarray, weight: float, max_len: int, prior: ToyLM | None = None, lm_weight: float = 0.0
+) -> tuple[tuple[int, ...], float]:
+    """The ended sequence (of words 1, 2) with the best combined score (+ ``lm_weight`` x its log-probability
+    under the text ``prior``, if any), by scoring every one."""
+
+    def ended_logp(model: ToyLM, words: tuple[int, ...]) -> float:
+        return sum(log_softmax(model.logits(words[:i]))[w] for i, w in enumerate((*words, END)))
+
     best, best_score = (), -np.inf
     for n in range(max_len + 1):
         for words in itertools.product((1, 2), repeat=n):
-            llm = sum(log_softmax(lm.logits(words[:i]))[w] for i, w in enumerate(words))
-            llm += log_softmax(lm.logits(words))[END]
             scorer = CTCPrefixScorer(ctc, END)
             for w in words:
                 scorer.scores(np.array([w]))
                 scorer.advance(w)
-            score = (1 - weight) * llm + weight * scorer.full
+            score = (1 - weight) * ended_logp(lm, words) + weight * scorer.full
+            if prior is not None:
+                score += lm_weight * ended_logp(prior, words)
             if score > best_score:
                 best, best_score = words, score
     return best, best_score

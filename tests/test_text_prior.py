@@ -27,30 +27,12 @@ class ToyPrior(ToyLM):
         return self.logits(())
 
 
-def fused_best(lm: ToyLM, prior: ToyPrior, ctc: np.ndarray, weight: float, lm_weight: float, max_len: int):
-    """The ended sequence with the best fused score, by scoring every one."""
-    best, best_score = (), -np.inf
-    for n in range(max_len + 1):
-        for words in np.ndindex(*([2] * n)):
-            words = tuple(w + 1 for w in words)  # the words are 1 and 2
-            scorer = CTCPrefixScorer(ctc, END)
-            for w in words:
-                scorer.scores(np.array([w]))
-                scorer.advance(w)
-            llm, text = (sum(log_softmax(m.logits(words[:i]))[t] for i, t in enumerate((*words, END)))
-                         for m in (lm, prior))  # fmt: skip
-            score = (1 - weight) * llm + weight * scorer.full + lm_weight * text
-            if score > best_score:
-                best, best_score = words, score
-    return best, best_score
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_a_wide_fused_beam_finds_the_exhaustive_best(seed):
     ctc = random_log_probs(np.random.default_rng(seed), frames=5, vocab=3)
     lm, prior = ToyLM(seed), ToyPrior(100 + seed)
     gen = GenerationSettings(max_tokens=4, ctc_weight=0.5, beam_size=8, ctc_candidates=2, lm_weight=0.7)
-    want, want_score = fused_best(lm, prior, ctc, 0.5, 0.7, max_len=3)
+    want, want_score = exhaustive_best(lm, ctc, 0.5, max_len=3, prior=prior, lm_weight=0.7)
     got = beam_search(lm, lm.logits(()), CTCPrefixScorer(ctc, END), gen, END, prior)
     assert got.ended and tuple(got.tokens) == want and lm.chosen == list(want)
     assert got.score == pytest.approx(want_score)
