@@ -221,7 +221,8 @@ def demo(
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
         generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight, lm_weight)
-        turn = chat.ask(wav, prompt, generation, listen_first=listen_first)
+        listening = chat.listening_for(generation, ctc_weight, char_weight, lm_weight) if listen_first else None
+        turn = chat.ask(wav, prompt, generation, listen_first=listen_first, listening=listening)
         for piece in turn:
             if not as_json:
                 typer.echo(printable(piece), nl=False)
@@ -316,8 +317,9 @@ def _relative(path: Path, folder: Path) -> str:
 
 
 LISTEN_HELP = (
-    "transcribe first (CTC-guided; --ctc-weight sets its weight), then the bundle's answer model (answer.gguf) "
-    "answers the transcript"
+    "transcribe first (CTC-guided, with the text prior where the bundle has one; --ctc-weight, --char-weight and "
+    "--lm-weight set their weights, 0 turns one off), then the bundle's answer model (answer.gguf) answers the "
+    "transcript"
 )
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, {DEFAULT_CTC_WEIGHT_WITH_CHARS} beside a character head, "
@@ -411,7 +413,8 @@ def ask(
     chat, backend = _open_chat(model, runtime)
     with chat:
         generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight, lm_weight)
-        turn = chat.ask(audio, prompt, generation, listen_first=listen_first)
+        listening = chat.listening_for(generation, ctc_weight, char_weight, lm_weight) if listen_first else None
+        turn = chat.ask(audio, prompt, generation, listen_first=listen_first, listening=listening)
         for piece in turn:
             if not as_json:
                 typer.echo(printable(piece), nl=False)

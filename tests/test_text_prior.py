@@ -182,3 +182,51 @@ def test_quality_report_measures_the_default_with_and_without_the_text_llm(prior
     report = markdown(result, "cmd")
     assert f", text LLM {DEFAULT_LM_WEIGHT}: the default) | {result['wer']:.3f} |" in report
     assert f"without the text LLM: `--lm-weight 0`) | {result['wer_without_lm']:.3f} |" in report
+
+
+def test_listening_settings_name_what_is_asked_and_a_zero_turns_it_off(prior_bundle, ctc_bundle):
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS
+
+    gen = GenerationSettings(max_tokens=4, beam_size=2, ctc_proposal_prob=0.05)
+    with open_bundle(prior_bundle) as chat:
+        default = chat.listening_for(gen)
+        assert (default.ctc_weight, default.char_weight, default.lm_weight) == (0.5, 0.0, DEFAULT_LM_WEIGHT)
+        assert (default.max_tokens, default.beam_size, default.ctc_proposal_prob) == (LISTEN_MAX_TOKENS, 2, 0.05)
+        assert chat.listening_for(gen, lm=0.0).lm_weight == 0.0 and chat.listening_for(gen, lm=0.0).ctc_weight == 0.5
+        off = chat.listening_for(gen, ctc=0.0)
+        assert (off.ctc_weight, off.char_weight, off.lm_weight) == (0.0, 0.0, 0.0)  # no guidance: no prior either
+        assert chat.listening_for(gen, ctc=0.3, lm=0.2).ctc_weight == 0.3
+        assert chat.listening_for(replace_weights(gen, 0.3, 0.0)).ctc_weight == 0.3  # the API's generation stands
+        with pytest.raises(FaEdgeError, match="listening settings are for a listen-first turn"):
+            chat.ask(None, "Hello", gen, listening=default)
+    with open_bundle(ctc_bundle[1]) as chat:  # no text LLM: no prior by default
+        assert chat.listening_for(gen).lm_weight == 0.0
+
+
+def replace_weights(gen: GenerationSettings, ctc: float, lm: float) -> GenerationSettings:
+    from dataclasses import replace
+
+    return replace(gen, ctc_weight=ctc, lm_weight=lm)
+
+
+@pytest.mark.parametrize(
+    "flag, weights",
+    [
+        (["--lm-weight", "0"], dict(ctc_weight=0.5)),
+        (["--ctc-weight", "0"], {}),  # no guidance: no prior either
+        (["--lm-weight", "0.9", "--beam-size", "1"], dict(ctc_weight=0.5, lm_weight=0.9, beam_size=1)),
+    ],
+)
+def test_cli_listen_first_transcribes_with_the_weights_given_zero_included(prior_bundle, clips, flag, weights):
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS
+
+    wav = str(clips["q1"])
+    out = fa_edge("ask", str(prior_bundle), "--audio", wav, "--listen-first", "--max-tokens", "4", *flag, "--json")
+    with open_bundle(prior_bundle) as chat:
+        want = chat.ask(wav, TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, **weights)).run()
+        chat.reset()
+        default = GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=0.5, lm_weight=DEFAULT_LM_WEIGHT)
+        assert want.text != chat.ask(wav, TRANSCRIBE_PROMPT, default).run().text  # the flag changes what is heard
+    assert json.loads(out.stdout)["transcript"] == want.text.strip()

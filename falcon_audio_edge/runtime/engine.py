@@ -141,14 +141,20 @@ class AudioChat:
         prompt: str | None = None,
         generation: GenerationSettings | None = None,
         listen_first: bool = False,
+        listening: GenerationSettings | None = None,
     ) -> Turn:
         """Start a turn; with audio None the turn is text only (``prompt`` required). ``listen_first``: the model
         transcribes the audio (CTC-guided if it can), then the bundle's answer model answers the transcript (and
-        the prompt after it) as a text turn of its own conversation."""
+        the prompt after it) as a text turn of its own conversation; ``listening`` sets that transcription
+        (``listening_for``; default: ``listening_for(generation)``)."""
         if audio is None and not prompt:
             raise FaEdgeError("a turn needs audio, a prompt, or both")
+        if listening is not None and not listen_first:
+            raise FaEdgeError("listening settings are for a listen-first turn's transcription (listen_first=True)")
         if listen_first:
-            return Turn(self._listen_first(audio, prompt, generation or GenerationSettings()))
+            gen = generation or GenerationSettings()
+            listening = self.listening_for(gen) if listening is None else listening
+            return Turn(self._listen_first(audio, prompt, gen, listening))
         generation = generation or GenerationSettings()
         if generation.ctc_weight and not self.has_ctc_head:
             raise FaEdgeError(f"ctc_weight={generation.ctc_weight} needs a model with a CTC head; "
@@ -183,7 +189,28 @@ class AudioChat:
             self.load_ms += (time.perf_counter() - t0) * 1e3
         return self._answerer
 
-    def _listen_first(self, audio: Any, prompt: str | None, gen: GenerationSettings):
+    def listening_for(
+        self, gen: GenerationSettings, ctc: float | None = None, chars: float | None = None, lm: float | None = None
+    ) -> GenerationSettings:
+        """A listen-first turn's transcription settings: greedy, ``gen``'s beam size and proposals, and the
+        weights of the token head, the character head and the text prior as asked (0: off), or where none is
+        asked the model's transcription defaults (``settings.guidance_for``, ``lm_weight_for``). Without weights
+        asked, ``gen``'s own stand for them where it has any (there a 0 cannot say "off")."""
+        if ctc is None and chars is None and lm is None:
+            ctc, chars = (gen.ctc_weight, gen.char_weight) if gen.guide_weight else (None, None)
+            lm = gen.lm_weight if gen.guide_weight or gen.lm_weight else None
+        weight, char_weight = guidance_for(TRANSCRIBE_PROMPT, self.has_ctc_head, self.has_char_head, ctc, chars)
+        return GenerationSettings(
+            max_tokens=LISTEN_MAX_TOKENS,
+            ctc_weight=weight,
+            char_weight=char_weight,
+            beam_size=gen.beam_size,
+            ctc_candidates=gen.ctc_candidates,
+            ctc_proposal_prob=gen.ctc_proposal_prob,
+            lm_weight=lm_weight_for(bool(weight + char_weight), self.has_text_llm, lm),
+        )
+
+    def _listen_first(self, audio: Any, prompt: str | None, gen: GenerationSettings, listen: GenerationSettings):
         answerer = self.answerer()  # before any work: a bundle without one is refused at once
         answer_gen = replace(gen, ctc_weight=0.0, char_weight=0.0, lm_weight=0.0)  # they guide the transcription only
         if audio is None:  # nothing to hear: a plain text turn of the answer model's conversation
@@ -192,20 +219,6 @@ class AudioChat:
             return turn.result
         t0 = time.perf_counter()
         self.reset_listening()
-        weight, chars = (gen.ctc_weight, gen.char_weight) if gen.guide_weight else guidance_for(
-            TRANSCRIBE_PROMPT, self.has_ctc_head, self.has_char_head
-        )  # fmt: skip
-        asked = gen.lm_weight if gen.guide_weight or gen.lm_weight else None
-        lm = lm_weight_for(bool(weight + chars), self.has_text_llm, asked)
-        listen = GenerationSettings(
-            max_tokens=LISTEN_MAX_TOKENS,
-            ctc_weight=weight,
-            char_weight=chars,
-            beam_size=gen.beam_size,
-            ctc_candidates=gen.ctc_candidates,
-            ctc_proposal_prob=gen.ctc_proposal_prob,
-            lm_weight=lm,
-        )
         heard = self.ask(audio, TRANSCRIBE_PROMPT, listen)
         transcript = heard.run().text.strip()
         listen_ms = (time.perf_counter() - t0) * 1e3
