@@ -9,27 +9,34 @@ import json
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from falcon_audio_edge import cli_data
+from falcon_audio_edge.cli_turn import (
+    BEAM_HELP,
+    CANDIDATES_HELP,
+    CHAR_HELP,
+    CTC_HELP,
+    LISTEN_HELP,
+    LM_HELP,
+    PROPOSALS_HELP,
+    checked_prompt,
+    open_chat,
+    say_heard,
+    turn_settings,
+)
 from falcon_audio_edge.console import printable
-from falcon_audio_edge.errors import ConfigError, FaEdgeError
+from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.settings import (
     DEFAULT_BEAM_SIZE,
-    DEFAULT_CHAR_WEIGHT,
-    DEFAULT_CTC_WEIGHT,
-    DEFAULT_CTC_WEIGHT_WITH_CHARS,
-    DEFAULT_LM_WEIGHT,
+    DEFAULT_CTC_CANDIDATES,
     DEFAULT_PROPOSAL_PROB,
-    MAX_BEAM_SIZE,
     TRANSCRIBE_PROMPT,
     GenerationSettings,
     RuntimeSettings,
-    guidance_for,
-    lm_weight_for,
 )
 
 app = typer.Typer(
@@ -119,72 +126,7 @@ def verify_cmd(
         typer.echo("\n".join(f"{k:22s} {v}" for k, v in report.items()))
 
 
-@app.command()
-def synth(
-    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder (train/, heldout/ and dev/ inside)")],
-    llm: Annotated[Path, typer.Option(help="the LLM (GGUF) whose answers become the targets")],
-    seed: int = 0,
-    voices_per_question: Annotated[int, typer.Option(help="spoken-QA clips per training question")] = 3,
-    random_clips: Annotated[int, typer.Option(help="training clips of random word sequences")] = 3000,
-    split: Annotated[
-        list[str] | None, typer.Option(help="make only this split (train, heldout or dev); repeat for more")
-    ] = None,
-) -> None:
-    """Make the synthetic speech instruction set with espeak-ng (manifests: audio, instruction, target)."""
-    from falcon_audio_edge.train.synth import SPLITS, build_dataset
-
-    say = lambda message: typer.echo(message, err=True)  # noqa: E731
-    splits = tuple(split) if split else tuple(SPLITS)
-    for name, path in build_dataset(out, llm, seed, voices_per_question, random_clips, say, splits).items():
-        typer.echo(f"{name}: {path}")
-
-
-ACCENTS_HELP = "share of clips (0-1) spoken with a synthetic accent: a few vowels moved (train/accent.py)"
-CONSONANTS_HELP = "each consonant feature's chance (0-1) in an accented clip: h- and g-dropping, th-fronting, glottal t"
-VOICES_HELP = "share of clips (0-1) spoken by a synthetic voice variant made from the training ones (train/voices.py)"
-
-
-@app.command()
-def respeak(
-    manifest: Annotated[Path, typer.Argument(help="a training manifest (rows with text or transcription targets)")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="new folder: clips/ and manifest.jsonl")],
-    copies: Annotated[int, typer.Option(help="new clips per row")] = 1,
-    seed: int = 0,
-    accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
-    voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
-    consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
-) -> None:
-    """Speak every row of a training manifest again with other training voices (targets kept; no LLM needed)."""
-    from falcon_audio_edge.train.grow import respeak as respeak_rows
-
-    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents, voices, consonants)}")
-
-
-@app.command(name="synth-words")
-def synth_words(
-    out: Annotated[Path, typer.Option("-o", "--out", help="new folder: clips/ and manifest.jsonl")],
-    llm: Annotated[Path, typer.Option(help="the LLM (GGUF) whose tokenizer picks the common words")],
-    clips: Annotated[int, typer.Option(help="random word sequences to speak")] = 10000,
-    common_words: Annotated[int, typer.Option(help="how many of the commonest words to draw from")] = 10000,
-    seed: int = 0,
-    accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
-    voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
-    consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
-) -> None:
-    """Transcription clips of random word sequences in training voices: more words heard, none learnt by heart."""
-    from falcon_audio_edge.train.grow import random_word_set
-
-    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents, voices, consonants)}")
-
-
-@app.command(name="train")
-def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML)")]) -> None:
-    """Train with the one-stage recipe (runs unchanged under `accelerate launch`)."""
-    from falcon_audio_edge.train.config import TrainConfig
-    from falcon_audio_edge.train.trainer import train
-
-    result = train(TrainConfig.load(config))
-    typer.echo(result.summary())
+cli_data.register(app)
 
 
 @app.command()
@@ -199,6 +141,7 @@ def demo(
     lm_weight: Annotated[float | None, typer.Option(help=LM_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
+    ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
     rebuild: Annotated[bool, typer.Option(help="rebuild the checkpoint and bundle")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -210,18 +153,19 @@ def demo(
 
     wav = audio or d.DEMO_QUESTION
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
-    prompt = _prompt(prompt, transcribe, listen_first)
+    prompt = checked_prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
                                     lm_weight=lm_weight or 0.0,
                                     beam_size=beam_size,
-                                    ctc_proposal_prob=ctc_proposals)  # fmt: skip
+                                    ctc_proposal_prob=ctc_proposals, ctc_candidates=ctc_candidates)  # fmt: skip
     d.check_decoder_type(decoder_type)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
-        generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight, lm_weight)
-        listening = chat.listening_for(generation, ctc_weight, char_weight, lm_weight) if listen_first else None
+        generation, listening = turn_settings(
+            generation, prompt, chat, ctc_weight, char_weight, lm_weight, listen_first
+        )
         turn = chat.ask(wav, prompt, generation, listen_first=listen_first, listening=listening)
         for piece in turn:
             if not as_json:
@@ -233,7 +177,7 @@ def demo(
         typer.echo(d.to_json(paths, wav, turn.result.text.strip(), extra))
     else:
         typer.echo("")
-        _say_heard(turn.result)
+        say_heard(turn.result)
 
 
 @app.command()
@@ -316,70 +260,6 @@ def _relative(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
 
 
-LISTEN_HELP = (
-    "transcribe first (CTC-guided, with the text prior where the bundle has one; --ctc-weight, --char-weight and "
-    "--lm-weight set their weights, 0 turns one off), then the bundle's answer model (answer.gguf) answers the "
-    "transcript"
-)
-CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
-            f"transcription by a model with a CTC head, {DEFAULT_CTC_WEIGHT_WITH_CHARS} beside a character head, "
-            "else 0; 0 when only --char-weight is given)")  # fmt: skip
-CHAR_HELP = (f"weight of the model's character CTC head in greedy decoding; with --ctc-weight below 1 (default: "
-             f"{DEFAULT_CHAR_WEIGHT} for transcription by a model with one, else 0; 0 when only --ctc-weight is "
-             "given)")  # fmt: skip
-LM_HELP = (
-    f"weight of the bundle's text LLM (answer.gguf) scoring a CTC-guided transcription, 0 to <1, added to "
-    f"the others (default: {DEFAULT_LM_WEIGHT} when the transcription is guided and the bundle has one, else 0)"
-)
-BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
-PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives at least this probability at some "
-                  "frame, besides the LLM's likeliest (0: off)")  # fmt: skip
-
-
-def _with_guidance(
-    generation: GenerationSettings, prompt: str | None, chat: Any, ctc: float | None, chars: float | None,
-    lm: float | None,
-):  # fmt: skip
-    """The turn's CTC and text-prior weights once the model is open (which heads and text LLM it has): they
-    rescore greedy decoding only (explicit weights were checked when ``generation`` was built)."""
-    if not generation.greedy:
-        return generation
-    ctc_weight, char_weight = guidance_for(prompt, chat.has_ctc_head, chat.has_char_head, ctc, chars)
-    lm_weight = lm_weight_for(bool(ctc_weight + char_weight), chat.has_text_llm, lm)
-    return replace(generation, ctc_weight=ctc_weight, char_weight=char_weight, lm_weight=lm_weight)
-
-
-def _say_heard(result: Any) -> None:
-    """A listen-first answer: what was heard goes to stderr after it (stdout keeps the answer alone)."""
-    if result.transcript is not None:
-        typer.echo(f"(heard: {result.transcript!r})", err=True)
-
-
-def _prompt(prompt: str | None, transcribe: bool, listen_first: bool) -> str | None:
-    if transcribe and prompt is not None and prompt != TRANSCRIBE_PROMPT:
-        raise ConfigError(f"--transcribe and --prompt {prompt!r} ask for two different things; give one")
-    prompt = TRANSCRIBE_PROMPT if transcribe else prompt
-    if listen_first and prompt == TRANSCRIBE_PROMPT:
-        raise ConfigError("--listen-first answers what it transcribed; for the transcript alone use --transcribe only")
-    return prompt
-
-
-def _open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:
-    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
-
-    if (model / MANIFEST_FILE).is_file():
-        from falcon_audio_edge.runtime.backend import open_bundle
-
-        return open_bundle(model, runtime), "bundle"
-    from falcon_audio_edge.checkpoint import is_checkpoint
-
-    if is_checkpoint(model):
-        from falcon_audio_edge.reference import open_checkpoint
-
-        return open_checkpoint(model, runtime.threads), "pytorch"
-    raise FaEdgeError(f"{model} is neither a bundle (no manifest.json) nor a checkpoint (no fa_edge_config.json)")
-
-
 @app.command()
 def ask(
     model: Annotated[Path, typer.Argument(help="bundle folder, or checkpoint folder for the PyTorch reference")],
@@ -398,22 +278,24 @@ def ask(
     lm_weight: Annotated[float | None, typer.Option(help=LM_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
+    ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
     listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     n_ctx: int = 4096,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
 ) -> None:
     """Answer a spoken question, streaming tokens to the terminal."""
-    prompt = _prompt(prompt, transcribe, listen_first)
+    prompt = checked_prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                     ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
                                     lm_weight=lm_weight or 0.0, beam_size=beam_size,
-                                    ctc_proposal_prob=ctc_proposals)  # fmt: skip
+                                    ctc_proposal_prob=ctc_proposals, ctc_candidates=ctc_candidates)  # fmt: skip
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
-    chat, backend = _open_chat(model, runtime)
+    chat, backend = open_chat(model, runtime)
     with chat:
-        generation = _with_guidance(generation, prompt, chat, ctc_weight, char_weight, lm_weight)
-        listening = chat.listening_for(generation, ctc_weight, char_weight, lm_weight) if listen_first else None
+        generation, listening = turn_settings(
+            generation, prompt, chat, ctc_weight, char_weight, lm_weight, listen_first
+        )
         turn = chat.ask(audio, prompt, generation, listen_first=listen_first, listening=listening)
         for piece in turn:
             if not as_json:
@@ -422,7 +304,7 @@ def ask(
         result = turn.result
     if not as_json:
         typer.echo("")
-        _say_heard(result)
+        say_heard(result)
         return
     data = result.to_dict()
     data.update(backend=backend, model=str(model), load_ms=chat.load_ms, split_into_windows=result.windows > 1)

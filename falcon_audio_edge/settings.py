@@ -14,6 +14,8 @@ DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen 
 MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
 DEFAULT_CHAR_WEIGHT = 0.3  # the character head's share of a transcription's guidance, where the model has one
 DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.2  # ... and the token head's then (the LLM keeps 0.5; docs/tuning.md)
+DEFAULT_CTC_CANDIDATES = 16  # the LLM's likeliest tokens a CTC-guided step rescores, besides the CTC proposals
+# (docs/tuning-candidates.md)
 DEFAULT_LM_WEIGHT = 0.4  # the text prior's in a guided transcription, where the bundle has a text LLM
 # (docs/tuning-text-llm.md)
 
@@ -73,7 +75,7 @@ class GenerationSettings:
     ctc_weight: float = 0.0  # > 0: greedy choices rescored by the bundle's CTC head (transcription; runtime/ctc.py)
     char_weight: float = 0.0  # > 0: the character CTC head rescores them too (runtime/chars.py); the LLM keeps
     # 1 - ctc_weight - char_weight
-    ctc_candidates: int = 8  # how many of the LLM's top tokens the CTC head rescores each step
+    ctc_candidates: int = DEFAULT_CTC_CANDIDATES  # how many of the LLM's top tokens the CTC heads rescore each step
     ctc_proposal_prob: float = DEFAULT_PROPOSAL_PROB  # > 0: tokens the CTC head gives this at some frame are
     # rescored too (words the LLM does not expect can still be heard); 0: the LLM's top tokens alone
     beam_size: int = DEFAULT_BEAM_SIZE  # hypotheses CTC-guided decoding keeps (1: greedy; runtime/beam.py)

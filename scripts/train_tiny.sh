@@ -62,10 +62,15 @@ cp work/run-tiny-stage9/char_head.npz falcon_audio_edge/data/shipped/char_head.n
 "$BIN/fa-edge" demo --rebuild --json
 # decoding settings chosen on the dev split (the DEFAULT_* in falcon_audio_edge/settings.py say the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
-  --dev work/data/dev/manifest.jsonl --weights 0.2,0.3 --char-weights 0.2,0.3 --beams 4 --proposals 0.2 --out docs/tuning.md
+  --dev work/data/dev/manifest.jsonl --weights 0.2,0.3 --char-weights 0.2,0.3 --beams 4 --proposals 0.2 --candidates 8 \
+  --out docs/tuning.md
 # the text LLM (answer.gguf) as a prior, and the beam (DEFAULT_LM_WEIGHT, DEFAULT_BEAM_SIZE: the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 4,8 --proposals 0.2 --lm-weights 0,0.3,0.4 \
-  --out docs/tuning-text-llm.md
+  --candidates 8 --out docs/tuning-text-llm.md
+# how many of the LLM's likeliest tokens each step rescores (DEFAULT_CTC_CANDIDATES: the best row)
+"$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
+  --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 8 --proposals 0.2 --lm-weights 0.4 \
+  --candidates 8,16,32 --out docs/tuning-candidates.md
 "$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --out docs/quality.md

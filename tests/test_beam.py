@@ -179,3 +179,22 @@ def test_cli_ctc_proposals(ctc_bundle, clips):
     assert got == want and got[0.0] != got[0.01]  # the flag reaches the decoding (proposals change it here)
     bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--ctc-proposals", "1", check=False)
     assert bad.returncode == 2 and "ctc_proposal_prob must be a number from 0 up to" in bad.stderr
+
+
+def test_cli_ctc_candidates(ctc_bundle, clips):
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    bundle, wav = str(ctc_bundle[1]), str(clips["q1"])
+    flags = ["--transcribe", "--max-tokens", "8", "--ctc-weight", "0.9", "--ctc-proposals", "0", "--beam-size", "1"]
+    got, want = {}, {}
+    for k in (1, 16):
+        out = fa_edge("ask", bundle, "--audio", wav, *flags, "--ctc-candidates", str(k), "--json").stdout
+        got[k] = json.loads(out)["tokens"]
+    with open_bundle(bundle) as chat:
+        for k in (1, 16):
+            chat.reset()
+            gen = GenerationSettings(max_tokens=8, ctc_weight=0.9, ctc_proposal_prob=0.0, beam_size=1, ctc_candidates=k)
+            want[k] = chat.ask(wav, TRANSCRIBE_PROMPT, gen).run().tokens
+    assert got == want and got[1] != got[16]  # the flag reaches the decoding
+    bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--ctc-candidates", "0", check=False)
+    assert bad.returncode == 2 and "ctc_candidates must be an integer from 1 to 256" in bad.stderr

@@ -665,7 +665,7 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
 def test_quality_report_of_a_model_with_a_ctc_head_compares_its_decodings(tmp_path, clips, ctc_bundle):
     from falcon_audio_edge.train.quality import COMPARED_BEAM, evaluate, markdown
 
-    from falcon_audio_edge.settings import DEFAULT_BEAM_SIZE, DEFAULT_PROPOSAL_PROB
+    from falcon_audio_edge.settings import DEFAULT_BEAM_SIZE, DEFAULT_CTC_CANDIDATES, DEFAULT_PROPOSAL_PROB
 
     row = {"voice": "en-us", "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"}
     heldout = tmp_path / "heldout.jsonl"
@@ -676,8 +676,8 @@ def test_quality_report_of_a_model_with_a_ctc_head_compares_its_decodings(tmp_pa
     assert "wer_token_head_only" not in result  # no character head: the default is the token head alone
     report = markdown(result, "cmd")
     proposals = DEFAULT_PROPOSAL_PROB or "off"
-    assert (f"CTC-guided, weight 0.5, beam {DEFAULT_BEAM_SIZE}, CTC proposals {proposals}: the default) | "
-            f"{result['wer']:.3f} |") in report  # fmt: skip
+    assert (f"CTC-guided, weight 0.5, beam {DEFAULT_BEAM_SIZE}, CTC proposals {proposals}, LLM candidates "
+            f"{DEFAULT_CTC_CANDIDATES}: the default) | {result['wer']:.3f} |") in report  # fmt: skip
     assert result["exact"] == 0.0 and "| transcriptions word for word (the default decoding) | 0.000 |" in report
     assert (
         f"| transcription WER (bundle, CTC-guided, `--beam-size {COMPARED_BEAM}`) | {result['wer_beam']:.3f} |"

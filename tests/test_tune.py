@@ -10,6 +10,7 @@ import pytest
 from falcon_audio_edge.train.tune import Trial, best, markdown, run_trials
 
 from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings
+from falcon_audio_edge.verify import word_error_rate
 from tests.conftest import QUESTIONS
 
 
@@ -28,7 +29,7 @@ def test_each_trial_is_the_bundles_decoding_with_its_settings(dev, clips, ctc_bu
     from falcon_audio_edge.runtime.backend import open_bundle
     from falcon_audio_edge.verify import word_error_rate
 
-    trials = run_trials(ctc_bundle[1], dev, [0.3, 0.9], [1, 3], (0.0, 0.01), max_tokens=6)
+    trials = run_trials(ctc_bundle[1], dev, [0.3, 0.9], [1, 3], (0.0, 0.01), max_tokens=6, candidates=(8,))
     settings = [(t.ctc_weight, t.beam_size, t.proposal_prob) for t in trials[:3]]
     assert settings == [(0.3, 1, 0), (0.3, 1, 0.01), (0.3, 3, 0)]
     assert len(trials) == 8
@@ -36,7 +37,7 @@ def test_each_trial_is_the_bundles_decoding_with_its_settings(dev, clips, ctc_bu
     with open_bundle(ctc_bundle[1]) as chat:
         for t in trials:
             gen = GenerationSettings(max_tokens=6, ctc_weight=t.ctc_weight, beam_size=t.beam_size,
-                                     ctc_proposal_prob=t.proposal_prob)  # fmt: skip
+                                     ctc_proposal_prob=t.proposal_prob, ctc_candidates=t.candidates)  # fmt: skip
             hyps = []
             for i in range(2):  # the qa row is not a transcription: left out
                 chat.reset()
@@ -51,11 +52,30 @@ def test_each_trial_is_the_bundles_decoding_with_its_settings(dev, clips, ctc_bu
     )
 
 
+def test_the_llms_candidates_asked_for_reach_the_decoding(dev, clips, ctc_bundle):
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    trials = run_trials(ctc_bundle[1], dev, [0.9], [1], max_tokens=6, candidates=(1, 16))
+    assert [t.candidates for t in trials] == [1, 16]
+    heard = {}
+    with open_bundle(ctc_bundle[1]) as chat:
+        for k in (1, 16):
+            gen = GenerationSettings(max_tokens=6, ctc_weight=0.9, beam_size=1, ctc_proposal_prob=0.0, ctc_candidates=k)
+            heard[k] = []
+            for i in range(2):
+                chat.reset()
+                heard[k].append(chat.ask(clips[f"q{i}"], TRANSCRIBE_PROMPT, gen).run().text)
+    assert heard[1] != heard[16]  # the number reaches the decoding
+    assert [t.wer for t in trials] == pytest.approx([word_error_rate(QUESTIONS[:2], heard[k]) for k in (1, 16)])
+    report = markdown(trials, ctc_bundle[1], dev, "cmd")
+    assert "| 0.9 | off | 1 | off | off | 16 |" in report and "| LLM candidates |" in report
+
+
 def test_best_is_the_lowest_wer_then_the_most_exact_then_the_fastest():
-    a, b = Trial(0.5, 0.0, 1, 0.0, 0.0, 0.20, 0.4, 0.5), Trial(0.7, 0.0, 4, 0.0, 0.0, 0.20, 0.5, 0.7)
+    a, b = Trial(0.5, 0.0, 1, 0.0, 0.0, 8, 0.20, 0.4, 0.5), Trial(0.7, 0.0, 4, 0.0, 0.0, 8, 0.20, 0.5, 0.7)
     assert best([a, b]) == b
-    assert best([a, Trial(0.7, 0.0, 1, 0.1, 0.0, 0.20, 0.4, 0.4)]).seconds == 0.4
-    assert best([a, b, Trial(0.9, 0.0, 1, 0.0, 0.0, 0.19, 0.0, 9.0)]).ctc_weight == 0.9
+    assert best([a, Trial(0.7, 0.0, 1, 0.1, 0.0, 8, 0.20, 0.4, 0.4)]).seconds == 0.4
+    assert best([a, b, Trial(0.9, 0.0, 1, 0.0, 0.0, 8, 0.19, 0.0, 9.0)]).ctc_weight == 0.9
 
 
 def test_tune_command_bad_input_is_one_error_line(tmp_path, dev, bundle_f32, ctc_bundle):
@@ -67,6 +87,8 @@ def test_tune_command_bad_input_is_one_error_line(tmp_path, dev, bundle_f32, ctc
         ([str(ctc_bundle[1]), "--dev", str(dev), "--weights", "1.5"], "ctc_weight must be a number from 0 up to"),
         ([str(ctc_bundle[1]), "--dev", str(dev), "--beams", "9"], "beam_size must be an integer from 1 to 8"),
         ([str(ctc_bundle[1]), "--dev", str(dev), "--proposals", "-1"], "ctc_proposal_prob must be a number"),
+        ([str(ctc_bundle[1]), "--dev", str(dev), "--candidates", "0"], "ctc_candidates must be an integer from 1"),
+        ([str(ctc_bundle[1]), "--dev", str(dev), "--candidates", "8.5"], "--candidates must be a comma-separated"),
         ([str(ctc_bundle[1]), "--dev", str(no_rows)], "has no transcription rows"),
         ([str(bundle_f32), "--dev", str(dev)], "has no CTC head"),
     ]

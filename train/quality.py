@@ -171,7 +171,7 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
                           transcribe_s_per_clip_without_lm=unfused_s)  # fmt: skip
         if weight:
             result.update(ctc_weight=weight, char_weight=chars, beam_size=gen.beam_size,
-                          proposal_prob=gen.ctc_proposal_prob, lm_weight=lm)  # fmt: skip
+                          proposal_prob=gen.ctc_proposal_prob, lm_weight=lm, candidates=gen.ctc_candidates)  # fmt: skip
             wide, wide_s = transcribe_all(chat, trans, base, replace(guided, beam_size=COMPARED_BEAM))
             result.update(wer_beam=word_error_rate(refs, wide), transcribe_s_per_clip_beam=wide_s)
             plain, _ = transcribe_all(chat, trans, base, gen)
@@ -237,6 +237,7 @@ def markdown(result: dict, command: str) -> str:
             f"| transcription WER (bundle, CTC-guided, weight {result['ctc_weight']}"
             + (f", character head {result['char_weight']}" if result.get("char_weight") else "")
             + f", beam {result['beam_size']}, CTC proposals {result['proposal_prob'] or 'off'}"
+            + (f", LLM candidates {result['candidates']}" if "candidates" in result else "")
             + (f", text LLM {result['lm_weight']}" if result.get("lm_weight") else "")
             + f": the default) | {result['wer']:.3f} |",
             f"| transcription WER (bundle, CTC-guided, `--beam-size {COMPARED_BEAM}`) | {result['wer_beam']:.3f} |",

@@ -6,8 +6,9 @@ Every CTC weight x beam size x proposal probability asked for transcribes the de
 (sentences and voice variants of its own, never trained on, never the held-out test); the table gives the WER,
 the share of clips transcribed word for word (what a listen-first answer needs) and the seconds per clip. The
 best setting by WER is what ``DEFAULT_CTC_WEIGHT`` (``DEFAULT_CTC_WEIGHT_WITH_CHARS`` beside a character head),
-``DEFAULT_CHAR_WEIGHT``, ``DEFAULT_BEAM_SIZE``, ``DEFAULT_PROPOSAL_PROB`` and ``DEFAULT_LM_WEIGHT`` should say;
-the held-out split then measures it once.
+``DEFAULT_CHAR_WEIGHT``, ``DEFAULT_BEAM_SIZE``, ``DEFAULT_PROPOSAL_PROB``, ``DEFAULT_LM_WEIGHT`` and
+``DEFAULT_CTC_CANDIDATES`` (``--candidates``: the LLM's likeliest tokens each step rescores) should say; the
+held-out split then measures it once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from falcon_audio_edge.train.quality import TRANSCRIBE, transcribe_all
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.backend import open_bundle
-from falcon_audio_edge.settings import GenerationSettings
+from falcon_audio_edge.settings import DEFAULT_CTC_CANDIDATES, GenerationSettings
 from falcon_audio_edge.verify import exact_share, word_error_rate
 
 
@@ -36,6 +37,7 @@ class Trial:
     beam_size: int
     proposal_prob: float  # the CTC head's proposals (0: off)
     lm_weight: float  # the text prior's (0: off)
+    candidates: int  # the LLM's likeliest tokens rescored each step
     wer: float
     exact: float  # share of clips transcribed word for word
     seconds: float  # per clip
@@ -54,15 +56,16 @@ def parse_list(text: str, kind: type, name: str) -> list:
 def run_trials(
     bundle: Path, dev: Path, weights: list[float], beams: list[int], proposals: tuple[float, ...] = (0.0,),
     max_tokens: int = 64, char_weights: tuple[float, ...] = (0.0,), lm_weights: tuple[float, ...] = (0.0,),
+    candidates: tuple[int, ...] = (DEFAULT_CTC_CANDIDATES,),
 ) -> list[Trial]:  # fmt: skip
     rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("task") == "transcribe" and r.get("instruction") == TRANSCRIBE]
     if not rows:
         raise ConfigError(f"{dev} has no transcription rows ({TRANSCRIBE!r}) to tune on")
     settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, char_weight=c, beam_size=b, ctc_proposal_prob=p,
-                                   lm_weight=m)
+                                   lm_weight=m, ctc_candidates=k)
                 for w in weights for c in char_weights if not (w < 1 and c < 1 <= w + c)  # sums of 1: skipped
-                for b in beams for p in proposals for m in lm_weights]  # fmt: skip
+                for b in beams for p in proposals for m in lm_weights for k in candidates]  # fmt: skip
     if not settings:
         raise ConfigError(f"every CTC weight + character weight asked for ({weights} + {list(char_weights)}) "
                           "reaches 1: the LLM keeps none")  # fmt: skip
@@ -85,6 +88,7 @@ def run_trials(
                     gen.beam_size,
                     gen.ctc_proposal_prob,
                     gen.lm_weight,
+                    gen.ctc_candidates,
                     wer,
                     exact,
                     seconds,
@@ -111,14 +115,15 @@ def markdown(trials: list[Trial], bundle: Path, dev: Path, command: str) -> str:
         "",
         "WER after Whisper's English normalizer (case, punctuation, numbers, British and American spellings).",
         "",
-        "| CTC weight | character head weight | beam size | CTC proposals (min prob) | text LLM weight | WER "
-        "| transcribed word for word | seconds per clip |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| CTC weight | character head weight | beam size | CTC proposals (min prob) | text LLM weight "
+        "| LLM candidates | WER | transcribed word for word | seconds per clip |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for t in trials:
         mark = " **best**" if t == top else ""
         lines.append(f"| {t.ctc_weight} | {t.char_weight or 'off'} | {t.beam_size} | {t.proposal_prob or 'off'} | "
-                     f"{t.lm_weight or 'off'} | {t.wer:.3f}{mark} | {t.exact:.3f} | {t.seconds:.2f} |")  # fmt: skip
+                     f"{t.lm_weight or 'off'} | {t.candidates} | {t.wer:.3f}{mark} | {t.exact:.3f} | "
+                     f"{t.seconds:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -132,6 +137,8 @@ def main() -> None:
     parser.add_argument("--proposals", default="0", help="CTC proposal probabilities to try (0: off), comma-separated")
     parser.add_argument("--lm-weights", default="0",
                         help="text LLM (answer.gguf) weights to try (0: off), comma-separated")  # fmt: skip
+    parser.add_argument("--candidates", default=str(DEFAULT_CTC_CANDIDATES),
+                        help="how many of the LLM's likeliest tokens each step rescores, comma-separated")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
     parser.add_argument("--json", dest="as_json", action="store_true")
     args = parser.parse_args()
@@ -143,7 +150,9 @@ def main() -> None:
         proposals = tuple(parse_list(args.proposals, float, "--proposals"))
         chars = tuple(parse_list(args.char_weights, float, "--char-weights"))
         lms = tuple(parse_list(args.lm_weights, float, "--lm-weights"))
-        trials = run_trials(args.bundle, args.dev, weights, beams, proposals, char_weights=chars, lm_weights=lms)
+        candidates = tuple(parse_list(args.candidates, int, "--candidates"))
+        trials = run_trials(args.bundle, args.dev, weights, beams, proposals, char_weights=chars, lm_weights=lms,
+                            candidates=candidates)  # fmt: skip
     except FaEdgeError as exc:
         parser.exit(2, f"error: {exc}\n")
     except (json.JSONDecodeError, KeyError) as exc:

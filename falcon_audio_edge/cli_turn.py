@@ -1,0 +1,90 @@
+"""The turn options shared by ``fa-edge ask`` and ``fa-edge demo``: their help, and the settings of a turn once
+the model is open (which heads and text LLM it has decides the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from falcon_audio_edge.errors import ConfigError, FaEdgeError
+from falcon_audio_edge.settings import (
+    DEFAULT_CHAR_WEIGHT,
+    DEFAULT_CTC_WEIGHT,
+    DEFAULT_CTC_WEIGHT_WITH_CHARS,
+    DEFAULT_LM_WEIGHT,
+    MAX_BEAM_SIZE,
+    TRANSCRIBE_PROMPT,
+    GenerationSettings,
+    RuntimeSettings,
+    guidance_for,
+    lm_weight_for,
+)
+
+LISTEN_HELP = (
+    "transcribe first (CTC-guided, with the text prior where the bundle has one; --ctc-weight, --char-weight and "
+    "--lm-weight set their weights, 0 turns one off), then the bundle's answer model (answer.gguf) answers the "
+    "transcript"
+)
+CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
+            f"transcription by a model with a CTC head, {DEFAULT_CTC_WEIGHT_WITH_CHARS} beside a character head, "
+            "else 0; 0 when only --char-weight is given)")  # fmt: skip
+CHAR_HELP = (f"weight of the model's character CTC head in greedy decoding; with --ctc-weight below 1 (default: "
+             f"{DEFAULT_CHAR_WEIGHT} for transcription by a model with one, else 0; 0 when only --ctc-weight is "
+             "given)")  # fmt: skip
+LM_HELP = (
+    f"weight of the bundle's text LLM (answer.gguf) scoring a CTC-guided transcription, 0 to <1, added to "
+    f"the others (default: {DEFAULT_LM_WEIGHT} when the transcription is guided and the bundle has one, else 0)"
+)
+BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
+CANDIDATES_HELP = "how many of the LLM's likeliest tokens each CTC-guided step rescores (1 to 256)"
+PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives at least this probability at some "
+                  "frame, besides the LLM's likeliest (0: off)")  # fmt: skip
+
+
+def turn_settings(
+    generation: GenerationSettings, prompt: str | None, chat: Any, ctc: float | None, chars: float | None,
+    lm: float | None, listen_first: bool,
+) -> tuple[GenerationSettings, GenerationSettings | None]:  # fmt: skip
+    """The turn's settings with its CTC and text-prior weights (None: not asked), and a listen-first turn's
+    transcription settings (else None). The weights rescore greedy decoding only (explicit ones were checked
+    when ``generation`` was built)."""
+    listening = chat.listening_for(generation, ctc, chars, lm) if listen_first else None
+    if not generation.greedy:
+        return generation, listening
+    ctc_weight, char_weight = guidance_for(prompt, chat.has_ctc_head, chat.has_char_head, ctc, chars)
+    lm_weight = lm_weight_for(bool(ctc_weight + char_weight), chat.has_text_llm, lm)
+    return replace(generation, ctc_weight=ctc_weight, char_weight=char_weight, lm_weight=lm_weight), listening
+
+
+def say_heard(result: Any) -> None:
+    """A listen-first answer: what was heard goes to stderr after it (stdout keeps the answer alone)."""
+    if result.transcript is not None:
+        typer.echo(f"(heard: {result.transcript!r})", err=True)
+
+
+def checked_prompt(prompt: str | None, transcribe: bool, listen_first: bool) -> str | None:
+    if transcribe and prompt is not None and prompt != TRANSCRIBE_PROMPT:
+        raise ConfigError(f"--transcribe and --prompt {prompt!r} ask for two different things; give one")
+    prompt = TRANSCRIBE_PROMPT if transcribe else prompt
+    if listen_first and prompt == TRANSCRIBE_PROMPT:
+        raise ConfigError("--listen-first answers what it transcribed; for the transcript alone use --transcribe only")
+    return prompt
+
+
+def open_chat(model: Path, runtime: RuntimeSettings) -> tuple[Any, str]:
+    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
+
+    if (model / MANIFEST_FILE).is_file():
+        from falcon_audio_edge.runtime.backend import open_bundle
+
+        return open_bundle(model, runtime), "bundle"
+    from falcon_audio_edge.checkpoint import is_checkpoint
+
+    if is_checkpoint(model):
+        from falcon_audio_edge.reference import open_checkpoint
+
+        return open_checkpoint(model, runtime.threads), "pytorch"
+    raise FaEdgeError(f"{model} is neither a bundle (no manifest.json) nor a checkpoint (no fa_edge_config.json)")
