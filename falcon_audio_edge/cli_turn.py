@@ -3,7 +3,6 @@ the model is open (which heads and text LLM it has decides the defaults)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,6 @@ from falcon_audio_edge.settings import (
     TRANSCRIBE_PROMPT,
     GenerationSettings,
     RuntimeSettings,
-    guidance_for,
-    lm_weight_for,
 )
 
 LISTEN_HELP = (
@@ -54,9 +51,7 @@ def turn_settings(
     listening = chat.listening_for(generation, ctc, chars, lm) if listen_first else None
     if not generation.greedy:
         return generation, listening
-    ctc_weight, char_weight = guidance_for(prompt, chat.has_ctc_head, chat.has_char_head, ctc, chars)
-    lm_weight = lm_weight_for(bool(ctc_weight + char_weight), chat.has_text_llm, lm)
-    return replace(generation, ctc_weight=ctc_weight, char_weight=char_weight, lm_weight=lm_weight), listening
+    return chat.with_weights(generation, prompt, ctc, chars, lm), listening
 
 
 def say_heard(result: Any) -> None:

@@ -36,8 +36,6 @@ from falcon_audio_edge.settings import (
     TRANSCRIBE_PROMPT,
     GenerationSettings,
     ctc_weight_for,
-    guidance_for,
-    lm_weight_for,
 )
 from falcon_audio_edge.verify import exact_share, word_error_rate, words
 
@@ -153,9 +151,8 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
     result: dict = {"bundle": str(bundle), "transcribe_clips": len(trans), "qa_clips": len(qa)}
     refs = [r["text"] for r in trans]
     with open_bundle(bundle) as chat:
-        weight, chars = guidance_for(TRANSCRIBE, chat.has_ctc_head, chat.has_char_head)
-        lm = lm_weight_for(bool(weight + chars), chat.has_text_llm)
-        guided = replace(gen, ctc_weight=weight, char_weight=chars, lm_weight=lm)
+        guided = chat.with_weights(gen, TRANSCRIBE)  # the model's defaults
+        weight, chars, lm = guided.ctc_weight, guided.char_weight, guided.lm_weight
         hyps, seconds = transcribe_all(chat, trans, base, guided)
         result.update(wer=word_error_rate(refs, hyps), transcribe_s_per_clip=seconds)
         result["wer_plain"] = word_error_rate(refs, hyps, split=words)

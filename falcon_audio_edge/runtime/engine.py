@@ -90,8 +90,7 @@ class AudioChat:
             if self.open_text_prior is None:
                 raise FaEdgeError("lm_weight needs a bundle with a text LLM (fa-edge export --answer-llm)")
             t0 = time.perf_counter()
-            bos = [self.backend.bos_id] if self.layout.add_bos and self.backend.bos_id is not None else []
-            self._text_prior = self.open_text_prior(bos + self.backend.tokenize(self.layout.user_start))
+            self._text_prior = self.open_text_prior(self._bos_ids() + self.backend.tokenize(self.layout.user_start))
             self.load_ms += (time.perf_counter() - t0) * 1e3
         return self._text_prior
 
@@ -199,16 +198,24 @@ class AudioChat:
         if ctc is None and chars is None and lm is None:
             ctc, chars = (gen.ctc_weight, gen.char_weight) if gen.guide_weight else (None, None)
             lm = gen.lm_weight if gen.guide_weight or gen.lm_weight else None
-        weight, char_weight = guidance_for(TRANSCRIBE_PROMPT, self.has_ctc_head, self.has_char_head, ctc, chars)
-        return GenerationSettings(
+        listen = GenerationSettings(
             max_tokens=LISTEN_MAX_TOKENS,
-            ctc_weight=weight,
-            char_weight=char_weight,
             beam_size=gen.beam_size,
             ctc_candidates=gen.ctc_candidates,
             ctc_proposal_prob=gen.ctc_proposal_prob,
-            lm_weight=lm_weight_for(bool(weight + char_weight), self.has_text_llm, lm),
         )
+        return self.with_weights(listen, TRANSCRIBE_PROMPT, ctc, chars, lm)
+
+    def with_weights(
+        self, gen: GenerationSettings, prompt: str | None, ctc: float | None = None, chars: float | None = None,
+        lm: float | None = None,
+    ) -> GenerationSettings:  # fmt: skip
+        """``gen`` with the token head's, the character head's and the text prior's weights of a turn with
+        ``prompt`` on this model: as asked (None: not asked; 0: off), else its defaults (``settings.guidance_for``,
+        ``lm_weight_for``: guidance for a transcription by a model with heads, the prior where it has a text LLM)."""
+        weight, char_weight = guidance_for(prompt, self.has_ctc_head, self.has_char_head, ctc, chars)
+        lm_weight = lm_weight_for(bool(weight + char_weight), self.has_text_llm, lm)
+        return replace(gen, ctc_weight=weight, char_weight=char_weight, lm_weight=lm_weight)
 
     def _listen_first(self, audio: Any, prompt: str | None, gen: GenerationSettings, listen: GenerationSettings):
         answerer = self.answerer()  # before any work: a bundle without one is refused at once
@@ -242,11 +249,13 @@ class AudioChat:
         self.backend.reset()
         self._close_previous, self._started, self.turns = [], None, 0
 
+    def _bos_ids(self) -> list[int]:
+        """What starts a conversation: the BOS token where the layout adds one and the tokenizer has one."""
+        return [self.backend.bos_id] if self.layout.add_bos and self.backend.bos_id is not None else []
+
     def _prefix_ids(self, text: str) -> list[int]:
-        ids = list(self._close_previous)
-        if self.turns == 0 and self.layout.add_bos and self.backend.bos_id is not None:
-            ids.append(self.backend.bos_id)
-        return ids + self.backend.tokenize(text)
+        first = self._bos_ids() if self.turns == 0 else []
+        return list(self._close_previous) + first + self.backend.tokenize(text)
 
     def _encode(self, audio: Any, timings: Timings) -> tuple[np.ndarray | None, Any]:
         if audio is None:
