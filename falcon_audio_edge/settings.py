@@ -9,9 +9,14 @@ from falcon_audio_edge.errors import ConfigError
 
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
-DEFAULT_BEAM_SIZE = 8  # hypotheses CTC-guided decoding keeps (docs/tuning-text-llm.md; docs/quality.md measures greedy)
+# hypotheses CTC-guided decoding keeps (docs/tuning-text-llm.md; 12 in docs/tuning-beams.md: no held-out gain for
+# its time); docs/quality.md measures greedy next to it
+DEFAULT_BEAM_SIZE = 8
 DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split (docs/tuning-stage8.md)
 MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
+# the decoder's KV sequences: the conversation + two sets of hypotheses (a step copies the parents into fresh ones);
+# llama.cpp reserves one output per sequence and aborts the process if n_batch cannot hold them
+BEAM_SEQUENCES = 1 + 2 * MAX_BEAM_SIZE
 DEFAULT_CHAR_WEIGHT = 0.3  # the character head's share of a transcription's guidance, where the model has one
 DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.2  # ... and the token head's then (the LLM keeps 0.5; docs/tuning.md)
 DEFAULT_CTC_CANDIDATES = 16  # the LLM's likeliest tokens a CTC-guided step rescores, besides the CTC proposals
@@ -131,8 +136,8 @@ class RuntimeSettings:
             raise ConfigError(f"threads must be >= 0 (0 = all cores), got {self.threads!r}")
         if self.n_ctx < 64:
             raise ConfigError(f"n_ctx must be >= 64, got {self.n_ctx!r}")
-        if self.n_batch < 1:
-            raise ConfigError(f"n_batch must be >= 1, got {self.n_batch!r}")
+        if self.n_batch < BEAM_SEQUENCES:
+            raise ConfigError(f"n_batch must be >= {BEAM_SEQUENCES} (beam search's KV sequences), got {self.n_batch!r}")
 
     @property
     def n_threads(self) -> int:

@@ -55,3 +55,16 @@ def test_context_overflow_is_a_clear_error(bundle_f32):
             dec.feed_embeddings(np.zeros((4, 7), dtype=np.float32))
     finally:
         dec.close()
+
+
+def test_a_batch_too_small_for_the_beam_sequences_is_a_clear_error_not_an_abort(bundle_f32):
+    # llama.cpp reserves one output per KV sequence and aborts the whole process when n_batch is smaller
+    from falcon_audio_edge.errors import ConfigError
+    from falcon_audio_edge.settings import BEAM_SEQUENCES, RuntimeSettings
+
+    with pytest.raises(FaEdgeError, match=f"n_batch must be >= {BEAM_SEQUENCES}.*got {BEAM_SEQUENCES - 1}"):
+        LlamaDecoder(bundle_f32 / "decoder.gguf", n_ctx=64, n_batch=BEAM_SEQUENCES - 1, n_threads=1)
+    with pytest.raises(ConfigError, match=f"n_batch must be >= {BEAM_SEQUENCES}.*got 8"):
+        RuntimeSettings(n_batch=8)
+    dec = LlamaDecoder(bundle_f32 / "decoder.gguf", n_ctx=64, n_batch=BEAM_SEQUENCES, n_threads=1)  # the least
+    dec.close()

@@ -9,7 +9,7 @@ import sys
 import pytest
 from falcon_audio_edge.train.tune import Trial, best, markdown, run_trials
 
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings
+from falcon_audio_edge.settings import MAX_BEAM_SIZE, TRANSCRIBE_PROMPT, GenerationSettings
 from falcon_audio_edge.verify import word_error_rate
 from tests.conftest import QUESTIONS
 
@@ -85,7 +85,10 @@ def test_tune_command_bad_input_is_one_error_line(tmp_path, dev, bundle_f32, ctc
         ([str(ctc_bundle[1]), "--dev", str(tmp_path / "none.jsonl")], "dev manifest not found"),
         ([str(ctc_bundle[1]), "--dev", str(dev), "--weights", "0.5,x"], "--weights must be a comma-separated list"),
         ([str(ctc_bundle[1]), "--dev", str(dev), "--weights", "1.5"], "ctc_weight must be a number from 0 up to"),
-        ([str(ctc_bundle[1]), "--dev", str(dev), "--beams", "9"], "beam_size must be an integer from 1 to 8"),
+        (
+            [str(ctc_bundle[1]), "--dev", str(dev), "--beams", str(MAX_BEAM_SIZE + 1)],
+            f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}",
+        ),
         ([str(ctc_bundle[1]), "--dev", str(dev), "--proposals", "-1"], "ctc_proposal_prob must be a number"),
         ([str(ctc_bundle[1]), "--dev", str(dev), "--candidates", "0"], "ctc_candidates must be an integer from 1"),
         ([str(ctc_bundle[1]), "--dev", str(dev), "--candidates", "8.5"], "--candidates must be a comma-separated"),

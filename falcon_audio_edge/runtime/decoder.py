@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from falcon_audio_edge.errors import BundleError, FaEdgeError
+from falcon_audio_edge.settings import BEAM_SEQUENCES
 from falcon_audio_edge.settings import MAX_BEAM_SIZE as MAX_BEAMS
 
 _LOG_CALLBACK = None
@@ -50,6 +51,8 @@ class LlamaDecoder:
     def __init__(self, path: Path, n_ctx: int, n_batch: int, n_threads: int):
         import llama_cpp as lc
 
+        if n_batch < BEAM_SEQUENCES:  # llama.cpp would abort the process in llama_init_from_model
+            raise FaEdgeError(f"n_batch must be >= {BEAM_SEQUENCES} (the KV sequences beam search uses), got {n_batch}")
         self._lc = lc
         silence_llama_logs(lc)
         lc.llama_backend_init()
@@ -60,7 +63,7 @@ class LlamaDecoder:
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
         cparams.n_threads, cparams.n_threads_batch = n_threads, n_threads
         # beam search keeps each hypothesis in a sequence of its own; one unified cache: a copied prefix is shared
-        cparams.n_seq_max, cparams.kv_unified = 1 + 2 * MAX_BEAMS, True
+        cparams.n_seq_max, cparams.kv_unified = BEAM_SEQUENCES, True
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lc.llama_model_free(self.model)
@@ -172,11 +175,11 @@ class LlamaDecoder:
         """The next hypotheses: ``parents[j]`` (an index into the current ones) extended by ``tokens[j]``.
         Returns their next-token logits, (len(tokens), n_vocab) float32."""
         lc, mem = self._lc, self._lc.llama_get_memory(self.ctx)
-        if self._beams is None or len(tokens) != len(parents) or not 1 <= len(tokens) <= min(MAX_BEAMS, self.n_batch):
+        if self._beams is None or len(tokens) != len(parents) or not 1 <= len(tokens) <= MAX_BEAMS:
             raise FaEdgeError(f"beams_step needs 1 to {MAX_BEAMS} (parent, token) pairs after beams_begin")
         if self._beam_pos + 1 > self.n_ctx:
             raise FaEdgeError(f"beam search reached the context size n_ctx={self.n_ctx}; raise n_ctx")
-        fresh = [s for s in range(1, 1 + 2 * MAX_BEAMS) if s not in self._beams][: len(tokens)]
+        fresh = [s for s in range(1, BEAM_SEQUENCES) if s not in self._beams][: len(tokens)]
         for seq, parent in zip(fresh, parents, strict=True):
             lc.llama_memory_seq_cp(mem, self._beams[parent], seq, -1, -1)  # shares the cells: no copy
         self._drop_beams()
