@@ -30,6 +30,7 @@ def synth(
 
 ACCENTS_HELP = "share of clips (0-1) spoken with a synthetic accent: a few vowels moved (train/accent.py)"
 CONSONANTS_HELP = "each consonant feature's chance (0-1) in an accented clip: h- and g-dropping, th-fronting, glottal t"
+FLITE_HELP = "share of clips (0-1) spoken by flite's training voices instead: another engine (train/flite.py)"
 VOICES_HELP = "share of clips (0-1) spoken by a synthetic voice variant made from the training ones (train/voices.py)"
 
 
@@ -41,11 +42,12 @@ def respeak(
     accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
     voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
     consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
+    flite: Annotated[float, typer.Option(help=FLITE_HELP)] = 0.0,
 ) -> None:
     """Speak every row of a training manifest again with other training voices (targets kept; no LLM needed)."""
     from falcon_audio_edge.train.grow import respeak as respeak_rows
 
-    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents, voices, consonants)}")
+    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents, voices, consonants, flite)}")
 
 
 def synth_words(
@@ -57,11 +59,12 @@ def synth_words(
     accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
     voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
     consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
+    flite: Annotated[float, typer.Option(help=FLITE_HELP)] = 0.0,
 ) -> None:
     """Transcription clips of random word sequences in training voices: more words heard, none learnt by heart."""
     from falcon_audio_edge.train.grow import random_word_set
 
-    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents, voices, consonants)}")
+    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents, voices, consonants, flite)}")
 
 
 def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML)")]) -> None:

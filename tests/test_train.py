@@ -643,8 +643,10 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
             {**row, "target": said}, {**row, "target": typed}, {**row, "target": "No."}]  # fmt: skip
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = evaluate(bundle_f32, heldout, None)
+    result = evaluate(bundle_f32, heldout, None, other=heldout)  # "another engine": the same clips, so the same WER
     assert result["transcribe_clips"] == 2 and result["qa_clips"] == 3
+    other = result["other_engine"]
+    assert (other["clips"], other["voices"], other["wer"], other["exact"]) == (2, ["en-us"], result["wer"], 0.5)
     assert result["wer"] > 0.0  # random weights do not transcribe (the second row's text is the bundle's own)
     assert result["exact"] == 0.5  # ... so that row is word for word
     assert said != typed  # a random model answers the spoken and the typed question differently
@@ -656,6 +658,7 @@ def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
     assert "| agreement >= 0.80 | 0.333 | **not met** |" in report and "| WER <= 0.08 |" in report
     assert "| WER <= Whisper" not in report  # no baseline asked for
     assert f"| transcription WER, plain (the default decoding) | {result['wer_plain']:.3f} |" in report
+    assert f"another engine's held-out voice (en-us): the default decoding | {other['wer']:.3f} |" in report
     met = markdown({**result, "wer": 0.05, "whisper_wer": 0.06, "agreement": 0.9, "decoder_typed_agreement": None},
                    "cmd")  # fmt: skip
     assert "| n/a |" in met and "not met" not in met and "| WER <= Whisper tiny.en's | 0.050 vs 0.060 | met |" in met
@@ -713,7 +716,11 @@ def test_quality_command_bad_input(tmp_path, bundle_f32):
     cases = [([str(bundle_f32), "--heldout", str(tmp_path / "none.jsonl")], "held-out manifest not found"),
              ([str(bundle_f32), "--heldout", str(heldout), "--whisper", str(tmp_path)], "no model.bin"),
              ([str(tmp_path), "--heldout", str(good)], f"error: {tmp_path} is not a bundle"),
-             ([str(bundle_f32), "--heldout", str(heldout)], "is not a JSONL manifest")]  # fmt: skip
+             ([str(bundle_f32), "--heldout", str(heldout)], f"{heldout} is not a JSONL manifest"),
+             ([str(bundle_f32), "--heldout", str(good), "--other-engine", str(tmp_path / "no.jsonl")],
+              "--other-engine manifest not found"),
+             ([str(bundle_f32), "--heldout", str(good), "--other-engine", str(heldout)],
+              f"{heldout} is not a JSONL manifest")]  # fmt: skip
     for args, message in cases:
         proc = subprocess.run([sys.executable, "-m", "falcon_audio_edge.train.quality", *args, "--out",
                                str(tmp_path / "q.md")], capture_output=True, text=True, timeout=300)  # fmt: skip

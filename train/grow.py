@@ -28,6 +28,8 @@ from pathlib import Path
 
 from falcon_audio_edge.train.accent import MAX_MOVES, accent_shift, draw_consonants, phonemes
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
+from falcon_audio_edge.train.flite import TRAIN_VOICES as FLITE_TRAIN_VOICES
+from falcon_audio_edge.train.flite import check_flite, flite_voice
 from falcon_audio_edge.train.synth import (
     TRAIN_VARIANTS,
     TRANSCRIBE_PROMPTS,
@@ -74,15 +76,17 @@ def respeak(
     accents: float = 0.0,
     voices: float = 0.0,
     consonants: float = 0.0,
+    flite: float = 0.0,
 ) -> Path:
     """Write out/clips/*.wav and out/manifest.jsonl: ``copies`` new clips of every usable row; returns the manifest.
     ``accents``: the share of clips spoken with a synthetic accent (train/accent.py); ``voices``: the share
     spoken by a synthetic voice variant (train/voices.py); ``consonants``: each consonant feature's chance in an
-    accented clip (train/accent.py CONSONANT_FEATURES)."""
+    accented clip (train/accent.py CONSONANT_FEATURES); ``flite``: the share spoken by a flite training voice
+    (train/flite.py)."""
     manifest, out = Path(manifest), Path(out)
     if not isinstance(copies, int) or copies < 1:
         raise ConfigError(f"--copies must be an integer >= 1, got {copies!r}")
-    shares = Shares(accents, voices, consonants)
+    shares = Shares(accents, voices, consonants, flite)
     check_new_folder(out)
     rows = read_rows(manifest)
     return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), shares)
@@ -97,6 +101,7 @@ def random_word_set(
     accents: float = 0.0,
     voices: float = 0.0,
     consonants: float = 0.0,
+    flite: float = 0.0,
 ) -> Path:
     """Transcription clips of random word sequences (3-8 words) in training voices; returns the manifest."""
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
@@ -105,7 +110,7 @@ def random_word_set(
     for name, value in (("--clips", clips), ("--common-words", common)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    shares = Shares(accents, voices, consonants)
+    shares = Shares(accents, voices, consonants, flite)
     check_new_folder(out)
     if not Path(llm).is_file():
         raise ConfigError(f"--llm {llm}: no such GGUF file")
@@ -124,11 +129,13 @@ def random_word_set(
 class Shares:
     """How often the synthetic changes happen, each 0-1: ``accents`` of the clips get a synthetic accent
     (train/accent.py), ``voices`` a synthetic voice variant (train/voices.py), and each consonant feature comes
-    into an accented clip with chance ``consonants``."""
+    into an accented clip with chance ``consonants``; ``flite`` of the clips are spoken by a flite training voice
+    instead (train/flite.py: another engine, with no accent or variant of espeak-ng's)."""
 
     accents: float = 0.0
     voices: float = 0.0
     consonants: float = 0.0
+    flite: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -146,6 +153,8 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random, shares: Shares) 
     """Each row spoken by a random training voice (augmented) into a new folder that appears whole or not at all;
     ``shares.voices`` of them by a synthetic variant instead of a training one."""
     check_voices()
+    if shares.flite:
+        check_flite()
     with (
         staged_dir(out, force=False) as tmp,
         VoiceBank(espeak_data(), TRAIN_VARIANTS) if shares.voices else nullcontext() as bank,
@@ -158,6 +167,11 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random, shares: Shares) 
 
 def speak_row(row: dict, clip: Path, rng: random.Random, shares: Shares, bank: VoiceBank | None) -> dict:
     """Speak one row into ``clip``; returns its manifest row (with how the voice and accent were made)."""
+    if shares.flite and rng.random() < shares.flite:  # another engine: none of espeak-ng's changes apply
+        voice = flite_voice(rng, FLITE_TRAIN_VOICES)
+        seconds = speak(spoken_text(row), voice, clip, rng, augment=True)
+        return {**row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
+                "rate": voice.rate, "pitch": None, "seconds": round(seconds, 3)}  # fmt: skip
     voice, made = random_voice(rng, "train"), None
     if bank is not None and rng.random() < shares.voices:  # a synthetic variant instead of the drawn training one
         variant, made = bank.draw(rng)

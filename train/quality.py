@@ -12,6 +12,10 @@ On the held-out split (sentences and voices never seen in training):
   ``fa-edge synth`` with the LLM before any training: a LoRA-trained bundle's decoder is not the original
   LLM). Exact match after lower-casing and removing punctuation, a spoken answer that hit the token limit
   cut at its last full sentence as the targets are; first-sentence match and word-overlap F1 beside it.
+
+``--other-engine DATA/heldout-flite/manifest.jsonl`` (made by ``python -m falcon_audio_edge.train.flite``) adds
+the transcription WER of the same held-out sentences spoken by another speech engine's held-out voice, the
+bundle's default decoding next to Whisper tiny.en's: whether the model hears speech or one synthesizer.
 """
 
 from __future__ import annotations
@@ -142,8 +146,36 @@ def typed_agreement(chat, rows: list[dict], gen: GenerationSettings) -> float | 
     return same / len(typed) if typed else None
 
 
-def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int = 64) -> dict:
-    rows = [json.loads(line) for line in heldout.read_text().splitlines() if line.strip()]
+def read_rows(manifest: Path) -> list[dict]:
+    """A manifest's rows; a line that is not JSON raises JSONDecodeError with ``manifest`` on it."""
+    try:
+        return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        exc.manifest = manifest
+        raise
+
+
+def other_engine(chat, manifest: Path, guided: GenerationSettings, whisper: Path | None) -> dict:
+    """The transcription rows of ``manifest`` (another engine's voice): the default decoding's WER and word-for-word
+    share, and Whisper tiny.en's WER when given."""
+    trans = [r for r in read_rows(manifest) if r["task"] == "transcribe"]
+    if not trans:
+        raise FaEdgeError(f"--other-engine {manifest}: no transcription rows")
+    refs = [r["text"] for r in trans]
+    hyps, _ = transcribe_all(chat, trans, manifest.parent, guided)
+    out = {"manifest": str(manifest), "clips": len(trans), "voices": sorted({r["voice"] for r in trans}),
+           "wer": word_error_rate(refs, hyps), "exact": exact_share(refs, hyps)}  # fmt: skip
+    if whisper is not None:
+        out["whisper_wer"] = word_error_rate(
+            refs, whisper_transcripts(whisper, [manifest.parent / r["audio"] for r in trans])
+        )
+    return out
+
+
+def evaluate(
+    bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int = 64, other: Path | None = None
+) -> dict:
+    rows = read_rows(heldout)
     base = heldout.parent
     gen = GenerationSettings(max_tokens=max_tokens)
     trans = [r for r in rows if r["task"] == "transcribe"]
@@ -173,6 +205,8 @@ def evaluate(bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int 
             result.update(wer_beam=word_error_rate(refs, wide), transcribe_s_per_clip_beam=wide_s)
             plain, _ = transcribe_all(chat, trans, base, gen)
             result["wer_without_ctc"] = word_error_rate(refs, plain)
+        if other is not None:
+            result["other_engine"] = other_engine(chat, other, guided, whisper)
         result.update(spoken_questions(chat, qa, base, gen))
         result["decoder_typed_agreement"] = typed_agreement(chat, qa, gen)
         if chat.open_answerer is not None:  # the bundle has an answer model: listen-first turns too
@@ -206,6 +240,18 @@ def listen_first_rows(result: dict) -> list[str]:
         f"| listen-first: first-sentence agreement / mean word F1 | {lf['first_sentence_agreement']:.3f} / "
         f"{lf['mean_word_f1']:.3f} |",
     ]
+
+
+def other_engine_rows(result: dict) -> list[str]:
+    if "other_engine" not in result:
+        return []
+    other = result["other_engine"]
+    spoken = f"the same sentences spoken by another engine's held-out voice ({', '.join(other['voices'])})"
+    lines = [f"| transcription WER, {spoken}: the default decoding | {other['wer']:.3f} |",
+             f"| transcriptions word for word, {spoken} | {other['exact']:.3f} |"]  # fmt: skip
+    if "whisper_wer" in other:
+        lines.append(f"| transcription WER, {spoken}: Whisper tiny.en alone | {other['whisper_wer']:.3f} |")
+    return lines
 
 
 def markdown(result: dict, command: str) -> str:
@@ -259,6 +305,7 @@ def markdown(result: dict, command: str) -> str:
         lines.append(f"| transcription WER (Whisper tiny.en alone, faster-whisper) | {result['whisper_wer']:.3f} |")
     if "whisper_wer_plain" in result:
         lines.append(f"| transcription WER, plain (Whisper tiny.en alone) | {result['whisper_wer_plain']:.3f} |")
+    lines += other_engine_rows(result)
     lines += [
         f"| spoken-question agreement (exact answer match) | {result['agreement']:.3f} |",
         f"| first-sentence agreement | {result['first_sentence_agreement']:.3f} |",
@@ -293,19 +340,27 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--heldout", type=Path, required=True)
     parser.add_argument("--whisper", type=Path, default=None, help="Whisper CTranslate2 folder for the baseline")
+    parser.add_argument(
+        "--other-engine",
+        type=Path,
+        default=None,
+        help="the held-out split spoken by another engine (python -m falcon_audio_edge.train.flite)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
     parser.add_argument("--json", dest="as_json", action="store_true")
     args = parser.parse_args()
     if not args.heldout.is_file():
         parser.exit(2, f"error: held-out manifest not found: {args.heldout}\n")
+    if args.other_engine is not None and not args.other_engine.is_file():
+        parser.exit(2, f"error: --other-engine manifest not found: {args.other_engine}\n")
     if args.whisper is not None and not (args.whisper / "model.bin").is_file():
         parser.exit(2, f"error: {args.whisper} is not a CTranslate2 Whisper folder (no model.bin)\n")
     try:
-        result = evaluate(args.bundle, args.heldout, args.whisper)
+        result = evaluate(args.bundle, args.heldout, args.whisper, other=args.other_engine)
     except FaEdgeError as exc:
         parser.exit(2, f"error: {exc}\n")
     except json.JSONDecodeError as exc:
-        parser.exit(2, f"error: {args.heldout} is not a JSONL manifest: {exc}\n")
+        parser.exit(2, f"error: {exc.manifest} is not a JSONL manifest: {exc}\n")
     command = "python -m falcon_audio_edge.train.quality " + shlex.join(sys.argv[1:])
     if args.out:
         atomic_text(args.out, markdown(result, command))

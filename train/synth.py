@@ -143,10 +143,23 @@ class Voice:
     rate: int
     pitch: int
     data_path: Path | None = None  # espeak-ng's --path, for a synthetic variant (train/voices.py's VoiceBank)
+    engine: str = "espeak-ng"  # or "flite" (train/flite.py): then variant is flite's voice and pitch is unused
 
     @property
     def name(self) -> str:
+        if self.engine != "espeak-ng":
+            return f"{self.engine}-{self.variant}"
         return self.accent + (f"+{self.variant}" if self.variant else "")
+
+    def command(self, text: str, out: Path) -> list[str]:
+        """The command that speaks ``text`` in this voice into the WAV ``out``."""
+        if self.engine == "flite":
+            from falcon_audio_edge.train.flite import flite_command
+
+            return flite_command(text, self.variant, self.rate, out)
+        where = [f"--path={self.data_path}"] if self.data_path is not None else []
+        return ["espeak-ng", *where, "-v", self.name, "-s", str(self.rate), "-p", str(self.pitch), "-w", str(out),
+                "--", text]  # fmt: skip
 
 
 def random_voice(rng: random.Random, split: str) -> Voice:
@@ -159,10 +172,7 @@ def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool
     """Write ``text`` spoken by ``voice`` as a 16 kHz mono WAV; returns its length in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        where = [f"--path={voice.data_path}"] if voice.data_path is not None else []
-        cmd = ["espeak-ng", *where, "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(raw),
-               "--", text]  # fmt: skip
-        subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(voice.command(text, raw), check=True, capture_output=True)
         samples = load_audio(raw).samples
     if augment:
         samples = samples * rng.uniform(0.3, 1.0)  # gain
