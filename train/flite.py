@@ -71,14 +71,14 @@ def revoice(manifest: str | Path, out: str | Path, voices: tuple[str, ...] = HEL
     """Every row of an evaluation manifest spoken again by held-out flite ``voices`` (targets kept, rates like
     the espeak-ng splits'), into a new folder that appears whole or not at all; returns its manifest."""
     from falcon_audio_edge.train.data import spoken_text
+    from falcon_audio_edge.train.grow import check_new_folder
     from falcon_audio_edge.train.synth import speak
 
     manifest, out = Path(manifest), Path(out)
     trained = sorted(set(voices) - set(HELDOUT_VOICES))
     if trained or not voices:
         raise ConfigError(f"a test of hearing needs held-out flite voices {HELDOUT_VOICES}, got {list(voices)}")
-    if out.exists():
-        raise ConfigError(f"{out} already exists; this writes a new folder (remove it or pick another)")
+    check_new_folder(out)
     check_flite(voices)
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     if not rows or any(spoken_text(r) is None for r in rows):
@@ -91,8 +91,7 @@ def revoice(manifest: str | Path, out: str | Path, voices: tuple[str, ...] = HEL
             voice = flite_voice(rng, voices)
             clip = tmp / "clips" / f"{i:05d}.wav"
             seconds = speak(spoken_text(row), voice, clip, rng, augment=False)
-            new.append({**row, "audio": f"clips/{clip.name}", "voice": voice.name, "rate": voice.rate,
-                        "pitch": None, "seconds": round(seconds, 3)})  # fmt: skip
+            new.append({**row, "audio": f"clips/{clip.name}", **voice.row(), "seconds": round(seconds, 3)})
         atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
     return out / "manifest.jsonl"
 

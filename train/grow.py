@@ -167,23 +167,18 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random, shares: Shares) 
 
 def speak_row(row: dict, clip: Path, rng: random.Random, shares: Shares, bank: VoiceBank | None) -> dict:
     """Speak one row into ``clip``; returns its manifest row (with how the voice and accent were made)."""
-    if shares.flite and rng.random() < shares.flite:  # another engine: none of espeak-ng's changes apply
-        voice = flite_voice(rng, FLITE_TRAIN_VOICES)
-        seconds = speak(spoken_text(row), voice, clip, rng, augment=True)
-        return {**row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
-                "rate": voice.rate, "pitch": None, "seconds": round(seconds, 3)}  # fmt: skip
-    voice, made = random_voice(rng, "train"), None
-    if bank is not None and rng.random() < shares.voices:  # a synthetic variant instead of the drawn training one
+    espeak = not (shares.flite and rng.random() < shares.flite)  # flite: none of espeak-ng's changes apply
+    voice, made = random_voice(rng, "train") if espeak else flite_voice(rng, FLITE_TRAIN_VOICES), None
+    if espeak and bank is not None and rng.random() < shares.voices:  # a synthetic variant, not the drawn one
         variant, made = bank.draw(rng)
         voice = replace(voice, variant=variant, data_path=bank.path)
     text, moves, features = spoken_text(row), {}, ()
-    if shares.accents and rng.random() < shares.accents:  # a synthetic accent: espeak-ng speaks moved phonemes
+    if espeak and shares.accents and rng.random() < shares.accents:  # an accent: espeak-ng speaks moved phonemes
         n_moves, features = rng.randint(1, MAX_MOVES), draw_consonants(rng, shares.consonants)
         text, moves = accent_shift(phonemes(text, voice.name, voice.data_path), rng, n_moves, features)
     seconds = speak(text, voice, clip, rng, augment=True)
     return {
-        **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), "voice": voice.name,
-        "rate": voice.rate, "pitch": voice.pitch, "seconds": round(seconds, 3),
+        **row, "audio": f"clips/{clip.name}", "text": spoken_text(row), **voice.row(), "seconds": round(seconds, 3),
         **({"accent_moves": len(moves)} if moves else {}),
         **({"accent_consonants": list(features)} if features else {}),
         **({"synthetic_voice": made.row()} if made else {}),

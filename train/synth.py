@@ -151,6 +151,10 @@ class Voice:
             return f"{self.engine}-{self.variant}"
         return self.accent + (f"+{self.variant}" if self.variant else "")
 
+    def row(self) -> dict:
+        """The voice's part of a manifest row (flite has no pitch setting: null)."""
+        return {"voice": self.name, "rate": self.rate, "pitch": self.pitch if self.engine == "espeak-ng" else None}
+
     def command(self, text: str, out: Path) -> list[str]:
         """The command that speaks ``text`` in this voice into the WAV ``out``."""
         if self.engine == "flite":
@@ -293,7 +297,7 @@ def build_split(
             target = cache[key] if key in cache else cache.setdefault(key, answers.answer(key))
         rows.append({
             "audio": f"clips/{clip.name}", "instruction": instruction or "", "target": target, "task": task,
-            "text": sentence, "voice": voice.name, "rate": voice.rate, "pitch": voice.pitch,
+            "text": sentence, **voice.row(),
             "seconds": round(seconds, 3),
         })  # fmt: skip
     return atomic_text(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
