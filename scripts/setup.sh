@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything falcon-audio-edge needs on a fresh Debian/Ubuntu machine, idempotently:
-# Debian packages (espeak-ng, flite, sox, libsndfile, PortAudio; PulseAudio and tmux for the assistant's tests),
+# Debian packages (espeak-ng, flite, festival, sox, libsndfile, PortAudio; PulseAudio and tmux for the assistant's tests),
 # a virtual environment in $VENV (default .venv),
 # CPU torch, llama-cpp-python built without the AMX crash, and the package with its export and dev extras.
 set -euo pipefail
@@ -12,6 +12,8 @@ apt_needed=()
 command -v espeak-ng >/dev/null || apt_needed+=(espeak-ng)
 command -v sox >/dev/null || apt_needed+=(sox)
 command -v flite >/dev/null || apt_needed+=(flite)  # the second speech engine (train/flite.py)
+command -v festival >/dev/null || apt_needed+=(festival)  # a third engine's held-out voice (train/festival.py)
+[ -d /usr/share/festival/voices/english/ked_diphone ] || apt_needed+=(festvox-kdlpc16k)
 ldconfig -p | grep -q libsndfile.so || apt_needed+=(libsndfile1)
 ldconfig -p | grep -q libportaudio.so || apt_needed+=(libportaudio2)
 # the assistant's tests play speech through a PulseAudio null sink and drive the app in tmux

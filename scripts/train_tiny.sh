@@ -72,5 +72,11 @@ cp work/run-tiny-stage9/char_head.npz falcon_audio_edge/data/shipped/char_head.n
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 8 --proposals 0.2 --lm-weights 0.4 \
   --candidates 8,16,32 --out docs/tuning-candidates.md
+# the held-out sentences spoken again by two other engines' held-out voices (docs/other-engine.md)
+[ -f work/data/heldout-flite/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.flite \
+  work/data/heldout/manifest.jsonl -o work/data/heldout-flite
+[ -f work/data/heldout-festival/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.festival \
+  work/data/heldout/manifest.jsonl -o work/data/heldout-festival
 "$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
-  --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --out docs/quality.md
+  --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --other-engine work/data/heldout-flite/manifest.jsonl \
+  --other-engine work/data/heldout-festival/manifest.jsonl --out docs/quality.md

@@ -19,17 +19,13 @@ setting is an absolute mean in Hz, and the voices' own means differ).
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from falcon_audio_edge.errors import ConfigError, FaEdgeError, SetupError
-from falcon_audio_edge.files import atomic_text, staged_dir
+from falcon_audio_edge.errors import ConfigError, SetupError
 
 if TYPE_CHECKING:
     from falcon_audio_edge.train.synth import Voice
@@ -70,46 +66,19 @@ def flite_voice(rng: random.Random, voices: tuple[str, ...]) -> Voice:
 def revoice(manifest: str | Path, out: str | Path, voices: tuple[str, ...] = HELDOUT_VOICES, seed: int = 0) -> Path:
     """Every row of an evaluation manifest spoken again by held-out flite ``voices`` (targets kept, rates like
     the espeak-ng splits'), into a new folder that appears whole or not at all; returns its manifest."""
-    from falcon_audio_edge.train.data import spoken_text
-    from falcon_audio_edge.train.grow import check_new_folder
-    from falcon_audio_edge.train.synth import speak
+    from falcon_audio_edge.train.revoice import revoice_rows
 
-    manifest, out = Path(manifest), Path(out)
     trained = sorted(set(voices) - set(HELDOUT_VOICES))
     if trained or not voices:
         raise ConfigError(f"a test of hearing needs held-out flite voices {HELDOUT_VOICES}, got {list(voices)}")
-    check_new_folder(out)
     check_flite(voices)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    if not rows or any(spoken_text(r) is None for r in rows):
-        raise ConfigError(f"{manifest}: every row needs its spoken text (text, or a transcription target)")
-    rng = random.Random(seed)
-    with staged_dir(out, force=False) as tmp:
-        (tmp / "clips").mkdir()
-        new = []
-        for i, row in enumerate(rows):
-            voice = flite_voice(rng, voices)
-            clip = tmp / "clips" / f"{i:05d}.wav"
-            seconds = speak(spoken_text(row), voice, clip, rng, augment=False)
-            new.append({**row, "audio": f"clips/{clip.name}", **voice.row(), "seconds": round(seconds, 3)})
-        atomic_text(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in new))
-    return out / "manifest.jsonl"
+    return revoice_rows(Path(manifest), Path(out), lambda rng: flite_voice(rng, voices), seed)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m falcon_audio_edge.train.flite",
-        description="Speak an evaluation manifest's rows again with flite's held-out voice (another engine).",
-    )
-    parser.add_argument("manifest", type=Path, help="a held-out or dev manifest (fa-edge synth)")
-    parser.add_argument("-o", "--out", type=Path, required=True, help="new folder: clips/ and manifest.jsonl")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        print(revoice(args.manifest, args.out, seed=args.seed))
-    except (FaEdgeError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from falcon_audio_edge.train.revoice import main_for
+
+    main_for("python -m falcon_audio_edge.train.flite", ENGINE, revoice, argv)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ On the held-out split (sentences and voices never seen in training):
   LLM). Exact match after lower-casing and removing punctuation, a spoken answer that hit the token limit
   cut at its last full sentence as the targets are; first-sentence match and word-overlap F1 beside it.
 
-``--other-engine DATA/heldout-flite/manifest.jsonl`` (made by ``python -m falcon_audio_edge.train.flite``) adds
-the transcription WER of the same held-out sentences spoken by another speech engine's held-out voice, the
-bundle's default decoding next to Whisper tiny.en's: whether the model hears speech or one synthesizer.
+``--other-engine DATA/heldout-flite/manifest.jsonl`` (made by ``python -m falcon_audio_edge.train.flite``; or
+``heldout-festival``, by ``.festival``; the option may be given more than once) adds the transcription WER of the
+same held-out sentences spoken by another speech engine's held-out voice, the bundle's default decoding next to
+Whisper tiny.en's: whether the model hears speech or one synthesizer.
 """
 
 from __future__ import annotations
@@ -155,9 +156,9 @@ def read_rows(manifest: Path) -> list[dict]:
         raise
 
 
-def other_engine(chat, manifest: Path, guided: GenerationSettings, whisper: Path | None) -> dict:
+def other_engine(chat, manifest: Path, guided: GenerationSettings) -> tuple[dict, list[dict]]:
     """The transcription rows of ``manifest`` (another engine's voice): the default decoding's WER and word-for-word
-    share, and Whisper tiny.en's WER when given."""
+    share, and the rows (for Whisper tiny.en's WER, which ``evaluate`` adds with one load of the model)."""
     trans = [r for r in read_rows(manifest) if r["task"] == "transcribe"]
     if not trans:
         raise FaEdgeError(f"--other-engine {manifest}: no transcription rows")
@@ -165,15 +166,27 @@ def other_engine(chat, manifest: Path, guided: GenerationSettings, whisper: Path
     hyps, _ = transcribe_all(chat, trans, manifest.parent, guided)
     out = {"manifest": str(manifest), "clips": len(trans), "voices": sorted({r["voice"] for r in trans}),
            "wer": word_error_rate(refs, hyps), "exact": exact_share(refs, hyps)}  # fmt: skip
-    if whisper is not None:
-        out["whisper_wer"] = word_error_rate(
-            refs, whisper_transcripts(whisper, [manifest.parent / r["audio"] for r in trans])
-        )
-    return out
+    return out, trans
+
+
+def add_whisper(result: dict, whisper: Path, base: Path, trans: list[dict], others: list[tuple[dict, list]]) -> None:
+    """Whisper tiny.en's WER on the held-out clips and on each other engine's clips (``other_engine``'s
+    summaries and rows), with one load of the model; each summary gets its ``whisper_wer``."""
+    sets = [(base, trans)] + [(Path(summary["manifest"]).parent, rows) for summary, rows in others]
+    hyps = whisper_transcripts(whisper, [folder / r["audio"] for folder, rows in sets for r in rows])
+    heard = []
+    for _, rows in sets:
+        heard.append(hyps[: len(rows)])
+        hyps = hyps[len(rows) :]
+    refs = [r["text"] for r in trans]
+    result["whisper_wer"] = word_error_rate(refs, heard[0])
+    result["whisper_wer_plain"] = word_error_rate(refs, heard[0], split=words)
+    for (summary, rows), said in zip(others, heard[1:], strict=True):
+        summary["whisper_wer"] = word_error_rate([r["text"] for r in rows], said)
 
 
 def evaluate(
-    bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int = 64, other: Path | None = None
+    bundle: Path, heldout: Path, whisper: Path | None, max_tokens: int = 64, others: tuple[Path, ...] = ()
 ) -> dict:
     rows = read_rows(heldout)
     base = heldout.parent
@@ -205,8 +218,8 @@ def evaluate(
             result.update(wer_beam=word_error_rate(refs, wide), transcribe_s_per_clip_beam=wide_s)
             plain, _ = transcribe_all(chat, trans, base, gen)
             result["wer_without_ctc"] = word_error_rate(refs, plain)
-        if other is not None:
-            result["other_engine"] = other_engine(chat, other, guided, whisper)
+        heard = [other_engine(chat, other, guided) for other in others]
+        result["other_engines"] = [summary for summary, _ in heard]
         result.update(spoken_questions(chat, qa, base, gen))
         result["decoder_typed_agreement"] = typed_agreement(chat, qa, gen)
         if chat.open_answerer is not None:  # the bundle has an answer model: listen-first turns too
@@ -218,9 +231,7 @@ def evaluate(
             ],
         )
     if whisper is not None:
-        whisper_hyps = whisper_transcripts(whisper, [base / r["audio"] for r in trans])
-        result["whisper_wer"] = word_error_rate(refs, whisper_hyps)
-        result["whisper_wer_plain"] = word_error_rate(refs, whisper_hyps, split=words)
+        add_whisper(result, whisper, base, trans, heard)
     return result
 
 
@@ -243,14 +254,13 @@ def listen_first_rows(result: dict) -> list[str]:
 
 
 def other_engine_rows(result: dict) -> list[str]:
-    if "other_engine" not in result:
-        return []
-    other = result["other_engine"]
-    spoken = f"the same sentences spoken by another engine's held-out voice ({', '.join(other['voices'])})"
-    lines = [f"| transcription WER, {spoken}: the default decoding | {other['wer']:.3f} |",
-             f"| transcriptions word for word, {spoken} | {other['exact']:.3f} |"]  # fmt: skip
-    if "whisper_wer" in other:
-        lines.append(f"| transcription WER, {spoken}: Whisper tiny.en alone | {other['whisper_wer']:.3f} |")
+    lines = []
+    for other in result.get("other_engines", []):
+        spoken = f"the same sentences spoken by another engine's held-out voice ({', '.join(other['voices'])})"
+        lines += [f"| transcription WER, {spoken}: the default decoding | {other['wer']:.3f} |",
+                  f"| transcriptions word for word, {spoken} | {other['exact']:.3f} |"]  # fmt: skip
+        if "whisper_wer" in other:
+            lines.append(f"| transcription WER, {spoken}: Whisper tiny.en alone | {other['whisper_wer']:.3f} |")
     return lines
 
 
@@ -343,20 +353,23 @@ def main() -> None:
     parser.add_argument(
         "--other-engine",
         type=Path,
-        default=None,
-        help="the held-out split spoken by another engine (python -m falcon_audio_edge.train.flite)",
+        action="append",
+        default=[],
+        help="the held-out split spoken by another engine (python -m falcon_audio_edge.train.flite or .festival); "
+        "may be given more than once",
     )
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
     parser.add_argument("--json", dest="as_json", action="store_true")
     args = parser.parse_args()
     if not args.heldout.is_file():
         parser.exit(2, f"error: held-out manifest not found: {args.heldout}\n")
-    if args.other_engine is not None and not args.other_engine.is_file():
-        parser.exit(2, f"error: --other-engine manifest not found: {args.other_engine}\n")
+    for other in args.other_engine:
+        if not other.is_file():
+            parser.exit(2, f"error: --other-engine manifest not found: {other}\n")
     if args.whisper is not None and not (args.whisper / "model.bin").is_file():
         parser.exit(2, f"error: {args.whisper} is not a CTranslate2 Whisper folder (no model.bin)\n")
     try:
-        result = evaluate(args.bundle, args.heldout, args.whisper, other=args.other_engine)
+        result = evaluate(args.bundle, args.heldout, args.whisper, others=tuple(args.other_engine))
     except FaEdgeError as exc:
         parser.exit(2, f"error: {exc}\n")
     except json.JSONDecodeError as exc:

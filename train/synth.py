@@ -41,7 +41,7 @@ from falcon_audio_edge.train.textgen import (
 )
 
 from falcon_audio_edge.audio import SAMPLE_RATE, load_audio
-from falcon_audio_edge.errors import ConfigError, SetupError
+from falcon_audio_edge.errors import ConfigError, FaEdgeError, SetupError
 from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.settings import default_threads
 
@@ -143,7 +143,7 @@ class Voice:
     rate: int
     pitch: int
     data_path: Path | None = None  # espeak-ng's --path, for a synthetic variant (train/voices.py's VoiceBank)
-    engine: str = "espeak-ng"  # or "flite" (train/flite.py): then variant is flite's voice and pitch is unused
+    engine: str = "espeak-ng"  # or "flite"/"festival" (train/flite.py, festival.py): variant is its voice, no pitch
 
     @property
     def name(self) -> str:
@@ -161,6 +161,10 @@ class Voice:
             from falcon_audio_edge.train.flite import flite_command
 
             return flite_command(text, self.variant, self.rate, out)
+        if self.engine == "festival":
+            from falcon_audio_edge.train.festival import festival_command
+
+            return festival_command(text, self.variant, self.rate, out)
         where = [f"--path={self.data_path}"] if self.data_path is not None else []
         return ["espeak-ng", *where, "-v", self.name, "-s", str(self.rate), "-p", str(self.pitch), "-w", str(out),
                 "--", text]  # fmt: skip
@@ -176,7 +180,11 @@ def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool
     """Write ``text`` spoken by ``voice`` as a 16 kHz mono WAV; returns its length in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        subprocess.run(voice.command(text, raw), check=True, capture_output=True)
+        done = subprocess.run(voice.command(text, raw), capture_output=True, text=True, errors="replace")
+        # festival reports some errors with exit status 0 and no file
+        if done.returncode or not raw.is_file() or raw.stat().st_size == 0:
+            raise FaEdgeError(f"{voice.engine} wrote no audio for {text!r} ({voice.name}, exit status "
+                              f"{done.returncode}): {done.stderr.strip()[-300:]}")  # fmt: skip
         samples = load_audio(raw).samples
     if augment:
         samples = samples * rng.uniform(0.3, 1.0)  # gain
