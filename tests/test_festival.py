@@ -5,6 +5,7 @@ an evaluation manifest (train/revoice.py)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -94,3 +95,25 @@ def test_the_festival_command_on_bad_input_is_one_error_line_and_writes_nothing(
                                str(tmp_path / "out")], capture_output=True, text=True)  # fmt: skip
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("engine", ["flite", "festival", "espeak-ng"])
+def test_an_engine_that_fails_its_voice_listing_is_one_error_line_naming_it(tmp_path, engine):
+    # an engine that is installed but broken (missing data, a bad config): its query fails, no traceback
+    fake = tmp_path / "bin" / engine
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'cannot open voice data' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    manifest = tmp_path / "heldout.jsonl"
+    manifest.write_text(json.dumps({"audio": "a.wav", "instruction": "", "target": TEXT, "text": TEXT}) + "\n")
+    if engine == "espeak-ng":  # fa-edge synth checks its voices before it loads the LLM
+        command = ["-c", "from falcon_audio_edge.cli import main; main()", "synth", "--llm", str(manifest)]
+    else:
+        command = ["-m", f"falcon_audio_edge.train.{engine}", str(manifest)]
+    proc = subprocess.run([sys.executable, *command, "-o", str(tmp_path / "out")], env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: `") and f"{engine}" in proc.stderr
+    assert "exit status 3): cannot open voice data" in proc.stderr
+    assert not (tmp_path / "out").exists()

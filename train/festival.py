@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,10 +36,12 @@ BASE_RATE = 170  # words per minute at Duration_Stretch 1 (about the voice's own
 
 def check_festival(voices: tuple[str, ...] = HELDOUT_VOICES) -> None:
     """festival must be installed and list every voice named (``voice.list``)."""
+    from falcon_audio_edge.train.synth import engine_output
+
     if shutil.which(ENGINE) is None:
         raise SetupError("festival is not installed (Debian: apt-get install festival festvox-kdlpc16k)")
-    listed = subprocess.run([ENGINE, "--batch", "(print (voice.list))"], capture_output=True, text=True, check=True)
-    known = set(listed.stdout.strip().strip("()").split())
+    listed = engine_output([ENGINE, "--batch", "(print (voice.list))"])
+    known = set(listed.strip().strip("()").split())
     missing = [v for v in voices if v not in known]
     if missing:
         raise SetupError(f"festival has no voice {missing} (voice.list: {sorted(known)}; Debian: festvox-kdlpc16k)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,9 +38,11 @@ BASE_RATE = 170  # words per minute at duration_stretch 1 (about flite's own pac
 def check_flite(voices: tuple[str, ...] = TRAIN_VOICES + HELDOUT_VOICES) -> None:
     """flite must be installed and have every voice named: it falls back to its default voice on an unknown
     one (exit status 0), which would make the held-out voice a claim instead of a fact."""
+    from falcon_audio_edge.train.synth import engine_output
+
     if shutil.which(ENGINE) is None:
         raise SetupError("flite is not installed (Debian: apt-get install flite); --flite and this test need it")
-    listed = subprocess.run([ENGINE, "-lv"], capture_output=True, text=True, check=True).stdout
+    listed = engine_output([ENGINE, "-lv"])
     known = set(listed.split(":", 1)[-1].split())
     missing = [v for v in voices if v not in known]
     if missing:

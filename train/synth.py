@@ -109,9 +109,21 @@ def heldout_sentences() -> set[str]:
     return {s.lower() for name in names for s in read_lines(name)}
 
 
+def engine_output(command: list[str]) -> str:
+    """stdout of a speech engine's query (its version, its voice list); a failure is a SetupError naming the
+    command, its exit status and stderr, not a traceback."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    except OSError as exc:
+        raise SetupError(f"{command[0]} could not run: {exc}") from None
+    if done.returncode:
+        raise SetupError(f"`{' '.join(command)}` failed (exit status {done.returncode}): {done.stderr.strip()[-300:]}")
+    return done.stdout
+
+
 def espeak_data() -> Path:
     """The installed espeak-ng's data folder (voices/!v holds the variants)."""
-    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+    version = engine_output(["espeak-ng", "--version"])
     found = re.search(r"Data at: (.+)$", version.strip())
     if not found:
         raise SetupError(f"espeak-ng --version does not say where its data is: {version!r}")
@@ -124,7 +136,7 @@ def check_voices(variants: list[str] | None = None, accents: list[str] | None = 
     variants = TRAIN_VARIANTS + HELDOUT_VARIANTS + DEV_VARIANTS if variants is None else variants
     accents = TRAIN_ACCENTS + HELDOUT_ACCENTS if accents is None else accents
     folder = espeak_data() / "voices" / "!v"
-    listed = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True, check=True).stdout
+    listed = engine_output(["espeak-ng", "--voices=en"])
     known = {line.split()[1] for line in listed.splitlines()[1:] if len(line.split()) > 1}
     missing = [v for v in variants if v and not (folder / v).is_file()] + [a for a in accents if a not in known]
     if missing:
