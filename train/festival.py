@@ -18,16 +18,11 @@ WAV was written.
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from falcon_audio_edge.errors import ConfigError, SetupError
-
-if TYPE_CHECKING:
-    from falcon_audio_edge.train.synth import Voice
 
 ENGINE = "festival"
 HELDOUT_VOICES = ("ked_diphone",)  # festvox-kdlpc16k: a US man (diphone, 16 kHz); never in training
@@ -65,13 +60,6 @@ def festival_command(text: str, voice: str, rate: int, out: Path) -> list[str]:
     return [ENGINE, "--batch", script]
 
 
-def festival_voice(rng: random.Random, voices: tuple[str, ...]) -> Voice:
-    """One of ``voices`` at a random rate (the espeak-ng splits' 130-200 words a minute) as a synth.Voice."""
-    from falcon_audio_edge.train.synth import Voice
-
-    return Voice(ENGINE, rng.choice(voices), rng.randint(130, 200), 0, engine=ENGINE)
-
-
 def revoice(manifest: str | Path, out: str | Path, voices: tuple[str, ...] = HELDOUT_VOICES, seed: int = 0) -> Path:
     """Every row of an evaluation manifest spoken again by festival ``voices`` (targets kept), into a new folder
     that appears whole or not at all; returns its manifest."""
@@ -80,7 +68,7 @@ def revoice(manifest: str | Path, out: str | Path, voices: tuple[str, ...] = HEL
     if not voices or set(voices) - set(HELDOUT_VOICES):
         raise ConfigError(f"festival speaks only its held-out voices {HELDOUT_VOICES}, got {list(voices)}")
     check_festival(voices)
-    return revoice_rows(Path(manifest), Path(out), lambda rng: festival_voice(rng, voices), seed)
+    return revoice_rows(Path(manifest), Path(out), ENGINE, voices, seed)
 
 
 def main(argv: list[str] | None = None) -> None:

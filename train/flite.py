@@ -19,15 +19,10 @@ setting is an absolute mean in Hz, and the voices' own means differ).
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from falcon_audio_edge.errors import ConfigError, SetupError
-
-if TYPE_CHECKING:
-    from falcon_audio_edge.train.synth import Voice
 
 ENGINE = "flite"
 TRAIN_VOICES = ("rms", "slt", "kal16")  # a US man, a US woman, a US man (diphone voice, 16 kHz)
@@ -57,13 +52,6 @@ def flite_command(text: str, voice: str, rate: int, out: Path) -> list[str]:
     return [ENGINE, "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}", "-t", text, "-o", str(out)]
 
 
-def flite_voice(rng: random.Random, voices: tuple[str, ...]) -> Voice:
-    """One of ``voices`` at a random rate (the espeak-ng splits' 130-200 words a minute) as a synth.Voice."""
-    from falcon_audio_edge.train.synth import Voice
-
-    return Voice(ENGINE, rng.choice(voices), rng.randint(130, 200), 0, engine=ENGINE)
-
-
 def revoice(manifest: str | Path, out: str | Path, voices: tuple[str, ...] = HELDOUT_VOICES, seed: int = 0) -> Path:
     """Every row of an evaluation manifest spoken again by held-out flite ``voices`` (targets kept, rates like
     the espeak-ng splits'), into a new folder that appears whole or not at all; returns its manifest."""
@@ -73,7 +61,7 @@ def revoice(manifest: str | Path, out: str | Path, voices: tuple[str, ...] = HEL
     if trained or not voices:
         raise ConfigError(f"a test of hearing needs held-out flite voices {HELDOUT_VOICES}, got {list(voices)}")
     check_flite(voices)
-    return revoice_rows(Path(manifest), Path(out), lambda rng: flite_voice(rng, voices), seed)
+    return revoice_rows(Path(manifest), Path(out), ENGINE, voices, seed)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,12 +28,14 @@ from pathlib import Path
 
 from falcon_audio_edge.train.accent import MAX_MOVES, accent_shift, draw_consonants, phonemes
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
+from falcon_audio_edge.train.flite import ENGINE as FLITE
 from falcon_audio_edge.train.flite import TRAIN_VOICES as FLITE_TRAIN_VOICES
-from falcon_audio_edge.train.flite import check_flite, flite_voice
+from falcon_audio_edge.train.flite import check_flite
 from falcon_audio_edge.train.synth import (
     TRAIN_VARIANTS,
     TRANSCRIBE_PROMPTS,
     check_voices,
+    engine_voice,
     espeak_data,
     heldout_sentences,
     random_voice,
@@ -168,7 +170,7 @@ def speak_rows(rows: list[dict], out: Path, rng: random.Random, shares: Shares) 
 def speak_row(row: dict, clip: Path, rng: random.Random, shares: Shares, bank: VoiceBank | None) -> dict:
     """Speak one row into ``clip``; returns its manifest row (with how the voice and accent were made)."""
     espeak = not (shares.flite and rng.random() < shares.flite)  # flite: none of espeak-ng's changes apply
-    voice, made = random_voice(rng, "train") if espeak else flite_voice(rng, FLITE_TRAIN_VOICES), None
+    voice, made = random_voice(rng, "train") if espeak else engine_voice(FLITE, rng, FLITE_TRAIN_VOICES), None
     if espeak and bank is not None and rng.random() < shares.voices:  # a synthetic variant, not the drawn one
         variant, made = bank.draw(rng)
         voice = replace(voice, variant=variant, data_path=bank.path)

@@ -13,21 +13,18 @@ import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.files import atomic_text, staged_dir
 
-if TYPE_CHECKING:
-    from falcon_audio_edge.train.synth import Voice
 
-
-def revoice_rows(manifest: Path, out: Path, draw_voice: Callable[[random.Random], Voice], seed: int) -> Path:
-    """Every row of ``manifest`` spoken again by ``draw_voice(rng)`` (no augmentation), into a new folder that
-    appears whole or not at all; returns its manifest. The caller has checked the engine and its voices."""
+def revoice_rows(manifest: Path, out: Path, engine: str, voices: tuple[str, ...], seed: int) -> Path:
+    """Every row of ``manifest`` spoken again by one of ``engine``'s ``voices`` at a random rate (no augmentation),
+    into a new folder that appears whole or not at all; returns its manifest. The caller has checked the engine
+    and its voices."""
     from falcon_audio_edge.train.data import spoken_text
     from falcon_audio_edge.train.grow import check_new_folder
-    from falcon_audio_edge.train.synth import speak
+    from falcon_audio_edge.train.synth import engine_voice, speak
 
     check_new_folder(out)
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
@@ -38,7 +35,7 @@ def revoice_rows(manifest: Path, out: Path, draw_voice: Callable[[random.Random]
         (tmp / "clips").mkdir()
         new = []
         for i, row in enumerate(rows):
-            voice = draw_voice(rng)
+            voice = engine_voice(engine, rng, voices)
             clip = tmp / "clips" / f"{i:05d}.wav"
             seconds = speak(spoken_text(row), voice, clip, rng, augment=False)
             new.append({**row, "audio": f"clips/{clip.name}", **voice.row(), "seconds": round(seconds, 3)})

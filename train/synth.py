@@ -58,6 +58,7 @@ TRAIN_VARIANTS = [
 HELDOUT_ACCENTS = ["en-gb-x-gbclan", "en-gb-x-gbcwmd"]
 HELDOUT_VARIANTS = ["m7", "f4", "f5"]
 DEV_VARIANTS = ["edward2", "steph2", "klatt5"]  # the dev split: held-out accents, variants of its own
+RATES = (130, 200)  # words a minute, drawn for every clip of every engine
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,13 @@ class Voice:
 def random_voice(rng: random.Random, split: str) -> Voice:
     """A voice of the split ("train", "heldout" or "dev")."""
     accents, variants = SPLITS[split].accents, SPLITS[split].variants
-    return Voice(rng.choice(accents), rng.choice(variants), rng.randint(130, 200), rng.randint(30, 70))
+    return Voice(rng.choice(accents), rng.choice(variants), rng.randint(*RATES), rng.randint(30, 70))
+
+
+def engine_voice(engine: str, rng: random.Random, voices: tuple[str, ...]) -> Voice:
+    """One of another engine's ``voices`` (flite, festival) at a random rate of the espeak-ng clips' range; the
+    voice's own pitch."""
+    return Voice(engine, rng.choice(voices), rng.randint(*RATES), 0, engine=engine)
 
 
 def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool) -> float:
