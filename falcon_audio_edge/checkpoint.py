@@ -46,10 +46,25 @@ def save_checkpoint(model: Any, tokenizer: Any, out_dir: str | Path, force: bool
     out = Path(out_dir)
     with staged_dir(out, force) as tmp:
         save_model(model, str(tmp / WEIGHTS_NAME), metadata={"fa_edge_dims": model.dims.to_json()})
+        sort_header(tmp / WEIGHTS_NAME)
         tokenizer.save_pretrained(str(tmp))
         config = {"format": CHECKPOINT_FORMAT, "dims": model.dims.to_dict()}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+def sort_header(path: Path) -> None:
+    """Rewrite a safetensors file's header with its keys sorted, in place: safetensors writes the metadata in a
+    random order (a hash map), so the same weights would give a file with another sha256 on every save, and a run's
+    base checkpoint (train/state.py fingerprints it) could not be built again, here or on another machine."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # the same keys and values: never longer than safetensors' own compact JSON
+            raise CheckpointError(f"{path}: sorted header is {len(text)} bytes, over the {size} written")
+        f.seek(8)
+        f.write(text.ljust(size))  # padded with spaces, as safetensors pads it
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

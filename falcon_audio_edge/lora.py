@@ -83,7 +83,9 @@ def merge_lora(llm, tensors: dict, settings: LoraSettings, source: str) -> int:
     with torch.no_grad():
         for name, (a, b) in adapters.items():
             weight = linears[name].weight
-            delta = b.float() @ a.float() * settings.scale  # (out, r) @ (r, in) -> (out, in)
+            # (out, r) @ (r, in) -> (out, in), in float64: the float32 sum would depend on the CPU's matmul kernel,
+            # so the same files would build different weights on different machines
+            delta = b.double() @ a.double() * settings.scale
             weight.add_(delta.to(weight.dtype))
     return len(adapters)
 

@@ -79,3 +79,21 @@ def test_non_llama_llm_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="only Llama-architecture"):
         decoder_dims(GPT2Config())
+
+
+def test_a_checkpoint_saved_again_is_the_same_file(tiny_ckpt, tmp_path):
+    """safetensors writes its header's metadata in a random order; the saved file must not show it (a run's base
+    is fingerprinted by the weights file's sha256). Tied embeddings put a second metadata entry in."""
+    from dataclasses import replace
+
+    from falcon_audio_edge.checkpoint import WEIGHTS_NAME, load_checkpoint, save_checkpoint
+    from falcon_audio_edge.model import AudioLanguageModel
+    from falcon_audio_edge.runtime.bundle import sha256_file
+
+    ckpt = load_checkpoint(tiny_ckpt)
+    dims = replace(ckpt.dims, decoder=replace(ckpt.dims.decoder, tie_embeddings=True))
+    model = AudioLanguageModel(dims)
+    shas = {sha256_file(save_checkpoint(model, ckpt.tokenizer, tmp_path / f"c{i}") / WEIGHTS_NAME) for i in range(6)}
+    assert len(shas) == 1
+    again = load_checkpoint(tmp_path / "c0").model.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())

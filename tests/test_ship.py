@@ -174,3 +174,24 @@ def test_ship_stacks_a_runs_adapters_onto_the_shipped_ones(tmp_path, tiny_ckpt):
     with pytest.raises(ConfigError, match="differ from the shipped adapters'"):
         ship(run, onto, tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_merge_gives_the_same_bits_in_any_rank_order(tiny_ckpt):
+    """The merged weights must not depend on the order a matmul kernel sums the rank's terms in (the CPU's, the
+    library's): the demo checkpoint built on another machine must be the same file, or a run trained there cannot
+    be shipped here (train/ship.py checks its base by sha256)."""
+    import torch
+
+    from falcon_audio_edge.checkpoint import load_checkpoint
+    from falcon_audio_edge.lora import LoraSettings, merge_lora
+
+    targets, r = ("q_proj", "v_proj"), 16
+    llm = load_checkpoint(tiny_ckpt).model.llm
+    adapters = {k: v.float() for k, v in _adapters(llm, targets, r, seed=3).items()}
+    order = torch.randperm(r, generator=torch.Generator().manual_seed(4))
+    shuffled = {k: (v[order] if ".lora_A." in k else v[:, order]) for k, v in adapters.items()}  # the same deltas
+    merged, reordered = load_checkpoint(tiny_ckpt).model.llm, load_checkpoint(tiny_ckpt).model.llm
+    merge_lora(merged, adapters, LoraSettings(r, 8, targets), "adapters")
+    merge_lora(reordered, shuffled, LoraSettings(r, 8, targets), "shuffled")
+    for key, value in merged.state_dict().items():
+        assert torch.equal(value, reordered.state_dict()[key]), key

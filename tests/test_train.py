@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -488,6 +489,23 @@ def test_the_character_head_trains_with_the_encoder_and_goes_on_from_the_checkpo
     assert all(np.array_equal(a, b) for a, b in zip(head.weights, again.weights, strict=True))
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
     assert any(k.startswith("chars.") for k in state["trainable"]) and state["config"]["char_weight"] == 0.5
+
+    # a run cut off by a time limit leaves only its state (scripts/gpu/finish.py): the state comes back in parts
+    # without the optimizer, and the head made from it is the one the trainer writes at its end
+    spec = importlib.util.spec_from_file_location("finish", Path(__file__).parents[1] / "scripts/gpu/finish.py")
+    finish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finish)
+    (tmp_path / "parts").mkdir()
+    finish.strip(tmp_path / "run", tmp_path / "parts")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "state.pt").write_bytes(b"".join(p.read_bytes() for p in sorted((tmp_path / "parts").iterdir())))
+    back = torch.load(cut / "state.pt", weights_only=False)
+    assert back["optimizer"] is None and back["step"] == state["step"]
+    assert set(back["trainable"]) == set(state["trainable"])
+    finish.char_head(cut)
+    remade = load_char_head(cut / CHAR_HEAD_FILE, hidden=32)
+    assert all(np.array_equal(a, b) for a, b in zip(head.weights, remade.weights, strict=True))
 
     # on from a checkpoint that has a head: that head is where training starts (a rate of ~0 keeps it there)
     base = tmp_path / "with-head"

@@ -1,0 +1,45 @@
+"""Build the demo checkpoint where the Whisper package is not installed (a lent GPU machine, scripts/gpu/).
+
+    python scripts/gpu/build_base.py OUT_HOME --llm SmolLM2-135M-Instruct.Q4_1.gguf --weights trainable.safetensors
+
+The shipped weights hold every tensor of the fine-tuned encoder, so Whisper tiny.en's own file adds nothing to the
+checkpoint: the encoder is made at its preset size (whisper-tiny, as the shipped dims say) and every one of its
+tensors is then replaced from the shipped file (apply_trained checks each key and shape). What comes out is
+OUT_HOME/checkpoint and OUT_HOME/sources.json as `fa-edge demo` writes them, and the same bytes: compare
+checkpoint/model.safetensors' sha256 with a demo checkpoint built here (the run script prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from falcon_audio_edge.checkpoint import build_model, save_checkpoint
+from falcon_audio_edge.demo import apply_trained, shipped_dims
+from falcon_audio_edge.files import atomic_text
+from falcon_audio_edge.runtime.bundle import sha256_file
+from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, copy_char_head
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("home", type=Path)
+    ap.add_argument("--llm", type=Path, required=True)
+    ap.add_argument("--weights", type=Path, required=True)
+    ap.add_argument("--char-head", type=Path, required=True)
+    args = ap.parse_args()
+    dims = shipped_dims(args.weights)
+    audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
+             "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head}  # fmt: skip
+    model, tokenizer = build_model("tiny", "whisper-tiny", args.llm, name=dims.name, **audio)
+    apply_trained(model, args.weights)  # the dims checked, the encoder's every tensor replaced
+    saved = save_checkpoint(model, tokenizer, args.home / "checkpoint", force=True)
+    copy_char_head(args.char_head, saved / CHAR_HEAD_FILE, dims.decoder.hidden)
+    sources = {"shipped_sha256": sha256_file(args.weights), "char_head_sha256": sha256_file(args.char_head)}
+    atomic_text(args.home / "sources.json", json.dumps(sources, indent=1) + "\n")
+    print(f"{saved}: model.safetensors sha256 {sha256_file(saved / 'model.safetensors')}")
+
+
+if __name__ == "__main__":
+    main()
