@@ -169,14 +169,20 @@ def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
     return paths
 
 
+# how the checkpoint is made: 2 since LoRA adapters merge in float64 and the weights file's header is sorted (the
+# same files give the same checkpoint on any machine); a home built another way is built again
+CHECKPOINT_BUILD = 2
+
+
 def built_from(weights: Path) -> str:
     """What the demo checkpoint is made of: the shipped weights' sha256, the two packages' files by size and
-    modification time (hashing ~150 MB on every run would cost more than the answer)."""
+    modification time (hashing ~150 MB on every run would cost more than the answer), and how it is built."""
     files = {"whisper": whisper_dir() / "model.bin", "llm": smollm2_gguf()}
     ident = {name: [str(p), p.stat().st_size, p.stat().st_mtime_ns] for name, p in files.items() if p.is_file()}
     chars = shipped_char_head()
     heads = {"char_head_sha256": sha256_file(chars)} if chars is not None else {}
-    return json.dumps({"shipped_sha256": sha256_file(weights), **heads, **ident}, indent=1) + "\n"
+    stamp = {"shipped_sha256": sha256_file(weights), **heads, **ident, "build": CHECKPOINT_BUILD}
+    return json.dumps(stamp, indent=1) + "\n"
 
 
 def question_text(wav: Path) -> str | None:

@@ -173,6 +173,12 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     before = stamp.stat().st_mtime_ns
     demo.prepare("f16")  # nothing changed: nothing built, nothing written (a read-only cache works)
     assert calls == [("build", b"new weights"), ("export", "f16")] and stamp.stat().st_mtime_ns == before
+    older = json.loads(stamp.read_text())
+    del older["build"]  # a home built before CHECKPOINT_BUILD 2 (float32 LoRA merge, unsorted header)
+    stamp.write_text(json.dumps(older, indent=1) + "\n")
+    calls.clear()
+    demo.prepare("f16")
+    assert calls == [("build", b"new weights"), ("export", "f16")]
 
 
 @pytest.mark.parametrize(

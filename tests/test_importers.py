@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -95,5 +97,9 @@ def test_a_checkpoint_saved_again_is_the_same_file(tiny_ckpt, tmp_path):
     model = AudioLanguageModel(dims)
     shas = {sha256_file(save_checkpoint(model, ckpt.tokenizer, tmp_path / f"c{i}") / WEIGHTS_NAME) for i in range(6)}
     assert len(shas) == 1
+    with open(tmp_path / "c0" / WEIGHTS_NAME, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert len(header["__metadata__"]) >= 2  # the dims and the tied embedding's alias: an order to get wrong
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(header["__metadata__"])
     again = load_checkpoint(tmp_path / "c0").model.state_dict()
     assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())

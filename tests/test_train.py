@@ -496,7 +496,9 @@ def test_the_character_head_trains_with_the_encoder_and_goes_on_from_the_checkpo
     finish = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(finish)
     (tmp_path / "parts").mkdir()
+    finish.PART = 100_000  # several parts, as a real state makes
     finish.strip(tmp_path / "run", tmp_path / "parts")
+    assert len(list((tmp_path / "parts").iterdir())) > 1
     cut = tmp_path / "cut"
     cut.mkdir()
     (cut / "state.pt").write_bytes(b"".join(p.read_bytes() for p in sorted((tmp_path / "parts").iterdir())))

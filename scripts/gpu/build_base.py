@@ -1,12 +1,13 @@
 """Build the demo checkpoint where the Whisper package is not installed (a lent GPU machine, scripts/gpu/).
 
-    python scripts/gpu/build_base.py OUT_HOME --llm SmolLM2-135M-Instruct.Q4_1.gguf --weights trainable.safetensors
+    python scripts/gpu/build_base.py OUT_HOME --llm SmolLM2-135M-Instruct.Q4_1.gguf --weights trainable.safetensors \
+        --char-head char_head.npz
 
 The shipped weights hold every tensor of the fine-tuned encoder, so Whisper tiny.en's own file adds nothing to the
 checkpoint: the encoder is made at its preset size (whisper-tiny, as the shipped dims say) and every one of its
 tensors is then replaced from the shipped file (apply_trained checks each key and shape). What comes out is
-OUT_HOME/checkpoint and OUT_HOME/sources.json as `fa-edge demo` writes them, and the same bytes: compare
-checkpoint/model.safetensors' sha256 with a demo checkpoint built here (the run script prints it).
+OUT_HOME/checkpoint, the same bytes as `fa-edge demo`'s (pack.sh compares them, device.sh checks the sha256), and
+OUT_HOME/sources.json with the shipped files' sha256 (train.ship reads it; the package files' entries are left out).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from safetensors import safe_open
 
 from falcon_audio_edge.checkpoint import build_model, save_checkpoint
 from falcon_audio_edge.demo import apply_trained, shipped_dims
@@ -30,6 +33,8 @@ def main() -> None:
     ap.add_argument("--char-head", type=Path, required=True)
     args = ap.parse_args()
     dims = shipped_dims(args.weights)
+    if not any(k.startswith("encoder.") for k in safe_open(args.weights, "pt").keys()):
+        raise SystemExit(f"{args.weights} holds no encoder: the checkpoint would keep a random one")
     audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
              "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head}  # fmt: skip
     model, tokenizer = build_model("tiny", "whisper-tiny", args.llm, name=dims.name, **audio)

@@ -14,7 +14,7 @@
 # cannot be shipped: train/ship.py checks it). scripts/gpu/unpack.sh puts the run together here.
 set -euo pipefail
 S=${FA_GPU_STAGE:-/root/fa-stage}             # everything the calls leave on the machine
-HOME_DEMO=${FA_GPU_HOME:-/root/.cache/falcon-audio-edge/demo}  # the demo home, the same path as here
+HOME_DEMO=${FA_GPU_HOME:-}  # the demo home: the same path as here (pack.sh writes it in .gpu/c3/home.txt)
 PY=${FA_GPU_PYTHON:-python3}
 export PATH=$S/bin:$PATH PYTHONPATH=$S/site${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT=${OUT:-$S/out}
@@ -58,10 +58,12 @@ setup() {
   cp falcon_audio_edge/data/shipped/trainable.safetensors falcon_audio_edge/data/shipped/char_head.npz "$S/"
   if [ -z "${FA_GPU_REHEARSAL:-}" ]; then  # a rehearsal here keeps this machine's environment as it is
     $PY -m pip install -q --no-index --no-deps --no-compile --target "$S/site" .gpu/c1/*.whl
-    # installed from a copy: the next calls replace the tree while the clips are being spoken
+    # installed from a copy, and run from it: the next calls replace the tree while the clips are being spoken
     rm -rf "$S/repo" && mkdir -p "$S/repo" && tar --exclude=./.gpu --exclude=./.git --exclude=./work -cf - . | tar -C "$S/repo" -xf -
     $PY -m pip install -q --no-deps --no-build-isolation -e "$S/repo" >/dev/null
   fi
+  local repo=$PWD
+  [ -n "${FA_GPU_REHEARSAL:-}" ] || repo=$S/repo
   engines
   tar -C "$S" -xzf .gpu/c1/manifests.tar.gz
   if [ -n "${FA_GPU_REHEARSAL:-}" ]; then  # a few rows each
@@ -77,7 +79,8 @@ PY
   head -3 "$S/manifests/train-a.jsonl" >"$S/smoke.jsonl"
   rm -rf "$S/smoke" && $PY -m falcon_audio_edge.cli respeak "$S/smoke.jsonl" -o "$S/smoke" --seed 1 --accents 1 --flite 0.5
   nproc
-  setsid nohup bash "$0" speak </dev/null >"$S/speak.log" 2>&1 &
+  rm -rf "$S/data" "$S/speak.done"  # a second setup speaks everything again
+  (cd "$repo" && setsid nohup bash scripts/gpu/device.sh speak </dev/null >"$S/speak.log" 2>&1 &)
   echo "speaking in the background"
 }
 
@@ -120,21 +123,32 @@ YAML
 
 train() {
   local limit=$1 start=$SECONDS
-  cp .gpu/c3/*.part* .gpu/c3/*.sha256 "$S/"
+  cp .gpu/c3/*.part* .gpu/c3/*.sha256 .gpu/c3/home.txt "$S/"
+  HOME_DEMO=${HOME_DEMO:-$(cat "$S/home.txt")}
   tar -C "$S" -xzf .gpu/c3/eval.tar.gz
   cat "$S"/gguf.part* >"$S/smollm2.gguf"
   (cd "$S" && sha256sum -c gguf.sha256)
   $PY scripts/gpu/build_base.py "$HOME_DEMO" --llm "$S/smollm2.gguf" --weights "$S/trainable.safetensors" \
     --char-head "$S/char_head.npz" 2>&1 | tail -1 | tee "$OUT/base.txt"
-  (cd "$HOME_DEMO/checkpoint" && sha256sum -c "$S/base.sha256") || echo "BASE DIFFERS from this machine's build"
+  if ! (cd "$HOME_DEMO/checkpoint" && sha256sum -c "$S/base.sha256"); then
+    echo "the checkpoint built here differs from the one pack.sh built: a run on it could not be shipped" >&2
+    exit 1
+  fi
   while [ ! -f "$S/speak.done" ] && [ $((SECONDS - start)) -lt $((limit / 3)) ]; do sleep 2; done
   echo "speaking failed in $(cat "$S/speak.done" 2>/dev/null || echo 'unfinished') jobs; clips: $(find "$S/data" -name '*.wav' | wc -l)"
   config
   local left=$((limit - (SECONDS - start) - 40))  # 40 s to pack and send back
   echo "training for at most $left s"
-  timeout -s KILL "$left" $PY -m falcon_audio_edge.train "$S/gpu-joint.yaml" >"$S/train.log" 2>&1 || true
+  rm -rf "$S/run"  # a second call trains anew, never on from the last call's state
+  local rc=0
+  (cd "$S/repo" 2>/dev/null || true; timeout -s KILL "$left" $PY -m falcon_audio_edge.train "$S/gpu-joint.yaml") \
+    >"$S/train.log" 2>&1 || rc=$?
   tr '\r' '\n' <"$S/train.log" | grep -v '^ *$' | gzip >"$OUT/train.log.gz"
   tail -c 3000 "$S/train.log" | tr '\r' '\n' | tail -n 25
+  if [ "$rc" != 0 ] && [ "$rc" != 137 ]; then  # 137: stopped by the time limit, its last save is the result
+    echo "training failed (exit status $rc)" >&2
+    exit 1
+  fi
   $PY scripts/gpu/finish.py strip "$S/run" "$OUT"
 }
 

@@ -31,6 +31,8 @@ PART = 15 * 2**20
 def strip(run: Path, out: Path) -> None:
     state = torch.load(run / STATE_FILE, map_location="cpu", weights_only=False)
     state["optimizer"] = state["scheduler"] = None
+    for old in out.glob(f"{STATE_FILE}.part*"):  # an earlier call's parts would be joined with these
+        old.unlink()
     whole = out / STATE_FILE
     torch.save(state, whole)
     data = whole.read_bytes()
@@ -54,5 +56,9 @@ def char_head(run: Path) -> None:
 
 
 if __name__ == "__main__":
-    verb, run = sys.argv[1], Path(sys.argv[2])
-    strip(run, Path(sys.argv[3])) if verb == "strip" else char_head(run)
+    if len(sys.argv) == 4 and sys.argv[1] == "strip":
+        strip(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "char-head":
+        char_head(Path(sys.argv[2]))
+    else:
+        sys.exit("usage: finish.py strip RUN_DIR OUT | char-head RUN_DIR")

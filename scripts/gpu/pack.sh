@@ -2,8 +2,8 @@
 # What scripts/gpu/device.sh's three calls carry, made here under .gpu/ (git-ignored):
 #   .gpu/c1  espeak-ng and flite with the libraries they load and English espeak-ng data (fatools.tar.xz), the
 #            Python wheels the machine lacks (for its Python 3.12), the training manifests in halves
-#   .gpu/c2  the first 60 MiB of SmolLM2's GGUF           .gpu/c3  the rest, its sha256, the demo checkpoint's
-#            sha256 as `fa-edge demo` builds it here, and 48 dev-flite clips for the run's evaluations
+#   .gpu/c2  the first 60 MiB of SmolLM2's GGUF           .gpu/c3  the rest, its sha256, the demo home's path
+#            and its checkpoint's sha256 (checked against build_base.py's here), 48 dev-flite clips
 # Each call carries at most 64 MiB with the tree: calls 2 and 3 are made with the shipped weights moved out of it
 # (call 1 keeps them on the machine).
 set -euo pipefail
@@ -42,8 +42,17 @@ head -n 48 "$DATA/dev-flite/manifest.jsonl" >.gpu/tmp/eval/manifest.jsonl
 tar -C .gpu/tmp -czf .gpu/c3/eval.tar.gz eval
 
 split -b 60M -d -a 2 "$GGUF" .gpu/gguf.part
+[ ! -e .gpu/gguf.part02 ] || { echo "$GGUF is over 120 MiB: the calls carry two parts" >&2; exit 1; }
 mv .gpu/gguf.part00 .gpu/c2/ && mv .gpu/gguf.part01 .gpu/c3/
 (cd "$(dirname "$GGUF")" && sha256sum "$(basename "$GGUF")") | awk '{print $1 "  smollm2.gguf"}' >.gpu/c3/gguf.sha256
+# the checkpoint the machine will build (build_base.py) must be the demo home's, or train.ship refuses the run
+"$BIN/python" scripts/gpu/build_base.py .gpu/tmp/home --llm "$GGUF" \
+  --weights falcon_audio_edge/data/shipped/trainable.safetensors --char-head falcon_audio_edge/data/shipped/char_head.npz
+if ! cmp -s .gpu/tmp/home/checkpoint/model.safetensors "$CKPT/model.safetensors"; then
+  echo "$CKPT is not the checkpoint build_base.py makes: run \`fa-edge demo --rebuild\` first" >&2
+  exit 1
+fi
 (cd "$CKPT" && sha256sum model.safetensors) >.gpu/c3/base.sha256
+(cd "$(dirname "$CKPT")" && pwd) >.gpu/c3/home.txt
 rm -rf .gpu/tmp
 du -sh .gpu/c1 .gpu/c2 .gpu/c3

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 FROM=${1:?the files the device call returned}
 RUN=${2:?a new run folder}
-mkdir -p "$RUN"
+mkdir "$RUN"  # a new folder: an earlier run's is never overwritten
 cat "$FROM"/state.pt.part* >"$RUN/state.pt"
 for f in train.log.gz gpu-joint.yaml base.txt; do [ ! -f "$FROM/$f" ] || cp "$FROM/$f" "$RUN/"; done
 "$BIN/python" scripts/gpu/finish.py char-head "$RUN"
