@@ -18,11 +18,9 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from falcon_audio_edge.checkpoint import build_model, save_checkpoint
-from falcon_audio_edge.demo import apply_trained, shipped_dims
+from falcon_audio_edge.demo import build_checkpoint
 from falcon_audio_edge.files import atomic_text
 from falcon_audio_edge.runtime.bundle import sha256_file
-from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, copy_char_head
 
 
 def main() -> None:
@@ -32,15 +30,10 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, required=True)
     ap.add_argument("--char-head", type=Path, required=True)
     args = ap.parse_args()
-    dims = shipped_dims(args.weights)
     if not any(k.startswith("encoder.") for k in safe_open(args.weights, "pt").keys()):
         raise SystemExit(f"{args.weights} holds no encoder: the checkpoint would keep a random one")
-    audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
-             "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head}  # fmt: skip
-    model, tokenizer = build_model("tiny", "whisper-tiny", args.llm, name=dims.name, **audio)
-    apply_trained(model, args.weights)  # the dims checked, the encoder's every tensor replaced
-    saved = save_checkpoint(model, tokenizer, args.home / "checkpoint", force=True)
-    copy_char_head(args.char_head, saved / CHAR_HEAD_FILE, dims.decoder.hidden)
+    # the dims checked, the encoder's every tensor replaced from the weights (apply_trained)
+    saved = build_checkpoint(args.home / "checkpoint", args.weights, "whisper-tiny", args.llm, args.char_head)
     sources = {"shipped_sha256": sha256_file(args.weights), "char_head_sha256": sha256_file(args.char_head)}
     atomic_text(args.home / "sources.json", json.dumps(sources, indent=1) + "\n")
     print(f"{saved}: model.safetensors sha256 {sha256_file(saved / 'model.safetensors')}")

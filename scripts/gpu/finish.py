@@ -13,6 +13,7 @@ the base checkpoint's head of the same shape.
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -33,10 +34,9 @@ def strip(run: Path, out: Path) -> None:
     state["optimizer"] = state["scheduler"] = None
     for old in out.glob(f"{STATE_FILE}.part*"):  # an earlier call's parts would be joined with these
         old.unlink()
-    whole = out / STATE_FILE
-    torch.save(state, whole)
-    data = whole.read_bytes()
-    whole.unlink()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
     for i in range(0, len(data), PART):
         (out / f"{STATE_FILE}.part{i // PART:02d}").write_bytes(data[i : i + PART])
     tensors = len(state["trainable"])
