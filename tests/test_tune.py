@@ -100,3 +100,25 @@ def test_tune_command_bad_input_is_one_error_line(tmp_path, dev, bundle_f32, ctc
                                str(tmp_path / "t.md")], capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not (tmp_path / "t.md").exists()
+
+
+def test_several_dev_manifests_are_scored_together_and_each_apart(tmp_path, dev, clips, ctc_bundle):
+    import shutil
+
+    other = tmp_path / "elsewhere" / "dev2" / "manifest.jsonl"  # relative audio paths, another folder
+    (other.parent / "clips").mkdir(parents=True)
+    shutil.copy(clips["q2"], other.parent / "clips" / "a.wav")
+    row = {"audio": "clips/a.wav", "instruction": TRANSCRIBE_PROMPT, "task": "transcribe", "text": QUESTIONS[2],
+           "target": QUESTIONS[2]}  # fmt: skip
+    other.write_text(json.dumps(row) + "\n")
+    args = ([0.9], [1])
+    both = run_trials(ctc_bundle[1], [dev, other], *args, max_tokens=6, candidates=(8,))[0]
+    alone = [run_trials(ctc_bundle[1], d, *args, max_tokens=6, candidates=(8,))[0] for d in (dev, other)]
+    assert both.parts == pytest.approx((alone[0].wer, alone[1].wer)) and alone[0].parts == ()
+    words = [len(QUESTIONS[i].split()) for i in range(3)]  # the combined WER weighs each manifest by its words
+    combined = (alone[0].wer * sum(words[:2]) + alone[1].wer * words[2]) / sum(words)
+    assert both.wer == pytest.approx(combined)
+    report = markdown([both], ctc_bundle[1], [dev, other], "cmd")
+    assert "| WER | WER on dev | WER on dev2 | transcribed word for word |" in report
+    assert f"| {both.wer:.3f} **best** | {both.parts[0]:.3f} | {both.parts[1]:.3f} |" in report
+    assert report.count("| --- ") == 11

@@ -42,7 +42,7 @@ from falcon_audio_edge.train.synth import (
     read_lines,
     speak,
 )
-from falcon_audio_edge.train.textgen import common_words, random_word_sentences, vocabulary
+from falcon_audio_edge.train.textgen import common_words, dictionary_words, random_word_sentences, vocabulary
 from falcon_audio_edge.train.voices import VoiceBank
 
 from falcon_audio_edge.errors import ConfigError
@@ -104,14 +104,16 @@ def random_word_set(
     voices: float = 0.0,
     consonants: float = 0.0,
     flite: float = 0.0,
+    rare: int = 0,
 ) -> Path:
-    """Transcription clips of random word sequences (3-8 words) in training voices; returns the manifest."""
+    """Transcription clips of random word sequences (3-8 words) in training voices; returns the manifest. ``rare``
+    more words come from the whole dictionary (textgen.dictionary_words), drawn with the seed."""
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
     out = Path(out)
-    for name, value in (("--clips", clips), ("--common-words", common)):
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, value, least in (("--clips", clips, 1), ("--common-words", common, 1), ("--rare-words", rare, 0)):
+        if not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
     shares = Shares(accents, voices, consonants, flite)
     check_new_folder(out)
     if not Path(llm).is_file():
@@ -120,6 +122,8 @@ def random_word_set(
     words = set(common_words(tokenizer.get_vocab(), common, names=True))
     words |= set(vocabulary(read_lines("questions.txt") + read_lines("statements.txt")))
     rng = random.Random(seed)
+    if rare:  # drawn only when asked: a set made without them draws as before
+        words |= set(dictionary_words(rng, rare))
     rows = [
         {"instruction": rng.choice(TRANSCRIBE_PROMPTS), "target": s, "task": "transcribe", "text": s}
         for s in random_word_sentences(rng, sorted(words), clips)

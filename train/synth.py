@@ -7,7 +7,9 @@ word sequences (they teach listening: no language model can guess them). Each cl
 accent, a voice variant, a rate and a pitch, and may get gain and white noise. Held-out clips use accents
 and variants that training never hears. The dev split (for tuning decoding settings, never for training) has
 sentences of its own (``*_dev.txt``) in the held-out accents with voice variants of its own, so the held-out
-split stays a test that nothing was chosen on.
+split stays a test that nothing was chosen on. The dev2 split is statements only (``statements_dev2.txt``), as
+new to the training text as the held-out statements are (``python -m falcon_audio_edge.train.novelty``): the dev
+statements share many word pairs and triples with the training lists, the held-out ones almost none.
 
 Tasks (one JSONL row each: audio, instruction, target):
 - transcribe: "Transcribe the audio." (or another wording) -> the sentence.
@@ -68,7 +70,7 @@ class Split:
     name: str
     accents: list[str]
     variants: list[str]
-    questions: str  # file in train/sentences/
+    questions: str | None  # file in train/sentences/ (None: no questions)
     statements: str
     seed_offset: int  # added to the dataset's seed: each split draws its own voices
 
@@ -83,6 +85,8 @@ SPLITS = {
         "heldout", HELDOUT_ACCENTS, HELDOUT_VARIANTS, "questions_heldout.txt", "statements_heldout.txt", 1
     ),
     "dev": Split("dev", HELDOUT_ACCENTS, DEV_VARIANTS, "questions_dev.txt", "statements_dev.txt", 2),
+    # dev's voices, statements as new to the training lists as the held-out ones (dev's are not: train/novelty.py)
+    "dev2": Split("dev2", HELDOUT_ACCENTS, DEV_VARIANTS, None, "statements_dev2.txt", 3),
 }
 TRANSCRIBE_PROMPTS = [
     "Transcribe the audio.",
@@ -100,14 +104,21 @@ INSTRUCTIONS = [
 ]
 
 
-def read_lines(name: str) -> list[str]:
+def read_lines(name: str | None) -> list[str]:
+    """A sentence list's lines (None: a split without that list)."""
+    if name is None:
+        return []
     return [line.strip() for line in (SENTENCES / name).read_text().splitlines() if line.strip()]
 
 
+def split_sentences(split: str) -> list[str]:
+    """A split's hand-written questions and statements."""
+    return read_lines(SPLITS[split].questions) + read_lines(SPLITS[split].statements)
+
+
 def heldout_sentences() -> set[str]:
-    """The held-out and dev lists' sentences, lower-cased: text that must never reach training."""
-    names = [n for split in ("heldout", "dev") for n in (SPLITS[split].questions, SPLITS[split].statements)]
-    return {s.lower() for name in names for s in read_lines(name)}
+    """Every split's sentences but training's, lower-cased: text that must never reach training."""
+    return {s.lower() for split in SPLITS if not SPLITS[split].training for s in split_sentences(split)}
 
 
 def engine_output(command: list[str]) -> str:
@@ -184,7 +195,7 @@ class Voice:
 
 
 def random_voice(rng: random.Random, split: str) -> Voice:
-    """A voice of the split ("train", "heldout" or "dev")."""
+    """A voice of the split ("train", "heldout", "dev" or "dev2")."""
     accents, variants = SPLITS[split].accents, SPLITS[split].variants
     return Voice(rng.choice(accents), rng.choice(variants), rng.randint(*RATES), rng.randint(30, 70))
 
@@ -340,7 +351,8 @@ def build_dataset(
     splits: tuple[str, ...] = tuple(SPLITS),
 ) -> dict[str, Path]:
     """The splits asked for: out/train (training voices, augmented), out/heldout (unseen sentences and voices,
-    the test) and out/dev (for tuning; its own sentences and variants). Each split has its own seed.
+    the test), out/dev (for tuning; its own sentences and variants) and out/dev2 (more dev statements, new ones).
+    Each split has its own seed.
 
     Training also gets the generated text of ``make_extra`` (``random_clips`` random word sequences). A split
     made on its own next to an existing out/train is first checked against that training text.
@@ -384,7 +396,6 @@ def check_unseen(train_manifest: Path, splits: tuple[str, ...]) -> None:
     spoken = {text.lower() for _, row in manifest_rows(train_manifest, skipped) if (text := spoken_text(row))}
     warn_skipped(train_manifest, skipped)
     for split in splits:
-        leaked = [t for n in (SPLITS[split].questions, SPLITS[split].statements) for t in read_lines(n)
-                  if t.lower() in spoken]  # fmt: skip
+        leaked = [t for t in split_sentences(split) if t.lower() in spoken]
         if leaked:
             raise ConfigError(f"{len(leaked)} {split} sentences are spoken in {train_manifest}: {leaked[:3]}")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
-from falcon_audio_edge.errors import MissingDataError
+from falcon_audio_edge.errors import ConfigError, MissingDataError
 
 GENERATE = [
     "Write three short sentences about {}.",
@@ -90,6 +91,38 @@ def common_words(vocab: dict[str, int], n: int, dictionary: Path = DICTIONARY, n
             if len(out) == n:
                 break
     return out
+
+
+EXCLUDED = Path(__file__).parent / "sentences" / "excluded_words.txt"
+
+
+@lru_cache(maxsize=1)
+def excluded_words() -> frozenset[str]:
+    """The slurs and profanity the dictionary draw leaves out (sentences/excluded_words.txt)."""
+    lines = (w.strip() for w in EXCLUDED.read_text().splitlines())
+    return frozenset(w for w in lines if w and not w.startswith("#"))
+
+
+def excluded(word: str) -> bool:
+    """One of excluded_words(), or its plural."""
+    stems = excluded_words()
+    plural_es = word.endswith("es") and word[:-2] in stems and word[:-2].endswith(("s", "x", "z", "ch", "sh"))
+    return word in stems or (word.endswith("s") and word[:-1] in stems) or plural_es
+
+
+def dictionary_words(rng: random.Random, n: int, dictionary: Path = DICTIONARY) -> list[str]:
+    """``n`` lower-case dictionary words (3-12 letters, no slur or profanity) drawn at random, however rare and
+    however many tokens the LLM spells them with: ``common_words`` has only whole-word tokens, so a word such as
+    "walrus" or "lantern" (several tokens) is never in it, and a model trained on it hears such words only in its
+    sentences."""
+    if not dictionary.is_file():
+        raise MissingDataError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
+    shape = re.compile(r"[a-z]{3,12}")
+    lines = (w.strip() for w in dictionary.read_text(errors="replace").splitlines())
+    words = sorted({w for w in lines if shape.fullmatch(w) and not excluded(w)})
+    if n > len(words):
+        raise ConfigError(f"--rare-words {n}: {dictionary} has only {len(words)} lower-case words of 3-12 letters")
+    return rng.sample(words, n)
 
 
 def random_word_sentences(rng: random.Random, words: list[str], n: int, lo: int = 3, hi: int = 8) -> list[str]:

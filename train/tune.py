@@ -1,11 +1,14 @@
 """Choose the transcription decoding settings on the dev split, through the exported bundle.
 
-    python -m falcon_audio_edge.train.tune BUNDLE --dev DATA/dev/manifest.jsonl --out docs/tuning.md
+    python -m falcon_audio_edge.train.tune BUNDLE --dev DATA/dev/manifest.jsonl [--dev DATA/dev2/manifest.jsonl] \\
+        --out docs/tuning.md
 
 Every CTC weight x beam size x proposal probability asked for transcribes the dev split's transcription clips
 (sentences and voice variants of its own, never trained on, never the held-out test); the table gives the WER,
-the share of clips transcribed word for word (what a listen-first answer needs) and the seconds per clip. The
-best setting by WER is what ``DEFAULT_CTC_WEIGHT`` (``DEFAULT_CTC_WEIGHT_WITH_CHARS`` beside a character head),
+the share of clips transcribed word for word (what a listen-first answer needs) and the seconds per clip. With
+``--dev`` given more than once the clips of every manifest are scored together (and each manifest's WER is shown
+beside). The best setting by WER is what ``DEFAULT_CTC_WEIGHT`` (``DEFAULT_CTC_WEIGHT_WITH_CHARS`` beside a
+character head),
 ``DEFAULT_CHAR_WEIGHT``, ``DEFAULT_BEAM_SIZE``, ``DEFAULT_PROPOSAL_PROB``, ``DEFAULT_LM_WEIGHT`` and
 ``DEFAULT_CTC_CANDIDATES`` (``--candidates``: the LLM's likeliest tokens each step rescores) should say; the
 held-out split then measures it once.
@@ -41,6 +44,7 @@ class Trial:
     wer: float
     exact: float  # share of clips transcribed word for word
     seconds: float  # per clip
+    parts: tuple[float, ...] = ()  # the WER of each dev manifest's clips, in the order given (with more than one)
 
 
 def parse_list(text: str, kind: type, name: str) -> list:
@@ -53,15 +57,34 @@ def parse_list(text: str, kind: type, name: str) -> list:
     return values
 
 
+def dev_rows(devs: list[Path]) -> list[list[dict]]:
+    """Each dev manifest's transcription rows, audio paths made absolute (the manifests may lie apart)."""
+    out = []
+    for dev in devs:
+        rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.get("task") == "transcribe" and r.get("instruction") == TRANSCRIBE]
+        if not rows:
+            raise ConfigError(f"{dev} has no transcription rows ({TRANSCRIBE!r}) to tune on")
+        out.append([{**r, "audio": str((dev.parent / r["audio"]).resolve())} for r in rows])
+    return out
+
+
+def part_wers(sizes: list[int], refs: list[str], hyps: list[str]) -> tuple[float, ...]:
+    """The WER of each run of ``sizes`` consecutive clips."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(word_error_rate(refs[start : start + n], hyps[start : start + n]))
+        start += n
+    return tuple(out)
+
+
 def run_trials(
-    bundle: Path, dev: Path, weights: list[float], beams: list[int], proposals: tuple[float, ...] = (0.0,),
+    bundle: Path, dev: Path | list[Path], weights: list[float], beams: list[int], proposals: tuple[float, ...] = (0.0,),
     max_tokens: int = 64, char_weights: tuple[float, ...] = (0.0,), lm_weights: tuple[float, ...] = (0.0,),
     candidates: tuple[int, ...] = (DEFAULT_CTC_CANDIDATES,),
 ) -> list[Trial]:  # fmt: skip
-    rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("task") == "transcribe" and r.get("instruction") == TRANSCRIBE]
-    if not rows:
-        raise ConfigError(f"{dev} has no transcription rows ({TRANSCRIBE!r}) to tune on")
+    parts = dev_rows([dev] if isinstance(dev, Path) else list(dev))
+    rows = [r for part in parts for r in part]
     settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, char_weight=c, beam_size=b, ctc_proposal_prob=p,
                                    lm_weight=m, ctc_candidates=k)
                 for w in weights for c in char_weights if not (w < 1 and c < 1 <= w + c)  # sums of 1: skipped
@@ -79,8 +102,9 @@ def run_trials(
         if any(lm_weights) and not chat.has_text_llm:
             raise ConfigError(f"{bundle} has no text LLM (answer.gguf): --lm-weights must be 0")
         for gen in settings:
-            hyps, seconds = transcribe_all(chat, rows, dev.parent, gen)
+            hyps, seconds = transcribe_all(chat, rows, Path("/"), gen)  # the rows' audio paths are absolute
             wer, exact = word_error_rate(refs, hyps), exact_share(refs, hyps)
+            each = part_wers([len(p) for p in parts], refs, hyps)
             trials.append(
                 Trial(
                     gen.ctc_weight,
@@ -92,6 +116,7 @@ def run_trials(
                     wer,
                     exact,
                     seconds,
+                    each if len(parts) > 1 else (),
                 )  # fmt: skip
             )
     return trials
@@ -102,27 +127,33 @@ def best(trials: list[Trial]) -> Trial:
     return min(trials, key=lambda t: (round(t.wer, 6), -t.exact, t.seconds))
 
 
-def markdown(trials: list[Trial], bundle: Path, dev: Path, command: str) -> str:
+def markdown(trials: list[Trial], bundle: Path, dev: Path | list[Path], command: str) -> str:
     from falcon_audio_edge.bench.run import machine
 
     host, top = machine(), best(trials)
+    devs = [dev] if isinstance(dev, Path) else list(dev)
+    each = [f"WER on {d.parent.name}" for d in devs] if len(devs) > 1 else []
     lines = [
         "# Decoding settings chosen on the dev split",
         "",
-        f"Bundle `{bundle}`, dev split `{dev}` (its own sentences and voice variants; never trained on).",
+        f"Bundle `{bundle}`, {'dev split' if len(devs) == 1 else 'dev splits'} `{'`, `'.join(map(str, devs))}` "
+        "(sentences and voice variants of their own; never trained on).",
         f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, {platform.system()}.",
         f"Command: `{command}`",
         "",
         "WER after Whisper's English normalizer (case, punctuation, numbers, British and American spellings).",
         "",
         "| CTC weight | character head weight | beam size | CTC proposals (min prob) | text LLM weight "
-        "| LLM candidates | WER | transcribed word for word | seconds per clip |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| LLM candidates | WER | "
+        + "".join(f"{e} | " for e in each)
+        + "transcribed word for word | seconds per clip |",
+        "| --- " * (9 + len(each)) + "|",
     ]
     for t in trials:
         mark = " **best**" if t == top else ""
         lines.append(f"| {t.ctc_weight} | {t.char_weight or 'off'} | {t.beam_size} | {t.proposal_prob or 'off'} | "
-                     f"{t.lm_weight or 'off'} | {t.candidates} | {t.wer:.3f}{mark} | {t.exact:.3f} | "
+                     f"{t.lm_weight or 'off'} | {t.candidates} | {t.wer:.3f}{mark} | "
+                     + "".join(f"{w:.3f} | " for w in t.parts) + f"{t.exact:.3f} | "
                      f"{t.seconds:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -130,7 +161,8 @@ def markdown(trials: list[Trial], bundle: Path, dev: Path, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--dev", type=Path, required=True, help="the dev split's manifest (fa-edge synth --split dev)")
+    parser.add_argument("--dev", type=Path, required=True, action="append",
+                        help="a dev split's manifest (fa-edge synth --split dev); repeat for several")  # fmt: skip
     parser.add_argument("--weights", default="0.3,0.5,0.7,0.9", help="CTC weights to try, comma-separated")
     parser.add_argument("--beams", default="1,4", help="beam sizes to try, comma-separated")
     parser.add_argument("--char-weights", default="0", help="character head weights to try (0: off), comma-separated")
@@ -143,8 +175,9 @@ def main() -> None:
     parser.add_argument("--json", dest="as_json", action="store_true")
     args = parser.parse_args()
     try:
-        if not args.dev.is_file():
-            raise ConfigError(f"dev manifest not found: {args.dev}")
+        for dev in args.dev:
+            if not dev.is_file():
+                raise ConfigError(f"dev manifest not found: {dev}")
         weights = parse_list(args.weights, float, "--weights")
         beams = parse_list(args.beams, int, "--beams")
         proposals = tuple(parse_list(args.proposals, float, "--proposals"))
@@ -156,7 +189,8 @@ def main() -> None:
     except FaEdgeError as exc:
         parser.exit(2, f"error: {exc}\n")
     except (json.JSONDecodeError, KeyError) as exc:
-        parser.exit(2, f"error: {args.dev} is not a manifest of the dev split: {exc!r}\n")
+        names = " or ".join(map(str, args.dev))
+        parser.exit(2, f"error: {names} is not a manifest of the dev split: {exc!r}\n")
     command = "python -m falcon_audio_edge.train.tune " + shlex.join(sys.argv[1:])
     text = markdown(trials, args.bundle, args.dev, command)
     if args.out:
