@@ -39,8 +39,8 @@ from falcon_audio_edge.train.synth import (
     espeak_data,
     heldout_sentences,
     random_voice,
-    read_lines,
     speak,
+    split_sentences,
 )
 from falcon_audio_edge.train.textgen import common_words, dictionary_words, random_word_sentences, vocabulary
 from falcon_audio_edge.train.voices import VoiceBank
@@ -120,7 +120,7 @@ def random_word_set(
         raise ConfigError(f"--llm {llm}: no such GGUF file")
     tokenizer, _ = tokenizer_from_gguf(llm)
     words = set(common_words(tokenizer.get_vocab(), common, names=True))
-    words |= set(vocabulary(read_lines("questions.txt") + read_lines("statements.txt")))
+    words |= set(vocabulary(split_sentences("train")))
     rng = random.Random(seed)
     if rare:  # drawn only when asked: a set made without them draws as before
         words |= set(dictionary_words(rng, rare))

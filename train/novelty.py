@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
-from falcon_audio_edge.train.synth import SPLITS, read_lines
+from falcon_audio_edge.train.synth import SPLITS, read_lines, split_sentences
 
 from falcon_audio_edge.errors import FaEdgeError
 
@@ -52,7 +52,7 @@ def seen_share(sentences: list[str], known: set[tuple[str, ...]], n: int) -> flo
 
 def training_text(manifests: list[Path]) -> list[str]:
     """The hand-written training lists, and what every clip of ``manifests`` says."""
-    text = read_lines(SPLITS["train"].questions) + read_lines(SPLITS["train"].statements)
+    text = split_sentences("train")
     for manifest in manifests:
         skipped: Counter = Counter()
         text += [t for _, row in manifest_rows(manifest, skipped) if (t := spoken_text(row))]

@@ -303,7 +303,7 @@ def make_extra(answers: TextAnswers, seed: int, n_random: int, vocab: dict[str, 
     topics = read_lines("topics.txt")
     sentences = generated_sentences(answers.answer, topics, heldout)
     questions = generated_questions(answers.answer, topics, heldout | {s.lower() for s in sentences})
-    words = vocabulary(sentences + questions + read_lines("questions.txt") + read_lines("statements.txt"))
+    words = vocabulary(sentences + questions + split_sentences("train"))
     words = sorted(set(words) | set(common))
     return Extra(sentences, questions, random_word_sentences(random.Random(seed), words, n_random))
 

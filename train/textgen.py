@@ -68,15 +68,20 @@ def vocabulary(sentences: Iterable[str]) -> list[str]:
 DICTIONARY = Path("/usr/share/dict/words")  # Debian's wamerican
 
 
+def dictionary_lines(dictionary: Path = DICTIONARY) -> list[str]:
+    """The dictionary's words, one per line, stripped; a missing word list is an error naming its package."""
+    if not dictionary.is_file():
+        raise MissingDataError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
+    return [w.strip() for w in dictionary.read_text(errors="replace").splitlines()]
+
+
 def common_words(vocab: dict[str, int], n: int, dictionary: Path = DICTIONARY, names: bool = False) -> list[str]:
     """The ``n`` commonest English words by the LLM's own tokenizer: whole-word tokens (a leading space
     marker, 3-12 lower-case letters) that are dictionary words, in token-id order (BPE merges come roughly in
     frequency order). Spoken in random sequences they widen the words training hears far past the generated
     text's, so the model must learn to spell what it hears rather than recall sentences. ``names``: capitalised
     dictionary words too (places, months, days, first names), in the same order and count."""
-    if not dictionary.is_file():
-        raise MissingDataError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
-    lines = [w.strip() for w in dictionary.read_text(errors="replace").splitlines()]
+    lines = dictionary_lines(dictionary)
     lower = {w for w in lines if w.islower()}
     # a name that is also a lower-case word (May, Will, Bill) sounds the same: its case cannot be heard
     names_ok = {w for w in lines if names and w[:1].isupper() and w[1:].islower() and w.lower() not in lower}
@@ -115,11 +120,8 @@ def dictionary_words(rng: random.Random, n: int, dictionary: Path = DICTIONARY) 
     however many tokens the LLM spells them with: ``common_words`` has only whole-word tokens, so a word such as
     "walrus" or "lantern" (several tokens) is never in it, and a model trained on it hears such words only in its
     sentences."""
-    if not dictionary.is_file():
-        raise MissingDataError(f"{dictionary} not found: install Debian's wamerican (scripts/setup.sh does)")
     shape = re.compile(r"[a-z]{3,12}")
-    lines = (w.strip() for w in dictionary.read_text(errors="replace").splitlines())
-    words = sorted({w for w in lines if shape.fullmatch(w) and not excluded(w)})
+    words = sorted({w for w in dictionary_lines(dictionary) if shape.fullmatch(w) and not excluded(w)})
     if n > len(words):
         raise ConfigError(f"--rare-words {n}: {dictionary} has only {len(words)} lower-case words of 3-12 letters")
     return rng.sample(words, n)

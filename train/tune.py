@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from falcon_audio_edge.train.quality import TRANSCRIBE, transcribe_all
+from falcon_audio_edge.train.quality import TRANSCRIBE, read_rows, transcribe_all
 
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
 from falcon_audio_edge.files import atomic_text
@@ -57,12 +57,16 @@ def parse_list(text: str, kind: type, name: str) -> list:
     return values
 
 
+def dev_list(dev: Path | list[Path]) -> list[Path]:
+    """One dev manifest or several, as a list."""
+    return [dev] if isinstance(dev, Path) else list(dev)
+
+
 def dev_rows(devs: list[Path]) -> list[list[dict]]:
     """Each dev manifest's transcription rows, audio paths made absolute (the manifests may lie apart)."""
     out = []
     for dev in devs:
-        rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("task") == "transcribe" and r.get("instruction") == TRANSCRIBE]
+        rows = [r for r in read_rows(dev) if r.get("task") == "transcribe" and r.get("instruction") == TRANSCRIBE]
         if not rows:
             raise ConfigError(f"{dev} has no transcription rows ({TRANSCRIBE!r}) to tune on")
         out.append([{**r, "audio": str((dev.parent / r["audio"]).resolve())} for r in rows])
@@ -83,7 +87,7 @@ def run_trials(
     max_tokens: int = 64, char_weights: tuple[float, ...] = (0.0,), lm_weights: tuple[float, ...] = (0.0,),
     candidates: tuple[int, ...] = (DEFAULT_CTC_CANDIDATES,),
 ) -> list[Trial]:  # fmt: skip
-    parts = dev_rows([dev] if isinstance(dev, Path) else list(dev))
+    parts = dev_rows(dev_list(dev))
     rows = [r for part in parts for r in part]
     settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, char_weight=c, beam_size=b, ctc_proposal_prob=p,
                                    lm_weight=m, ctc_candidates=k)
@@ -131,7 +135,7 @@ def markdown(trials: list[Trial], bundle: Path, dev: Path | list[Path], command:
     from falcon_audio_edge.bench.run import machine
 
     host, top = machine(), best(trials)
-    devs = [dev] if isinstance(dev, Path) else list(dev)
+    devs = dev_list(dev)
     each = [f"WER on {d.parent.name}" for d in devs] if len(devs) > 1 else []
     lines = [
         "# Decoding settings chosen on the dev split",
@@ -189,8 +193,8 @@ def main() -> None:
     except FaEdgeError as exc:
         parser.exit(2, f"error: {exc}\n")
     except (json.JSONDecodeError, KeyError) as exc:
-        names = " or ".join(map(str, args.dev))
-        parser.exit(2, f"error: {names} is not a manifest of the dev split: {exc!r}\n")
+        name = getattr(exc, "manifest", " or ".join(map(str, args.dev)))  # read_rows names the one it could not read
+        parser.exit(2, f"error: {name} is not a manifest of the dev split: {exc!r}\n")
     command = "python -m falcon_audio_edge.train.tune " + shlex.join(sys.argv[1:])
     text = markdown(trials, args.bundle, args.dev, command)
     if args.out:
