@@ -1,5 +1,5 @@
-"""The data and training commands of ``fa-edge``: ``synth``, ``respeak``, ``synth-words``, ``train`` (registered
-on the app by ``register``; each imports its stage only when run)."""
+"""The data and training commands of ``fa-edge``: ``synth``, ``respeak``, ``synth-words``,
+``synth-sentences``, ``train`` (registered on the app by ``register``; each imports its stage only when run)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,26 @@ def synth_words(
     typer.echo(f"train: {made}")
 
 
+def synth_sentences(
+    out: Annotated[Path, typer.Option("-o", "--out", help="new folder: clips/ and manifest.jsonl")],
+    llm: Annotated[Path, typer.Option(help="the LLM (GGUF) that writes the sentences; its tokenizer picks the words")],
+    prompts: Annotated[int, typer.Option(help="answers to sample, each asked for sentences around one word")] = 2000,
+    common_words: Annotated[int, typer.Option(help="how many of the commonest words to draw from")] = 5000,
+    seed: int = 0,
+    temperature: Annotated[float, typer.Option(help="sampling temperature (above 0, at most 2)")] = 0.8,
+    accents: Annotated[float, typer.Option(help=ACCENTS_HELP)] = 0.0,
+    voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
+    consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
+    flite: Annotated[float, typer.Option(help=FLITE_HELP)] = 0.0,
+) -> None:
+    """Transcription clips of sentences the LLM writes (sampled) around words drawn from its commonest ones."""
+    from falcon_audio_edge.train.grow import Shares, sentence_set
+
+    say = lambda message: typer.echo(message, err=True)  # noqa: E731
+    shares = Shares(accents, voices, consonants, flite)
+    typer.echo(f"train: {sentence_set(out, llm, prompts, common_words, seed, temperature, shares, say)}")
+
+
 def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML)")]) -> None:
     """Train with the one-stage recipe (runs unchanged under `accelerate launch`)."""
     from falcon_audio_edge.train.config import TrainConfig
@@ -83,4 +103,5 @@ def register(app: typer.Typer) -> None:
     app.command()(synth)
     app.command()(respeak)
     app.command(name="synth-words")(synth_words)
+    app.command(name="synth-sentences")(synth_sentences)
     app.command(name="train")(train_cmd)

@@ -178,6 +178,70 @@ def test_synth_words_rare_words_widen_the_draw_and_none_keeps_the_old_draw(tmp_p
     assert texts("plain2", 0) == plain  # without --rare-words the draw is as it was
 
 
+def test_sampled_answers_repeat_with_the_seed_vary_without_it_and_turn_greedy_when_cold():
+    import numpy as np
+    from falcon_audio_edge.train.textgen import TextAnswers
+
+    from falcon_audio_edge.config import PromptLayout
+    from falcon_audio_edge.importers import chat_format_of
+    from falcon_audio_edge.tokenizer import tokenizer_from_gguf
+    from tests.conftest import smollm2_gguf
+
+    tokenizer, _ = tokenizer_from_gguf(smollm2_gguf())
+    answers = TextAnswers(smollm2_gguf(), PromptLayout.for_format(chat_format_of(tokenizer)), max_tokens=24)
+    try:
+        prompt = 'Write two short everyday sentences that use the word "kettle".'
+        drawn = [answers.sample(prompt, np.random.default_rng(seed)) for seed in (1, 2, 3, 1)]
+        assert drawn[0] == drawn[3] and len(set(drawn)) >= 2 and all(drawn)
+        assert answers.sample(prompt, np.random.default_rng(5), temperature=1e-3) == answers.answer(prompt)
+    finally:
+        answers.decoder.close()
+
+
+def test_synth_sentences_speaks_new_sentences_the_llm_writes(tmp_path):
+    import json
+
+    from falcon_audio_edge.train.grow import sentence_set
+
+    from tests.conftest import smollm2_gguf
+
+    said: list[str] = []
+    manifest = sentence_set(tmp_path / "sentences", smollm2_gguf(), 4, 300, seed=4, progress=said.append)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert said == ["0/4 prompts answered, 0 sentences kept", f"{len(rows)} sentences from 4 prompts; speaking them"]
+    avoid = synth.heldout_sentences() | {t.lower() for t in synth.split_sentences("train")}
+    assert rows and all(r["task"] == "transcribe" and r["target"] == r["text"] for r in rows)
+    assert all(r["text"].lower() not in avoid and 4 <= len(r["text"].split()) <= 22 for r in rows)
+    assert len({r["text"] for r in rows}) == len(rows) and all(
+        r["instruction"] in synth.TRANSCRIBE_PROMPTS for r in rows
+    )
+    assert all(sf.info(str(tmp_path / "sentences" / r["audio"])).samplerate == SAMPLE_RATE for r in rows)
+
+
+def test_synth_sentences_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
+    from tests.conftest import fa_edge, smollm2_gguf
+
+    def last_line(*args):
+        proc = fa_edge("synth-sentences", "-o", tmp_path / "s", *args, check=False)
+        return proc.returncode, proc.stderr.strip().splitlines()[-1]
+
+    assert last_line("--llm", tmp_path / "no.gguf") == (2, f"error: --llm {tmp_path / 'no.gguf'}: no such GGUF file")
+    assert last_line("--llm", smollm2_gguf(), "--prompts", "0") == (
+        2,
+        "error: --prompts must be an integer >= 1, got 0",
+    )
+    for bad in ("0", "2.5"):
+        assert last_line("--llm", smollm2_gguf(), "--temperature", bad) == (
+            2,
+            f"error: --temperature must be a number above 0 and at most 2, got {float(bad)!r}",
+        )
+    assert last_line("--llm", smollm2_gguf(), "--accents", "1.5") == (
+        2,
+        "error: --accents must be a share from 0 to 1, got 1.5",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_synth_words_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
     from tests.conftest import fa_edge, smollm2_gguf
 

@@ -11,6 +11,7 @@ from falcon_audio_edge.train.textgen import (
     random_word_sentences,
     split_sentences,
     vocabulary,
+    word_prompt_sentences,
 )
 
 
@@ -93,3 +94,25 @@ def test_dictionary_words_leave_out_slurs_and_profanity_and_their_plurals_only(t
     dictionary = tmp_path / "words"
     dictionary.write_text("walrus\nshit\nshits\nspices\nlantern\n")
     assert sorted(dictionary_words(random.Random(0), 3, dictionary)) == ["lantern", "spices", "walrus"]
+
+
+def test_word_prompted_sentences_draw_their_words_and_drop_repeats_exclusions_and_slurs():
+    from falcon_audio_edge.train.textgen import WORD_PROMPTS, excluded_words
+
+    asked: list[str] = []
+    slur = sorted(excluded_words())[0]
+
+    def answer(prompt: str) -> str:
+        asked.append(prompt)
+        return f"The kettle is on the stove. We walked to the {slur} today. It rained on the market all day."
+
+    words = ["kettle", "market", "harbour"]
+    out = word_prompt_sentences(answer, words, 5, random.Random(3), exclude={"it rained on the market all day."})
+    assert out == ["The kettle is on the stove."]  # once, without the excluded sentence or the slur's
+    assert len(asked) == 5
+    assert all(any(p == t.format(w) for t in WORD_PROMPTS for w in words) for p in asked)
+    again: list[str] = []
+    word_prompt_sentences(lambda p: again.append(p) or "", words, 5, random.Random(3), exclude=set())
+    assert again == asked  # the seed draws the same prompts
+    with pytest.raises(ValueError, match="non-empty word list"):
+        word_prompt_sentences(answer, [], 1, random.Random(0), set())

@@ -15,6 +15,12 @@ commonest dictionary words (names of places, months and people included) and the
 LLM run, the tokenizer only). A model trained on
 a few thousand sentences learns them by heart (its CTC reading of training clips is far better than of
 held-out sentences in the same voices); random sequences cannot be learned by heart, only heard.
+
+    fa-edge synth-sentences -o DATA/sentences --llm SmolLM2.gguf --prompts 2400 --seed 13
+
+New sentences rather than word salad: the LLM samples (temperature 0.8) a sentence or two around each of
+``--prompts`` words drawn from its tokenizer's commonest ones; each clean sentence (textgen.split_sentences) that
+is not a held-out, dev or training-list sentence is spoken once.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 from falcon_audio_edge.train.accent import MAX_MOVES, accent_shift, draw_consonants, phonemes
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.flite import ENGINE as FLITE
@@ -42,7 +50,14 @@ from falcon_audio_edge.train.synth import (
     speak,
     split_sentences,
 )
-from falcon_audio_edge.train.textgen import common_words, dictionary_words, random_word_sentences, vocabulary
+from falcon_audio_edge.train.textgen import (
+    TextAnswers,
+    common_words,
+    dictionary_words,
+    random_word_sentences,
+    vocabulary,
+    word_prompt_sentences,
+)
 from falcon_audio_edge.train.voices import VoiceBank
 
 from falcon_audio_edge.errors import ConfigError
@@ -124,11 +139,58 @@ def random_word_set(
     rng = random.Random(seed)
     if rare:  # drawn only when asked: a set made without them draws as before
         words |= set(dictionary_words(rng, rare))
-    rows = [
-        {"instruction": rng.choice(TRANSCRIBE_PROMPTS), "target": s, "task": "transcribe", "text": s}
-        for s in random_word_sentences(rng, sorted(words), clips)
+    return speak_rows(transcription_rows(rng, random_word_sentences(rng, sorted(words), clips)), out, rng, shares)
+
+
+def transcription_rows(rng: random.Random, texts: list[str]) -> list[dict]:
+    """A transcription row per text, each with a training transcription prompt drawn from ``rng``."""
+    return [
+        {"instruction": rng.choice(TRANSCRIBE_PROMPTS), "target": s, "task": "transcribe", "text": s} for s in texts
     ]
-    return speak_rows(rows, out, rng, shares)
+
+
+def sentence_set(
+    out: str | Path,
+    llm: str | Path,
+    prompts: int,
+    common: int = 5000,
+    seed: int = 0,
+    temperature: float = 0.8,
+    shares: Shares | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """Transcription clips of sentences the LLM writes, sampled, around ``prompts`` words drawn from its
+    tokenizer's ``common`` commonest words (names too): new word sequences in plain sentences, where random
+    word sequences have none. None equals a held-out or dev sentence or a training list's. Returns the manifest."""
+    from falcon_audio_edge.config import PromptLayout
+    from falcon_audio_edge.importers import chat_format_of
+    from falcon_audio_edge.tokenizer import tokenizer_from_gguf
+
+    out = Path(out)
+    for name, value in (("--prompts", prompts), ("--common-words", common)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature <= 2:
+        raise ConfigError(f"--temperature must be a number above 0 and at most 2, got {temperature!r}")
+    shares = shares or Shares()
+    check_new_folder(out)
+    if not Path(llm).is_file():
+        raise ConfigError(f"--llm {llm}: no such GGUF file")
+    check_voices()
+    tokenizer, _ = tokenizer_from_gguf(llm)
+    words = common_words(tokenizer.get_vocab(), common, names=True)
+    rng, draws = random.Random(seed), np.random.default_rng(seed)
+    answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))
+    try:
+        sample = lambda prompt: answers.sample(prompt, draws, temperature)  # noqa: E731
+        avoid = heldout_sentences() | {t.lower() for t in split_sentences("train")}
+        sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress)
+    finally:
+        answers.decoder.close()
+    if not sentences:
+        raise ConfigError(f"{llm}: {prompts} prompts gave no clean sentence (nothing was written)")
+    progress(f"{len(sentences)} sentences from {prompts} prompts; speaking them")
+    return speak_rows(transcription_rows(rng, sentences), out, rng, shares)
 
 
 @dataclass(frozen=True)

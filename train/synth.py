@@ -35,6 +35,7 @@ import numpy as np
 import soundfile as sf
 from falcon_audio_edge.train.data import manifest_rows, spoken_text, warn_skipped
 from falcon_audio_edge.train.textgen import (
+    TextAnswers,
     common_words,
     generated_questions,
     generated_sentences,
@@ -45,7 +46,6 @@ from falcon_audio_edge.train.textgen import (
 from falcon_audio_edge.audio import SAMPLE_RATE, load_audio
 from falcon_audio_edge.errors import ConfigError, FaEdgeError, SetupError
 from falcon_audio_edge.files import atomic_text
-from falcon_audio_edge.settings import default_threads
 
 SENTENCES = Path(__file__).parent / "sentences"
 TRAIN_ACCENTS = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc"]
@@ -226,33 +226,6 @@ def speak(text: str, voice: Voice, path: Path, rng: random.Random, augment: bool
     samples = np.clip(samples, -1.0, 1.0)
     sf.write(str(path), samples, SAMPLE_RATE, subtype="PCM_16")
     return len(samples) / SAMPLE_RATE
-
-
-class TextAnswers:
-    """The LLM's greedy answers to text turns, through llama.cpp (the same chat layout as the model)."""
-
-    def __init__(self, gguf: Path, layout, max_tokens: int = 64):
-        from falcon_audio_edge.runtime.decoder import LlamaDecoder
-
-        self.decoder = LlamaDecoder(gguf, n_ctx=1024, n_batch=256, n_threads=default_threads())
-        self.layout = layout
-        self.max_tokens = max_tokens
-        self.eot = self.decoder.tokenize(layout.end_of_turn)[0]
-
-    def answer(self, user_text: str) -> str:
-        self.decoder.reset()
-        self.decoder.feed_tokens(self.decoder.tokenize(self.layout.text_turn(user_text)))
-        out = []
-        for _ in range(self.max_tokens):
-            token = int(np.argmax(self.decoder.logits()))
-            if token == self.eot or token == self.decoder.eos_id:
-                break
-            out.append(token)
-            self.decoder.feed_tokens([token])
-        text = b"".join(self.decoder.token_bytes(t) for t in out).decode("utf-8", "replace").strip()
-        if len(out) == self.max_tokens and "." in text:  # cut a truncated answer at its last full sentence
-            text = text[: text.rfind(".") + 1]
-        return text
 
 
 def user_text(sentence: str, instruction: str | None) -> str:

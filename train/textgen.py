@@ -1,5 +1,6 @@
 """More text for the synthetic set: sentences the LLM writes about many topics, its own short questions,
-and random word sequences (which no language model can guess, so only listening transcribes them).
+sentences it samples around words drawn from its tokenizer's commonest ones, and random word sequences (which no
+language model can guess, so only listening transcribes them). ``TextAnswers`` runs the LLM on text turns.
 
 Topics are the hand-written list in ``train/sentences/topics.txt``; nothing here touches the held-out lists
 except to drop any generated sentence that equals a held-out one.
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from falcon_audio_edge.errors import ConfigError, MissingDataError
+from falcon_audio_edge.settings import default_threads
 
 GENERATE = [
     "Write three short sentences about {}.",
@@ -24,6 +28,49 @@ GENERATE = [
 ASK = "Ask one short question about {}."
 SENTENCE = re.compile(r"^[A-Z][A-Za-z ,'\-]*[A-Za-z][.!?]$")  # plain words: no digits, lists or markup
 MIN_WORDS, MAX_WORDS = 4, 22
+
+
+class TextAnswers:
+    """The LLM's greedy answers to text turns, through llama.cpp (the same chat layout as the model)."""
+
+    def __init__(self, gguf: Path, layout, max_tokens: int = 64):
+        from falcon_audio_edge.runtime.decoder import LlamaDecoder
+
+        self.decoder = LlamaDecoder(gguf, n_ctx=1024, n_batch=256, n_threads=default_threads())
+        self.layout = layout
+        self.max_tokens = max_tokens
+        self.eot = self.decoder.tokenize(layout.end_of_turn)[0]
+
+    def answer(self, user_text: str) -> str:
+        return self.reply(user_text, lambda logits: int(np.argmax(logits)))
+
+    def sample(self, user_text: str, rng: np.random.Generator, temperature: float = 0.8, top_k: int = 40) -> str:
+        """An answer drawn token by token from the ``top_k`` likeliest, softened by ``temperature`` (more varied
+        text than the greedy answer, the same for the same generator state)."""
+
+        def pick(logits: np.ndarray) -> int:
+            top = np.argpartition(logits, -top_k)[-top_k:]
+            scaled = logits[top].astype(np.float64) / temperature
+            p = np.exp(scaled - scaled.max())
+            return int(top[rng.choice(top_k, p=p / p.sum())])
+
+        return self.reply(user_text, pick)
+
+    def reply(self, user_text: str, pick: Callable[[np.ndarray], int]) -> str:
+        """The answer to one text turn, each next token chosen by ``pick`` from the logits."""
+        self.decoder.reset()
+        self.decoder.feed_tokens(self.decoder.tokenize(self.layout.text_turn(user_text)))
+        out = []
+        for _ in range(self.max_tokens):
+            token = pick(self.decoder.logits())
+            if token == self.eot or token == self.decoder.eos_id:
+                break
+            out.append(token)
+            self.decoder.feed_tokens([token])
+        text = b"".join(self.decoder.token_bytes(t) for t in out).decode("utf-8", "replace").strip()
+        if len(out) == self.max_tokens and "." in text:  # cut a truncated answer at its last full sentence
+            text = text[: text.rfind(".") + 1]
+        return text
 
 
 def split_sentences(text: str) -> list[str]:
@@ -57,6 +104,37 @@ def generated_questions(answer, topics: Iterable[str], exclude: set[str]) -> lis
                 seen.add(s.lower())
                 out.append(s)
                 break
+    return out
+
+
+WORD_PROMPTS = [
+    'Write two short everyday sentences that use the word "{}".',
+    "Write a short sentence about your day that mentions {}.",
+]
+
+
+def word_prompt_sentences(
+    answer: Callable[[str], str],
+    words: list[str],
+    n_prompts: int,
+    rng: random.Random,
+    exclude: set[str],
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[str]:
+    """The clean sentences of ``n_prompts`` answers, each asked for sentences around a word drawn from ``words``
+    (with a drawn WORD_PROMPTS template), de-duplicated and none in ``exclude`` (lower-case). ``answer`` samples,
+    so the same word gives new text each time; the words spread the text over far more topics than topics.txt."""
+    if not words:
+        raise ValueError("word_prompt_sentences needs a non-empty word list")
+    seen, out = set(exclude), []
+    for i in range(n_prompts):
+        if i % 200 == 0:
+            progress(f"{i}/{n_prompts} prompts answered, {len(out)} sentences kept")
+        prompt = rng.choice(WORD_PROMPTS).format(rng.choice(words))
+        for s in split_sentences(answer(prompt)):
+            if s.lower() not in seen and not any(excluded(w) for w in re.findall(r"[a-z]+", s.lower())):
+                seen.add(s.lower())
+                out.append(s)
     return out
 
 
