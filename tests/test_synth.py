@@ -182,13 +182,11 @@ def test_sampled_answers_repeat_with_the_seed_vary_without_it_and_turn_greedy_wh
     import numpy as np
     from falcon_audio_edge.train.textgen import TextAnswers
 
-    from falcon_audio_edge.config import PromptLayout
-    from falcon_audio_edge.importers import chat_format_of
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
     from tests.conftest import smollm2_gguf
 
     tokenizer, _ = tokenizer_from_gguf(smollm2_gguf())
-    answers = TextAnswers(smollm2_gguf(), PromptLayout.for_format(chat_format_of(tokenizer)), max_tokens=24)
+    answers = TextAnswers.for_tokenizer(smollm2_gguf(), tokenizer, max_tokens=24)
     try:
         prompt = 'Write two short everyday sentences that use the word "kettle".'
         drawn = [answers.sample(prompt, np.random.default_rng(seed)) for seed in (1, 2, 3, 1)]

@@ -42,6 +42,7 @@ from falcon_audio_edge.train.flite import check_flite
 from falcon_audio_edge.train.synth import (
     TRAIN_VARIANTS,
     TRANSCRIBE_PROMPTS,
+    check_llm,
     check_voices,
     engine_voice,
     espeak_data,
@@ -131,8 +132,7 @@ def random_word_set(
             raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
     shares = Shares(accents, voices, consonants, flite)
     check_new_folder(out)
-    if not Path(llm).is_file():
-        raise ConfigError(f"--llm {llm}: no such GGUF file")
+    check_llm(llm)
     tokenizer, _ = tokenizer_from_gguf(llm)
     words = set(common_words(tokenizer.get_vocab(), common, names=True))
     words |= set(vocabulary(split_sentences("train")))
@@ -162,8 +162,6 @@ def sentence_set(
     """Transcription clips of sentences the LLM writes, sampled, around ``prompts`` words drawn from its
     tokenizer's ``common`` commonest words (names too): new word sequences in plain sentences, where random
     word sequences have none. None equals a held-out or dev sentence or a training list's. Returns the manifest."""
-    from falcon_audio_edge.config import PromptLayout
-    from falcon_audio_edge.importers import chat_format_of
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
     out = Path(out)
@@ -174,16 +172,15 @@ def sentence_set(
         raise ConfigError(f"--temperature must be a number above 0 and at most 2, got {temperature!r}")
     shares = shares or Shares()
     check_new_folder(out)
-    if not Path(llm).is_file():
-        raise ConfigError(f"--llm {llm}: no such GGUF file")
+    check_llm(llm)
     check_voices()
     tokenizer, _ = tokenizer_from_gguf(llm)
     words = common_words(tokenizer.get_vocab(), common, names=True)
+    avoid = heldout_sentences() | {t.lower() for t in split_sentences("train")}
     rng, draws = random.Random(seed), np.random.default_rng(seed)
-    answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))
+    answers = TextAnswers.for_tokenizer(Path(llm), tokenizer)
     try:
         sample = lambda prompt: answers.sample(prompt, draws, temperature)  # noqa: E731
-        avoid = heldout_sentences() | {t.lower() for t in split_sentences("train")}
         sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress)
     finally:
         answers.decoder.close()

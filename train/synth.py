@@ -330,8 +330,6 @@ def build_dataset(
     Training also gets the generated text of ``make_extra`` (``random_clips`` random word sequences). A split
     made on its own next to an existing out/train is first checked against that training text.
     """
-    from falcon_audio_edge.config import PromptLayout
-    from falcon_audio_edge.importers import chat_format_of
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
     out = Path(out)
@@ -340,11 +338,10 @@ def build_dataset(
         raise ConfigError(f"unknown split {unknown or list(splits)}; choose from {list(SPLITS)}")
     if "train" not in splits:
         check_unseen(out / "train" / "manifest.jsonl", splits)
-    if not Path(llm).is_file():
-        raise ConfigError(f"--llm {llm}: no such GGUF file")
+    check_llm(llm)
     check_voices()
     tokenizer, _ = tokenizer_from_gguf(llm)
-    answers = TextAnswers(Path(llm), PromptLayout.for_format(chat_format_of(tokenizer)))
+    answers = TextAnswers.for_tokenizer(Path(llm), tokenizer)
     try:
         built = {}
         for split in splits:
@@ -359,6 +356,12 @@ def build_dataset(
         return built
     finally:
         answers.decoder.close()
+
+
+def check_llm(llm: str | Path) -> None:
+    """A missing ``--llm`` file is an error naming the option (before minutes of other work)."""
+    if not Path(llm).is_file():
+        raise ConfigError(f"--llm {llm}: no such GGUF file")
 
 
 def check_unseen(train_manifest: Path, splits: tuple[str, ...]) -> None:

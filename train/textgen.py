@@ -41,6 +41,14 @@ class TextAnswers:
         self.max_tokens = max_tokens
         self.eot = self.decoder.tokenize(layout.end_of_turn)[0]
 
+    @classmethod
+    def for_tokenizer(cls, gguf: Path, tokenizer, max_tokens: int = 64) -> TextAnswers:
+        """Answers in the chat layout of the GGUF's own tokenizer (as the model is prompted)."""
+        from falcon_audio_edge.config import PromptLayout
+        from falcon_audio_edge.importers import chat_format_of
+
+        return cls(gguf, PromptLayout.for_format(chat_format_of(tokenizer)), max_tokens)
+
     def answer(self, user_text: str) -> str:
         return self.reply(user_text, lambda logits: int(np.argmax(logits)))
 
