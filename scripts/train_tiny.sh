@@ -3,10 +3,11 @@
 # top of it (stages 2-5) -> a CTC head and more listening on top of the stage-5 model (stages 6-7) -> ship the
 # weights -> a character CTC head on the shipped model (train/charhead.py) -> the encoder trained to spell with
 # it (stage 8, stacked onto the shipped weights) -> the LLM trained to listen (stage 9, stacked likewise) -> the
-# encoder trained on flite's voices too (stage 10, stacked likewise) -> export the demo bundle -> decoding
-# settings chosen on the dev split (docs/tuning.md) -> quality report on the held-out split (docs/quality.md).
-# About 8 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-10 ~40 + 30 + 80 + 30 + 23 + 20 +
-# 47 + 29 + 31 min, stage 10's flite respeaking ~5 min).
+# encoder trained on flite's voices too (stage 10, stacked likewise) -> and on new sentences SmolLM2 samples (stage
+# 11, likewise) -> export the demo bundle -> decoding settings chosen on the dev split (docs/tuning.md) -> quality
+# report on the held-out split (docs/quality.md). About 9.5 hours on 2 cores (synth ~10 min, connector run ~1-1.5
+# hours, stages 2-11 ~40 + 30 + 80 + 30 + 23 + 20 + 47 + 29 + 31 + 54 min, stage 10's flite respeaking ~5 min,
+# stage 11's sentences ~33 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
@@ -72,6 +73,19 @@ FA_EDGE_HOME=work/home-stage9 "$BIN/fa-edge" demo --rebuild --json
   -o work/shipped-stage10.safetensors
 cp work/shipped-stage10.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
 cp work/run-tiny-stage10/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
+# stage 11: new plain sentences SmolLM2 samples (docs/sampled-sentences.md) beside the training split, the encoder
+# and connector on from the stage-10 model and its head as the demo builds them, in a home of their own
+FA_EDGE_HOME=work/home-stage10 "$BIN/fa-edge" demo --rebuild --json
+for seed_prompts in 13:2400 15:2600; do
+  seed="${seed_prompts%%:*}"
+  [ -f "work/data/sentences-s$seed/manifest.jsonl" ] || "$BIN/fa-edge" synth-sentences -o "work/data/sentences-s$seed" \
+    --llm "$SMOL" --prompts "${seed_prompts##*:}" --seed "$seed" --accents 0.3 --flite 0.2
+done
+"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-stage11.yaml
+"$BIN/python" -m falcon_audio_edge.train.ship work/run-tiny-stage11 --onto falcon_audio_edge/data/shipped/trainable.safetensors \
+  -o work/shipped-stage11.safetensors
+cp work/shipped-stage11.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
+cp work/run-tiny-stage11/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
 "$BIN/fa-edge" demo --rebuild --json
 # decoding settings chosen on the dev split (the DEFAULT_* in falcon_audio_edge/settings.py say the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \

@@ -758,10 +758,11 @@ def test_quality_command_bad_input(tmp_path, bundle_f32):
 
 
 def test_the_committed_configs_load_and_chain():
-    """Every config in train/configs is valid; each init_from is another config's output. Five chains end:
+    """Every config in train/configs is valid; each init_from is another config's output. Six chains end:
     stages 1-5 (copied into the package, then the base the demo builds for stages 6-7), stage 7 (stacked onto it
     by train.ship), stage 8 (on the stage-7 model as the demo builds it, stacked onto the shipped file), stage 9
-    (on the stage-8 model likewise) and stage 10 (on the stage-9 model likewise)."""
+    (on the stage-8 model likewise), stage 10 (on the stage-9 model likewise) and stage 11 (on the stage-10 model
+    likewise)."""
     root = Path(__file__).resolve().parents[1]
     configs = {p.name: TrainConfig.load(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
     outputs = {c.output_dir: name for name, c in configs.items()}
@@ -769,7 +770,14 @@ def test_the_committed_configs_load_and_chain():
     assert all(c.init_from is None or c.init_from in outputs for c in configs.values())
     shipped = (root / "scripts" / "train_tiny.sh").read_text()
     ends = sorted(Path(out).name for out in outputs if out not in {c.init_from for c in configs.values()})
-    assert ends == ["run-tiny-stage10", "run-tiny-stage5", "run-tiny-stage7", "run-tiny-stage8", "run-tiny-stage9"]
+    assert ends == [
+        "run-tiny-stage10",
+        "run-tiny-stage11",
+        "run-tiny-stage5",
+        "run-tiny-stage7",
+        "run-tiny-stage8",
+        "run-tiny-stage9",
+    ]
     assert "cp work/run-tiny-stage5/trainable.safetensors falcon_audio_edge/data/shipped/" in shipped
     assert "ship work/run-tiny-stage7 --onto work/run-tiny-stage5/trainable.safetensors" in shipped
     assert "ship work/run-tiny-stage8 --onto falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
@@ -778,17 +786,23 @@ def test_the_committed_configs_load_and_chain():
     assert "cp work/run-tiny-stage9/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
     assert "ship work/run-tiny-stage10 --onto falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
     assert "cp work/run-tiny-stage10/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
+    assert "ship work/run-tiny-stage11 --onto falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
+    assert "cp work/run-tiny-stage11/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
     stage8_home = shipped.index("FA_EDGE_HOME=work/home-stage8")  # built from the stage-8 files, head included
     assert shipped.index("ship work/run-tiny-stage8") < shipped.index("cp work/run-tiny-stage8/char") < stage8_home
     stage9_home = shipped.index("FA_EDGE_HOME=work/home-stage9")
     assert shipped.index("ship work/run-tiny-stage9") < shipped.index("cp work/run-tiny-stage9/char") < stage9_home
     assert stage9_home < shipped.index("train/configs/whisper-tiny-smollm2-stage10.yaml")
+    stage10_home = shipped.index("FA_EDGE_HOME=work/home-stage10")
+    assert shipped.index("ship work/run-tiny-stage10") < shipped.index("cp work/run-tiny-stage10/char") < stage10_home
+    assert stage10_home < shipped.index("train/configs/whisper-tiny-smollm2-stage11.yaml")
     homes = {
         "run-tiny-stage6": "home-stage5",
         "run-tiny-stage7": "home-stage5",
         "run-tiny-stage8": "home-stage7",
         "run-tiny-stage9": "home-stage8",
         "run-tiny-stage10": "home-stage9",
+        "run-tiny-stage11": "home-stage10",
     }
     for config in configs.values():  # each on the shipped model of its time, as the demo builds it
         if Path(config.output_dir).name in homes:
