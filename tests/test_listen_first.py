@@ -148,3 +148,34 @@ def test_prepare_listen_first_loads_the_answer_model_and_the_ctc_table_ahead(
         chat.prepare_listen_first()  # no error yet: it surfaces where the table is needed
         with pytest.raises(BundleError, match="cannot be read"):
             chat.ask(clips["q0"], None, gen, listen_first=True).run()
+
+
+def test_quality_report_counts_the_questions_heard_and_the_answer_models_ceiling(answer_bundle, clips, tmp_path):
+    """Listen-first misses split in two: questions not heard word for word, and the answer model answering even the
+    typed question otherwise. The report's rows match both, counted here turn by turn."""
+    from falcon_audio_edge.train.quality import answer_text, evaluate, markdown
+
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.verify import words
+    from tests.conftest import QUESTIONS
+
+    gen = GenerationSettings(max_tokens=8)
+    with open_bundle(answer_bundle) as chat:
+        typed = answer_text(chat.answerer().ask(None, QUESTIONS[0], gen).run(), gen.max_tokens)
+        chat.reset()
+        heard = chat.ask(clips["q0"], None, gen, listen_first=True).run().transcript
+    assert typed and heard  # both say something: a wrong target cannot match by being empty, row 2 has a text
+    rows = [
+        {"voice": "en-us", "task": "qa", "text": QUESTIONS[0], "audio": str(clips["q0"]), "target": typed},
+        {"voice": "en-us", "task": "qa", "text": heard, "audio": str(clips["q0"]), "target": typed + " not"},
+    ]
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = evaluate(answer_bundle, heldout, None, max_tokens=8)
+    listen = result["listen_first"]
+    assert listen["answer_model_typed_agreement"] == 0.5  # its own answer on the first row; not " ... not"
+    assert listen["heard_word_for_word"] == ((words(heard) == words(QUESTIONS[0])) + 1) / 2  # row 2's text: heard
+    assert "heard_word_for_word" not in result  # the end-to-end turns have no transcript
+    report = markdown(result, "cmd")
+    assert f"| listen-first: questions heard word for word | {listen['heard_word_for_word']:.3f} |" in report
+    assert "agreement (the ceiling of listen-first) | 0.500 |" in report

@@ -118,32 +118,36 @@ def answer_text(turn_result, max_tokens: int) -> str:
 
 
 def spoken_questions(chat, rows: list[dict], base: Path, gen: GenerationSettings, listen_first: bool = False) -> dict:
-    """Each spoken question answered in a fresh conversation, against the original LLM's typed answer."""
-    exact = first = 0
+    """Each spoken question answered in a fresh conversation, against the original LLM's typed answer; with
+    ``listen_first`` also the share of questions heard word for word (the transcript against the row's ``text``)."""
+    exact = first = heard = 0
     f1, examples = [], []
     for r in rows:
         chat.reset()
-        spoken = answer_text(chat.ask(base / r["audio"], None, gen, listen_first=listen_first).run(), gen.max_tokens)
-        typed = r["target"]
+        turn = chat.ask(base / r["audio"], None, gen, listen_first=listen_first).run()
+        spoken, typed = answer_text(turn, gen.max_tokens), r["target"]
+        heard += turn.transcript is not None and words(turn.transcript) == words(r.get("text") or "")
         exact += words(spoken) == words(typed)
         first += words(first_sentence(spoken)) == words(first_sentence(typed))
         f1.append(overlap_f1(spoken, typed))
         if len(examples) < 4:
             examples.append({"question": r["text"], "voice": r["voice"], "spoken": spoken, "typed": typed})
     n = max(1, len(rows))
-    return {"agreement": exact / n, "first_sentence_agreement": first / n, "mean_word_f1": sum(f1) / max(1, len(f1)),
-            "examples": examples}  # fmt: skip
+    result = {"agreement": exact / n, "first_sentence_agreement": first / n, "mean_word_f1": sum(f1) / max(1, len(f1)),
+              "examples": examples}  # fmt: skip
+    return result | ({"heard_word_for_word": heard / n} if listen_first else {})
 
 
-def typed_agreement(chat, rows: list[dict], gen: GenerationSettings) -> float | None:
-    """The bundle's own decoder answering each question typed (rows with their ``text``), against the original
-    LLM's answer: the ceiling of the spoken agreement (a decoder whose weights moved, by LoRA or by another
-    quantization, answers otherwise). None without any typed text."""
+def typed_agreement(chat, rows: list[dict], gen: GenerationSettings, answer_model: bool = False) -> float | None:
+    """The bundle's own decoder (``answer_model``: its answer model) answering each question typed (rows with their
+    ``text``), against the original LLM's answer: the ceiling of the spoken (listen-first) agreement (a decoder
+    whose weights moved, by LoRA or by another quantization, answers otherwise). None without any typed text."""
     typed = [r for r in rows if r.get("text")]
     same = 0
     for r in typed:
         chat.reset()
-        same += words(answer_text(chat.ask(None, r["text"], gen).run(), gen.max_tokens)) == words(r["target"])
+        ask = chat.answerer().ask if answer_model else chat.ask
+        same += words(answer_text(ask(None, r["text"], gen).run(), gen.max_tokens)) == words(r["target"])
     return same / len(typed) if typed else None
 
 
@@ -225,6 +229,7 @@ def evaluate(
         if chat.open_answerer is not None:  # the bundle has an answer model: listen-first turns too
             result["listen_first"] = spoken_questions(chat, qa, base, gen, listen_first=True)
             result["listen_first"].pop("examples")
+            result["listen_first"]["answer_model_typed_agreement"] = typed_agreement(chat, qa, gen, answer_model=True)
         result.update(
             transcripts=[
                 {"text": r["text"], "voice": r["voice"], "bundle": h} for r, h in zip(trans[:6], hyps[:6], strict=True)
@@ -250,7 +255,11 @@ def listen_first_rows(result: dict) -> list[str]:
         f"| listen-first (`--listen-first`: heard, then answered by answer.gguf): agreement | {lf['agreement']:.3f} |",
         f"| listen-first: first-sentence agreement / mean word F1 | {lf['first_sentence_agreement']:.3f} / "
         f"{lf['mean_word_f1']:.3f} |",
-    ]
+        f"| listen-first: questions heard word for word | {lf['heard_word_for_word']:.3f} |",
+        *([] if lf["answer_model_typed_agreement"] is None else [
+            "| the answer model answering the question typed: agreement (the ceiling of listen-first) | "
+            f"{lf['answer_model_typed_agreement']:.3f} |"]),
+    ]  # fmt: skip
 
 
 def other_engine_rows(result: dict) -> list[str]:
