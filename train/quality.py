@@ -143,10 +143,10 @@ def typed_agreement(chat, rows: list[dict], gen: GenerationSettings, answer_mode
     ``text``), against the original LLM's answer: the ceiling of the spoken (listen-first) agreement (a decoder
     whose weights moved, by LoRA or by another quantization, answers otherwise). None without any typed text."""
     typed = [r for r in rows if r.get("text")]
+    ask = chat.answerer().ask if answer_model else chat.ask
     same = 0
     for r in typed:
         chat.reset()
-        ask = chat.answerer().ask if answer_model else chat.ask
         same += words(answer_text(ask(None, r["text"], gen).run(), gen.max_tokens)) == words(r["target"])
     return same / len(typed) if typed else None
 
