@@ -81,13 +81,16 @@ def synth_sentences(
     voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
     consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
     flite: Annotated[float, typer.Option(help=FLITE_HELP)] = 0.0,
+    questions: Annotated[
+        bool, typer.Option(help="ask the LLM for questions; keep only sentences ending in '?'")
+    ] = False,
 ) -> None:
     """Transcription clips of sentences the LLM writes (sampled) around words drawn from its commonest ones."""
     from falcon_audio_edge.train.grow import Shares, sentence_set
 
     say = lambda message: typer.echo(message, err=True)  # noqa: E731
     shares = Shares(accents, voices, consonants, flite)
-    typer.echo(f"train: {sentence_set(out, llm, prompts, common_words, seed, temperature, shares, say)}")
+    typer.echo(f"train: {sentence_set(out, llm, prompts, common_words, seed, temperature, shares, say, questions)}")
 
 
 def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML)")]) -> None:

@@ -216,6 +216,22 @@ def test_synth_sentences_speaks_new_sentences_the_llm_writes(tmp_path):
     assert all(sf.info(str(tmp_path / "sentences" / r["audio"])).samplerate == SAMPLE_RATE for r in rows)
 
 
+def test_synth_sentences_questions_keeps_only_questions(tmp_path):
+    import json
+
+    from falcon_audio_edge.train.grow import sentence_set
+
+    from tests.conftest import smollm2_gguf
+
+    said: list[str] = []
+    manifest = sentence_set(tmp_path / "q", smollm2_gguf(), 6, 300, seed=2, progress=said.append, questions=True)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert said[-1] == f"{len(rows)} questions from 6 prompts; speaking them"
+    avoid = synth.heldout_sentences() | {t.lower() for t in synth.split_sentences("train")}
+    assert rows and all(r["text"].endswith("?") and r["text"].lower() not in avoid for r in rows)
+    assert all(r["task"] == "transcribe" and r["target"] == r["text"] for r in rows)
+
+
 def test_synth_sentences_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
     from tests.conftest import fa_edge, smollm2_gguf
 

@@ -116,3 +116,17 @@ def test_word_prompted_sentences_draw_their_words_and_drop_repeats_exclusions_an
     assert again == asked  # the seed draws the same prompts
     with pytest.raises(ValueError, match="non-empty word list"):
         word_prompt_sentences(answer, [], 1, random.Random(0), set())
+
+
+def test_question_prompts_keep_only_the_questions():
+    from falcon_audio_edge.train.textgen import QUESTION_PROMPTS
+
+    asked: list[str] = []
+
+    def answer(prompt: str) -> str:
+        asked.append(prompt)
+        return "Here are two questions. How do kettles boil water? Why is the market shut? How do kettles boil water?"
+
+    out = word_prompt_sentences(answer, ["kettle"], 3, random.Random(1), exclude=set(), questions=True)
+    assert out == ["How do kettles boil water?", "Why is the market shut?"]
+    assert all(any(p == t.format("kettle") for t in QUESTION_PROMPTS) for p in asked) and len(asked) == 3

@@ -20,7 +20,8 @@ held-out sentences in the same voices); random sequences cannot be learned by he
 
 New sentences rather than word salad: the LLM samples (temperature 0.8) a sentence or two around each of
 ``--prompts`` words drawn from its tokenizer's commonest ones; each clean sentence (textgen.split_sentences) that
-is not a held-out, dev or training-list sentence is spoken once.
+is not a held-out, dev or training-list sentence is spoken once. ``--questions`` asks for questions instead
+(textgen.QUESTION_PROMPTS) and keeps only sentences ending in "?": the spoken questions listen-first turns hear.
 """
 
 from __future__ import annotations
@@ -158,10 +159,13 @@ def sentence_set(
     temperature: float = 0.8,
     shares: Shares | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    questions: bool = False,
 ) -> Path:
     """Transcription clips of sentences the LLM writes, sampled, around ``prompts`` words drawn from its
     tokenizer's ``common`` commonest words (names too): new word sequences in plain sentences, where random
-    word sequences have none. None equals a held-out or dev sentence or a training list's. Returns the manifest."""
+    word sequences have none. None equals a held-out or dev sentence or a training list's. ``questions``: the LLM
+    is asked for questions and only those are kept (spoken questions are what listen-first hears). Returns the
+    manifest."""
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
     out = Path(out)
@@ -181,12 +185,13 @@ def sentence_set(
     answers = TextAnswers.for_tokenizer(Path(llm), tokenizer)
     try:
         sample = lambda prompt: answers.sample(prompt, draws, temperature)  # noqa: E731
-        sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress)
+        sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress, questions)
     finally:
         answers.decoder.close()
     if not sentences:
-        raise ConfigError(f"{llm}: {prompts} prompts gave no clean sentence (nothing was written)")
-    progress(f"{len(sentences)} sentences from {prompts} prompts; speaking them")
+        kind = "question" if questions else "sentence"
+        raise ConfigError(f"{llm}: {prompts} prompts gave no clean {kind} (nothing was written)")
+    progress(f"{len(sentences)} {'questions' if questions else 'sentences'} from {prompts} prompts; speaking them")
     return speak_rows(transcription_rows(rng, sentences), out, rng, shares)
 
 

@@ -119,6 +119,11 @@ WORD_PROMPTS = [
     'Write two short everyday sentences that use the word "{}".',
     "Write a short sentence about your day that mentions {}.",
 ]
+QUESTION_PROMPTS = [  # spoken questions, as a voice assistant hears them; only sentences ending in "?" are kept
+    "Write a short question a curious child might ask about {}.",
+    "Ask one short general knowledge question about {}.",
+    "Write two short questions someone might ask about {}.",
+]
 
 
 def word_prompt_sentences(
@@ -128,18 +133,23 @@ def word_prompt_sentences(
     rng: random.Random,
     exclude: set[str],
     progress: Callable[[str], None] = lambda message: None,
+    questions: bool = False,
 ) -> list[str]:
     """The clean sentences of ``n_prompts`` answers, each asked for sentences around a word drawn from ``words``
     (with a drawn WORD_PROMPTS template), de-duplicated and none in ``exclude`` (lower-case). ``answer`` samples,
-    so the same word gives new text each time; the words spread the text over far more topics than topics.txt."""
+    so the same word gives new text each time; the words spread the text over far more topics than topics.txt.
+    ``questions``: asked for questions instead (QUESTION_PROMPTS), and only sentences ending in "?" are kept."""
     if not words:
         raise ValueError("word_prompt_sentences needs a non-empty word list")
+    templates = QUESTION_PROMPTS if questions else WORD_PROMPTS
     seen, out = set(exclude), []
     for i in range(n_prompts):
         if i % 200 == 0:
             progress(f"{i}/{n_prompts} prompts answered, {len(out)} sentences kept")
-        prompt = rng.choice(WORD_PROMPTS).format(rng.choice(words))
+        prompt = rng.choice(templates).format(rng.choice(words))
         for s in split_sentences(answer(prompt)):
+            if questions and not s.endswith("?"):
+                continue
             if s.lower() not in seen and not any(excluded(w) for w in re.findall(r"[a-z]+", s.lower())):
                 seen.add(s.lower())
                 out.append(s)
