@@ -188,10 +188,10 @@ def sentence_set(
         sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress, questions)
     finally:
         answers.decoder.close()
+    kind = "question" if questions else "sentence"
     if not sentences:
-        kind = "question" if questions else "sentence"
         raise ConfigError(f"{llm}: {prompts} prompts gave no clean {kind} (nothing was written)")
-    progress(f"{len(sentences)} {'questions' if questions else 'sentences'} from {prompts} prompts; speaking them")
+    progress(f"{len(sentences)} {kind}s from {prompts} prompts; speaking them")
     return speak_rows(transcription_rows(rng, sentences), out, rng, shares)
 
 
