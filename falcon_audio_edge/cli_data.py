@@ -36,7 +36,9 @@ RARE_HELP = "more words drawn at random from the whole dictionary (wamerican), r
 
 
 def respeak(
-    manifest: Annotated[Path, typer.Argument(help="a training manifest (rows with text or transcription targets)")],
+    manifest: Annotated[
+        list[Path], typer.Argument(help="training manifests (rows with text or transcription targets), read in order")
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="new folder: clips/ and manifest.jsonl")],
     copies: Annotated[int, typer.Option(help="new clips per row")] = 1,
     seed: int = 0,
@@ -44,11 +46,15 @@ def respeak(
     voices: Annotated[float, typer.Option(help=VOICES_HELP)] = 0.0,
     consonants: Annotated[float, typer.Option(help=CONSONANTS_HELP)] = 0.0,
     flite: Annotated[float, typer.Option(help=FLITE_HELP)] = 0.0,
+    questions: Annotated[
+        bool, typer.Option(help="only the transcription rows that speak a question (text ending in '?')")
+    ] = False,
 ) -> None:
-    """Speak every row of a training manifest again with other training voices (targets kept; no LLM needed)."""
+    """Speak every row of training manifests again with other training voices (targets kept; no LLM needed)."""
     from falcon_audio_edge.train.grow import respeak as respeak_rows
 
-    typer.echo(f"train: {respeak_rows(manifest, out, copies, seed, accents, voices, consonants, flite)}")
+    made = respeak_rows(list(manifest), out, copies, seed, accents, voices, consonants, flite, questions)
+    typer.echo(f"train: {made}")
 
 
 def synth_words(

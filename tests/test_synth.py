@@ -114,6 +114,36 @@ def test_respeak_speaks_every_row_again_with_training_voices(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out-")]  # no temporary folder left
 
 
+def test_respeak_questions_reads_manifests_in_order_and_keeps_spoken_questions_only(tmp_path):
+    import json
+
+    from falcon_audio_edge.train.grow import respeak
+
+    from falcon_audio_edge.errors import ConfigError
+
+    first = _rows(tmp_path / "a.jsonl", [
+        {"audio": "a.wav", "instruction": "Transcribe the audio.", "target": "Where do otters sleep?",
+         "task": "transcribe", "text": "Where do otters sleep?"},
+        {"audio": "b.wav", "instruction": "Transcribe the audio.", "target": "Otters sleep in water.",
+         "task": "transcribe", "text": "Otters sleep in water."},
+        {"audio": "c.wav", "instruction": "", "target": "In rivers.", "task": "qa", "text": "Where do otters live?"},
+    ])  # fmt: skip
+    second = _rows(tmp_path / "b.jsonl", [
+        {"audio": "d.wav", "instruction": "Write down exactly what was said.", "target": "Can owls see colours? ",
+         "task": "transcribe", "text": "Can owls see colours? "},
+    ])  # fmt: skip
+    manifest = respeak([first, second], tmp_path / "out", copies=2, seed=3, questions=True)
+    new = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [r["text"] for r in new] == ["Where do otters sleep?"] * 2 + ["Can owls see colours?"] * 2  # spoken stripped
+    assert [r["instruction"] for r in new[::2]] == ["Transcribe the audio.", "Write down exactly what was said."]
+    everything = respeak([first, second], tmp_path / "all", seed=3)  # without --questions: every row, in order
+    assert len(everything.read_text().splitlines()) == 4
+    statements = _rows(tmp_path / "s.jsonl", [json.loads(first.read_text().splitlines()[1])])
+    with pytest.raises(ConfigError, match=r"s.jsonl: no transcription rows of questions \(text ending in '\?'\)"):
+        respeak(statements, tmp_path / "none", questions=True)
+    assert not (tmp_path / "none").exists()
+
+
 def test_respeak_refuses_held_out_sentences_and_an_existing_folder(tmp_path):
     from falcon_audio_edge.train.grow import respeak
 
@@ -139,6 +169,12 @@ def test_respeak_command_bad_input_is_one_error_line(tmp_path):
     proc = fa_edge("respeak", tmp_path / "missing.jsonl", "-o", tmp_path / "out", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: manifest not found: {tmp_path / 'missing.jsonl'}"
+    assert not (tmp_path / "out").exists()
+    statements = _rows(tmp_path / "s.jsonl", [{"audio": "a.wav", "target": "Owls sleep.", "task": "transcribe"}])
+    proc = fa_edge("respeak", statements, tmp_path / "missing.jsonl", "-o", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(f"manifest not found: {tmp_path / 'missing.jsonl'}")
+    proc = fa_edge("respeak", statements, "--questions", "-o", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and "no transcription rows of questions" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
 
 

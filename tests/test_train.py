@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -758,11 +759,11 @@ def test_quality_command_bad_input(tmp_path, bundle_f32):
 
 
 def test_the_committed_configs_load_and_chain():
-    """Every config in train/configs is valid; each init_from is another config's output. Six chains end:
+    """Every config in train/configs is valid; each init_from is another config's output. Eight chains end:
     stages 1-5 (copied into the package, then the base the demo builds for stages 6-7), stage 7 (stacked onto it
     by train.ship), stage 8 (on the stage-7 model as the demo builds it, stacked onto the shipped file), stage 9
-    (on the stage-8 model likewise), stage 10 (on the stage-9 model likewise) and stage 11 (on the stage-10 model
-    likewise)."""
+    (on the stage-8 model likewise), stage 10 (on the stage-9 model likewise), stage 11 (on the stage-10 model
+    likewise), stage 12a (on the stage-11 model likewise) and stage 12 (on the stage-12a model likewise)."""
     root = Path(__file__).resolve().parents[1]
     configs = {p.name: TrainConfig.load(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
     outputs = {c.output_dir: name for name, c in configs.items()}
@@ -773,6 +774,8 @@ def test_the_committed_configs_load_and_chain():
     assert ends == [
         "run-tiny-stage10",
         "run-tiny-stage11",
+        "run-tiny-stage12",
+        "run-tiny-stage12a",
         "run-tiny-stage5",
         "run-tiny-stage7",
         "run-tiny-stage8",
@@ -780,22 +783,17 @@ def test_the_committed_configs_load_and_chain():
     ]
     assert "cp work/run-tiny-stage5/trainable.safetensors falcon_audio_edge/data/shipped/" in shipped
     assert "ship work/run-tiny-stage7 --onto work/run-tiny-stage5/trainable.safetensors" in shipped
-    assert "ship work/run-tiny-stage8 --onto falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
-    assert "cp work/run-tiny-stage8/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
-    assert "ship work/run-tiny-stage9 --onto falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
-    assert "cp work/run-tiny-stage9/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
-    assert "ship work/run-tiny-stage10 --onto falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
-    assert "cp work/run-tiny-stage10/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
-    assert "ship work/run-tiny-stage11 --onto falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
-    assert "cp work/run-tiny-stage11/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
-    stage8_home = shipped.index("FA_EDGE_HOME=work/home-stage8")  # built from the stage-8 files, head included
-    assert shipped.index("ship work/run-tiny-stage8") < shipped.index("cp work/run-tiny-stage8/char") < stage8_home
-    stage9_home = shipped.index("FA_EDGE_HOME=work/home-stage9")
-    assert shipped.index("ship work/run-tiny-stage9") < shipped.index("cp work/run-tiny-stage9/char") < stage9_home
-    assert stage9_home < shipped.index("train/configs/whisper-tiny-smollm2-stage10.yaml")
-    stage10_home = shipped.index("FA_EDGE_HOME=work/home-stage10")
-    assert shipped.index("ship work/run-tiny-stage10") < shipped.index("cp work/run-tiny-stage10/char") < stage10_home
-    assert stage10_home < shipped.index("train/configs/whisper-tiny-smollm2-stage11.yaml")
+    function = shipped[shipped.index("train_and_ship() {") : shipped.index("\n}\n")]  # stages 8-12 each
+    assert 'train.ship "work/run-tiny-stage$1" \\\n    --onto falcon_audio_edge/data/shipped/trainable' in function
+    assert '-o "work/shipped-stage$1.safetensors"' in function
+    assert 'cp "work/shipped-stage$1.safetensors" falcon_audio_edge/data/shipped/trainable.safetensors' in function
+    assert 'cp "work/run-tiny-stage$1/char_head.npz" falcon_audio_edge/data/shipped/char_head.npz' in function
+    order = ["8", "9", "10", "11", "12a", "12"]
+    assert all(f"whisper-tiny-smollm2-stage{stage}.yaml" in configs for stage in order)
+    for before, stage in itertools.pairwise(order):  # each run trained and shipped (head included), its home built
+        home = shipped.index(f"FA_EDGE_HOME=work/home-stage{before} ")
+        assert shipped.index(f"\ntrain_and_ship {before}\n") < home < shipped.index(f"\ntrain_and_ship {stage}\n")
+    assert shipped.index("\ntrain_and_ship 12\n") < shipped.index('\n"$BIN/fa-edge" demo --rebuild --json\n# decoding')
     homes = {
         "run-tiny-stage6": "home-stage5",
         "run-tiny-stage7": "home-stage5",
@@ -803,6 +801,8 @@ def test_the_committed_configs_load_and_chain():
         "run-tiny-stage9": "home-stage8",
         "run-tiny-stage10": "home-stage9",
         "run-tiny-stage11": "home-stage10",
+        "run-tiny-stage12a": "home-stage11",
+        "run-tiny-stage12": "home-stage12a",
     }
     for config in configs.values():  # each on the shipped model of its time, as the demo builds it
         if Path(config.output_dir).name in homes:

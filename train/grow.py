@@ -88,7 +88,7 @@ def read_rows(manifest: Path) -> list[dict]:
 
 
 def respeak(
-    manifest: str | Path,
+    manifest: str | Path | list[str | Path],
     out: str | Path,
     copies: int = 1,
     seed: int = 0,
@@ -96,18 +96,26 @@ def respeak(
     voices: float = 0.0,
     consonants: float = 0.0,
     flite: float = 0.0,
+    questions: bool = False,
 ) -> Path:
-    """Write out/clips/*.wav and out/manifest.jsonl: ``copies`` new clips of every usable row; returns the manifest.
-    ``accents``: the share of clips spoken with a synthetic accent (train/accent.py); ``voices``: the share
-    spoken by a synthetic voice variant (train/voices.py); ``consonants``: each consonant feature's chance in an
-    accented clip (train/accent.py CONSONANT_FEATURES); ``flite``: the share spoken by a flite training voice
-    (train/flite.py)."""
-    manifest, out = Path(manifest), Path(out)
+    """Write out/clips/*.wav and out/manifest.jsonl: ``copies`` new clips of every usable row of ``manifest`` (one
+    or several, in order); returns the manifest. ``questions``: only the transcription rows that speak a question
+    (text ending in "?"). ``accents``: the share of clips spoken with a synthetic accent (train/accent.py);
+    ``voices``: the share spoken by a synthetic voice variant (train/voices.py); ``consonants``: each consonant
+    feature's chance in an accented clip (train/accent.py CONSONANT_FEATURES); ``flite``: the share spoken by a
+    flite training voice (train/flite.py)."""
+    manifests = [Path(m) for m in (manifest if isinstance(manifest, list | tuple) else [manifest])]
+    out = Path(out)
     if not isinstance(copies, int) or copies < 1:
         raise ConfigError(f"--copies must be an integer >= 1, got {copies!r}")
     shares = Shares(accents, voices, consonants, flite)
     check_new_folder(out)
-    rows = read_rows(manifest)
+    rows = [r for m in manifests for r in read_rows(m)]
+    if questions:
+        rows = [r for r in rows if r.get("task") == "transcribe" and spoken_text(r).strip().endswith("?")]
+        if not rows:
+            names = ", ".join(map(str, manifests))
+            raise ConfigError(f"{names}: no transcription rows of questions (text ending in '?') to respeak")
     return speak_rows([r for r in rows for _ in range(copies)], out, random.Random(seed), shares)
 
 
