@@ -53,7 +53,7 @@ def respeak(
     """Speak every row of training manifests again with other training voices (targets kept; no LLM needed)."""
     from falcon_audio_edge.train.grow import respeak as respeak_rows
 
-    made = respeak_rows(list(manifest), out, copies, seed, accents, voices, consonants, flite, questions)
+    made = respeak_rows(manifest, out, copies, seed, accents, voices, consonants, flite, questions)
     typer.echo(f"train: {made}")
 
 

@@ -56,6 +56,7 @@ from falcon_audio_edge.train.textgen import (
     TextAnswers,
     common_words,
     dictionary_words,
+    is_question,
     random_word_sentences,
     vocabulary,
     word_prompt_sentences,
@@ -112,7 +113,7 @@ def respeak(
     check_new_folder(out)
     rows = [r for m in manifests for r in read_rows(m)]
     if questions:
-        rows = [r for r in rows if r.get("task") == "transcribe" and spoken_text(r).strip().endswith("?")]
+        rows = [r for r in rows if r.get("task") == "transcribe" and is_question(spoken_text(r))]
         if not rows:
             names = ", ".join(map(str, manifests))
             raise ConfigError(f"{names}: no transcription rows of questions (text ending in '?') to respeak")

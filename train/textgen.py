@@ -103,12 +103,17 @@ def generated_sentences(answer, topics: Iterable[str], exclude: set[str]) -> lis
     return out
 
 
+def is_question(text: str) -> bool:
+    """A question, as the data sets count one: text that ends in "?" (spaces aside)."""
+    return text.strip().endswith("?")
+
+
 def generated_questions(answer, topics: Iterable[str], exclude: set[str]) -> list[str]:
     """One short question per topic where the LLM writes one (the first sentence ending in '?')."""
     seen, out = set(exclude), []
     for topic in topics:
         for s in split_sentences(answer(ASK.format(topic))):
-            if s.endswith("?") and s.lower() not in seen:
+            if is_question(s) and s.lower() not in seen:
                 seen.add(s.lower())
                 out.append(s)
                 break
@@ -148,7 +153,7 @@ def word_prompt_sentences(
             progress(f"{i}/{n_prompts} prompts answered, {len(out)} sentences kept")
         prompt = rng.choice(templates).format(rng.choice(words))
         for s in split_sentences(answer(prompt)):
-            if questions and not s.endswith("?"):
+            if questions and not is_question(s):
                 continue
             if s.lower() not in seen and not any(excluded(w) for w in re.findall(r"[a-z]+", s.lower())):
                 seen.add(s.lower())
