@@ -758,6 +758,31 @@ def test_quality_command_bad_input(tmp_path, bundle_f32):
         assert not (tmp_path / "q.md").exists()
 
 
+def test_misheard_script_lists_the_clips_not_heard_word_for_word(tmp_path, clips, bundle_f32):
+    """scripts/misheard.py: the count heard word for word and each miss, by the quality report's transcription."""
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.settings import GenerationSettings
+
+    with open_bundle(bundle_f32) as chat:  # what the random bundle writes: the one row it hears
+        written = chat.ask(clips["q1"], "Transcribe the audio.", GenerationSettings(max_tokens=64)).run().text
+    row = {"voice": "en-us", "rate": 170, "pitch": 50, "task": "transcribe", "audio": str(clips["q1"]), "target": "x"}
+    manifest = tmp_path / "dev.jsonl"
+    manifest.write_text("".join(json.dumps({**row, "text": t}) + "\n" for t in (QUESTIONS[1], written.upper())))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "misheard.py"
+    run = lambda *args: subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,  # noqa: E731
+                                       text=True, timeout=300)  # fmt: skip
+    proc = run(bundle_f32, manifest)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()  # the upper-cased copy of its own words counts as heard
+    assert lines[0] == "1 of 2 heard word for word"
+    assert lines[1:] == [f"  en-us r170 p50 | {QUESTIONS[1]!r} -> {written!r}"]
+    for args, message in (((bundle_f32, tmp_path / "none.jsonl"), "manifest not found"),
+                          ((bundle_f32, manifest, "--task", "qa"), "no qa rows with text"),
+                          ((tmp_path, manifest), "is not a bundle")):  # fmt: skip
+        proc = run(*args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_the_committed_configs_load_and_chain():
     """Every config in train/configs is valid; each init_from is another config's output. Eight chains end:
     stages 1-5 (copied into the package, then the base the demo builds for stages 6-7), stage 7 (stacked onto it

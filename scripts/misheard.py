@@ -1,0 +1,51 @@
+"""List the clips of a split that a bundle does not hear word for word, with the default transcription decoding.
+
+    .venv/bin/python scripts/misheard.py BUNDLE MANIFEST [--task qa]
+
+Prints "N of M heard word for word", then each miss as "voice rRATE pPITCH | said -> heard". Words only (as the
+quality report's word-for-word rows: case and punctuation aside, so "colour" against "color" is a miss).
+docs/sampled-sentences.md run 5 counts dev's misheard questions with it (--task qa).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from falcon_audio_edge.train.quality import TRANSCRIBE, read_rows, transcribe_all
+
+from falcon_audio_edge.errors import FaEdgeError
+from falcon_audio_edge.runtime.backend import open_bundle
+from falcon_audio_edge.settings import GenerationSettings
+from falcon_audio_edge.verify import words
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--task", default="transcribe", help="the rows heard: transcribe (default) or qa")
+    args = parser.parse_args()
+    if not args.manifest.is_file():
+        parser.exit(2, f"error: manifest not found: {args.manifest}\n")
+    try:
+        rows = [r for r in read_rows(args.manifest) if r.get("task") == args.task and r.get("text")]
+        if not rows:
+            parser.exit(2, f"error: {args.manifest}: no {args.task} rows with text\n")
+        with open_bundle(args.bundle) as chat:
+            heard, _ = transcribe_all(
+                chat, rows, args.manifest.parent, chat.with_weights(GenerationSettings(max_tokens=64), TRANSCRIBE)
+            )
+    except FaEdgeError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    except json.JSONDecodeError as exc:
+        parser.exit(2, f"error: {exc.manifest} is not a JSONL manifest: {exc}\n")
+    misses = [(r, h) for r, h in zip(rows, heard, strict=True) if words(h) != words(r["text"])]
+    print(f"{len(rows) - len(misses)} of {len(rows)} heard word for word")
+    for r, h in misses:
+        print(f"  {r.get('voice')} r{r.get('rate')} p{r.get('pitch')} | {r['text']!r} -> {h!r}")
+
+
+if __name__ == "__main__":
+    main()
