@@ -90,13 +90,22 @@ def synth_sentences(
     questions: Annotated[
         bool, typer.Option(help="ask the LLM for questions; keep only sentences ending in '?'")
     ] = False,
+    first_word: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="begin each answer with one of these words (drawn per prompt; repeat for more); keep only"
+            " sentences that begin with it"
+        ),
+    ] = None,
 ) -> None:
     """Transcription clips of sentences the LLM writes (sampled) around words drawn from its commonest ones."""
     from falcon_audio_edge.train.grow import Shares, sentence_set
 
     say = lambda message: typer.echo(message, err=True)  # noqa: E731
     shares = Shares(accents, voices, consonants, flite)
-    typer.echo(f"train: {sentence_set(out, llm, prompts, common_words, seed, temperature, shares, say, questions)}")
+    first = tuple(first_word or ())
+    manifest = sentence_set(out, llm, prompts, common_words, seed, temperature, shares, say, questions, first)
+    typer.echo(f"train: {manifest}")
 
 
 def train_cmd(config: Annotated[Path, typer.Argument(help="training config (YAML)")]) -> None:

@@ -228,6 +228,8 @@ def test_sampled_answers_repeat_with_the_seed_vary_without_it_and_turn_greedy_wh
         drawn = [answers.sample(prompt, np.random.default_rng(seed)) for seed in (1, 2, 3, 1)]
         assert drawn[0] == drawn[3] and len(set(drawn)) >= 2 and all(drawn)
         assert answers.sample(prompt, np.random.default_rng(5), temperature=1e-3) == answers.answer(prompt)
+        started = answers.sample("Ask one short general knowledge question.", np.random.default_rng(1), start="Who")
+        assert started.startswith("Who ") and len(started.split()) > 2  # the LLM went on from the given start
     finally:
         answers.decoder.close()
 
@@ -268,6 +270,18 @@ def test_synth_sentences_questions_keeps_only_questions(tmp_path):
     assert all(r["task"] == "transcribe" and r["target"] == r["text"] for r in rows)
 
 
+def test_synth_sentences_first_words_begin_every_question(tmp_path, monkeypatch):
+    from falcon_audio_edge.train import grow
+
+    from tests.conftest import smollm2_gguf
+
+    rows: list[dict] = []
+    monkeypatch.setattr(grow, "speak_rows", lambda got, out, rng, shares: rows.extend(got) or out)  # text only
+    grow.sentence_set(tmp_path / "q", smollm2_gguf(), 8, 300, seed=3, questions=True, first_words=("Who", "Where"))
+    assert len(rows) >= 2 and all(r["text"].endswith("?") for r in rows)
+    assert all(r["text"].split()[0] in ("Who", "Where") for r in rows)
+
+
 def test_synth_sentences_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
     from tests.conftest import fa_edge, smollm2_gguf
 
@@ -289,6 +303,11 @@ def test_synth_sentences_bad_input_is_one_error_line_and_writes_nothing(tmp_path
         2,
         "error: --accents must be a share from 0 to 1, got 1.5",
     )
+    for bad in ("who", "Who is", "Who?"):
+        assert last_line("--llm", smollm2_gguf(), "--questions", "--first-word", "Why", "--first-word", bad) == (
+            2,
+            f"error: --first-word must be one word that starts with a capital letter, got {bad!r}",
+        )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -130,3 +130,26 @@ def test_question_prompts_keep_only_the_questions():
     out = word_prompt_sentences(answer, ["kettle"], 3, random.Random(1), exclude=set(), questions=True)
     assert out == ["How do kettles boil water?", "Why is the market shut?"]
     assert all(any(p == t.format("kettle") for t in QUESTION_PROMPTS) for p in asked) and len(asked) == 3
+
+
+def test_first_words_begin_each_answer_and_only_sentences_that_begin_so_are_kept():
+    from falcon_audio_edge.train.textgen import QUESTION_PROMPTS, WORD_PROMPTS
+
+    starts: list[str] = []
+
+    def answer(prompt: str, start: str = "") -> str:
+        assert any(prompt == t.format("kettle") for t in QUESTION_PROMPTS + WORD_PROMPTS)
+        starts.append(start)
+        return f"{start} boils the kettle first? What is a kettle? {start} shuts the market at night."
+
+    out = word_prompt_sentences(
+        answer, ["kettle"], 8, random.Random(2), exclude=set(), questions=True, first_words=("Who", "Where")
+    )
+    assert len(starts) == 8 and set(starts) == {"Who", "Where"}  # each prompt draws one; both drawn in 8
+    assert sorted(out) == ["Where boils the kettle first?", "Who boils the kettle first?"]  # not What, no statement
+    del starts[:]
+    kept = word_prompt_sentences(answer, ["kettle"], 4, random.Random(2), exclude=set(), first_words=("Who",))
+    assert kept == [
+        "Who boils the kettle first?",
+        "Who shuts the market at night.",
+    ]  # statements too, without --questions

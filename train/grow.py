@@ -22,12 +22,15 @@ New sentences rather than word salad: the LLM samples (temperature 0.8) a senten
 ``--prompts`` words drawn from its tokenizer's commonest ones; each clean sentence (textgen.split_sentences) that
 is not a held-out, dev or training-list sentence is spoken once. ``--questions`` asks for questions instead
 (textgen.QUESTION_PROMPTS) and keeps only sentences ending in "?": the spoken questions listen-first turns hear.
+``--first-word Who --first-word Where`` makes each answer begin with one of the given words (drawn per prompt) and
+keeps only sentences that begin with it: questions of the kinds the LLM seldom asks unprompted.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -159,6 +162,9 @@ def transcription_rows(rng: random.Random, texts: list[str]) -> list[dict]:
     ]
 
 
+FIRST_WORD = re.compile(r"[A-Z][A-Za-z]*(?:'[a-z]+)?")  # a sentence's first word: "Who", "Where's"
+
+
 def sentence_set(
     out: str | Path,
     llm: str | Path,
@@ -169,12 +175,14 @@ def sentence_set(
     shares: Shares | None = None,
     progress: Callable[[str], None] = lambda message: None,
     questions: bool = False,
+    first_words: tuple[str, ...] = (),
 ) -> Path:
     """Transcription clips of sentences the LLM writes, sampled, around ``prompts`` words drawn from its
     tokenizer's ``common`` commonest words (names too): new word sequences in plain sentences, where random
     word sequences have none. None equals a held-out or dev sentence or a training list's. ``questions``: the LLM
-    is asked for questions and only those are kept (spoken questions are what listen-first hears). Returns the
-    manifest."""
+    is asked for questions and only those are kept (spoken questions are what listen-first hears).
+    ``first_words``: each answer begins with one of them, drawn per prompt, and only sentences that begin with it
+    are kept (textgen.word_prompt_sentences). Returns the manifest."""
     from falcon_audio_edge.tokenizer import tokenizer_from_gguf
 
     out = Path(out)
@@ -183,6 +191,9 @@ def sentence_set(
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature <= 2:
         raise ConfigError(f"--temperature must be a number above 0 and at most 2, got {temperature!r}")
+    for word in first_words:
+        if not FIRST_WORD.fullmatch(word):
+            raise ConfigError(f"--first-word must be one word that starts with a capital letter, got {word!r}")
     shares = shares or Shares()
     check_new_folder(out)
     check_llm(llm)
@@ -193,8 +204,8 @@ def sentence_set(
     rng, draws = random.Random(seed), np.random.default_rng(seed)
     answers = TextAnswers.for_tokenizer(Path(llm), tokenizer)
     try:
-        sample = lambda prompt: answers.sample(prompt, draws, temperature)  # noqa: E731
-        sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress, questions)
+        sample = lambda prompt, start="": answers.sample(prompt, draws, temperature, start=start)  # noqa: E731
+        sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress, questions, tuple(first_words))
     finally:
         answers.decoder.close()
     kind = "question" if questions else "sentence"

@@ -52,9 +52,11 @@ class TextAnswers:
     def answer(self, user_text: str) -> str:
         return self.reply(user_text, lambda logits: int(np.argmax(logits)))
 
-    def sample(self, user_text: str, rng: np.random.Generator, temperature: float = 0.8, top_k: int = 40) -> str:
+    def sample(
+        self, user_text: str, rng: np.random.Generator, temperature: float = 0.8, top_k: int = 40, start: str = ""
+    ) -> str:
         """An answer drawn token by token from the ``top_k`` likeliest, softened by ``temperature`` (more varied
-        text than the greedy answer, the same for the same generator state)."""
+        text than the greedy answer, the same for the same generator state); ``start``: see ``reply``."""
 
         def pick(logits: np.ndarray) -> int:
             top = np.argpartition(logits, -top_k)[-top_k:]
@@ -62,12 +64,13 @@ class TextAnswers:
             p = np.exp(scaled - scaled.max())
             return int(top[rng.choice(top_k, p=p / p.sum())])
 
-        return self.reply(user_text, pick)
+        return self.reply(user_text, pick, start)
 
-    def reply(self, user_text: str, pick: Callable[[np.ndarray], int]) -> str:
-        """The answer to one text turn, each next token chosen by ``pick`` from the logits."""
+    def reply(self, user_text: str, pick: Callable[[np.ndarray], int], start: str = "") -> str:
+        """The answer to one text turn, each next token chosen by ``pick`` from the logits. ``start``: the answer
+        is made to begin with this text (fed as if the LLM had written it; returned as part of the answer)."""
         self.decoder.reset()
-        self.decoder.feed_tokens(self.decoder.tokenize(self.layout.text_turn(user_text)))
+        self.decoder.feed_tokens(self.decoder.tokenize(self.layout.text_turn(user_text) + start))
         out = []
         for _ in range(self.max_tokens):
             token = pick(self.decoder.logits())
@@ -75,7 +78,7 @@ class TextAnswers:
                 break
             out.append(token)
             self.decoder.feed_tokens([token])
-        text = b"".join(self.decoder.token_bytes(t) for t in out).decode("utf-8", "replace").strip()
+        text = (start + b"".join(self.decoder.token_bytes(t) for t in out).decode("utf-8", "replace")).strip()
         if len(out) == self.max_tokens and "." in text:  # cut a truncated answer at its last full sentence
             text = text[: text.rfind(".") + 1]
         return text
@@ -139,11 +142,14 @@ def word_prompt_sentences(
     exclude: set[str],
     progress: Callable[[str], None] = lambda message: None,
     questions: bool = False,
+    first_words: tuple[str, ...] = (),
 ) -> list[str]:
     """The clean sentences of ``n_prompts`` answers, each asked for sentences around a word drawn from ``words``
     (with a drawn WORD_PROMPTS template), de-duplicated and none in ``exclude`` (lower-case). ``answer`` samples,
     so the same word gives new text each time; the words spread the text over far more topics than topics.txt.
-    ``questions``: asked for questions instead (QUESTION_PROMPTS), and only sentences ending in "?" are kept."""
+    ``questions``: asked for questions instead (QUESTION_PROMPTS), and only sentences ending in "?" are kept.
+    ``first_words``: each answer is made to begin with one drawn from them (``answer(prompt, start=word)``) and
+    only sentences that begin with it are kept: a share of each first word the LLM would rarely choose itself."""
     if not words:
         raise ValueError("word_prompt_sentences needs a non-empty word list")
     templates = QUESTION_PROMPTS if questions else WORD_PROMPTS
@@ -152,8 +158,9 @@ def word_prompt_sentences(
         if i % 200 == 0:
             progress(f"{i}/{n_prompts} prompts answered, {len(out)} sentences kept")
         prompt = rng.choice(templates).format(rng.choice(words))
-        for s in split_sentences(answer(prompt)):
-            if questions and not is_question(s):
+        first = rng.choice(first_words) if first_words else None
+        for s in split_sentences(answer(prompt, start=first) if first else answer(prompt)):
+            if (questions and not is_question(s)) or (first and s.split()[0] != first):
                 continue
             if s.lower() not in seen and not any(excluded(w) for w in re.findall(r"[a-z]+", s.lower())):
                 seen.add(s.lower())
