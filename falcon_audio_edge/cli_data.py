@@ -93,8 +93,8 @@ def synth_sentences(
     first_word: Annotated[
         list[str] | None,
         typer.Option(
-            help="begin each answer with one of these words (drawn per prompt; repeat for more); keep only"
-            " sentences that begin with it"
+            help="begin each answer with one of these words (drawn per prompt; repeat for more, a word given twice is"
+            " drawn twice as often); keep only sentences that begin with it"
         ),
     ] = None,
 ) -> None:

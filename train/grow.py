@@ -205,7 +205,7 @@ def sentence_set(
     answers = TextAnswers.for_tokenizer(Path(llm), tokenizer)
     try:
         sample = lambda prompt, start="": answers.sample(prompt, draws, temperature, start=start)  # noqa: E731
-        sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress, questions, tuple(first_words))
+        sentences = word_prompt_sentences(sample, words, prompts, rng, avoid, progress, questions, first_words)
     finally:
         answers.decoder.close()
     kind = "question" if questions else "sentence"

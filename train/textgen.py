@@ -135,7 +135,7 @@ QUESTION_PROMPTS = [  # spoken questions, as a voice assistant hears them; only 
 
 
 def word_prompt_sentences(
-    answer: Callable[[str], str],
+    answer: Callable[..., str],
     words: list[str],
     n_prompts: int,
     rng: random.Random,
