@@ -14,7 +14,7 @@ as does ``q``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,8 @@ class AssistantSettings:
     temperature: float = 0.0
     speech_rate: int = 170  # words per minute of the spoken answers (espeak-ng takes 80-450)
     echo_tail_ms: int = 300  # the microphone stays ignored this long after the assistant stops speaking
-    listen_first: bool = False  # transcribe, then the bundle's answer model answers (it keeps the conversation)
+    # transcribe, then the bundle's answer model answers (it keeps the conversation); None: where the bundle has one
+    listen_first: bool | None = None
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
 
     def __post_init__(self) -> None:
@@ -69,9 +70,12 @@ class Assistant:
         from falcon_audio_edge.runtime.backend import open_bundle
         from falcon_audio_edge.runtime.bundle import read_bundle
 
-        if settings.listen_first and read_bundle(settings.bundle, verify=False).answer_path is None:
+        has_answer_model = read_bundle(settings.bundle, verify=False).answer_path is not None
+        if settings.listen_first and not has_answer_model:
             raise FaEdgeError(f"listen-first needs a bundle with an answer model; {settings.bundle} has none "
                               "(fa-edge export --answer-llm)")  # fmt: skip
+        if settings.listen_first is None:
+            settings = replace(settings, listen_first=has_answer_model)
         self.settings = settings
         self.screen = screen or Screen()
         self.keyboard = keyboard if keyboard is not None else Keyboard()

@@ -24,6 +24,7 @@ from falcon_audio_edge.cli_turn import (
     LM_HELP,
     PROPOSALS_HELP,
     checked_prompt,
+    listens_first,
     open_chat,
     say_heard,
     turn_settings,
@@ -142,7 +143,7 @@ def demo(
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
-    listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
+    listen_first: Annotated[bool | None, typer.Option("--listen-first/--no-listen-first", help=LISTEN_HELP)] = None,
     rebuild: Annotated[bool, typer.Option(help="rebuild the checkpoint and bundle")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -163,6 +164,7 @@ def demo(
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
+        listen_first = listens_first(listen_first, prompt, chat)
         generation, listening = turn_settings(
             generation, prompt, chat, ctc_weight, char_weight, lm_weight, listen_first
         )
@@ -231,7 +233,7 @@ def assistant(
     max_tokens: int = 128,
     temperature: float = 0.0,
     speech_rate: Annotated[int, typer.Option(help="words per minute of the spoken answers (80-450)")] = 170,
-    listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
+    listen_first: Annotated[bool | None, typer.Option("--listen-first/--no-listen-first", help=LISTEN_HELP)] = None,
 ) -> None:
     """The offline voice assistant: listens to the microphone, answers on screen and out loud."""
     from falcon_audio_edge.apps.assistant import Assistant, AssistantSettings
@@ -279,7 +281,7 @@ def ask(
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
-    listen_first: Annotated[bool, typer.Option(help=LISTEN_HELP)] = False,
+    listen_first: Annotated[bool | None, typer.Option("--listen-first/--no-listen-first", help=LISTEN_HELP)] = None,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     n_ctx: int = 4096,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
@@ -293,6 +295,7 @@ def ask(
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
     chat, backend = open_chat(model, runtime)
     with chat:
+        listen_first = listens_first(listen_first, prompt, chat)
         generation, listening = turn_settings(
             generation, prompt, chat, ctc_weight, char_weight, lm_weight, listen_first
         )

@@ -23,7 +23,7 @@ from falcon_audio_edge.settings import (
 LISTEN_HELP = (
     "transcribe first (CTC-guided, with the text prior where the bundle has one; --ctc-weight, --char-weight and "
     "--lm-weight set their weights, 0 turns one off), then the bundle's answer model (answer.gguf) answers the "
-    "transcript"
+    "transcript (default: on where the bundle has an answer model and no --prompt or --transcribe is given)"
 )
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, {DEFAULT_CTC_WEIGHT_WITH_CHARS} beside a character head, "
@@ -52,6 +52,15 @@ def turn_settings(
     if not generation.greedy:
         return generation, listening
     return chat.with_weights(generation, prompt, ctc, chars, lm), listening
+
+
+def listens_first(requested: bool | None, prompt: str | None, chat: Any) -> bool:
+    """Whether a turn listens first: as asked (``--listen-first`` / ``--no-listen-first``), else where it answers
+    the speech (no prompt) and the bundle has an answer model: the original LLM's answers, which the listening
+    model's own drifted from in training (docs/quality.md)."""
+    if requested is not None:
+        return requested
+    return prompt is None and getattr(chat, "open_answerer", None) is not None
 
 
 def say_heard(result: Any) -> None:

@@ -9,19 +9,19 @@ from falcon_audio_edge.errors import ConfigError
 
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
-# hypotheses CTC-guided decoding keeps (docs/tuning-text-llm.md; 12 in docs/tuning-beams.md: no held-out gain for
-# its time); docs/quality.md measures greedy next to it
-DEFAULT_BEAM_SIZE = 8
+# hypotheses CTC-guided decoding keeps (docs/tuning-wide-search.md: 16 with 64 candidates, chosen by a rule set before
+# its dev runs; 8 before, docs/tuning-text-llm.md); docs/quality.md measures greedy next to it
+DEFAULT_BEAM_SIZE = 16
 DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split (docs/tuning-stage8.md)
-MAX_BEAM_SIZE = 8  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
+MAX_BEAM_SIZE = 16  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
 # the decoder's KV sequences: the conversation + two sets of hypotheses (a step copies the parents into fresh ones);
 # llama.cpp reserves one output per sequence and aborts the process if n_batch cannot hold them
 BEAM_SEQUENCES = 1 + 2 * MAX_BEAM_SIZE
 DEFAULT_CHAR_WEIGHT = 0.3  # the character head's share of a transcription's guidance, where the model has one
 DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.3  # ... and the token head's then (the LLM keeps 0.4; docs/tuning-dev2.md:
 # best over dev and dev2 together; 0.2 was docs/tuning.md's choice on dev alone)
-DEFAULT_CTC_CANDIDATES = 16  # the LLM's likeliest tokens a CTC-guided step rescores, besides the CTC proposals
-# (docs/tuning-candidates.md)
+DEFAULT_CTC_CANDIDATES = 64  # the LLM's likeliest tokens a CTC-guided step rescores, besides the CTC proposals
+# (docs/tuning-wide-search.md; 16 with a beam of 8, docs/tuning-candidates.md)
 DEFAULT_LM_WEIGHT = 0.4  # the text prior's in a guided transcription, where the bundle has a text LLM
 # (docs/tuning-text-llm.md)
 

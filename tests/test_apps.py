@@ -299,7 +299,7 @@ def test_listen_first_turns_say_what_was_heard_and_keep_the_answer_models_conver
 
     bundle = export_bundle(tiny_ckpt, tmp_path / "answering", decoder_type="f16",
                            answer_llm=bundle_f32 / "decoder.gguf", verify=False)  # fmt: skip
-    tmux.start(assistant_cmd(bundle, "--no-speak", "--listen-first"))
+    tmux.start(assistant_cmd(bundle, "--no-speak"))  # listens first unasked: the bundle has an answer model
     first, _, n1, n2 = two_spoken_turns(tmux, pulse, question_wav, speech, tmp_path)
     assert "(heard: " in first and "assistant: " in first
     assert n2 > n1  # the answer model's conversation grew

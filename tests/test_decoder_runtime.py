@@ -7,11 +7,12 @@ import pytest
 
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.runtime.decoder import LlamaDecoder
+from falcon_audio_edge.settings import BEAM_SEQUENCES
 from tests.conftest import smollm2_gguf
 
 
 def test_a_tokens_own_embedding_row_gives_the_tokens_logits(bundle_f32, checkpoint):
-    dec = LlamaDecoder(bundle_f32 / "decoder.gguf", n_ctx=128, n_batch=32, n_threads=2)
+    dec = LlamaDecoder(bundle_f32 / "decoder.gguf", n_ctx=128, n_batch=BEAM_SEQUENCES, n_threads=2)
     try:
         ids = dec.tokenize("<|im_start|>user\nHello there")
         dec.feed_tokens(ids)
@@ -45,7 +46,7 @@ def test_quantized_gguf_decodes(tmp_path):
 
 
 def test_context_overflow_is_a_clear_error(bundle_f32):
-    dec = LlamaDecoder(bundle_f32 / "decoder.gguf", n_ctx=64, n_batch=32, n_threads=1)
+    dec = LlamaDecoder(bundle_f32 / "decoder.gguf", n_ctx=64, n_batch=BEAM_SEQUENCES, n_threads=1)
     try:
         assert dec.n_ctx >= 64  # llama.cpp may round the context up
         with pytest.raises(FaEdgeError, match=f"more than the context n_ctx={dec.n_ctx}"):
@@ -60,7 +61,7 @@ def test_context_overflow_is_a_clear_error(bundle_f32):
 def test_a_batch_too_small_for_the_beam_sequences_is_a_clear_error_not_an_abort(bundle_f32):
     # llama.cpp reserves one output per KV sequence and aborts the whole process when n_batch is smaller
     from falcon_audio_edge.errors import ConfigError
-    from falcon_audio_edge.settings import BEAM_SEQUENCES, RuntimeSettings
+    from falcon_audio_edge.settings import RuntimeSettings
 
     with pytest.raises(FaEdgeError, match=f"n_batch must be >= {BEAM_SEQUENCES}.*got {BEAM_SEQUENCES - 1}"):
         LlamaDecoder(bundle_f32 / "decoder.gguf", n_ctx=64, n_batch=BEAM_SEQUENCES - 1, n_threads=1)

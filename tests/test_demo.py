@@ -38,6 +38,10 @@ def test_demo_answers_the_spoken_question(home):
     assert set(out) >= {"bundle", "checkpoint", "question", "answer"}
     assert out["question"] == "What is the capital of France?"
     assert "paris" in out["answer"].lower()
+    # it listens first by default (its bundle has the answer model): heard, then answered by the original LLM
+    assert "capital of france" in out["transcript"].lower()
+    alone = demo(home, "--no-listen-first")  # the listening model answers by itself
+    assert "transcript" not in alone and alone["answer"].strip()
     assert (Path(out["bundle"]) / "manifest.json").is_file()
     manifest = json.loads((Path(out["bundle"]) / "manifest.json").read_text())
     assert manifest["verification"]["top1_agreement"] >= 0.98

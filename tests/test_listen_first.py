@@ -76,6 +76,22 @@ def test_listen_first_needs_an_answer_model(bundle_f32, clips):
     assert proc.returncode == 2 and "--listen-first answers what it transcribed" in proc.stderr
 
 
+def test_turns_that_answer_the_speech_listen_first_where_the_bundle_has_an_answer_model(answer_bundle, clips):
+    from types import SimpleNamespace
+
+    from falcon_audio_edge.cli_turn import listens_first
+
+    answering, alone = SimpleNamespace(open_answerer=lambda: None), SimpleNamespace(open_answerer=None)
+    assert listens_first(None, None, answering) and not listens_first(None, None, alone)
+    assert not listens_first(None, "Describe the sound.", answering)  # an instruction: the model follows it
+    assert not listens_first(None, TRANSCRIBE_PROMPT, answering)
+    assert not listens_first(False, None, answering) and listens_first(True, None, alone)  # as asked
+    ask = ("ask", answer_bundle, "--audio", clips["q0"], "--max-tokens", "4", "--json")
+    assert isinstance(json.loads(fa_edge(*ask).stdout)["transcript"], str)  # unasked: it listened first
+    assert json.loads(fa_edge(*ask, "--no-listen-first").stdout)["transcript"] is None
+    assert json.loads(fa_edge(*ask, "--prompt", "Describe the sound.").stdout)["transcript"] is None
+
+
 def test_an_answer_model_of_another_vocabulary_is_refused(tiny_ckpt, tmp_path):
     from falcon_audio_edge.export.bundle import export_bundle
 
