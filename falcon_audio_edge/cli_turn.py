@@ -60,7 +60,7 @@ def listens_first(requested: bool | None, prompt: str | None, chat: Any) -> bool
     model's own drifted from in training (docs/quality.md)."""
     if requested is not None:
         return requested
-    return prompt is None and getattr(chat, "open_answerer", None) is not None
+    return prompt is None and chat.open_answerer is not None
 
 
 def say_heard(result: Any) -> None:
