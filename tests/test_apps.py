@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from falcon_audio_edge.apps import capture
 from falcon_audio_edge.apps.assistant import AssistantSettings
-from falcon_audio_edge.apps.capture import AudioDeviceError, Microphone, level_dbfs, resolve_device
+from falcon_audio_edge.apps.capture import AudioDeviceError, InputDevice, Microphone, level_dbfs, resolve_device
 from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, SpeechStarted, Utterance
 from falcon_audio_edge.apps.screen import Screen
 from falcon_audio_edge.apps.speaker import Speaker
@@ -208,6 +211,42 @@ def test_unknown_device_and_a_device_that_disappears(pulse, tmp_path):
                     mic.read(timeout=1.0)
     finally:
         pulse.start()  # for the tests after this one, whatever happened here
+
+
+class StuckStream:
+    """A PortAudio stream whose stop never returns, as on a device whose sound server went away."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def abort(self):
+        self.release.wait()
+
+    stop = abort
+
+    def close(self):
+        pass
+
+
+def test_closing_a_stream_that_never_stops_gives_up_within_its_bound(monkeypatch, capsys):
+    monkeypatch.setattr(capture, "CLOSE_TIMEOUT_S", 0.5)
+    unregistered = []
+    monkeypatch.setattr(capture.atexit, "unregister", unregistered.append)  # PortAudio's exit handler would block
+    mic = Microphone.__new__(Microphone)
+    mic.device, mic._stream = InputDevice(0, "gone", 1, 16000.0, True), StuckStream()
+    stream = mic._stream
+    t0 = time.monotonic()
+    try:
+        mic.close()
+        assert time.monotonic() - t0 < 2.0
+        assert "did not close within 0.5 s" in capsys.readouterr().err
+        assert len(unregistered) == 1
+        mic.close()  # a second close does nothing
+        mic._queue = queue.Queue()
+        with pytest.raises(AudioDeviceError, match="the stream stopped"):
+            mic.read(timeout=0.1)
+    finally:
+        stream.release.set()
 
 
 # -- the app in a terminal --

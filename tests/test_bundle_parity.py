@@ -45,6 +45,7 @@ def test_f32_greedy_32_tokens_identical_through_cli(bundle_f32, tiny_ckpt, clips
     assert set(bundle["timings"]) >= {"mel_ms", "encoder_ms", "prefill_ms", "first_token_ms", "tokens_per_s"}
 
 
+@pytest.mark.slow
 def test_f16_greedy_identical_on_at_least_9_of_10_prompts(smol_ckpt, workdir, clips):
     """On a real pretrained decoder (SmolLM2-135M-Instruct behind the test encoder): f16 GGUF vs f32 PyTorch."""
     from falcon_audio_edge.export.bundle import export_bundle
@@ -65,6 +66,7 @@ def test_f16_greedy_identical_on_at_least_9_of_10_prompts(smol_ckpt, workdir, cl
     assert same >= 9, f"only {same}/10 prompts gave identical greedy output"
 
 
+@pytest.mark.slow
 def test_f16_audio_prompts_agree_on_the_real_decoder(smol_ckpt, workdir, clips):
     """The same with audio in the prompt: the injected embeddings go through both backends alike."""
     from falcon_audio_edge.reference import open_checkpoint

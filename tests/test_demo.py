@@ -33,6 +33,7 @@ def home(tmp_path_factory) -> Iterator[Path]:
 
 
 @needs_weights
+@pytest.mark.slow
 def test_demo_answers_the_spoken_question(home):
     out = demo(home)
     assert set(out) >= {"bundle", "checkpoint", "question", "answer"}
@@ -48,6 +49,7 @@ def test_demo_answers_the_spoken_question(home):
 
 
 @needs_weights
+@pytest.mark.slow
 def test_demo_transcribes_and_reuses_the_bundle(home):
     bundle = home / "demo" / "bundle-f16"
     if not bundle.exists():
@@ -67,6 +69,7 @@ def test_demo_without_weights_says_how_to_get_them(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no trained weights")
 
 
+@pytest.mark.slow
 def test_demo_build_checks_the_weights(tmp_path):
     """The trained weights go into the model built from the two packages, key by key (nothing saved to disk)."""
     import copy

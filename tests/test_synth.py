@@ -193,6 +193,7 @@ def test_synth_words_speaks_random_sequences_over_common_words(tmp_path):
     assert all(sf.info(str(tmp_path / "words" / r["audio"])).samplerate == SAMPLE_RATE for r in rows)
 
 
+@pytest.mark.slow
 def test_synth_words_rare_words_widen_the_draw_and_none_keeps_the_old_draw(tmp_path, monkeypatch):
     from pathlib import Path
 
