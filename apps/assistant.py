@@ -25,8 +25,10 @@ from falcon_audio_edge.apps.screen import Screen
 from falcon_audio_edge.apps.speaker import Speaker
 
 from falcon_audio_edge.audio import CHUNK_LENGTH, SAMPLE_RATE, Audio
-from falcon_audio_edge.errors import ConfigError, FaEdgeError
+from falcon_audio_edge.errors import ConfigError, ContextFullError, FaEdgeError
 from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
+
+CONTEXT_FULL = "(the conversation filled the model's context: type r and Enter to start a new one)"
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,9 @@ class Assistant:
                 turn.close()  # what was said so far stays in the conversation
             self.screen.line(" [stopped]")
             return ""
+        except ContextFullError:
+            self.screen.line(CONTEXT_FULL)
+            return ""
         except FaEdgeError as exc:
             self.screen.line(f"(could not use that audio: {exc})")
             return ""
@@ -222,6 +227,8 @@ class Assistant:
                           talker.backend.n_past, utt.capped)  # fmt: skip
         if result.transcript is not None:
             self.screen.line(f"  (heard: {result.transcript!r})")
+        if result.stop_reason == "context_full":
+            self.screen.line(CONTEXT_FULL)
         self.turns.append(stats)
         self.screen.line(
             f"  first token {stats.first_token_after_speech_s:.2f} s after end of speech "

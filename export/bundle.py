@@ -16,10 +16,17 @@ from pathlib import Path
 from falcon_audio_edge.export.gguf_decoder import DECODER_TYPES, write_gguf
 from falcon_audio_edge.export.onnx_encoder import export_encoder
 
-from falcon_audio_edge.checkpoint import load_checkpoint
+from falcon_audio_edge.checkpoint import WEIGHTS_NAME, load_checkpoint
 from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.files import staged_dir
-from falcon_audio_edge.runtime.bundle import ANSWER_FILE, CTC_FILE, DECODER_FILE, ENCODER_FILE, write_manifest
+from falcon_audio_edge.runtime.bundle import (
+    ANSWER_FILE,
+    CTC_FILE,
+    DECODER_FILE,
+    ENCODER_FILE,
+    is_bundle,
+    write_manifest,
+)
 from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, copy_char_head
 
 
@@ -63,12 +70,14 @@ def export_bundle(
     if answer_llm is not None and not Path(answer_llm).is_file():
         raise ExportError(f"answer LLM not found: {answer_llm}")
     f16_embeddings = f16_embeddings_for(decoder_type, f16_embeddings) and decoder_type not in DECODER_TYPES
-    out = Path(out)
-    if Path(checkpoint).resolve() == out.resolve():
-        raise ExportError(f"output folder {out} is the checkpoint folder; choose another")
+    inputs = (Path(checkpoint), *([Path(answer_llm)] if answer_llm is not None else []))
+    writer = staged_dir(Path(out), force, inputs=inputs, replaceable=is_bundle)
+    writer.check()  # before the checkpoint is loaded
     ckpt = load_checkpoint(checkpoint)
     vers = versions()
-    with staged_dir(out, force) as tmp:
+    # about what the bundle takes at most: the checkpoint's f32 weights (and the answer model)
+    writer.need_bytes = sum(p.stat().st_size for p in (Path(checkpoint) / WEIGHTS_NAME, *inputs[1:]))
+    with writer as tmp:
         _write_files(ckpt, tmp, decoder_type, encoder_type, vers.get("falcon-audio-edge", "0"), f16_embeddings)
         if answer_llm is not None:
             add_answer_llm(Path(answer_llm), tmp)
@@ -87,7 +96,7 @@ def export_bundle(
             from falcon_audio_edge.runtime.engine import AudioChat
 
             attach_verification(tmp, ckpt.dims, extra, AudioChat(TorchBackend(ckpt), ckpt.dims))
-    return out
+    return writer.out
 
 
 def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version: str, f16_embeddings: bool) -> None:
@@ -136,7 +145,13 @@ def gguf_vocab(path: Path) -> list[str]:
 
 def add_answer_llm(src: Path, bundle: Path) -> None:
     """Copy the answer LLM into the bundle after checking it reads and writes the same tokens as its decoder."""
-    ours, theirs = gguf_vocab(bundle / DECODER_FILE), gguf_vocab(src)
+    try:
+        theirs = gguf_vocab(src)
+    except Exception as exc:  # gguf-py raises several kinds for a file that is not a GGUF
+        raise ExportError(
+            f"answer LLM {src} is not a readable GGUF file: {str(exc)[:200] or type(exc).__name__}"
+        ) from None
+    ours = gguf_vocab(bundle / DECODER_FILE)
     if ours != theirs:
         first = next(
             (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs))

@@ -26,6 +26,9 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30 s window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: anything shorter is not speech
 SILENCE_PEAK = 1e-4  # -80 dBFS: a clip whose peak is below this is silent
+MIN_FILE_RATE, MAX_FILE_RATE = 8000, 192000  # Hz: the sample rates an audio file may have
+MAX_AUDIO_SECONDS = 5 * 60  # the longest audio taken (10 windows of 30 s); longer is refused, not cut silently
+MAX_FILE_CHANNELS = 8
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,27 @@ def load_audio(path: str | Path) -> Audio:
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
     try:
+        check_audio_header(sf.info(str(path)), str(path))
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as exc:  # soundfile raises several types for bad files
         raise AudioError(f"cannot read audio file {path}: {exc}") from exc
     samples = data.mean(axis=1)  # (n, channels) -> (n,): downmix to mono
     return Audio(validate_samples(resample(samples, rate), str(path)), str(path))
+
+
+def check_audio_header(info, source: str) -> None:
+    """Refuse, before anything is read, a file whose header claims a rate, channel count or length out of range
+    (a 1 Hz rate would be resampled into gigabytes)."""
+    if not MIN_FILE_RATE <= info.samplerate <= MAX_FILE_RATE:
+        raise AudioError(f"{source}: sample rate {info.samplerate} Hz is outside {MIN_FILE_RATE}-{MAX_FILE_RATE} Hz")
+    if not 1 <= info.channels <= MAX_FILE_CHANNELS:
+        raise AudioError(f"{source}: {info.channels} channels; at most {MAX_FILE_CHANNELS} are taken")
+    seconds = info.frames / info.samplerate
+    if seconds > MAX_AUDIO_SECONDS:
+        raise AudioError(f"{source}: {seconds:.0f} s of audio is over the {MAX_AUDIO_SECONDS // 60} min limit; "
+                         "cut it into shorter clips")  # fmt: skip
 
 
 def resample(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -72,6 +91,9 @@ def validate_samples(samples: np.ndarray, source: str = "audio") -> np.ndarray:
         raise AudioError(f"{source}: expected mono samples, got shape {samples.shape}")
     if samples.size == 0:
         raise AudioError(f"{source}: the audio is empty (0 samples)")
+    if samples.size > MAX_AUDIO_SECONDS * SAMPLE_RATE:
+        raise AudioError(f"{source}: {samples.size / SAMPLE_RATE:.0f} s of audio is over the "
+                         f"{MAX_AUDIO_SECONDS // 60} min limit; cut it into shorter clips")  # fmt: skip
     if not np.all(np.isfinite(samples)):
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         raise AudioError(f"{source}: the audio has {bad} NaN or infinite samples")

@@ -39,12 +39,13 @@ def read_dims(path: str | Path) -> ModelDims:
     return ModelDims.from_dict(data["dims"])
 
 
-def save_checkpoint(model: Any, tokenizer: Any, out_dir: str | Path, force: bool = False) -> Path:
-    """Write the checkpoint folder atomically: a temporary sibling, renamed into place."""
+def save_checkpoint(model: Any, tokenizer: Any, out_dir: str | Path, force: bool = False, inputs: tuple = ()) -> Path:
+    """Write the checkpoint folder atomically: a temporary sibling, renamed into place. ``inputs``: what it was
+    built from, which the output folder must not hold."""
     from safetensors.torch import save_model
 
     out = Path(out_dir)
-    with staged_dir(out, force) as tmp:
+    with staged_dir(out, force, inputs=inputs, replaceable=is_checkpoint) as tmp:
         save_model(model, str(tmp / WEIGHTS_NAME), metadata={"fa_edge_dims": model.dims.to_json()})
         sort_header(tmp / WEIGHTS_NAME)
         tokenizer.save_pretrained(str(tmp))
@@ -144,8 +145,10 @@ def init_checkpoint(
     **audio: Any,
 ) -> Path:
     """Build a model (``build_model``) and save it as a checkpoint folder."""
+    inputs = tuple(Path(p) for p in (encoder, llm) if p is not None and Path(p).exists())
+    staged_dir(Path(out_dir), force, inputs=inputs, replaceable=is_checkpoint).check()  # before the build
     model, tokenizer = build_model(preset, encoder, llm, seed, name, **audio)
-    return save_checkpoint(model, tokenizer, out_dir, force=force)
+    return save_checkpoint(model, tokenizer, out_dir, force=force, inputs=inputs)
 
 
 def build_model(

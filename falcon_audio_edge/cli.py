@@ -283,7 +283,8 @@ def ask(
     ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
     listen_first: Annotated[bool | None, typer.Option("--listen-first/--no-listen-first", help=LISTEN_HELP)] = None,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
-    n_ctx: int = 4096,
+    force_threads: Annotated[bool, typer.Option(help="allow more threads than the usable cores")] = False,
+    n_ctx: Annotated[int | None, typer.Option(help="context size (default: 4096 or the model's, if smaller)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
 ) -> None:
     """Answer a spoken question, streaming tokens to the terminal."""
@@ -292,7 +293,7 @@ def ask(
                                     ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
                                     lm_weight=lm_weight or 0.0, beam_size=beam_size,
                                     ctc_proposal_prob=ctc_proposals, ctc_candidates=ctc_candidates)  # fmt: skip
-    runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx)
+    runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx, force_threads=force_threads)
     chat, backend = open_chat(model, runtime)
     with chat:
         listen_first = listens_first(listen_first, prompt, chat)
@@ -344,10 +345,12 @@ def info(
     lines += [f"file     {name}  {f['bytes'] / 2**20:.2f} MiB  sha256 {f['sha256'][:16]}…" for name, f in
               b.manifest["files"].items()]  # fmt: skip
     check = b.manifest.get("verification")
-    if check:
+    if isinstance(check, dict) and check:
         lines.append("verified " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                              for k, v in check.items()))  # fmt: skip
-    lines.append("versions " + ", ".join(f"{k} {v}" for k, v in b.manifest.get("versions", {}).items()))
+    versions = b.manifest.get("versions")
+    versions = versions if isinstance(versions, dict) else {}
+    lines.append("versions " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     typer.echo("\n".join(lines))
 
 

@@ -116,7 +116,7 @@ CHAT_FORMATS: dict[str, dict[str, str]] = {
 class PromptLayout:
     """The chat prompt around the audio: user turn = audio embeddings, then "\\n" + prompt.
 
-    Text pieces are tokenized with special tokens parsed; the audio embeddings
+    The template's pieces are tokenized with special tokens parsed, the prompt as plain text; the audio embeddings
     are spliced in between them, so no placeholder token reaches the decoder.
     """
 

@@ -5,6 +5,11 @@ class FaEdgeError(Exception):
     """Base class: a problem with the user's input, described in one line."""
 
 
+class ContextFullError(FaEdgeError):
+    """The conversation does not fit in the decoder's context: the turn that did not fit is taken back, the
+    conversation before it is kept; ``reset()`` starts a new one."""
+
+
 class ConfigError(FaEdgeError, ValueError):
     """A setting or a dims file has a bad, unknown or conflicting value."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from falcon_audio_edge.config import DecoderDims
-from falcon_audio_edge.errors import CheckpointError, ConfigError
+from falcon_audio_edge.errors import CheckpointError, ConfigError, FaEdgeError
 from falcon_audio_edge.tokenizer import detect_pre, tokenizer_from_gguf, tokenizer_json
 
 # chat format -> special tokens its prompts are written with
@@ -78,13 +78,19 @@ def load_llm(path: str | Path) -> ImportedLLM:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"LLM not found: {path}")
-    if path.suffix == ".gguf":
-        tokenizer, pre = tokenizer_from_gguf(path)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
-        pre = _pre_of_hf(tokenizer, model.config)
+    try:
+        if path.suffix == ".gguf":
+            tokenizer, pre = tokenizer_from_gguf(path)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+            pre = _pre_of_hf(tokenizer, model.config)
+    except FaEdgeError:
+        raise
+    except Exception as exc:  # transformers and gguf-py raise many kinds for a file that is not a model
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot load the LLM {path} (a .gguf file or an HF folder): {first}") from None
     return ImportedLLM(
         model=model.eval(),
         tokenizer=tokenizer,

@@ -53,8 +53,9 @@ class TorchBackend:
             out = self.model.encode_audio(torch.from_numpy(mel).to(self.dtype)[None])
             return out[0].float().numpy()  # (1, N, H) -> (N, H)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """As the bundle's: special tokens parsed only with ``special``."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
 
     def preload_ctc(self) -> None:
         """Nothing to read ahead: the head's weights are in the loaded checkpoint."""

@@ -123,20 +123,33 @@ class GenerationSettings:
         return self.ctc_weight + self.char_weight
 
 
+DEFAULT_N_CTX = 4096  # the context when none is asked for (or the model's trained context, if smaller)
+MAX_N_CTX = 131072
+MAX_THREADS = 1024  # even forced
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """How the bundle runs: threads for the encoder and the decoder, context size."""
+    """How the bundle runs: threads for the encoder and the decoder, context size (None: DEFAULT_N_CTX, or the
+    model's trained context if smaller; a larger one than the model's or the memory's is refused on load)."""
 
     threads: int = 0  # 0: all cores this process may use
-    n_ctx: int = 4096
+    n_ctx: int | None = None
     n_batch: int = 512
     verify_checksums: bool = True
+    force_threads: bool = False  # allow more threads than this machine's usable cores
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
+        if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0 = all cores), got {self.threads!r}")
-        if self.n_ctx < 64:
-            raise ConfigError(f"n_ctx must be >= 64, got {self.n_ctx!r}")
+        cores = default_threads()
+        if self.threads > cores and not self.force_threads:
+            raise ConfigError(f"threads={self.threads} is more than the {cores} cores this process may use; "
+                              "pass --force-threads to use them anyway")  # fmt: skip
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"threads={self.threads} is over the limit of {MAX_THREADS}")
+        if self.n_ctx is not None and not 64 <= self.n_ctx <= MAX_N_CTX:
+            raise ConfigError(f"n_ctx must be from 64 to {MAX_N_CTX}, got {self.n_ctx!r}")
         if self.n_batch < BEAM_SEQUENCES:
             raise ConfigError(f"n_batch must be >= {BEAM_SEQUENCES} (beam search's KV sequences), got {self.n_batch!r}")
 

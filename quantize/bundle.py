@@ -15,13 +15,13 @@ from falcon_audio_edge.export.bundle import versions
 from falcon_audio_edge.quantize.decoder import F16_EMBEDDINGS_BY_DEFAULT, check_decoder_type, quantize_decoder
 from falcon_audio_edge.quantize.encoder import check_encoder_type, convert_encoder
 
-from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.files import staged_dir
 from falcon_audio_edge.runtime.bundle import (
     ANSWER_FILE,
     CTC_FILE,
     DECODER_FILE,
     ENCODER_FILE,
+    is_bundle,
     read_bundle,
     write_manifest,
 )
@@ -62,11 +62,12 @@ def quantize_bundle(
     f16_embeddings = f16_embeddings_for(decoder, f16_embeddings)
     check_encoder_type(encoder)
     src, out = Path(src), Path(out)
-    if src.resolve() == out.resolve():
-        raise FaEdgeError(f"output folder {out} is the input bundle; choose another")
+    writer = staged_dir(out, force, inputs=(src,), replaceable=is_bundle)
+    writer.check()  # before the source is read and hashed
     source = read_bundle(src, verify=True)
     manifest = source.manifest
-    with staged_dir(out, force) as tmp:
+    writer.need_bytes = source.size_bytes  # the quantized bundle is no larger than its source
+    with writer as tmp:
         quantize_files(src, tmp, manifest, decoder, encoder, allow_requantize, f16_embeddings)
         extra = {
             "encoder": {**manifest["encoder"], "dtype": encoder},

@@ -41,18 +41,24 @@ def _int8(src: Path, dst: Path) -> None:
     others, so every int8 encoder is made to be safe there (tests/test_encoder_export.py: on an AMD EPYC with AVX2,
     the tiny test encoder's int8 output had cosine 0.77 to fp32 with full-range weights, above 0.99 with 7 bits)."""
     import logging
+    import shutil
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # it advises pre-processing on the root logger for every model
+    # onnxruntime writes a shape-inferred copy beside the model it reads: it reads a copy in the output's folder,
+    # so the input bundle is never written (it may be read-only, or read by other runs at the same time)
+    stage = dst.parent / ".int8-source"
+    stage.mkdir(exist_ok=True)
     try:
-        quantize_dynamic(
-            src, dst, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
-        )
+        copy_onnx(src, stage / src.name)
+        quantize_dynamic(stage / src.name, dst, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         per_channel=True, reduce_range=True)  # fmt: skip
     finally:
         root.setLevel(level)
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _fp16(src: Path, dst: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from falcon_audio_edge.audio import SAMPLE_RATE
-from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
+from falcon_audio_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE, is_bundle
 from tests.conftest import fa_edge
 
 
@@ -91,10 +91,14 @@ def test_export_refuses_non_empty_folder_without_force(tiny_ckpt, tmp_path):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     one_line_error(fa_edge("export", tiny_ckpt, "-o", out, check=False), "not empty", "--force")
-    assert (out / "precious.txt").read_text() == "keep me"
-    fa_edge("export", tiny_ckpt, "-o", out, "--force")
-    assert (out / MANIFEST_FILE).is_file() and not (out / "precious.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+    one_line_error(fa_edge("export", tiny_ckpt, "-o", out, "--force", check=False), "not one this command made")
+    assert (out / "precious.txt").read_text() == "keep me"  # --force replaces only a bundle
+    bundle = tmp_path / "bundle"
+    fa_edge("export", tiny_ckpt, "-o", bundle, "--no-verify")
+    (bundle / "stale.txt").write_text("from before")
+    fa_edge("export", tiny_ckpt, "-o", bundle, "--force", "--no-verify")
+    assert (bundle / MANIFEST_FILE).is_file() and not (bundle / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "out"]  # no temporary folder left behind
 
 
 def test_bad_settings_are_named(bundle_f32, clips, tiny_ckpt, tmp_path):
@@ -122,7 +126,9 @@ def test_interrupted_export_leaves_no_bundle(tiny_ckpt, tmp_path, sig):
     if sig == signal.SIGTERM:
         assert leftovers == []  # cleaned up on the way out
     else:
-        assert all(p.name.startswith(".bundle.tmp-") and not (p / MANIFEST_FILE).exists() for p in leftovers)
+        # what SIGKILL leaves (the next run into the same folder removes it: tests/test_user_files.py)
+        assert all(p.name == ".bundle.lock" or p.name.startswith(".bundle.tmp-") and not (p / MANIFEST_FILE).exists()
+                   for p in leftovers)  # fmt: skip
 
 
 def test_running_a_bundle_imports_neither_torch_nor_transformers(bundle_f32, clips):
@@ -167,6 +173,7 @@ def test_sigterm_cleanup_during_the_swap_puts_the_old_folder_back(tmp_path, monk
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "old.txt").write_text("the user's bundle")
+    (out / MANIFEST_FILE).write_text(json.dumps({"format": BUNDLE_FORMAT}))
     real = Path.rename
     seen = []
 
@@ -183,10 +190,10 @@ def test_sigterm_cleanup_during_the_swap_puts_the_old_folder_back(tmp_path, monk
 
     monkeypatch.setattr(Path, "rename", rename_then_terminated)
     with pytest.raises(Terminated):
-        with staged_dir(out, force=True) as tmp:
+        with staged_dir(out, force=True, replaceable=is_bundle) as tmp:
             (tmp / "new.txt").write_text("half a new bundle")
     monkeypatch.undo()
-    assert seen == [["bundle"]]  # what the handler left: the old folder in place, no staging folder
+    assert seen == [["bundle"]]  # what the handler left: the old folder in place, no staging folder, no lock file
     assert (out / "old.txt").read_text() == "the user's bundle"
 
 

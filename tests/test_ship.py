@@ -57,7 +57,7 @@ def test_ship_stacks_a_run_on_the_demo_model_onto_its_shipped_weights(tmp_path, 
     assert torch.equal(got[name], shipped[name] + 1.0)  # the run's connector, the shipped LoRA and encoder
     assert all(torch.equal(got[k], v) for k, v in shipped.items() if not k.startswith("connector."))
 
-    state = torch.load(run / "state.pt", weights_only=False)  # a char_weight run: its head ships as char_head.npz
+    state = torch.load(run / "state.pt", weights_only=True)  # a char_weight run: its head ships as char_head.npz
     torch.save({**state, "trainable": {**state["trainable"], "chars.out.1.bias": torch.zeros(58)}}, run / "state.pt")
     with safe_open(str(ship(run, onto, tmp_path / "with-chars.safetensors")), framework="pt") as f:
         assert set(f.keys()) == set(got)
@@ -67,7 +67,7 @@ def test_ship_stacks_a_run_on_the_demo_model_onto_its_shipped_weights(tmp_path, 
     other.write_bytes(onto.read_bytes() + b" ")  # another file: the checkpoint was not built from it
     assert main([str(run), "--onto", str(other), "-o", str(tmp_path / "x.safetensors")]) == 2
     assert not (tmp_path / "x.safetensors").exists()
-    state = torch.load(run / "state.pt", weights_only=False)
+    state = torch.load(run / "state.pt", weights_only=True)
     state["trainable"]["model.llm.lm_head.weight"] = torch.zeros(1)
     torch.save(state, run / "state.pt")
     with pytest.raises(ConfigError, match="only the connector, encoder, CTC head and LoRA adapters can be stacked"):
@@ -149,7 +149,7 @@ def test_ship_stacks_a_runs_adapters_onto_the_shipped_ones(tmp_path, tiny_ckpt):
     save_file(shipped, str(onto), metadata=meta)
     sources = tmp_path / "demo" / "sources.json"  # the demo checkpoint was built from this file
     sources.write_text(json.dumps({"shipped_sha256": sha256_file(onto)}))
-    state = torch.load(run / "state.pt", weights_only=False)
+    state = torch.load(run / "state.pt", weights_only=True)
     above = _adapters(llm, targets, 2, seed=4)
     state["trainable"] |= {f"model.{k}": v.float() for k, v in above.items()}
     state["config"] |= {"train": ["connector", "lora"], "lora_r": 2, "lora_alpha": 4, "lora_targets": list(targets)}

@@ -164,7 +164,7 @@ def test_resume_continues_where_the_run_stopped(tmp_path, tiny_ckpt, manifest, m
     import torch  # a state saved with another batch order (an older version) is not resumed either
 
     state_path = tmp_path / "b" / "run" / "state.pt"
-    state = torch.load(state_path, weights_only=False)
+    state = torch.load(state_path, weights_only=True)
     state["config"].pop("batching")
     torch.save(state, state_path)
     with pytest.raises(ConfigError, match="batching \\(saved: before length buckets\\)"):
@@ -432,7 +432,7 @@ def test_ctc_head_gives_distributions_and_its_loss_moves_the_connector(tmp_path,
     assert result.eval_ctc_wer is not None and result.eval_ctc_wer >= 0.9  # 6 steps of a random tiny model: no words
     shipped = load_file(str(result.trainable))
     assert {k.split(".")[0] for k in shipped} == {"connector", "ctc"}
-    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert {"model.ctc.log_scale", "model.ctc.blank.weight", "model.ctc.blank.bias"} <= set(state["trainable"])
     trained = load_checkpoint(result.checkpoint).model
     assert trained.dims.audio.ctc_head and trained.ctc is not None
@@ -446,7 +446,7 @@ def test_a_run_saved_before_the_head_moved_into_the_model_still_resumes(tmp_path
 
     first = train(config(tmp_path, tiny_ckpt, manifest, ctc_weight=0.5, max_steps=2, warmup_steps=0), progress=False)
     path = tmp_path / "run" / "state.pt"
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     state["trainable"] = {k.removeprefix("model.") if k.startswith("model.ctc.") else k: v
                           for k, v in state["trainable"].items()}  # fmt: skip
     torch.save(state, path)
@@ -488,7 +488,7 @@ def test_the_character_head_trains_with_the_encoder_and_goes_on_from_the_checkpo
     head = load_char_head(first.char_head, hidden=32)
     again = load_char_head(first.checkpoint / CHAR_HEAD_FILE, hidden=32)
     assert all(np.array_equal(a, b) for a, b in zip(head.weights, again.weights, strict=True))
-    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert any(k.startswith("chars.") for k in state["trainable"]) and state["config"]["char_weight"] == 0.5
 
     # a run cut off by a time limit leaves only its state (scripts/gpu/finish.py): the state comes back in parts
@@ -503,7 +503,7 @@ def test_the_character_head_trains_with_the_encoder_and_goes_on_from_the_checkpo
     cut = tmp_path / "cut"
     cut.mkdir()
     (cut / "state.pt").write_bytes(b"".join(p.read_bytes() for p in sorted((tmp_path / "parts").iterdir())))
-    back = torch.load(cut / "state.pt", weights_only=False)
+    back = torch.load(cut / "state.pt", weights_only=True)
     assert back["optimizer"] is None and back["step"] == state["step"]
     assert set(back["trainable"]) == set(state["trainable"])
     finish.char_head(cut)
@@ -527,7 +527,7 @@ def test_a_run_saved_before_character_heads_resumes(tmp_path, tiny_ckpt, manifes
     cfg = config(tmp_path, tiny_ckpt, manifest, max_steps=4, stop_after=2)
     train(cfg, progress=False)
     path = tmp_path / "run" / "state.pt"
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     del state["config"]["char_weight"], state["config"]["char_learning_rate"]
     torch.save(state, path)
     assert train(config(tmp_path, tiny_ckpt, manifest, max_steps=4), progress=False).steps == 4
@@ -591,7 +591,7 @@ def test_init_from_an_earlier_run(tmp_path, tiny_ckpt, manifest, capsys):
 
     first = config(tmp_path, tiny_ckpt, manifest, output_dir=str(tmp_path / "a"), max_steps=3, ctc_weight=0.5)
     train(first, progress=False)
-    saved = torch.load(tmp_path / "a" / "state.pt", weights_only=False)["trainable"]
+    saved = torch.load(tmp_path / "a" / "state.pt", weights_only=True)["trainable"]
     cfg = config(tmp_path, tiny_ckpt, manifest, output_dir=str(tmp_path / "b"), train=["connector", "lora"],
                  ctc_weight=0.5, init_from=str(tmp_path / "a"), max_steps=3)  # fmt: skip
     ckpt = load_checkpoint(tiny_ckpt)

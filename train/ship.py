@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from falcon_audio_edge.train.state import STATE_FILE, saved_trainable
+from falcon_audio_edge.train.state import STATE_FILE, read_state, saved_trainable
 
 from falcon_audio_edge.checkpoint import WEIGHTS_NAME, read_dims
 from falcon_audio_edge.config import ModelDims
@@ -39,7 +39,7 @@ def run_base(run: Path, onto: Path) -> tuple[dict, Path]:
     path = run / STATE_FILE
     if not path.is_file():
         raise ConfigError(f"{path} not found: give a training run's output_dir")
-    state = torch.load(path, weights_only=False)
+    state = read_state(path)
     base = Path(state["config"]["checkpoint"])
     weights = base / WEIGHTS_NAME
     if not weights.is_file() or sha256_file(weights) != state["config"].get("base_sha256"):

@@ -5,6 +5,7 @@ Written atomically (temporary file, then rename), so an interrupted run resumes 
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -26,6 +27,16 @@ RESUME_KEYS = (
 )  # fmt: skip
 # resume keys newer than some saves: their value then
 ADDED_KEYS = {"char_weight": 0.0, "char_learning_rate": None, "optimizer": "adamw", "load_in_4bit": False}
+
+
+def read_state(path: Path) -> dict:
+    """A saved training state (a GPU run's too), unpickled with ``weights_only``: tensors, numbers, strings, lists
+    and dicts only, so a crafted file cannot run code; anything else is refused with the file named."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} is not a training state this toolkit can read safely ({first[:200]})") from None
 
 
 def base_fingerprint(checkpoint: str | Path) -> str:
@@ -74,7 +85,7 @@ def load_state(out: Path, model, optimizer, scheduler, cfg, base: str) -> int:
     path = out / STATE_FILE
     if not path.is_file():
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=False)  # a GPU run's save too
+    state = read_state(path)
     check_resume(out, state["config"], cfg, base)
     want, saved = trainable_state(model), saved_trainable(state)
     if set(saved) != set(want):
@@ -95,7 +106,7 @@ def init_weights(run: Path, model, cfg, base: str) -> list[str]:
     path = Path(run) / STATE_FILE
     if not path.is_file():
         raise ConfigError(f"init_from: {path} not found (give an earlier run's output_dir)")
-    state = torch.load(path, map_location="cpu", weights_only=False)  # a GPU run's save too
+    state = read_state(path)
     if not same_base(state["config"], cfg, base):
         raise ConfigError(
             f"init_from: {run} trained from other base weights ({state['config']['checkpoint']}), not {cfg.checkpoint}"

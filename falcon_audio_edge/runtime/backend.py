@@ -74,8 +74,8 @@ class BundleBackend:
     def encode(self, mel: np.ndarray) -> np.ndarray:
         return self.encoder(mel)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.decoder.tokenize(text)
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.decoder.tokenize(text, special)
 
     def token_bytes(self, token: int) -> bytes:
         return self.decoder.token_bytes(token)
@@ -138,7 +138,7 @@ class LlamaTextPrior(TextBackend):
     so the answer model's conversation is untouched; each hypothesis is a KV sequence, as in the decoder."""
 
     def __init__(self, path: Path, prefix: list[int], settings: RuntimeSettings):
-        super().__init__(path, replace(settings, n_ctx=min(settings.n_ctx, TEXT_PRIOR_CTX)))
+        super().__init__(path, replace(settings, n_ctx=min(settings.n_ctx or TEXT_PRIOR_CTX, TEXT_PRIOR_CTX)))
         self.prefix = prefix
 
     def begin(self) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 from falcon_audio_edge import audio
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import BundleError, FaEdgeError
-from falcon_audio_edge.files import read_json
+from falcon_audio_edge.files import inside, read_json
 from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE  # optional: a character CTC head
 
 BUNDLE_FORMAT = "falcon-audio-edge-bundle"
@@ -100,6 +100,14 @@ def write_manifest(folder: Path, dims: ModelDims, extra: dict[str, Any]) -> dict
     return manifest
 
 
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` holds a bundle made by this toolkit (its manifest says so): what ``--force`` may replace."""
+    try:
+        return json.loads((Path(path) / MANIFEST_FILE).read_text()).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
     """Read a bundle's manifest; with ``verify`` check every file's size and sha256."""
     path = Path(path)
@@ -116,12 +124,30 @@ def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
     want = {**audio_constants(), "n_mels": dims.encoder.n_mels}
     if manifest.get("audio") != want:
         raise BundleError(f"{manifest_path}: audio constants {manifest.get('audio')} differ from this toolkit's {want}")
+    check_manifest(path, manifest)
     for name in (ENCODER_FILE, DECODER_FILE, *([CTC_FILE] if dims.audio.ctc_head else [])):
-        if name not in manifest.get("files", {}):
+        if name not in manifest["files"]:
             raise BundleError(f"{manifest_path} does not list {name}")
     if verify:
         verify_files(path, manifest["files"])
     return Bundle(path=path, dims=dims, manifest=manifest)
+
+
+def check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """The manifest's shape: every file a plain name inside the bundle with its byte count and sha256, and the
+    encoder and decoder sections the runtime reads; anything else is a BundleError naming it."""
+    where = path / MANIFEST_FILE
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"{where}: 'files' must map file names to their bytes and sha256")
+    for name, entry in files.items():
+        inside(path, name, BundleError)
+        ok = isinstance(entry, dict) and type(entry.get("bytes")) is int and entry["bytes"] >= 0
+        if not ok or not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64:
+            raise BundleError(f"{where}: files[{name!r}] must have 'bytes' (a whole number) and 'sha256' (64 hex)")
+    for part, key in (("encoder", "dtype"), ("decoder", "type")):
+        if not isinstance(manifest.get(part), dict) or not isinstance(manifest[part].get(key), str):
+            raise BundleError(f"{where}: the {part!r} section with its {key!r} is missing")
 
 
 def verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:

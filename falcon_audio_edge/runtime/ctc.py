@@ -235,8 +235,10 @@ def load_ctc_head(ctc_file, gguf_file, vocab: int, hidden: int) -> CTCHead:
     try:
         with np.load(ctc_file, allow_pickle=False) as data:
             parts = {k: np.asarray(data[k], dtype=np.float32) for k in ("blank_weight", "blank_bias", "log_scale")}
-    except (OSError, KeyError, ValueError) as exc:
-        raise BundleError(f"cannot read the CTC head {ctc_file}: {exc}") from exc
+    except Exception as exc:  # numpy raises many kinds for a file that is not an npz of these arrays
+        raise BundleError(f"cannot read the CTC head {ctc_file}: {str(exc)[:200] or type(exc).__name__}") from exc
+    if not all(np.all(np.isfinite(v)) for v in parts.values()):
+        raise BundleError(f"{ctc_file}: the CTC head has NaN or infinite weights")
     if parts["blank_bias"].shape != () or parts["log_scale"].shape != ():
         raise BundleError(f"{ctc_file}: blank_bias and log_scale must be scalars")
     if parts["blank_weight"].shape != (hidden,):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from falcon_audio_edge.errors import BundleError, FaEdgeError
-from falcon_audio_edge.settings import BEAM_SEQUENCES
+from falcon_audio_edge.errors import BundleError, ConfigError, ContextFullError, FaEdgeError
+from falcon_audio_edge.settings import BEAM_SEQUENCES, DEFAULT_N_CTX
 from falcon_audio_edge.settings import MAX_BEAM_SIZE as MAX_BEAMS
 
 _LOG_CALLBACK = None
@@ -45,10 +45,38 @@ def without_extra_bufts(params):
     return params
 
 
+def context_size(lc, model, path: Path, requested: int | None) -> int:
+    """The context to create: DEFAULT_N_CTX or the model's trained context when none is asked for; one larger than
+    the model was trained for, or whose KV cache would not fit in the memory available, is refused."""
+    trained = lc.llama_model_n_ctx_train(model)
+    if requested is None:
+        return min(DEFAULT_N_CTX, trained)
+    if requested > trained:
+        raise ConfigError(f"n_ctx={requested} is more than {path.name} was trained for ({trained} positions)")
+    head_dim = lc.llama_model_n_embd(model) // lc.llama_model_n_head(model)
+    kv_bytes = 2 * 2 * lc.llama_model_n_layer(model) * lc.llama_model_n_head_kv(model) * head_dim * requested  # K+V f16
+    available = available_memory()
+    if available is not None and kv_bytes > 0.8 * available:
+        raise ConfigError(f"n_ctx={requested} needs about {kv_bytes / 2**30:.1f} GB of KV cache; "
+                          f"{available / 2**30:.1f} GB of memory is available")  # fmt: skip
+    return requested
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class LlamaDecoder:
     """One llama.cpp model + context, fed token or embedding batches, KV cache kept."""
 
-    def __init__(self, path: Path, n_ctx: int, n_batch: int, n_threads: int):
+    def __init__(self, path: Path, n_ctx: int | None, n_batch: int, n_threads: int):
         import llama_cpp as lc
 
         if n_batch < BEAM_SEQUENCES:  # llama.cpp would abort the process in llama_init_from_model
@@ -59,6 +87,11 @@ class LlamaDecoder:
         self.model = lc.llama_model_load_from_file(str(path).encode(), safe_model_params(lc))
         if not self.model:
             raise BundleError(f"llama.cpp could not load {path}")
+        try:
+            n_ctx = context_size(lc, self.model, path, n_ctx)
+        except FaEdgeError:
+            lc.llama_model_free(self.model)
+            raise
         cparams = lc.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
         cparams.n_threads, cparams.n_threads_batch = n_threads, n_threads
@@ -97,11 +130,12 @@ class LlamaDecoder:
             pass
 
     # -- text --
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text``, special tokens parsed, no BOS added."""
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text``, no BOS added; special tokens parsed only with ``special`` (the chat template's
+        pieces, never a user's text: ``<|im_end|>`` typed or heard stays text)."""
         data = text.encode("utf-8")
         buf = (self._lc.llama_token * (len(data) + 8))()
-        n = self._lc.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        n = self._lc.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, special)
         if n < 0:
             raise FaEdgeError(f"tokenization needs {-n} tokens, more than the buffer")
         return list(buf[:n])
@@ -118,7 +152,7 @@ class LlamaDecoder:
     # -- decoding --
     def _room(self, n: int) -> None:
         if self.n_past + n > self.n_ctx:
-            raise FaEdgeError(
+            raise ContextFullError(
                 f"the conversation needs {self.n_past + n} positions, more than the context n_ctx={self.n_ctx}; "
                 "reset the conversation or raise n_ctx"
             )
@@ -178,7 +212,7 @@ class LlamaDecoder:
         if self._beams is None or len(tokens) != len(parents) or not 1 <= len(tokens) <= MAX_BEAMS:
             raise FaEdgeError(f"beams_step needs 1 to {MAX_BEAMS} (parent, token) pairs after beams_begin")
         if self._beam_pos + 1 > self.n_ctx:
-            raise FaEdgeError(f"beam search reached the context size n_ctx={self.n_ctx}; raise n_ctx")
+            raise ContextFullError(f"beam search reached the context size n_ctx={self.n_ctx}; reset or raise n_ctx")
         fresh = [s for s in range(1, BEAM_SEQUENCES) if s not in self._beams][: len(tokens)]
         for seq, parent in zip(fresh, parents, strict=True):
             lc.llama_memory_seq_cp(mem, self._beams[parent], seq, -1, -1)  # shares the cells: no copy

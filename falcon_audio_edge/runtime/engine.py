@@ -18,7 +18,7 @@ import numpy as np
 
 from falcon_audio_edge.audio import Audio, load_audio
 from falcon_audio_edge.config import ModelDims
-from falcon_audio_edge.errors import FaEdgeError
+from falcon_audio_edge.errors import ContextFullError, FaEdgeError
 from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
 from falcon_audio_edge.runtime.chars import guide_scorer
@@ -40,7 +40,7 @@ class Backend(Protocol):
     def ctc_posteriors(self, embeds: np.ndarray) -> Any: ...
     def preload_ctc(self) -> None: ...
     def char_log_probs(self, embeds: np.ndarray) -> np.ndarray: ...
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str, special: bool = True) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
     def feed_tokens(self, ids: list[int]) -> None: ...
     def feed_embeddings(self, embeds: np.ndarray) -> None: ...
@@ -279,21 +279,29 @@ class AudioChat:
         if self._started is not None and (embeds is None or self._started[0] != prompt):
             self.cancel_turn()  # started for another prompt, or this turn has no audio
         t0 = time.perf_counter()
-        if embeds is None:
-            before, after = self.layout.text_turn(prompt or "", self.turns == 0), ""
-        else:
-            before, after = self.layout.around_audio(prompt, self.turns == 0)
-        ids_after = self.backend.tokenize(after)
-        if self._started is not None:  # the text before the audio is in the cache already
-            n_before, self._started = self._started[1], None
-        else:
-            ids_before = self._prefix_ids(before)
-            self.backend.feed_tokens(ids_before)
-            n_before = len(ids_before)
-        if embeds is not None:
-            self.backend.feed_embeddings(embeds)
-        if ids_after:
-            self.backend.feed_tokens(ids_after)
+        before, _ = self.layout.around_audio(None, self.turns == 0)
+        # the user's text (typed, or a transcript) is tokenized as text: roles come only from the template
+        user = (prompt or "") if embeds is None else (f"\n{prompt}" if prompt else "")
+        ids_after = self.backend.tokenize(user, special=False) if user else []
+        ids_after += self.backend.tokenize(self.layout.turn_end + self.layout.assistant_start)
+        mark, close = (
+            (self._started[2], self._started[3]) if self._started else (self.backend.n_past, self._close_previous)
+        )
+        try:
+            if self._started is not None:  # the text before the audio is in the cache already
+                n_before, self._started = self._started[1], None
+            else:
+                ids_before = self._prefix_ids(before)
+                self.backend.feed_tokens(ids_before)
+                n_before = len(ids_before)
+            if embeds is not None:
+                self.backend.feed_embeddings(embeds)
+            if ids_after:
+                self.backend.feed_tokens(ids_after)
+        except ContextFullError:  # the turn is taken back whole: the conversation before it stays usable
+            self.backend.truncate(mark)
+            self._close_previous, self._started = list(close), None
+            raise
         timings.prefill_ms = (time.perf_counter() - t0) * 1e3
         self._close_previous = []
         return n_before + len(ids_after), features, embeds
@@ -324,7 +332,10 @@ class AudioChat:
             if token in self.stop_ids and not gen.ignore_end_of_turn:
                 return "end_of_turn"
             yield token
-            self.backend.feed_tokens([token])
+            try:
+                self.backend.feed_tokens([token])
+            except ContextFullError:  # the answer so far stays; the next turn will not fit either
+                return "context_full"
         return "max_tokens"
 
     def _searched(self, gen: GenerationSettings, embeds: np.ndarray):

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.settings import GenerationSettings
 
 
@@ -35,7 +36,8 @@ class AskResult:
     audio_seconds: float
     windows: int
     prompt_tokens: int
-    stop_reason: str  # "end_of_turn", "max_tokens", or "nothing_heard" (a listen-first turn that heard no words)
+    stop_reason: str  # "end_of_turn", "max_tokens", "nothing_heard" (a listen-first turn that heard no words), or
+    # "context_full" (the answer filled the decoder's context: the next turn raises ContextFullError until reset)
     timings: Timings = field(default_factory=Timings)
     transcript: str | None = None  # listen-first turns: what the model heard, answered by the answer model
 
@@ -46,7 +48,11 @@ class AskResult:
 
 
 def sample_token(logits: np.ndarray, settings: GenerationSettings, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0; else temperature, top-k, then top-p (nucleus) sampling."""
+    """Greedy at temperature 0; else temperature, top-k, then top-p (nucleus) sampling. Logits that are not all
+    finite (a broken model) are an error, not a random token."""
+    if not np.all(np.isfinite(logits)):
+        bad = int(np.count_nonzero(~np.isfinite(logits)))
+        raise FaEdgeError(f"the decoder produced {bad} NaN or infinite logits of {logits.size}; the model is broken")
     if settings.greedy:
         return int(np.argmax(logits))
     scaled = logits.astype(np.float64) / settings.temperature

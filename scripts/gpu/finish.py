@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from falcon_audio_edge.train.charnet import start_head, to_char_head
-from falcon_audio_edge.train.state import STATE_FILE
+from falcon_audio_edge.train.state import STATE_FILE, read_state
 
 from falcon_audio_edge.checkpoint import read_dims
 from falcon_audio_edge.errors import ConfigError
@@ -30,7 +30,7 @@ PART = 15 * 2**20
 
 
 def strip(run: Path, out: Path) -> None:
-    state = torch.load(run / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_state(run / STATE_FILE)
     state["optimizer"] = state["scheduler"] = None
     for old in out.glob(f"{STATE_FILE}.part*"):  # an earlier call's parts would be joined with these
         old.unlink()
@@ -44,7 +44,7 @@ def strip(run: Path, out: Path) -> None:
 
 
 def char_head(run: Path) -> None:
-    state = torch.load(run / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_state(run / STATE_FILE)
     base = Path(state["config"]["checkpoint"])
     head = start_head(base / CHAR_HEAD_FILE, read_dims(base).decoder.hidden)
     weights = {k[len("chars.") :]: v for k, v in state["trainable"].items() if k.startswith("chars.")}
