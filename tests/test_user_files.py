@@ -137,10 +137,12 @@ def test_a_folder_moved_aside_by_a_killed_swap_goes_back(tmp_path, capfd):
     assert "put back .bundle.old-0badf00d as bundle" in capfd.readouterr().err
 
 
-def test_no_space_is_refused_up_front_naming_the_disk(bundle_f32, tmp_path):
+def test_no_space_is_refused_up_front_naming_the_disk(bundle_f32, tiny_ckpt, tmp_path):
     with mounted("tmpfs", tmp_path / "small", "-t", "tmpfs", "-o", "size=256k", "tmpfs") as small:
         proc = fa_edge("quantize", bundle_f32, "-o", small / "q", "--no-verify", check=False)
         one_line_error(proc, f"not enough disk space on {small}")
+        proc = fa_edge("export", tiny_ckpt, "-o", small / "e", "--no-verify", check=False)
+        one_line_error(proc, f"not enough disk space on {small}", "needed")
         assert list(small.iterdir()) == []
 
 
