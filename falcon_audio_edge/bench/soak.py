@@ -46,10 +46,12 @@ class SoakResult:
 
 def rss_mb() -> float:
     """This process's resident memory now (VmRSS), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise FaEdgeError("cannot read VmRSS from /proc/self/status (Linux only)")
+    from falcon_audio_edge.bench.worker import status_mb
+
+    rss = status_mb("VmRSS")
+    if rss is None:
+        raise FaEdgeError("cannot read VmRSS from /proc/self/status (Linux only)")
+    return rss
 
 
 def soak(bundle: Path, asks: int, reset_every: int, max_tokens: int, audio=None, listen_first: bool = False,
@@ -94,9 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         audio = load_audio(args.audio) if args.audio else None
-        quiet = args.json
-        result = soak(args.bundle, args.asks, args.reset_every, args.max_tokens, audio, args.listen_first,
-                      progress=None if quiet else lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
+        progress = None if args.json else lambda line: print(line, file=sys.stderr, flush=True)
+        result = soak(args.bundle, args.asks, args.reset_every, args.max_tokens, audio, args.listen_first, progress)
     except FaEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

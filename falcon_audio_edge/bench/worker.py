@@ -20,15 +20,23 @@ from pathlib import Path
 from falcon_audio_edge.bench.clips import speech_clip
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory. VmHWM starts afresh at exec; ru_maxrss would carry the
-    parent's peak over from the fork."""
+def status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory. VmHWM starts afresh at exec; ru_maxrss would carry the
+    parent's peak over from the fork."""
+    peak = status_mb("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux (may include the parent's)
 
 
