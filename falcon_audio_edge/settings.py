@@ -9,21 +9,21 @@ from falcon_audio_edge.errors import ConfigError
 
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
-# hypotheses CTC-guided decoding keeps (docs/tuning-wide-search.md: 16 with 64 candidates, chosen by a rule set before
-# its dev runs; 8 before, docs/tuning-text-llm.md); docs/quality.md measures greedy next to it
+# hypotheses CTC-guided decoding keeps (16 with 64 candidates, chosen on the dev splits by a rule set before the runs,
+# commit 46cac9f); docs/quality-espeak.md measures greedy next to it
 DEFAULT_BEAM_SIZE = 16
-DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split (docs/tuning-stage8.md)
+DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split
 MAX_BEAM_SIZE = 16  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
 # the decoder's KV sequences: the conversation + two sets of hypotheses (a step copies the parents into fresh ones);
 # llama.cpp reserves one output per sequence and aborts the process if n_batch cannot hold them
 BEAM_SEQUENCES = 1 + 2 * MAX_BEAM_SIZE
 DEFAULT_CHAR_WEIGHT = 0.3  # the character head's share of a transcription's guidance, where the model has one
-DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.3  # ... and the token head's then (the LLM keeps 0.4; docs/tuning-dev2.md:
-# best over dev and dev2 together; 0.2 was docs/tuning.md's choice on dev alone)
+DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.3  # ... and the token head's then (the LLM keeps 0.4;
+# best over dev and dev2 together)
 DEFAULT_CTC_CANDIDATES = 64  # the LLM's likeliest tokens a CTC-guided step rescores, besides the CTC proposals
-# (docs/tuning-wide-search.md; 16 with a beam of 8, docs/tuning-candidates.md)
+# (chosen with the beam of 16, commit 46cac9f)
 DEFAULT_LM_WEIGHT = 0.4  # the text prior's in a guided transcription, where the bundle has a text LLM
-# (docs/tuning-text-llm.md)
+# (chosen on the dev split, commit 450d086)
 
 
 def ctc_weight_for(prompt: str | None, has_ctc_head: bool, requested: float | None = None, chars: float = 0.0) -> float:

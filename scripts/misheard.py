@@ -4,8 +4,7 @@
 
 Prints "N of M heard word for word", then each miss as "voice rRATE pPITCH | said -> heard". Words only (as the
 quality report's word-for-word rows: case and punctuation aside, so "colour" against "color" is a miss).
-docs/sampled-sentences.md run 5 counts dev's misheard questions with it (--task qa); docs/tuning-wide-search.md
-with a wider search (--beam-size, --candidates: the search's settings, the rest the default decoding's).
+--beam-size and --candidates set the search (the rest is the default decoding's).
 """
 
 from __future__ import annotations

