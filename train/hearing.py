@@ -58,38 +58,34 @@ def read_rows(manifest: Path) -> list[dict]:
     return rows
 
 
-def bundle_transcripts(bundle: Path, clips: list[Path], threads: int) -> tuple[list[str], float]:
-    from falcon_audio_edge.runtime.backend import open_bundle
-    from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, RuntimeSettings
+def bundle_transcripts(chat, clips: list[Path]) -> tuple[list[str], float]:
+    from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings
 
     out = []
-    with open_bundle(bundle, RuntimeSettings(threads=threads)) as chat:
-        gen = chat.with_weights(GenerationSettings(max_tokens=96), TRANSCRIBE_PROMPT)  # the model's defaults
-        t0 = time.perf_counter()
-        for clip in clips:
-            chat.reset()
-            out.append(chat.ask(clip, TRANSCRIBE_PROMPT, gen).run().text)
+    gen = chat.with_weights(GenerationSettings(max_tokens=96), TRANSCRIBE_PROMPT)  # the model's defaults
+    t0 = time.perf_counter()
+    for clip in clips:
+        chat.reset()
+        out.append(chat.ask(clip, TRANSCRIBE_PROMPT, gen).run().text)
     return out, (time.perf_counter() - t0) / len(clips)
 
 
-def question_agreement(bundle: Path, rows: list[dict], clips: list[Path], threads: int) -> dict[int, bool]:
+def question_agreement(chat, rows: list[dict], clips: list[Path]) -> dict[int, bool]:
     """{row index: the spoken question's default answer has the typed question's answer's words} for the rows
     whose sentence is a question; {} where the bundle has no answer model."""
-    from falcon_audio_edge.runtime.backend import open_bundle
-    from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
+    from falcon_audio_edge.settings import GenerationSettings
 
     asked = [i for i, r in enumerate(rows) if r["text"].rstrip().endswith("?")]
     same: dict[int, bool] = {}
-    with open_bundle(bundle, RuntimeSettings(threads=threads)) as chat:
-        if chat.open_answerer is None or not asked:
-            return same
-        gen = GenerationSettings(max_tokens=ANSWER_TOKENS)
-        for i in asked:
-            chat.answerer().reset()
-            typed = chat.answerer().ask(None, rows[i]["text"], gen).run().text
-            chat.answerer().reset()
-            spoken = chat.ask(clips[i], None, gen, listen_first=True).run().text
-            same[i] = exact_share([typed], [spoken]) == 1.0
+    if chat.open_answerer is None:
+        return same
+    gen = GenerationSettings(max_tokens=ANSWER_TOKENS)
+    for i in asked:
+        chat.answerer().reset()
+        typed = chat.answerer().ask(None, rows[i]["text"], gen).run().text
+        chat.answerer().reset()
+        spoken = chat.ask(clips[i], None, gen, listen_first=True).run().text
+        same[i] = exact_share([typed], [spoken]) == 1.0
     return same
 
 
@@ -107,30 +103,39 @@ def whisper_transcripts(model_dir: Path, clips: list[Path], threads: int) -> tup
 
 
 def evaluate(bundle: Path, splits: list[Path], whisper: Path | None, threads: int) -> dict:
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.settings import RuntimeSettings
+
     result: dict = {"bundle": str(bundle), "threads": threads, "rows": [], "examples": []}
-    for manifest in splits:
-        rows = read_rows(manifest)
-        clips = [manifest.parent / r["audio"] for r in rows]
-        hyps, seconds = bundle_transcripts(bundle, clips, threads)
-        said, w_seconds = whisper_transcripts(whisper, clips, threads) if whisper else (None, None)
-        agree = question_agreement(bundle, rows, clips, threads)
-        name = manifest.parent.name
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(family(r.get("voice", "?")), []).append(i)
-        groups["all"] = list(range(len(rows)))
-        for fam, idx in groups.items():
-            refs = [rows[i]["text"] for i in idx]
-            asked = [agree[i] for i in idx if i in agree]
-            result["rows"].append(Row(
-                name, fam, len(idx), word_error_rate(refs, [hyps[i] for i in idx]),
-                word_error_rate(refs, [said[i] for i in idx]) if said else None,
-                seconds, w_seconds, sum(asked) / len(asked) if asked else None, len(asked),
-            ).__dict__)  # fmt: skip
-        shown = range(0, len(rows), max(1, len(rows) // 4))
-        result["examples"] += [{"split": name, "voice": rows[i]["voice"], "text": rows[i]["text"], "bundle": hyps[i],
-                                "whisper": said[i] if said else None} for i in shown]  # fmt: skip
+    read = [(manifest, read_rows(manifest)) for manifest in splits]  # every manifest checked before the bundle loads
+    with open_bundle(bundle, RuntimeSettings(threads=threads)) as chat:  # loaded and verified once for all splits
+        for manifest, rows in read:
+            add_split(result, chat, manifest, rows, whisper, threads)
     return result
+
+
+def add_split(result: dict, chat, manifest: Path, rows: list[dict], whisper: Path | None, threads: int) -> None:
+    """One split's rows per voice family, and its examples, into ``result``."""
+    clips = [manifest.parent / r["audio"] for r in rows]
+    hyps, seconds = bundle_transcripts(chat, clips)
+    said, w_seconds = whisper_transcripts(whisper, clips, threads) if whisper else (None, None)
+    agree = question_agreement(chat, rows, clips)
+    name = manifest.parent.name
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(family(r.get("voice", "?")), []).append(i)
+    groups["all"] = list(range(len(rows)))
+    for fam, idx in groups.items():
+        refs = [rows[i]["text"] for i in idx]
+        asked = [agree[i] for i in idx if i in agree]
+        result["rows"].append(Row(
+            name, fam, len(idx), word_error_rate(refs, [hyps[i] for i in idx]),
+            word_error_rate(refs, [said[i] for i in idx]) if said else None,
+            seconds, w_seconds, sum(asked) / len(asked) if asked else None, len(asked),
+        ).__dict__)  # fmt: skip
+    shown = range(0, len(rows), max(1, len(rows) // 4))
+    result["examples"] += [{"split": name, "voice": rows[i]["voice"], "text": rows[i]["text"], "bundle": hyps[i],
+                            "whisper": said[i] if said else None} for i in shown]  # fmt: skip
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
