@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"{role}: {n} clips -> {path}")
     except FaEdgeError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
