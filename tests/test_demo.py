@@ -168,6 +168,7 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     weights.write_bytes(b"new weights")
     calls.clear()
     demo.prepare("f16")
+    assert not (tmp_path / "home" / "demo" / "bundle-q8_0").exists()  # removed whole, not left without a manifest
     demo.prepare("q8_0")  # the q8_0 bundle came from the old weights too
     assert calls == [("build", b"new weights"), ("export", "f16"), ("export", "q8_0")]
     llm = tmp_path / "other.gguf"  # an upgraded LLM package

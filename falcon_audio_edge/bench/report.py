@@ -124,6 +124,7 @@ def markdown(report: BenchReport, plot_name: str | None = None) -> str:
         f"Produced by `{report.command}` (nothing in this file is typed by hand; rerun it to refresh).", "",
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores of {m['cores']}, {m['memory_gib']} GiB, "
         f"Python {m['python']}. Threads: {st['threads'] or m['usable_cores']} for every target.",
+        *([f"{m['extra_bufts']}."] if m.get("extra_bufts") else []),
         f"Limits: float32 GEMM {lim['gemm_gflops_f32']:.0f} GFLOP/s (n={lim['gemm_n']}, numpy BLAS); "
         f"memory read bandwidth {lim['bandwidth_gb_s']:.1f} GB/s ({lim['bandwidth_mb']} MB array).",
         f"Each clip length: {st['warmup']} warm-up turn(s), then {st['repeats']} measured; every turn generates "

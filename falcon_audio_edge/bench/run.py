@@ -12,13 +12,15 @@ import platform
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from falcon_audio_edge.audio import CHUNK_LENGTH
 from falcon_audio_edge.bench import limits as limits_mod
 from falcon_audio_edge.errors import BundleError, ConfigError, FaEdgeError
 from falcon_audio_edge.runtime.bundle import read_bundle
+from falcon_audio_edge.runtime.extra_bufts import ENV as EXTRA_BUFTS_ENV
+from falcon_audio_edge.runtime.extra_bufts import decision
 from falcon_audio_edge.settings import default_threads
 
 STAGES = ("mel_ms", "encoder_ms", "prefill_ms", "first_token_ms", "decode_tok_s", "total_ms")
@@ -118,8 +120,10 @@ def _name(path: Path) -> str:
 def plan_targets(
     paths: list[Path], settings: BenchSettings, whisper: Path | None, cascade: list[Path] | None = None
 ) -> list[Target]:
-    """Each bundle, then its baselines: PyTorch fp32 and bf16 of its checkpoint (once per checkpoint),
-    llama-cpp-python's text decode of its GGUF, and with a Whisper CTranslate2 folder the cascade."""
+    """Each bundle (a quantized one also with llama.cpp's extra buffers off, where they are on), then its
+    baselines: PyTorch fp32 and bf16 of its checkpoint (once per checkpoint), llama-cpp-python's text decode of
+    its GGUF, and with a Whisper CTranslate2 folder the cascade."""
+
     base = {"seconds": list(settings.seconds), "repeats": settings.repeats, "warmup": settings.warmup,
             "tokens": settings.tokens, "threads": settings.n_threads, "prompt": settings.prompt}  # fmt: skip
     bundles = [(Path(p), check_bundle(Path(p))) for p in paths]  # every bundle checked before anything runs
@@ -131,6 +135,9 @@ def plan_targets(
         gguf, dims = str(bundle.decoder_path), bundle.manifest["dims"]
         out.append(Target(_name(path), "bundle", {**base, "kind": "bundle", "path": str(path)}, ckpt, gguf,
                           bundle.size_bytes / 1e6, bundle.decoder_path.stat().st_size, dims))  # fmt: skip
+        if decision().on and bundle.decoder_type not in ("f16", "f32"):  # FA_EDGE_EXTRA_BUFTS=auto, proven
+            spec = {**base, "kind": "bundle", "path": str(path), "extra_bufts": "off"}
+            out.append(replace(out[-1], label=f"{_name(path)} · extra buffers off", spec=spec))
         if not settings.baselines:
             continue
         if ckpt and ckpt not in torch_done:
@@ -148,6 +155,8 @@ def plan_targets(
 
 def run_worker(target: Target, timeout_s: int) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if target.spec.get("extra_bufts") == "off":
+        env[EXTRA_BUFTS_ENV] = "off"
     cmd = [sys.executable, "-m", "falcon_audio_edge.bench.worker"]
     try:
         proc = subprocess.run(cmd, input=json.dumps({**target.spec, "label": target.label}), capture_output=True,
@@ -185,7 +194,8 @@ def machine() -> dict:
     except (ValueError, OSError):
         mem_gb = float("nan")
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": default_threads(), "memory_gib": round(mem_gb, 1),
-            "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
+            "python": platform.python_version(), "platform": platform.platform(),
+            "extra_bufts": decision().line()}  # fmt: skip
 
 
 @dataclass

@@ -4,7 +4,8 @@
   trained connector weights, else the same checkpoint with a fresh (untrained) connector, which runs exactly
   the same computation (speed only); f16 + fp32 encoder, and q8_0 + int8;
 - a Falcon3-Audio-1B-shaped model (random weights: speed does not depend on the values) with a Whisper-small
-  sized and a Whisper-large-v3 sized encoder: f16 + fp32, q8_0 + int8, q4_k_m + int8.
+  sized encoder (the preset's; suite ``1b`` also a Whisper-large-v3 sized one): f16 + fp32, q8_0 + int8,
+  q4_k_m + int8.
 Built under ``$FA_EDGE_HOME/bench`` and reused; export verification is skipped for the random 1B models
 (their exports are verified by ``tests/test_slow_export_1b.py``).
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from falcon_audio_edge.errors import ConfigError
 
-ONE_B_ENCODERS = ("whisper-small", "whisper-large-v3")
+ONE_B_ENCODERS = {"standard": ("whisper-small",), "1b": ("whisper-small", "whisper-large-v3")}
 ONE_B_TYPES = (("f16", "fp32"), ("q8_0", "int8"), ("q4_k_m", "int8"))
 TINY_TYPES = (("q8_0", "int8"),)
 SUITES = ("standard", "tiny", "1b")
@@ -117,6 +118,6 @@ def build_suite(name: str, root: Path, progress=print) -> Suite:
         cascade += tiny
         whisper = whisper_dir()
     if name in ("standard", "1b"):
-        for encoder in ONE_B_ENCODERS:
+        for encoder in ONE_B_ENCODERS[name]:
             bundles += one_b_bundles(root, encoder, progress)
     return Suite(bundles, cascade, whisper)

@@ -73,16 +73,23 @@ def chat_target(spec: dict) -> dict:
 
 
 def _llama(gguf: str, threads: int, n_ctx: int = 4096):
-    """llama-cpp-python's high-level Llama, with llama.cpp's extra (AMX) buffer types off: see
-    ``runtime.decoder.safe_model_params`` (this process exists only for this target)."""
+    """llama-cpp-python's high-level Llama, llama.cpp's extra (AMX) buffer types on or off as the bundle runtime
+    decides (``runtime.extra_bufts``; this process exists only for this target)."""
     import llama_cpp
     import llama_cpp.llama_cpp as lc
 
-    from falcon_audio_edge.runtime.decoder import silence_llama_logs, without_extra_bufts
+    from falcon_audio_edge.runtime.decoder import silence_llama_logs
+    from falcon_audio_edge.runtime.extra_bufts import decision
 
     silence_llama_logs(lc)
-    original = lc.llama_model_default_params
-    lc.llama_model_default_params = lambda: without_extra_bufts(original())
+    original, extra = lc.llama_model_default_params, decision().on
+
+    def params():
+        p = original()
+        p.use_extra_bufts = extra
+        return p
+
+    lc.llama_model_default_params = params
     try:
         return llama_cpp.Llama(gguf, n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
                                verbose=False)  # fmt: skip

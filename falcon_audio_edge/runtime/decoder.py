@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from falcon_audio_edge.errors import BundleError, ConfigError, ContextFullError, FaEdgeError
+from falcon_audio_edge.runtime.extra_bufts import model_params
 from falcon_audio_edge.settings import BEAM_SEQUENCES, DEFAULT_N_CTX
 from falcon_audio_edge.settings import MAX_BEAM_SIZE as MAX_BEAMS
 
@@ -25,24 +26,6 @@ def silence_llama_logs(lc) -> None:
     if _LOG_CALLBACK is None:
         _LOG_CALLBACK = lc.llama_log_callback(lambda level, text, user_data: None)
         lc.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-
-
-def safe_model_params(lc):
-    """Model params that avoid the AMX crash.
-
-    llama.cpp's extra buffer types repack weights for AMX; on a native build on
-    an AMX CPU the first decode of a quantized GGUF segfaults with them on.
-    They only speed up some quantized matmuls on some CPUs, so they stay off.
-    """
-    params = without_extra_bufts(lc.llama_model_default_params())
-    params.n_gpu_layers = 0
-    return params
-
-
-def without_extra_bufts(params):
-    if hasattr(params, "use_extra_bufts"):
-        params.use_extra_bufts = False
-    return params
 
 
 def context_size(lc, model, path: Path, requested: int | None) -> int:
@@ -84,7 +67,7 @@ class LlamaDecoder:
         self._lc = lc
         silence_llama_logs(lc)
         lc.llama_backend_init()
-        self.model = lc.llama_model_load_from_file(str(path).encode(), safe_model_params(lc))
+        self.model = lc.llama_model_load_from_file(str(path).encode(), model_params(lc))
         if not self.model:
             raise BundleError(f"llama.cpp could not load {path}")
         try:

@@ -1,0 +1,148 @@
+"""The response gap a person feels: each clip played at real time through the assistant's pipeline.
+
+``fa-edge bench --live BUNDLE`` feeds a spoken question, then silence, in 32 ms blocks at 1x speed (a simulated
+microphone) into the assistant's endpointer (Silero VAD, ``apps.endpoint``); the turn runs the way
+``fa-edge assistant`` runs it: the turn's opening text goes into the decoder when speech starts, listen-first
+where the bundle has an answer model, the answer streamed once the endpointer reports the end of the utterance.
+The gap is measured from the moment the last speech sample reached the microphone to the first answer token,
+the wait for silence included. Beside it, in the same run, the whole-clip path (``fa-edge ask``: the clip in
+hand -> first token) on the same clip.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from falcon_audio_edge.audio import SAMPLE_RATE, Audio
+from falcon_audio_edge.bench.clips import speech_clip
+from falcon_audio_edge.errors import FaEdgeError
+
+LIVE_SECONDS = (3.0, 8.0, 20.0)
+BLOCK = 512  # samples a simulated microphone delivers at a time (32 ms, the endpointer's frame)
+TAIL_S = 2.0  # silence played after the speech
+SPEECH_DBFS = -40.0  # a 32 ms frame this loud (relative to the clip's peak) is speech, for the clip's end
+
+
+@dataclass(frozen=True)
+class LiveTurn:
+    clip_s: float  # the clip asked for
+    speech_s: float  # the question's length, to its last speech sample
+    gap_s: float  # the last speech sample reached the microphone -> the first answer token on screen
+    endpoint_s: float  # the part of it spent deciding the person had stopped
+    whole_clip_s: float  # the same clip given whole (fa-edge ask): clip in hand -> first token
+
+
+def speech_end(samples: np.ndarray) -> int:
+    """Index just after the last 32 ms frame within SPEECH_DBFS of the clip's peak."""
+    n = -(-len(samples) // BLOCK)
+    frames = np.zeros(n * BLOCK)
+    frames[: len(samples)] = samples
+    frames = frames.reshape(n, BLOCK)  # (T,) -> (T/512, 512), the last frame padded with zeros
+    rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    if n == 0 or rms.max() < 1e-4:  # below -80 dBFS: digital silence
+        raise FaEdgeError("the clip has no speech")
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (SPEECH_DBFS / 20))
+    return min(int(loud[-1] + 1) * BLOCK, len(samples))
+
+
+def first_token_s(turn) -> float:
+    """Run a streamed turn to its end; the clock time of its first piece."""
+    first = None
+    for _ in turn:
+        first = first or time.perf_counter()
+    return first or time.perf_counter()
+
+
+def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tuple[float, float]:
+    """Play ``samples`` (speech, then silence) at real time; (gap, endpoint wait) in seconds."""
+    from falcon_audio_edge.apps.endpoint import SpeechStarted, Utterance
+
+    end = speech_end(samples)
+    samples = np.concatenate([samples[:end], np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)])
+    t0 = time.perf_counter()
+    spoken_end = t0 + end / SAMPLE_RATE
+    for i in range(0, len(samples), BLOCK):
+        time.sleep(max(0.0, t0 + (i + BLOCK) / SAMPLE_RATE - time.perf_counter()))  # the block arrives
+        for event in endpointer.feed(samples[i : i + BLOCK]):
+            if isinstance(event, SpeechStarted) and not listen_first:
+                chat.start_turn(None)
+            elif isinstance(event, Utterance):
+                if i + BLOCK < end:
+                    raise FaEdgeError(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "
+                                      f"{end / SAMPLE_RATE:.1f} s (a pause in the clip)")  # fmt: skip
+                detected = time.perf_counter()
+                first = first_token_s(chat.ask(Audio(event.samples, "live"), None, gen, listen_first))
+                return first - spoken_end, detected - spoken_end
+    raise FaEdgeError(f"the endpointer never reported the end of the {end / SAMPLE_RATE:.1f} s question")
+
+
+def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, progress=print) -> list[LiveTurn]:
+    from falcon_audio_edge.apps.endpoint import Endpointer
+
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.bundle import read_bundle
+    from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
+
+    listen_first = read_bundle(bundle, verify=False).answer_path is not None  # the assistant's default
+    gen = GenerationSettings(max_tokens=tokens, ignore_end_of_turn=True)
+    endpointer = Endpointer()
+    out = []
+    with open_bundle(bundle, RuntimeSettings(threads=threads)) as chat:
+        if listen_first:
+            chat.prepare_listen_first()
+        for s in seconds:
+            clip = speech_clip(s).samples
+            for r in range(repeats + 1):  # the first turn of each length warms up
+                chat.reset()
+                endpointer.reset()
+                gap, waited = play(chat, endpointer, clip, gen, listen_first)
+                chat.reset()
+                t0 = time.perf_counter()
+                whole = first_token_s(chat.ask(Audio(clip, "whole"), None, gen, listen_first)) - t0
+                if r:
+                    out.append(LiveTurn(s, speech_end(clip) / SAMPLE_RATE, gap, waited, whole))
+                    progress(f"{s:g} s: gap {gap:.2f} s ({waited:.2f} s waiting for silence), whole clip {whole:.2f} s")
+    return out
+
+
+def live_report(bundles: list, audio_seconds: str, repeats: int, tokens: int, threads: int, command: str,
+                progress=print) -> tuple[str, list[dict]]:  # fmt: skip
+    """``fa-edge bench --live``: the markdown report and the turns."""
+    from falcon_audio_edge.apps.endpoint import EndpointSettings
+
+    from falcon_audio_edge.bench.run import BenchSettings, machine, parse_seconds
+    from falcon_audio_edge.runtime.bundle import read_bundle
+
+    if len(bundles) != 1:
+        raise FaEdgeError(f"--live measures one bundle; got {len(bundles)}")
+    settings = BenchSettings(parse_seconds(audio_seconds), repeats, 0, tokens, threads)  # validates them
+    read_bundle(bundles[0], verify=True)
+    turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, progress)
+    return markdown(turns, command, machine(), EndpointSettings().end_silence_ms), [asdict(t) for t in turns]
+
+
+def markdown(turns: list[LiveTurn], command: str, machine: dict, end_silence_ms: int) -> str:
+    by_len: dict[float, list[LiveTurn]] = {}
+    for t in turns:
+        by_len.setdefault(t.clip_s, []).append(t)
+    lines = [
+        "# Response gap", "",
+        f"Produced by `{command}` on {dt.date.today().isoformat()} (rerun it to refresh). "
+        f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores. {machine.get('extra_bufts', '')}.",
+        f"Endpoint: {end_silence_ms} ms of silence ends a question. Medians of {len(next(iter(by_len.values())))} "
+        "turns per length (after one warm-up).", "",
+        "| question s | speech s | gap: end of speech → first token s | of it waiting for silence s | "
+        "whole clip in hand → first token s |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    keys = ("speech_s", "gap_s", "endpoint_s", "whole_clip_s")
+    for length, ts in sorted(by_len.items()):
+        m = {k: statistics.median(asdict(t)[k] for t in ts) for k in keys}
+        lines.append(f"| {length:g} | {m['speech_s']:.1f} | {m['gap_s']:.2f} | {m['endpoint_s']:.2f} | "
+                     f"{m['whole_clip_s']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,48 @@
+"""fa-edge bench --live: a clip played at real time through the assistant's endpointer and turn."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from falcon_audio_edge.audio import SAMPLE_RATE
+from falcon_audio_edge.bench.clips import speech_clip
+from falcon_audio_edge.bench.live import BLOCK, speech_end
+from falcon_audio_edge.errors import FaEdgeError
+from tests.conftest import fa_edge
+
+pytest.importorskip("faster_whisper")  # the endpointer's Silero VAD weights
+
+
+def test_speech_end_finds_the_last_loud_frame_and_refuses_silence():
+    clip = speech_clip(3.0).samples
+    padded = np.concatenate([clip, np.zeros(SAMPLE_RATE, np.float32)])
+    end = speech_end(padded)
+    assert len(clip) - BLOCK <= speech_end(clip) <= end <= len(clip) + BLOCK  # cut mid-word; 32 ms frames
+    assert end > 2 * SAMPLE_RATE
+    with pytest.raises(FaEdgeError, match="no speech"):
+        speech_end(np.zeros(SAMPLE_RATE, np.float32))
+    with pytest.raises(FaEdgeError, match="no speech"):
+        speech_end(np.zeros(0, np.float32))
+
+
+def test_a_live_run_measures_the_gap_from_the_end_of_speech(tmp_path, bundle_f32):
+    out = tmp_path / "live.md"
+    proc = fa_edge("bench", "--live", bundle_f32, "--audio-seconds", "3", "--repeats", "1", "--tokens", "2",
+                   "--threads", "1", "--out", out, "--json")  # fmt: skip
+    (turn,) = json.loads(proc.stdout)
+    # the endpointer needs 700 ms of silence: the gap holds that wait and the turn's own work
+    assert 0.6 <= turn["endpoint_s"] <= 1.2, turn
+    assert turn["endpoint_s"] < turn["gap_s"] < turn["endpoint_s"] + 5, turn
+    assert 0 < turn["whole_clip_s"] < 5 and 2.0 <= turn["speech_s"] <= 3.0, turn
+    text = out.read_text()
+    assert "| 3 |" in text and "700 ms of silence" in text and "extra buffers" in text
+
+
+def test_live_needs_exactly_one_bundle(bundle_f32, tmp_path):
+    proc = fa_edge("bench", "--live", bundle_f32, bundle_f32, check=False)
+    assert proc.returncode == 2 and "--live measures one bundle; got 2" in proc.stderr
+    proc = fa_edge("bench", "--live", tmp_path / "none", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:")
