@@ -1,13 +1,12 @@
 """Prove llama.cpp's extra buffer types (AMX) on this CPU with this library, for every shipped quant type.
 
 ``python -m falcon_audio_edge.quantize.extra_bufts`` (scripts/setup.sh runs it after building llama-cpp-python)
-writes a one-layer decoder with Falcon3-1B's matrix shapes (hidden 2048, FFN 8192, random weights) as f16,
-quantizes it to each type of ``DECODER_QUANTS``, and prefills the same 128 tokens with the extra buffers on and
-off, each type in a process of its own (a crash there is a failed type, not a failed setup). A type passes when
-the logits of every position correlate at >= MIN_CORRELATION and the top token agrees at >= MIN_TOP1 of the
-positions. The result is written beside the library (``runtime.extra_bufts.PROOF_NAME``), keyed to the library's
-and the CPU's fingerprints; the runtime turns the extra buffers on only where every type passed.
-"""
+writes one-layer decoders of each of PROBE_SHAPES (random weights) as f16, quantizes each to every type of
+``DECODER_QUANTS``, and prefills the same 128 tokens with the extra buffers on and off, each check in a process of
+its own (a crash there is a failed check, not a failed setup). A check passes when the logits of every position
+correlate at >= MIN_CORRELATION and the top token agrees at >= MIN_TOP1 of the positions. The result is written
+beside the library (``runtime.extra_bufts.PROOF_NAME``), keyed to the library's and the CPU's fingerprints; with
+``FA_EDGE_EXTRA_BUFTS=auto`` the runtime turns the extra buffers on only where every check passed."""
 
 from __future__ import annotations
 
