@@ -209,6 +209,8 @@ def bench(
 ) -> None:
     """Where the time and memory go: every stage per clip length, against the baselines, in one run."""
     if live:
+        if suite:
+            raise FaEdgeError(f"--live measures one bundle you name; --suite {suite} is for the stage benchmark")
         return _bench_live(bundles or [], audio_seconds or "3,8,20", repeats, tokens, threads, out, as_json)
     from falcon_audio_edge.bench.report import markdown
     from falcon_audio_edge.bench.report import plot as write_plot

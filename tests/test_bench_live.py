@@ -44,5 +44,7 @@ def test_a_live_run_measures_the_gap_from_the_end_of_speech(tmp_path, bundle_f32
 def test_live_needs_exactly_one_bundle(bundle_f32, tmp_path):
     proc = fa_edge("bench", "--live", bundle_f32, bundle_f32, check=False)
     assert proc.returncode == 2 and "--live measures one bundle; got 2" in proc.stderr
+    proc = fa_edge("bench", "--live", "--suite", "tiny", check=False)
+    assert proc.returncode == 2 and "--live measures one bundle you name; --suite tiny" in proc.stderr
     proc = fa_edge("bench", "--live", tmp_path / "none", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error:")

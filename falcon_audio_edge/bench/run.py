@@ -123,7 +123,6 @@ def plan_targets(
     """Each bundle (a quantized one also with llama.cpp's extra buffers off, where they are on), then its
     baselines: PyTorch fp32 and bf16 of its checkpoint (once per checkpoint), llama-cpp-python's text decode of
     its GGUF, and with a Whisper CTranslate2 folder the cascade."""
-
     base = {"seconds": list(settings.seconds), "repeats": settings.repeats, "warmup": settings.warmup,
             "tokens": settings.tokens, "threads": settings.n_threads, "prompt": settings.prompt}  # fmt: skip
     bundles = [(Path(p), check_bundle(Path(p))) for p in paths]  # every bundle checked before anything runs
