@@ -211,7 +211,7 @@ def bench(
     if live:
         if suite:
             raise FaEdgeError(f"--live measures one bundle you name; --suite {suite} is for the stage benchmark")
-        return _bench_live(bundles or [], audio_seconds or "3,8,20", repeats, tokens, threads, out, as_json)
+        return _bench_live(bundles or [], audio_seconds, repeats, tokens, threads, out, as_json)
     from falcon_audio_edge.bench.report import markdown
     from falcon_audio_edge.bench.report import plot as write_plot
     from falcon_audio_edge.bench.run import BenchSettings, parse_seconds, run_bench
@@ -239,7 +239,7 @@ def bench(
         typer.echo(markdown(report))
 
 
-def _bench_live(bundles: list[Path], audio_seconds: str, repeats: int, tokens: int, threads: int,
+def _bench_live(bundles: list[Path], audio_seconds: str | None, repeats: int, tokens: int, threads: int,
                 out: Path | None, as_json: bool) -> None:  # fmt: skip
     from falcon_audio_edge.bench.live import live_report
     from falcon_audio_edge.files import atomic_text

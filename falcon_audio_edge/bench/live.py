@@ -110,9 +110,9 @@ def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, progres
     return out
 
 
-def live_report(bundles: list, audio_seconds: str, repeats: int, tokens: int, threads: int, command: str,
+def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: int, threads: int, command: str,
                 progress=print) -> tuple[str, list[dict]]:  # fmt: skip
-    """``fa-edge bench --live``: the markdown report and the turns."""
+    """``fa-edge bench --live``: the markdown report and the turns (clip lengths: LIVE_SECONDS unless given)."""
     from falcon_audio_edge.apps.endpoint import EndpointSettings
 
     from falcon_audio_edge.bench.run import BenchSettings, machine, parse_seconds
@@ -120,7 +120,8 @@ def live_report(bundles: list, audio_seconds: str, repeats: int, tokens: int, th
 
     if len(bundles) != 1:
         raise FaEdgeError(f"--live measures one bundle; got {len(bundles)}")
-    settings = BenchSettings(parse_seconds(audio_seconds), repeats, 0, tokens, threads)  # validates them
+    seconds = parse_seconds(audio_seconds) if audio_seconds else LIVE_SECONDS
+    settings = BenchSettings(seconds, repeats, 0, tokens, threads)  # validates them
     read_bundle(bundles[0], verify=True)
     turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, progress)
     return markdown(turns, command, machine(), EndpointSettings().end_silence_ms), [asdict(t) for t in turns]
