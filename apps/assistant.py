@@ -90,6 +90,7 @@ class Assistant:
         self.gen = GenerationSettings(max_tokens=settings.max_tokens, temperature=settings.temperature)
         self.recording: list[np.ndarray] | None = None  # push-to-talk buffer
         self.recorded = 0  # samples in it
+        self.hearing = None  # a listen-first turn's transcription, heard while the user speaks (runtime/listen.py)
         self.turns: list[TurnStats] = []
         self.running = True
 
@@ -125,6 +126,7 @@ class Assistant:
         self.screen.line(f"microphone problem: {exc}; retrying (the conversation is kept)")
         self.endpointer.reset()
         self.chat.cancel_turn()
+        self.hearing = None
         while self.running:
             time.sleep(1.0)
             self._commands(None)
@@ -142,6 +144,7 @@ class Assistant:
             elif cmd == "reset":
                 self.chat.reset()
                 self.endpointer.reset()
+                self.hearing = None
                 self.screen.line("(new conversation)")
             elif cmd == "talk" and self.settings.push_to_talk and mic is not None:
                 self._toggle_recording(mic)
@@ -154,6 +157,7 @@ class Assistant:
             if self.recording is not None:
                 self.recording.append(block)
                 self.recorded += len(block)
+                self._hear(block)
                 if self.recorded >= CHUNK_LENGTH * SAMPLE_RATE:
                     self.screen.line(f"(reached the model's {CHUNK_LENGTH} s window: stopped recording)")
                     self._toggle_recording(mic)
@@ -163,6 +167,17 @@ class Assistant:
                 self._start_turn()
             elif isinstance(event, Utterance):
                 self._answer(event, mic)
+        if self.endpointer.in_speech:
+            self._hear(self.endpointer.new_speech())
+
+    def _hear(self, samples: np.ndarray) -> None:
+        """A listen-first turn's pieces that are settled are transcribed while the user still speaks."""
+        if self.hearing is not None:
+            try:
+                self.hearing.add(samples)
+            except FaEdgeError as exc:  # the rest is heard at the end; the error will show there if it persists
+                self.screen.line(f"(could not hear that part yet: {exc})")
+                self.hearing = None
 
     def _toggle_recording(self, mic: Microphone) -> None:
         if self.recording is None:
@@ -182,6 +197,9 @@ class Assistant:
         transcription of its own instead)."""
         if not self.settings.listen_first:
             self.chat.start_turn(None)
+        else:  # a push-to-talk recording is not trimmed; an endpointer leaves out its end silence
+            slack = 0.0 if self.settings.push_to_talk else self.settings.endpoint.end_silence_ms / 1000
+            self.hearing = self.chat.start_hearing(self.gen, slack)
 
     # -- one turn --
     def _answer(self, utt: Utterance, mic: Microphone, wait_s: float | None = None) -> None:
@@ -202,7 +220,9 @@ class Assistant:
         pieces: list[str] = []
         first = turn = None
         try:
-            turn = self.chat.ask(Audio(utt.samples, "microphone"), None, self.gen, self.settings.listen_first)
+            hearing, self.hearing = self.hearing, None
+            turn = self.chat.ask(Audio(utt.samples, "microphone"), None, self.gen, self.settings.listen_first,
+                                 hearing=hearing)  # fmt: skip
             self.screen.write("assistant: ")
             for piece in turn:
                 first = first or time.perf_counter()

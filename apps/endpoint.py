@@ -114,6 +114,7 @@ class Endpointer:
         self._pending = np.zeros(0, dtype=np.float32)
         self._pre.clear()
         self._speech: list[np.ndarray] = []
+        self._given = 0  # frames of the utterance already handed out by ``new_speech``
         self._in_speech = False
         self._run = 0  # consecutive speech frames before the start
         self._silence = 0  # consecutive silent frames inside an utterance
@@ -123,6 +124,13 @@ class Endpointer:
     @property
     def in_speech(self) -> bool:
         return self._in_speech
+
+    def new_speech(self) -> np.ndarray:
+        """The audio of the utterance in progress that this has not returned yet (the pre-roll first): a
+        listener can work on it while the person is still speaking. Empty between utterances."""
+        fresh = self._speech[self._given :] if self._in_speech else []
+        self._given += len(fresh)
+        return np.concatenate(fresh) if fresh else np.zeros(0, dtype=np.float32)
 
     def feed(self, audio: np.ndarray) -> Iterator[SpeechStarted | Utterance]:
         self._pending = np.concatenate([self._pending, np.asarray(audio, dtype=np.float32).reshape(-1)])
@@ -139,7 +147,7 @@ class Endpointer:
             self._run = self._run + 1 if speech else 0
             if self._run * FRAME_MS >= max(s.min_speech_ms, FRAME_MS):
                 self._in_speech, self._silence = True, 0
-                self._speech = list(self._pre)
+                self._speech, self._given = list(self._pre), 0
                 self._pre.clear()
                 self._start_s = now - len(self._speech) * FRAME_MS / 1000
                 self._last_speech_s = now
@@ -159,5 +167,5 @@ class Endpointer:
         keep = len(self._speech) if capped else min(len(self._speech), len(self._speech) - self._silence + 3)
         samples = np.concatenate(self._speech[:keep])[: int(self.settings.max_seconds * SAMPLE_RATE)]
         out = Utterance(samples, self._start_s, self._last_speech_s, capped)
-        self._in_speech, self._speech, self._run, self._silence = False, [], 0, 0
+        self._in_speech, self._speech, self._given, self._run, self._silence = False, [], 0, 0, 0
         return out

@@ -29,6 +29,11 @@ SILENCE_PEAK = 1e-4  # -80 dBFS: a clip whose peak is below this is silent
 MIN_FILE_RATE, MAX_FILE_RATE = 8000, 192000  # Hz: the sample rates an audio file may have
 MAX_AUDIO_SECONDS = 5 * 60  # the longest audio taken (10 windows of 30 s); longer is refused, not cut silently
 MAX_FILE_CHANNELS = 8
+# listen-first hears longer audio in pieces of at most this many seconds, each cut at a pause: about a spoken
+# sentence, what the listening model was trained on (docs/architecture.md, "Long audio")
+SEGMENT_SECONDS = 10.0
+PAUSE_SECONDS = 0.2  # a cut goes in the middle of the quietest stretch this long
+MIN_TAIL_SECONDS = 1.0  # ... and leaves at least this much for the next piece
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,32 @@ def validate_samples(samples: np.ndarray, source: str = "audio") -> np.ndarray:
 def split_windows(samples: np.ndarray) -> list[np.ndarray]:
     """Cut samples into Whisper windows of at most 30 s each."""
     return [samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)]
+
+
+def pause_segments(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) -> list[tuple[int, int]]:
+    """(start, end) sample spans that cover ``samples`` in order, each at most ``max_seconds`` long. Audio that
+    is longer is cut in the middle of its quietest PAUSE_SECONDS between half and all of ``max_seconds`` after
+    the previous cut (a pause between phrases, where there is one), so the work per piece is bounded and the
+    pieces together cost time in proportion to the audio."""
+    n, longest = len(samples), int(max_seconds * SAMPLE_RATE)
+    if max_seconds < 2 * MIN_TAIL_SECONDS:
+        raise ValueError(f"max_seconds must be at least {2 * MIN_TAIL_SECONDS} s, got {max_seconds}")
+    if n <= longest:
+        return [(0, n)]
+    frames = n // HOP_LENGTH
+    power = np.square(samples[: frames * HOP_LENGTH], dtype=np.float64)
+    power = power.reshape(frames, HOP_LENGTH).mean(axis=1)  # (T,) -> (T/160, 160) -> (T/160,): 10 ms frames
+    width = max(1, round(PAUSE_SECONDS * FRAMES_PER_SECOND))
+    quiet = np.convolve(power, np.ones(width) / width, mode="same")  # mean power of the stretch around each frame
+    spans, start = [], 0
+    while n - start > longest:
+        lo = (start + longest // 2) // HOP_LENGTH
+        hi = min(start + longest, n - int(MIN_TAIL_SECONDS * SAMPLE_RATE)) // HOP_LENGTH
+        cut = (lo + int(np.argmin(quiet[lo:hi]))) * HOP_LENGTH
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, n))
+    return spans
 
 
 def hz_to_mel(freq: np.ndarray) -> np.ndarray:

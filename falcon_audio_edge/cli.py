@@ -15,13 +15,13 @@ from typing import Annotated, Any
 import typer
 
 from falcon_audio_edge import cli_data
+from falcon_audio_edge.audio import SEGMENT_SECONDS
 from falcon_audio_edge.cli_turn import (
     BEAM_HELP,
     CANDIDATES_HELP,
     CHAR_HELP,
     CTC_HELP,
     LISTEN_HELP,
-    LM_HELP,
     PROPOSALS_HELP,
     checked_prompt,
     listens_first,
@@ -139,7 +139,6 @@ def demo(
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
     char_weight: Annotated[float | None, typer.Option(help=CHAR_HELP)] = None,
-    lm_weight: Annotated[float | None, typer.Option(help=LM_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
@@ -156,7 +155,6 @@ def demo(
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
     prompt = checked_prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
-                                    lm_weight=lm_weight or 0.0,
                                     beam_size=beam_size,
                                     ctc_proposal_prob=ctc_proposals, ctc_candidates=ctc_candidates)  # fmt: skip
     d.check_decoder_type(decoder_type)
@@ -165,9 +163,7 @@ def demo(
     paths = d.prepare(decoder_type, rebuild)
     with open_bundle(paths.bundle) as chat:
         listen_first = listens_first(listen_first, prompt, chat)
-        generation, listening = turn_settings(
-            generation, prompt, chat, ctc_weight, char_weight, lm_weight, listen_first
-        )
+        generation, listening = turn_settings(generation, prompt, chat, ctc_weight, char_weight, listen_first)
         turn = chat.ask(wav, prompt, generation, listen_first=listen_first, listening=listening)
         for piece in turn:
             if not as_json:
@@ -309,7 +305,6 @@ def ask(
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
     char_weight: Annotated[float | None, typer.Option(help=CHAR_HELP)] = None,
-    lm_weight: Annotated[float | None, typer.Option(help=LM_HELP)] = None,
     beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
     ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
     ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
@@ -323,15 +318,13 @@ def ask(
     prompt = checked_prompt(prompt, transcribe, listen_first)
     generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                     ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
-                                    lm_weight=lm_weight or 0.0, beam_size=beam_size,
+                                    beam_size=beam_size,
                                     ctc_proposal_prob=ctc_proposals, ctc_candidates=ctc_candidates)  # fmt: skip
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx, force_threads=force_threads)
     chat, backend = open_chat(model, runtime)
     with chat:
         listen_first = listens_first(listen_first, prompt, chat)
-        generation, listening = turn_settings(
-            generation, prompt, chat, ctc_weight, char_weight, lm_weight, listen_first
-        )
+        generation, listening = turn_settings(generation, prompt, chat, ctc_weight, char_weight, listen_first)
         turn = chat.ask(audio, prompt, generation, listen_first=listen_first, listening=listening)
         for piece in turn:
             if not as_json:
@@ -344,7 +337,10 @@ def ask(
         return
     data = result.to_dict()
     data.update(backend=backend, model=str(model), load_ms=chat.load_ms, split_into_windows=result.windows > 1)
-    if result.windows > 1:
+    if result.pieces > 1:
+        data["note"] = (f"audio of {result.audio_seconds:.1f} s was heard in {result.pieces} pieces of up to "
+                        f"{SEGMENT_SECONDS:g} s, cut at pauses")  # fmt: skip
+    elif result.windows > 1:
         data["note"] = f"audio of {result.audio_seconds:.1f} s was split into {result.windows} windows of up to 30 s"
     typer.echo(json.dumps(data, indent=2))
 

@@ -1,5 +1,5 @@
 """The turn options shared by ``fa-edge ask`` and ``fa-edge demo``: their help, and the settings of a turn once
-the model is open (which heads and text LLM it has decides the defaults)."""
+the model is open (which heads it has decides the defaults)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from falcon_audio_edge.settings import (
     DEFAULT_CHAR_WEIGHT,
     DEFAULT_CTC_WEIGHT,
     DEFAULT_CTC_WEIGHT_WITH_CHARS,
-    DEFAULT_LM_WEIGHT,
     MAX_BEAM_SIZE,
     TRANSCRIBE_PROMPT,
     GenerationSettings,
@@ -21,9 +20,9 @@ from falcon_audio_edge.settings import (
 )
 
 LISTEN_HELP = (
-    "transcribe first (CTC-guided, with the text prior where the bundle has one; --ctc-weight, --char-weight and "
-    "--lm-weight set their weights, 0 turns one off), then the bundle's answer model (answer.gguf) answers the "
-    "transcript (default: on where the bundle has an answer model and no --prompt or --transcribe is given)"
+    "transcribe first (CTC-guided where the model has CTC heads; --ctc-weight and --char-weight set their weights, "
+    "0 turns one off), then the bundle's answer model (answer.gguf) answers the transcript (default: on where the "
+    "bundle has an answer model and no --prompt or --transcribe is given)"
 )
 CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
             f"transcription by a model with a CTC head, {DEFAULT_CTC_WEIGHT_WITH_CHARS} beside a character head, "
@@ -31,10 +30,6 @@ CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (defaul
 CHAR_HELP = (f"weight of the model's character CTC head in greedy decoding; with --ctc-weight below 1 (default: "
              f"{DEFAULT_CHAR_WEIGHT} for transcription by a model with one, else 0; 0 when only --ctc-weight is "
              "given)")  # fmt: skip
-LM_HELP = (
-    f"weight of the bundle's text LLM (answer.gguf) scoring a CTC-guided transcription, 0 to <1, added to "
-    f"the others (default: {DEFAULT_LM_WEIGHT} when the transcription is guided and the bundle has one, else 0)"
-)
 BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
 CANDIDATES_HELP = "how many of the LLM's likeliest tokens each CTC-guided step rescores (1 to 256)"
 PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives at least this probability at some "
@@ -43,15 +38,15 @@ PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives
 
 def turn_settings(
     generation: GenerationSettings, prompt: str | None, chat: Any, ctc: float | None, chars: float | None,
-    lm: float | None, listen_first: bool,
+    listen_first: bool,
 ) -> tuple[GenerationSettings, GenerationSettings | None]:  # fmt: skip
-    """The turn's settings with its CTC and text-prior weights (None: not asked), and a listen-first turn's
+    """The turn's settings with its CTC heads' weights (None: not asked), and a listen-first turn's
     transcription settings (else None). The weights rescore greedy decoding only (explicit ones were checked
     when ``generation`` was built)."""
-    listening = chat.listening_for(generation, ctc, chars, lm) if listen_first else None
+    listening = chat.listening_for(generation, ctc, chars) if listen_first else None
     if not generation.greedy:
         return generation, listening
-    return chat.with_weights(generation, prompt, ctc, chars, lm), listening
+    return chat.with_weights(generation, prompt, ctc, chars), listening
 
 
 def listens_first(requested: bool | None, prompt: str | None, chat: Any) -> bool:

@@ -9,9 +9,9 @@ from falcon_audio_edge.errors import ConfigError
 
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
-# hypotheses CTC-guided decoding keeps (16 with 64 candidates, chosen on the dev splits by a rule set before the runs,
-# commit 46cac9f); docs/quality-espeak.md measures greedy next to it
-DEFAULT_BEAM_SIZE = 16
+# hypotheses CTC-guided decoding keeps: 4, with 16 candidates and no text prior, chosen on the natural-voice dev
+# split (2026-12-07) by a rule set before the runs: each 100 ms a clip must buy half a point of WER (issue notes)
+DEFAULT_BEAM_SIZE = 4
 DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split
 MAX_BEAM_SIZE = 16  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
 # the decoder's KV sequences: the conversation + two sets of hypotheses (a step copies the parents into fresh ones);
@@ -20,10 +20,8 @@ BEAM_SEQUENCES = 1 + 2 * MAX_BEAM_SIZE
 DEFAULT_CHAR_WEIGHT = 0.3  # the character head's share of a transcription's guidance, where the model has one
 DEFAULT_CTC_WEIGHT_WITH_CHARS = 0.3  # ... and the token head's then (the LLM keeps 0.4;
 # best over dev and dev2 together)
-DEFAULT_CTC_CANDIDATES = 64  # the LLM's likeliest tokens a CTC-guided step rescores, besides the CTC proposals
-# (chosen with the beam of 16, commit 46cac9f)
-DEFAULT_LM_WEIGHT = 0.4  # the text prior's in a guided transcription, where the bundle has a text LLM
-# (chosen on the dev split, commit 450d086)
+DEFAULT_CTC_CANDIDATES = 16  # the LLM's likeliest tokens a CTC-guided step rescores, besides the CTC proposals
+# (chosen with the beam of 4)
 
 
 def ctc_weight_for(prompt: str | None, has_ctc_head: bool, requested: float | None = None, chars: float = 0.0) -> float:
@@ -56,14 +54,6 @@ def guidance_for(
     return ctc_weight_for(prompt, has_ctc_head, chars=char_weight), char_weight
 
 
-def lm_weight_for(guided: bool, has_text_llm: bool, requested: float | None = None) -> float:
-    """The text prior's weight in a turn (shallow fusion, runtime/beam.py): as requested, else DEFAULT_LM_WEIGHT
-    for a CTC-guided turn (``guided``) of a bundle with a text LLM (answer.gguf), else 0."""
-    if requested is not None:
-        return requested
-    return DEFAULT_LM_WEIGHT if guided and has_text_llm else 0.0
-
-
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -85,8 +75,6 @@ class GenerationSettings:
     ctc_proposal_prob: float = DEFAULT_PROPOSAL_PROB  # > 0: tokens the CTC head gives this at some frame are
     # rescored too (words the LLM does not expect can still be heard); 0: the LLM's top tokens alone
     beam_size: int = DEFAULT_BEAM_SIZE  # hypotheses CTC-guided decoding keeps (1: greedy; runtime/beam.py)
-    lm_weight: float = 0.0  # > 0: a text LLM (the bundle's answer.gguf) scores a CTC-guided transcription's
-    # hypotheses too, added to the LLM's and the heads' shares (shallow fusion; runtime/beam.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -97,11 +85,11 @@ class GenerationSettings:
             raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        for name in ("ctc_weight", "char_weight", "ctc_proposal_prob", "lm_weight"):
+        for name in ("ctc_weight", "char_weight", "ctc_proposal_prob"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"{name} must be a number from 0 up to (not including) 1, got {value!r}")
-        for name in ("ctc_weight", "char_weight", "lm_weight"):
+        for name in ("ctc_weight", "char_weight"):
             if getattr(self, name) and not self.greedy:
                 raise ConfigError(f"{name}={getattr(self, name)} rescores greedy decoding: it needs temperature 0, "
                                   f"got {self.temperature}")  # fmt: skip

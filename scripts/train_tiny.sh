@@ -95,22 +95,19 @@ FA_EDGE_HOME=work/home-stage12a "$BIN/fa-edge" demo --rebuild --json
   --consonants 0.6
 train_and_ship 12
 "$BIN/fa-edge" demo --rebuild --json
-# decoding settings chosen on the dev split (the DEFAULT_* in falcon_audio_edge/settings.py say the best row)
+# decoding settings measured on the espeak-ng dev split (the beam, the candidates and the text prior were chosen
+# again on the natural-voice dev split on 2026-12-07: see docs/training.md)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2,0.3 --char-weights 0.2,0.3 --beams 4 --proposals 0.2 --candidates 8 \
   --out work/tuning.md
-# the text LLM (answer.gguf) as a prior, and the beam (DEFAULT_LM_WEIGHT, DEFAULT_BEAM_SIZE: the best row)
-"$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
-  --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 4,8 --proposals 0.2 --lm-weights 0,0.3,0.4 \
-  --candidates 8 --out work/tuning-text-llm.md
 # how many of the LLM's likeliest tokens each step rescores (DEFAULT_CTC_CANDIDATES: the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
-  --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 8 --proposals 0.2 --lm-weights 0.4 \
+  --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 8 --proposals 0.2 \
   --candidates 8,16,32 --out work/tuning-candidates.md
 # the heads' weights again, scored on dev and dev2 (new statements) together (DEFAULT_CTC_WEIGHT_WITH_CHARS: the best row)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --dev work/data/dev2/manifest.jsonl --weights 0.2,0.3 --char-weights 0.3,0.4 \
-  --beams 8 --proposals 0.2 --lm-weights 0.4 --candidates 16 --out work/tuning-dev2.md
+  --beams 8 --proposals 0.2 --candidates 16 --out work/tuning-dev2.md
 # the held-out sentences spoken again by two other engines' held-out voices (git show 46cac9f:docs/other-engine.md)
 [ -f work/data/heldout-flite/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.flite \
   work/data/heldout/manifest.jsonl -o work/data/heldout-flite

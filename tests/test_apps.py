@@ -76,6 +76,27 @@ def test_two_utterances_with_a_pause(speech):
     assert 0.6 < first.start_s < 1.2 and first.end_s < second.start_s
 
 
+def test_new_speech_hands_out_each_utterance_while_it_arrives(speech):
+    a, b = speech["a"], speech["b"]
+    audio = np.concatenate([silence(1), a, silence(1.5), b, silence(1.5)])
+    endpointer, rng, i = Endpointer(), np.random.default_rng(1), 0
+    handed, done = [], []
+    while i < len(audio):
+        n = int(rng.integers(160, 2000))
+        for event in endpointer.feed(audio[i : i + n]):
+            if isinstance(event, Utterance):
+                done.append((event, np.concatenate(handed)))
+                handed = []
+        if endpointer.in_speech:
+            handed.append(endpointer.new_speech())
+        else:
+            assert len(endpointer.new_speech()) == 0  # nothing between utterances
+        i += n
+    assert len(done) == 2
+    for utt, early in done:  # what was handed out is the utterance's start (its end came with the event)
+        assert 0 < len(early) and np.array_equal(utt.samples[: len(early)], early[: len(utt.samples)])
+
+
 def test_speech_that_never_ends_is_cut_at_the_model_window(speech):
     long = speech["long"]
     assert len(long) > 31 * SAMPLE_RATE, "the long clip must outlast the 30 s window"

@@ -10,8 +10,10 @@ from falcon_audio_edge.audio import (
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
+    SEGMENT_SECONDS,
     load_audio,
     log_mel_spectrogram,
+    pause_segments,
     split_windows,
     validate_samples,
 )
@@ -58,6 +60,38 @@ def test_long_audio_splits_into_30s_windows():
     samples = np.ones(int(N_SAMPLES * 2.5), dtype=np.float32)
     windows = split_windows(samples)
     assert [len(w) for w in windows] == [N_SAMPLES, N_SAMPLES, N_SAMPLES // 2]
+
+
+def test_long_audio_is_cut_at_its_pauses_into_pieces_of_bounded_length():
+    rng = np.random.default_rng(0)
+    sec = SAMPLE_RATE
+
+    def talk(seconds):  # noise standing in for speech
+        return (0.3 * rng.standard_normal(int(seconds * sec))).astype(np.float32)
+
+    short = talk(SEGMENT_SECONDS)
+    assert pause_segments(short) == [(0, len(short))]  # up to the limit: whole
+    # pauses of 0.4 s after 4 s, 7.5 s, 13 s and 21 s of talk: each cut falls in one
+    parts, pauses = [], []
+    for seconds in (4, 3.5, 5.5, 8, 6):
+        parts.append(talk(seconds))
+        pauses.append(sum(map(len, parts)))
+        parts.append(np.zeros(int(0.4 * sec), dtype=np.float32))
+    samples = np.concatenate(parts[:-1])
+    spans = pause_segments(samples)
+    assert spans[0][0] == 0 and spans[-1][1] == len(samples)
+    assert all(a[1] == b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))  # in order, no gap, no overlap
+    assert all(end - start <= SEGMENT_SECONDS * sec for start, end in spans)
+    for _, cut in spans[:-1]:
+        assert any(p <= cut <= p + 0.4 * sec for p in pauses), cut / sec  # in a pause, not in a word
+    # no pause at all: still cut, each piece at most the limit, the last at least 1 s
+    steady = talk(47)
+    spans = pause_segments(steady)
+    lengths = [end - start for start, end in spans]
+    assert sum(lengths) == len(steady) and max(lengths) <= SEGMENT_SECONDS * sec and lengths[-1] >= sec
+    assert len(spans) <= 2 * 47 / SEGMENT_SECONDS + 1  # each cut at least half the limit on: linear in the audio
+    with pytest.raises(ValueError, match="max_seconds"):
+        pause_segments(steady, max_seconds=1.0)
 
 
 @pytest.mark.parametrize(

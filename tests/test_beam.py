@@ -40,11 +40,8 @@ class ToyLM:
         self.chosen = list(tokens)
 
 
-def exhaustive_best(
-    lm: ToyLM, ctc: np.ndarray, weight: float, max_len: int, prior: ToyLM | None = None, lm_weight: float = 0.0
-) -> tuple[tuple[int, ...], float]:
-    """The ended sequence (of words 1, 2) with the best combined score (+ ``lm_weight`` x its log-probability
-    under the text ``prior``, if any), by scoring every one."""
+def exhaustive_best(lm: ToyLM, ctc: np.ndarray, weight: float, max_len: int) -> tuple[tuple[int, ...], float]:
+    """The ended sequence (of words 1, 2) with the best combined score, by scoring every one."""
 
     def ended_logp(model: ToyLM, words: tuple[int, ...]) -> float:
         return sum(log_softmax(model.logits(words[:i]))[w] for i, w in enumerate((*words, END)))
@@ -57,8 +54,6 @@ def exhaustive_best(
                 scorer.scores(np.array([w]))
                 scorer.advance(w)
             score = (1 - weight) * ended_logp(lm, words) + weight * scorer.full
-            if prior is not None:
-                score += lm_weight * ended_logp(prior, words)
             if score > best_score:
                 best, best_score = words, score
     return best, best_score

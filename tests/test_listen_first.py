@@ -6,15 +6,17 @@ import json
 
 import pytest
 
+from falcon_audio_edge.audio import SAMPLE_RATE
 from falcon_audio_edge.errors import BundleError, ExportError, FaEdgeError
 from falcon_audio_edge.runtime.bundle import ANSWER_FILE, read_bundle
-from falcon_audio_edge.settings import DEFAULT_LM_WEIGHT, TRANSCRIBE_PROMPT, GenerationSettings, RuntimeSettings
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, RuntimeSettings
 from tests.conftest import fa_edge, smollm2_gguf
 
 
 def test_listen_first_answers_the_transcript_with_the_answer_model(answer_bundle, clips):
     from falcon_audio_edge.runtime.backend import TextBackend, open_bundle
     from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS, AudioChat
+    from falcon_audio_edge.runtime.listen import MAX_TOKENS_PER_SECOND, TOKENS_SLACK
 
     bundle = read_bundle(answer_bundle)
     assert bundle.answer_path == answer_bundle / ANSWER_FILE and ANSWER_FILE in bundle.manifest["files"]
@@ -24,7 +26,8 @@ def test_listen_first_answers_the_transcript_with_the_answer_model(answer_bundle
         second = chat.ask(clips["q1"], None, gen, listen_first=True).run()
         assert chat.answerer().turns == 2  # the answer model keeps the conversation; the listener starts afresh
         chat.reset()
-        listen = GenerationSettings(max_tokens=LISTEN_MAX_TOKENS)
+        cap = int(MAX_TOKENS_PER_SECOND * first.audio_seconds) + TOKENS_SLACK  # this model babbles up to the cap
+        listen = GenerationSettings(max_tokens=min(LISTEN_MAX_TOKENS, cap))
         heard = chat.ask(clips["q0"], TRANSCRIBE_PROMPT, listen).run().text.strip()
     assert first.transcript == heard and second.transcript is not None
     assert first.audio_seconds > 1.0 and first.timings.listen_ms > 0
@@ -51,6 +54,52 @@ def test_listen_first_text_turns_and_nothing_heard(answer_bundle, clips, monkeyp
         silent = chat.ask(clips["q0"], None, gen, listen_first=True).run()
         assert (silent.text, silent.transcript, silent.stop_reason) == ("", "", "nothing_heard")
         assert chat.answerer().turns == 1 and silent.audio_seconds > 1.0  # nothing asked of the answer model
+
+
+def test_long_audio_is_heard_in_pieces_cut_at_pauses(answer_bundle, clips):
+    from falcon_audio_edge.audio import load_audio, pause_segments
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    samples = load_audio(clips["45s"]).samples
+    spans = pause_segments(samples)
+    listen, gen = GenerationSettings(max_tokens=6), GenerationSettings(max_tokens=2)
+    with open_bundle(answer_bundle) as chat:
+        long = chat.ask(clips["45s"], None, gen, listen_first=True, listening=listen).run()
+        short = chat.ask(clips["q0"], None, gen, listen_first=True, listening=listen).run()
+        by_hand = []
+        for start, end in spans:  # each piece a fresh transcription of its own
+            chat.reset_listening()
+            by_hand.append(chat.ask(samples[start:end], TRANSCRIBE_PROMPT, listen).run().text.strip())
+    assert len(spans) >= 5 and long.pieces == len(spans) and short.pieces == 1
+    assert long.transcript == " ".join(t for t in by_hand if t)
+    assert 44.9 < long.audio_seconds < 45.1 and long.windows == len(spans)
+    out = json.loads(fa_edge("ask", answer_bundle, "--audio", clips["45s"], "--max-tokens", "2", "--json").stdout)
+    assert out["pieces"] == len(spans) and f"heard in {len(spans)} pieces of up to 10 s, cut at pauses" in out["note"]
+    # this model babbles: each piece stops at 12 tokens a second of its audio (+ 16), not at LISTEN_MAX_TOKENS
+    assert len(out["transcript"].split()) < 12 * 45 + 16 * len(spans)
+
+
+def test_audio_heard_while_it_arrives_gives_the_transcript_of_the_whole(answer_bundle, clips):
+    from falcon_audio_edge.audio import load_audio, pause_segments
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    samples = load_audio(clips["45s"]).samples
+    utterance = samples[: len(samples) - 8000]  # the endpointer trims the last 0.5 s of what it was fed
+    listen, gen = GenerationSettings(max_tokens=6), GenerationSettings(max_tokens=2)
+    with open_bundle(answer_bundle) as chat:
+        whole = chat.ask(utterance, None, gen, listen_first=True, listening=listen).run()
+        hearing = chat.start_hearing(slack_s=0.7, listening=listen)
+        for i in range(0, len(samples), 512):
+            hearing.add(samples[i : i + 512])
+        early = hearing.heard.early_pieces
+        live = chat.ask(utterance, None, gen, listen_first=True, hearing=hearing).run()
+        with pytest.raises(FaEdgeError, match="shorter than what was heard"):
+            chat.ask(samples[:SAMPLE_RATE], None, gen, listen_first=True, hearing=hearing).run()
+        with pytest.raises(FaEdgeError, match="listen_first=True"):
+            chat.ask(samples, None, gen, hearing=hearing)
+    assert early >= len(pause_segments(utterance)) - 2 and early >= 2  # all but the last one or two: during speech
+    assert live.transcript == whole.transcript and live.pieces == whole.pieces == len(pause_segments(utterance))
+    assert live.tokens == whole.tokens
 
 
 def test_listen_first_needs_an_answer_model(bundle_f32, clips):
@@ -118,12 +167,28 @@ def test_listen_first_transcribes_with_the_decoding_settings_asked_for(ctc_bundl
             chat.reset()
             turn = chat.ask(clips["q1"], None, GenerationSettings(max_tokens=4, ctc_proposal_prob=prob), True).run()
             chat.reset()
-            alone = GenerationSettings(
-                max_tokens=LISTEN_MAX_TOKENS, ctc_weight=0.5, ctc_proposal_prob=prob, lm_weight=DEFAULT_LM_WEIGHT
-            )  # the bundle has a text LLM: its prior too
+            alone = GenerationSettings(max_tokens=LISTEN_MAX_TOKENS, ctc_weight=0.5, ctc_proposal_prob=prob)
             assert turn.transcript == chat.ask(clips["q1"], TRANSCRIBE_PROMPT, alone).run().text.strip()
             heard[prob] = turn.transcript
     assert heard[0.0] != heard[0.01]  # the proposals asked for reach the transcription
+
+
+def test_listening_settings_name_what_is_asked_and_a_zero_turns_it_off(ctc_bundle):
+    from dataclasses import replace
+
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS
+
+    gen = GenerationSettings(max_tokens=4, beam_size=2, ctc_proposal_prob=0.05)
+    with open_bundle(ctc_bundle[1]) as chat:
+        default = chat.listening_for(gen)
+        assert (default.ctc_weight, default.char_weight) == (0.5, 0.0)  # the model's transcription default
+        assert (default.max_tokens, default.beam_size, default.ctc_proposal_prob) == (LISTEN_MAX_TOKENS, 2, 0.05)
+        assert chat.listening_for(gen, ctc=0.0).guide_weight == 0.0  # 0 turns guidance off
+        assert chat.listening_for(gen, ctc=0.3).ctc_weight == 0.3
+        assert chat.listening_for(replace(gen, ctc_weight=0.3)).ctc_weight == 0.3  # the API's generation stands
+        with pytest.raises(FaEdgeError, match="listening settings are for a listen-first turn"):
+            chat.ask(None, "Hello", gen, listening=default)
 
 
 def test_prepare_listen_first_loads_the_answer_model_and_the_ctc_table_ahead(

@@ -201,7 +201,7 @@ def evaluate(
     refs = [r["text"] for r in trans]
     with open_bundle(bundle) as chat:
         guided = chat.with_weights(gen, TRANSCRIBE)  # the model's defaults
-        weight, chars, lm = guided.ctc_weight, guided.char_weight, guided.lm_weight
+        weight, chars = guided.ctc_weight, guided.char_weight
         hyps, seconds = transcribe_all(chat, trans, base, guided)
         result.update(wer=word_error_rate(refs, hyps), transcribe_s_per_clip=seconds)
         result["wer_plain"] = word_error_rate(refs, hyps, split=words)
@@ -211,13 +211,9 @@ def evaluate(
                 chat, trans, base, replace(gen, ctc_weight=ctc_weight_for(TRANSCRIBE, True))
             )
             result["wer_token_head_only"] = word_error_rate(refs, tokens_only)
-        if lm:  # what the text LLM adds: the same decoding without it
-            unfused, unfused_s = transcribe_all(chat, trans, base, replace(guided, lm_weight=0.0))
-            result.update(wer_without_lm=word_error_rate(refs, unfused), exact_without_lm=exact_share(refs, unfused),
-                          transcribe_s_per_clip_without_lm=unfused_s)  # fmt: skip
         if weight:
             result.update(ctc_weight=weight, char_weight=chars, beam_size=gen.beam_size,
-                          proposal_prob=gen.ctc_proposal_prob, lm_weight=lm, candidates=gen.ctc_candidates)  # fmt: skip
+                          proposal_prob=gen.ctc_proposal_prob, candidates=gen.ctc_candidates)  # fmt: skip
             wide, wide_s = transcribe_all(chat, trans, base, replace(guided, beam_size=COMPARED_BEAM))
             result.update(wer_beam=word_error_rate(refs, wide), transcribe_s_per_clip_beam=wide_s)
             plain, _ = transcribe_all(chat, trans, base, gen)
@@ -300,7 +296,6 @@ def markdown(result: dict, command: str) -> str:
             + (f", character head {result['char_weight']}" if result.get("char_weight") else "")
             + f", beam {result['beam_size']}, CTC proposals {result['proposal_prob'] or 'off'}"
             + (f", LLM candidates {result['candidates']}" if "candidates" in result else "")
-            + (f", text LLM {result['lm_weight']}" if result.get("lm_weight") else "")
             + f": the default) | {result['wer']:.3f} |",
             f"| transcription WER (bundle, CTC-guided, `--beam-size {COMPARED_BEAM}`) | {result['wer_beam']:.3f} |",
             f"| transcription WER (bundle, the LLM's greedy choices alone) | {result['wer_without_ctc']:.3f} |",
@@ -308,18 +303,12 @@ def markdown(result: dict, command: str) -> str:
         if "wer_token_head_only" in result:
             alone = f"{result['wer_token_head_only']:.3f}"
             weight = ctc_weight_for(TRANSCRIBE, True)
-            no_lm = ", no text LLM" if result.get("lm_weight") else ""
             lines.insert(-2, f"| transcription WER (bundle, the token CTC head alone, weight {weight}: no character "
-                             f"head{no_lm}) | {alone} |")  # fmt: skip
-        if "wer_without_lm" in result:
-            lines.insert(-2, f"| transcription WER (bundle, the default decoding without the text LLM: "
-                             f"`--lm-weight 0`) | {result['wer_without_lm']:.3f} |")  # fmt: skip
+                             f"head) | {alone} |")  # fmt: skip
     else:
         lines.append(f"| transcription WER (bundle) | {result['wer']:.3f} |")
     lines.append(f"| transcription WER, plain (the default decoding) | {result['wer_plain']:.3f} |")
     lines.append(f"| transcriptions word for word (the default decoding) | {result['exact']:.3f} |")
-    if "exact_without_lm" in result:
-        lines.append(f"| transcriptions word for word (without the text LLM) | {result['exact_without_lm']:.3f} |")
     if "whisper_wer" in result:
         lines.append(f"| transcription WER (Whisper tiny.en alone, faster-whisper) | {result['whisper_wer']:.3f} |")
     if "whisper_wer_plain" in result:
@@ -334,11 +323,6 @@ def markdown(result: dict, command: str) -> str:
         f"{'n/a' if result['decoder_typed_agreement'] is None else format(result['decoder_typed_agreement'], '.3f')} |",
         f"| seconds per transcription (2 threads) | {result['transcribe_s_per_clip']:.2f} |",
         *beam_seconds_row(result),
-        *(
-            [f"| seconds per transcription, `--lm-weight 0` | {result['transcribe_s_per_clip_without_lm']:.2f} |"]
-            if "transcribe_s_per_clip_without_lm" in result
-            else []
-        ),  # fmt: skip
         "",
         "| target | measured | |",
         "| --- | --- | --- |",

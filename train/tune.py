@@ -9,7 +9,7 @@ the share of clips transcribed word for word (what a listen-first answer needs) 
 ``--dev`` given more than once the clips of every manifest are scored together (and each manifest's WER is shown
 beside). The best setting by WER is what ``DEFAULT_CTC_WEIGHT`` (``DEFAULT_CTC_WEIGHT_WITH_CHARS`` beside a
 character head),
-``DEFAULT_CHAR_WEIGHT``, ``DEFAULT_BEAM_SIZE``, ``DEFAULT_PROPOSAL_PROB``, ``DEFAULT_LM_WEIGHT`` and
+``DEFAULT_CHAR_WEIGHT``, ``DEFAULT_BEAM_SIZE``, ``DEFAULT_PROPOSAL_PROB`` and
 ``DEFAULT_CTC_CANDIDATES`` (``--candidates``: the LLM's likeliest tokens each step rescores) should say; the
 held-out split then measures it once.
 """
@@ -39,7 +39,6 @@ class Trial:
     char_weight: float  # the character head's (0: off)
     beam_size: int
     proposal_prob: float  # the CTC head's proposals (0: off)
-    lm_weight: float  # the text prior's (0: off)
     candidates: int  # the LLM's likeliest tokens rescored each step
     wer: float
     exact: float  # share of clips transcribed word for word
@@ -84,15 +83,15 @@ def part_wers(sizes: list[int], refs: list[str], hyps: list[str]) -> tuple[float
 
 def run_trials(
     bundle: Path, dev: Path | list[Path], weights: list[float], beams: list[int], proposals: tuple[float, ...] = (0.0,),
-    max_tokens: int = 64, char_weights: tuple[float, ...] = (0.0,), lm_weights: tuple[float, ...] = (0.0,),
+    max_tokens: int = 64, char_weights: tuple[float, ...] = (0.0,),
     candidates: tuple[int, ...] = (DEFAULT_CTC_CANDIDATES,),
 ) -> list[Trial]:  # fmt: skip
     parts = dev_rows(dev_list(dev))
     rows = [r for part in parts for r in part]
     settings = [GenerationSettings(max_tokens=max_tokens, ctc_weight=w, char_weight=c, beam_size=b, ctc_proposal_prob=p,
-                                   lm_weight=m, ctc_candidates=k)
+                                   ctc_candidates=k)
                 for w in weights for c in char_weights if not (w < 1 and c < 1 <= w + c)  # sums of 1: skipped
-                for b in beams for p in proposals for m in lm_weights for k in candidates]  # fmt: skip
+                for b in beams for p in proposals for k in candidates]  # fmt: skip
     if not settings:
         raise ConfigError(f"every CTC weight + character weight asked for ({weights} + {list(char_weights)}) "
                           "reaches 1: the LLM keeps none")  # fmt: skip
@@ -103,8 +102,6 @@ def run_trials(
             raise ConfigError(f"{bundle} has no CTC head: there is no CTC weight or beam to tune")
         if any(char_weights) and not chat.has_char_head:
             raise ConfigError(f"{bundle} has no character head: --char-weights must be 0")
-        if any(lm_weights) and not chat.has_text_llm:
-            raise ConfigError(f"{bundle} has no text LLM (answer.gguf): --lm-weights must be 0")
         for gen in settings:
             hyps, seconds = transcribe_all(chat, rows, Path("/"), gen)  # the rows' audio paths are absolute
             wer, exact = word_error_rate(refs, hyps), exact_share(refs, hyps)
@@ -115,7 +112,6 @@ def run_trials(
                     gen.char_weight,
                     gen.beam_size,
                     gen.ctc_proposal_prob,
-                    gen.lm_weight,
                     gen.ctc_candidates,
                     wer,
                     exact,
@@ -147,16 +143,16 @@ def markdown(trials: list[Trial], bundle: Path, dev: Path | list[Path], command:
         "",
         "WER after Whisper's English normalizer (case, punctuation, numbers, British and American spellings).",
         "",
-        "| CTC weight | character head weight | beam size | CTC proposals (min prob) | text LLM weight "
+        "| CTC weight | character head weight | beam size | CTC proposals (min prob) "
         "| LLM candidates | WER | "
         + "".join(f"{e} | " for e in each)
         + "transcribed word for word | seconds per clip |",
-        "| --- " * (9 + len(each)) + "|",
+        "| --- " * (8 + len(each)) + "|",
     ]
     for t in trials:
         mark = " **best**" if t == top else ""
         lines.append(f"| {t.ctc_weight} | {t.char_weight or 'off'} | {t.beam_size} | {t.proposal_prob or 'off'} | "
-                     f"{t.lm_weight or 'off'} | {t.candidates} | {t.wer:.3f}{mark} | "
+                     f"{t.candidates} | {t.wer:.3f}{mark} | "
                      + "".join(f"{w:.3f} | " for w in t.parts) + f"{t.exact:.3f} | "
                      f"{t.seconds:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -171,8 +167,6 @@ def main() -> None:
     parser.add_argument("--beams", default="1,4", help="beam sizes to try, comma-separated")
     parser.add_argument("--char-weights", default="0", help="character head weights to try (0: off), comma-separated")
     parser.add_argument("--proposals", default="0", help="CTC proposal probabilities to try (0: off), comma-separated")
-    parser.add_argument("--lm-weights", default="0",
-                        help="text LLM (answer.gguf) weights to try (0: off), comma-separated")  # fmt: skip
     parser.add_argument("--candidates", default=str(DEFAULT_CTC_CANDIDATES),
                         help="how many of the LLM's likeliest tokens each step rescores, comma-separated")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (replaced whole)")
@@ -186,9 +180,8 @@ def main() -> None:
         beams = parse_list(args.beams, int, "--beams")
         proposals = tuple(parse_list(args.proposals, float, "--proposals"))
         chars = tuple(parse_list(args.char_weights, float, "--char-weights"))
-        lms = tuple(parse_list(args.lm_weights, float, "--lm-weights"))
         candidates = tuple(parse_list(args.candidates, int, "--candidates"))
-        trials = run_trials(args.bundle, args.dev, weights, beams, proposals, char_weights=chars, lm_weights=lms,
+        trials = run_trials(args.bundle, args.dev, weights, beams, proposals, char_weights=chars,
                             candidates=candidates)  # fmt: skip
     except FaEdgeError as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -3,7 +3,8 @@
 ``fa-edge bench --live BUNDLE`` feeds a spoken question, then silence, in 32 ms blocks at 1x speed (a simulated
 microphone) into the assistant's endpointer (Silero VAD, ``apps.endpoint``); the turn runs the way
 ``fa-edge assistant`` runs it: the turn's opening text goes into the decoder when speech starts, listen-first
-where the bundle has an answer model, the answer streamed once the endpointer reports the end of the utterance.
+where the bundle has an answer model (its settled pieces transcribed while the question is still being spoken,
+``runtime/listen.py``), the answer streamed once the endpointer reports the end of the utterance.
 The gap is measured from the moment the last speech sample reached the microphone to the first answer token,
 the wait for silence included. Beside it, in the same run, the whole-clip path (``fa-edge ask``: the clip in
 hand -> first token) on the same clip.
@@ -66,18 +67,23 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
     samples = np.concatenate([samples[:end], np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)])
     t0 = time.perf_counter()
     spoken_end = t0 + end / SAMPLE_RATE
+    hearing = None  # as the assistant does: a listen-first turn's settled pieces are heard during speech
     for i in range(0, len(samples), BLOCK):
         time.sleep(max(0.0, t0 + (i + BLOCK) / SAMPLE_RATE - time.perf_counter()))  # the block arrives
         for event in endpointer.feed(samples[i : i + BLOCK]):
             if isinstance(event, SpeechStarted) and not listen_first:
                 chat.start_turn(None)
+            elif isinstance(event, SpeechStarted):
+                hearing = chat.start_hearing(gen, endpointer.settings.end_silence_ms / 1000)
             elif isinstance(event, Utterance):
                 if i + BLOCK < end:
                     raise FaEdgeError(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "
                                       f"{end / SAMPLE_RATE:.1f} s (a pause in the clip)")  # fmt: skip
                 detected = time.perf_counter()
-                first = first_token_s(chat.ask(Audio(event.samples, "live"), None, gen, listen_first))
-                return first - spoken_end, detected - spoken_end
+                turn = chat.ask(Audio(event.samples, "live"), None, gen, listen_first, hearing=hearing)
+                return first_token_s(turn) - spoken_end, detected - spoken_end
+        if hearing is not None and endpointer.in_speech:
+            hearing.add(endpointer.new_speech())
     raise FaEdgeError(f"the endpointer never reported the end of the {end / SAMPLE_RATE:.1f} s question")
 
 

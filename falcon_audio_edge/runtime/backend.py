@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,27 +128,6 @@ class TextBackend(BundleBackend):
         raise BundleError("the answer model takes text only")
 
 
-TEXT_PRIOR_CTX = 2048  # positions of the text prior's own context: the user's-message prefix + hypotheses
-
-
-class LlamaTextPrior(TextBackend):
-    """The bundle's text LLM (answer.gguf) as the prior of a transcription's hypotheses (shallow fusion,
-    runtime/beam.py): each search starts from ``prefix`` (the start of a user's message) in a context of its own,
-    so the answer model's conversation is untouched; each hypothesis is a KV sequence, as in the decoder."""
-
-    def __init__(self, path: Path, prefix: list[int], settings: RuntimeSettings):
-        super().__init__(path, replace(settings, n_ctx=min(settings.n_ctx or TEXT_PRIOR_CTX, TEXT_PRIOR_CTX)))
-        self.prefix = prefix
-
-    def begin(self) -> np.ndarray:
-        """The next-token logits after the prefix alone; the hypotheses then branch off it."""
-        self.decoder.reset()
-        self.decoder.feed_tokens(self.prefix)
-        row = self.decoder.logits()
-        self.decoder.beams_begin()
-        return row
-
-
 def open_bundle(path: str | Path, settings: RuntimeSettings | None = None) -> AudioChat:
     """Load a bundle (checksums verified) and start a conversation on it. Its answer model (answer.gguf), if it
     has one, is loaded on the first listen-first turn."""
@@ -160,6 +138,5 @@ def open_bundle(path: str | Path, settings: RuntimeSettings | None = None) -> Au
     if bundle.answer_path is not None:
         answer = bundle.answer_path
         chat.open_answerer = lambda: AudioChat(TextBackend(answer, settings), bundle.dims)
-        chat.open_text_prior = lambda prefix: LlamaTextPrior(answer, prefix, settings)
     chat.load_ms = (time.perf_counter() - t0) * 1e3
     return chat

@@ -2,13 +2,10 @@
 
 A hypothesis's score is (1 - w) x its summed LLM log-probability + w x the CTC log-probability that the audio
 starts with it (log P that the audio is exactly it, once it ends), w = ``ctc_weight`` + ``char_weight`` (> 0;
-the CTC part is then their weighted mean, runtime/chars.py), + ``lm_weight`` x its summed log-probability under
-a text prior (shallow fusion: the bundle's text LLM reading the hypothesis as a user's message, which the
-listening LLM's training on a few thousand sentences has not bent towards them). Every
-part only falls as a hypothesis grows, so once an ended hypothesis scores at least as well as every live one,
-nothing the search could still find beats it: the search stops there (or at ``max_tokens``). Each live
-hypothesis is a sequence of the decoder's KV cache (``beams_step``): a step decodes one token for each of
-them in one batch.
+the CTC part is then their weighted mean, runtime/chars.py). Both parts only fall as a hypothesis grows, so
+once an ended hypothesis scores at least as well as every live one, nothing the search could still find beats
+it: the search stops there (or at ``max_tokens``). Each live hypothesis is a sequence of the decoder's KV cache
+(``beams_step``): a step decodes one token for each of them in one batch.
 """
 
 from __future__ import annotations
@@ -28,22 +25,14 @@ class BeamBackend(Protocol):
     def beams_end(self, tokens: list[int]) -> None: ...
 
 
-class TextPrior(BeamBackend, Protocol):
-    """A text LLM that follows the hypotheses (shallow fusion): ``begin`` returns its next-token logits before
-    the first one, then the beam primitives as for the decoder."""
-
-    def begin(self) -> np.ndarray: ...
-
-
 @dataclass
 class Hypothesis:
     tokens: list[int]
     llm: float  # summed LLM log-probability of the tokens
     ctc: float  # CTC log-probability: the audio starts with the tokens (is exactly them, once ended)
-    score: float  # (1 - w) llm + w ctc + lm_weight prior
+    score: float  # (1 - w) llm + w ctc
     scorer: CTCPrefixScorer | None = None
     ended: bool = False
-    prior: float = 0.0  # summed log-probability of the tokens under the text prior (0 without one)
 
 
 @dataclass(frozen=True)
@@ -53,59 +42,45 @@ class _Extension:
     llm: float
     ctc: float
     score: float
-    prior: float
 
 
 def _extensions(
-    i: int, hyp: Hypothesis, logits: np.ndarray, prior_logits: np.ndarray | None, gen: GenerationSettings,
-    end: int, k: int, proposed: np.ndarray,
-):  # fmt: skip
+    i: int, hyp: Hypothesis, logits: np.ndarray, gen: GenerationSettings, end: int, k: int, proposed: np.ndarray
+):
     """The best ``k`` next tokens of one hypothesis by the LLM (the end of turn, the CTC head's ``proposed``
     tokens), scored."""
     llm = log_softmax(logits)
     candidates = candidate_tokens(llm, k, end, proposed)  # (V,) -> (K,)
     totals = hyp.llm + llm[candidates]
     ctc = hyp.scorer.scores(candidates)  # (k,) log P(audio starts with tokens + c); the end: is exactly tokens
-    priors = hyp.prior + (log_softmax(prior_logits)[candidates] if prior_logits is not None else 0.0)
-    priors = np.broadcast_to(priors, candidates.shape)
-    scores = (1.0 - gen.guide_weight) * totals + gen.guide_weight * ctc + gen.lm_weight * priors
-    rows = zip(candidates, totals, ctc, scores, priors, strict=True)
-    return [_Extension(i, int(c), float(t), float(x), float(s), float(p)) for c, t, x, s, p in rows]
+    scores = (1.0 - gen.guide_weight) * totals + gen.guide_weight * ctc
+    rows = zip(candidates, totals, ctc, scores, strict=True)
+    return [_Extension(i, int(c), float(t), float(x), float(s)) for c, t, x, s in rows]
 
 
 def _child(parent: Hypothesis, ext: _Extension, end: int) -> Hypothesis:
     scorer = None if ext.token == end else parent.scorer.extended(ext.token)  # an ended one scores nothing more
-    return Hypothesis(parent.tokens + [ext.token], ext.llm, ext.ctc, ext.score, scorer, ext.token == end, ext.prior)
+    return Hypothesis(parent.tokens + [ext.token], ext.llm, ext.ctc, ext.score, scorer, ext.token == end)
 
 
 def beam_search(
-    backend: BeamBackend,
-    logits: np.ndarray,
-    scorer: CTCPrefixScorer,
-    gen: GenerationSettings,
-    end: int,
-    prior: TextPrior | None = None,
+    backend: BeamBackend, logits: np.ndarray, scorer: CTCPrefixScorer, gen: GenerationSettings, end: int
 ) -> Hypothesis:
     """The best hypothesis after the prompt whose next-token ``logits`` are given (its end token not included
     in ``tokens``; ``ended`` False if it stopped at ``max_tokens``). The backend's conversation holds exactly
-    that hypothesis afterwards. With ``gen.lm_weight`` the text ``prior`` follows every hypothesis too."""
-    if gen.lm_weight and prior is None:
-        raise ValueError(f"lm_weight={gen.lm_weight} needs a text prior to score the hypotheses")
-    prior = prior if gen.lm_weight else None
+    that hypothesis afterwards."""
     width = gen.beam_size
     k = max(gen.ctc_candidates, width)
     proposed = proposals_of(scorer, gen.ctc_proposal_prob)  # one clip: the same for every hypothesis
     live, rows = [Hypothesis([], 0.0, 0.0, 0.0, scorer)], logits[None, :]  # (V,) -> (1, V)
-    priors = prior.begin()[None, :] if prior is not None else None  # (V,) -> (1, V)
     best_ended: Hypothesis | None = None
     backend.beams_begin()
     try:
         for _ in range(gen.max_tokens):
             ranked = sorted(
-                (e for i, h in enumerate(live)
-                 for e in _extensions(i, h, rows[i], None if priors is None else priors[i], gen, end, k, proposed)),
+                (e for i, h in enumerate(live) for e in _extensions(i, h, rows[i], gen, end, k, proposed)),
                 key=lambda e: -e.score,
-            )  # fmt: skip
+            )
             ranked = [e for e in ranked if np.isfinite(e.score)]
             going = [e for e in ranked if e.token != end][:width]
             for e in ranked:
@@ -114,21 +89,15 @@ def beam_search(
             if not going or (best_ended is not None and best_ended.score >= going[0].score):
                 break
             next_live = [_child(live[e.parent], e, end) for e in going]
-            parents, tokens = [e.parent for e in going], [e.token for e in going]
-            rows = backend.beams_step(parents, tokens)
-            if prior is not None:
-                priors = prior.beams_step(parents, tokens)
+            rows = backend.beams_step([e.parent for e in going], [e.token for e in going])
             live = next_live
         best = best_ended or max(live, key=lambda h: h.score)  # at max_tokens: a whole transcript if there is one
         chosen = best.tokens[:-1] if best.ended else best.tokens
     except BaseException:
         backend.beams_end([])
         raise
-    finally:
-        if prior is not None:
-            prior.beams_end([])
     backend.beams_end(chosen)
-    return Hypothesis(chosen, best.llm, best.ctc, best.score, None, best.ended, best.prior)
+    return Hypothesis(chosen, best.llm, best.ctc, best.score, None, best.ended)
 
 
 class ReplayedBeams:

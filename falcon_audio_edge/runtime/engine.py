@@ -23,8 +23,9 @@ from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
 from falcon_audio_edge.runtime.chars import guide_scorer
 from falcon_audio_edge.runtime.ctc import guided_choice, proposals_of
+from falcon_audio_edge.runtime.listen import Hearing, listen_first_turn
 from falcon_audio_edge.runtime.turn import AskResult, Timings, Turn, sample_token
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, guidance_for, lm_weight_for
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, guidance_for
 
 LISTEN_MAX_TOKENS = 448  # a listen-first transcription: a stop for a runaway, well above 2 x 30 s of speech
 
@@ -67,9 +68,6 @@ class AudioChat:
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
         self.open_answerer: Callable[[], AudioChat] | None = None  # set by open_bundle when it has an answer model
         self._answerer: AudioChat | None = None
-        # set by open_bundle when it has a text LLM: prefix ids -> the text prior of transcriptions (runtime/beam.py)
-        self.open_text_prior: Callable[[list[int]], Any] | None = None
-        self._text_prior: Any = None
 
     @property
     def has_ctc_head(self) -> bool:
@@ -78,21 +76,6 @@ class AudioChat:
     @property
     def has_char_head(self) -> bool:
         return self.backend.has_char_head
-
-    @property
-    def has_text_llm(self) -> bool:
-        """Whether a text LLM (the bundle's answer.gguf) can score transcriptions (``lm_weight``)."""
-        return self.open_text_prior is not None
-
-    def text_prior(self) -> Any:
-        """The text prior of guided transcriptions (loaded on first use; its load time joins ``load_ms``)."""
-        if self._text_prior is None:
-            if self.open_text_prior is None:
-                raise FaEdgeError("lm_weight needs a bundle with a text LLM (fa-edge export --answer-llm)")
-            t0 = time.perf_counter()
-            self._text_prior = self.open_text_prior(self._bos_ids() + self.backend.tokenize(self.layout.user_start))
-            self.load_ms += (time.perf_counter() - t0) * 1e3
-        return self._text_prior
 
     def reset(self) -> None:
         """Forget the conversation (clears the KV cache; the answer model's too)."""
@@ -123,8 +106,6 @@ class AudioChat:
         try:
             if self._answerer is not None:
                 self._answerer.close()
-            if self._text_prior is not None:
-                self._text_prior.close()
         finally:
             self.backend.close()
 
@@ -141,19 +122,21 @@ class AudioChat:
         generation: GenerationSettings | None = None,
         listen_first: bool = False,
         listening: GenerationSettings | None = None,
+        hearing: Hearing | None = None,
     ) -> Turn:
         """Start a turn; with audio None the turn is text only (``prompt`` required). ``listen_first``: the model
         transcribes the audio (CTC-guided if it can), then the bundle's answer model answers the transcript (and
         the prompt after it) as a text turn of its own conversation; ``listening`` sets that transcription
-        (``listening_for``; default: ``listening_for(generation)``)."""
+        (``listening_for``; default: ``listening_for(generation)``); ``hearing``: that transcription, begun while
+        the audio arrived (``start_hearing``), with its own settings."""
         if audio is None and not prompt:
             raise FaEdgeError("a turn needs audio, a prompt, or both")
-        if listening is not None and not listen_first:
+        if (listening is not None or hearing is not None) and not listen_first:
             raise FaEdgeError("listening settings are for a listen-first turn's transcription (listen_first=True)")
         if listen_first:
             gen = generation or GenerationSettings()
             listening = self.listening_for(gen) if listening is None else listening
-            return Turn(self._listen_first(audio, prompt, gen, listening))
+            return Turn(listen_first_turn(self, audio, prompt, gen, listening, hearing))
         generation = generation or GenerationSettings()
         if generation.ctc_weight and not self.has_ctc_head:
             raise FaEdgeError(f"ctc_weight={generation.ctc_weight} needs a model with a CTC head; "
@@ -161,20 +144,23 @@ class AudioChat:
         if generation.char_weight and not self.has_char_head:
             raise FaEdgeError(f"char_weight={generation.char_weight} needs a model with a character head "
                               "(python -m falcon_audio_edge.train.charhead)")  # fmt: skip
-        if generation.lm_weight and not generation.guide_weight:
-            raise FaEdgeError(f"lm_weight={generation.lm_weight} scores CTC-guided transcriptions: it needs "
-                              "ctc_weight or char_weight")  # fmt: skip
-        if generation.lm_weight and not self.has_text_llm:
-            raise FaEdgeError(f"lm_weight={generation.lm_weight} needs a bundle with a text LLM "
-                              "(fa-edge export --answer-llm)")  # fmt: skip
         return Turn(self._turn(audio, prompt, generation))
+
+    def start_hearing(
+        self, generation: GenerationSettings | None = None, slack_s: float = 0.0,
+        listening: GenerationSettings | None = None,
+    ) -> Hearing:  # fmt: skip
+        """The transcription of a listen-first turn whose audio is still arriving: ``add`` the audio to it as it
+        comes, then ``ask(utterance, ..., listen_first=True, hearing=it)``. ``slack_s``: how much of the audio
+        added last the utterance may leave out (an endpointer's trimmed end silence); ``listening`` as for
+        ``ask``."""
+        self.answerer()  # refused at once where the bundle has no answer model
+        return Hearing(self, listening or self.listening_for(generation or GenerationSettings()), slack_s)
 
     def prepare_listen_first(self) -> None:
         """Load what a listen-first turn needs before the first one: the answer model now, the CTC head's token
         table in the background (an assistant calls this at start, while nobody has spoken yet)."""
         self.answerer()
-        if self.has_text_llm:
-            self.text_prior()
         if self.has_ctc_head:
             self.backend.preload_ctc()
 
@@ -189,60 +175,30 @@ class AudioChat:
         return self._answerer
 
     def listening_for(
-        self, gen: GenerationSettings, ctc: float | None = None, chars: float | None = None, lm: float | None = None
+        self, gen: GenerationSettings, ctc: float | None = None, chars: float | None = None
     ) -> GenerationSettings:
         """A listen-first turn's transcription settings: greedy, ``gen``'s beam size and proposals, and the
-        weights of the token head, the character head and the text prior as asked (0: off), or where none is
-        asked the model's transcription defaults (``settings.guidance_for``, ``lm_weight_for``). Without weights
-        asked, ``gen``'s own stand for them where it has any (there a 0 cannot say "off")."""
-        if ctc is None and chars is None and lm is None:
-            ctc, chars = (gen.ctc_weight, gen.char_weight) if gen.guide_weight else (None, None)
-            lm = gen.lm_weight if gen.guide_weight or gen.lm_weight else None
+        weights of the token head and the character head as asked (0: off), or where neither is asked the
+        model's transcription defaults (``settings.guidance_for``). Without weights asked, ``gen``'s own stand for
+        them where it has any (there a 0 cannot say "off")."""
+        if ctc is None and chars is None and gen.guide_weight:
+            ctc, chars = gen.ctc_weight, gen.char_weight
         listen = GenerationSettings(
             max_tokens=LISTEN_MAX_TOKENS,
             beam_size=gen.beam_size,
             ctc_candidates=gen.ctc_candidates,
             ctc_proposal_prob=gen.ctc_proposal_prob,
         )
-        return self.with_weights(listen, TRANSCRIBE_PROMPT, ctc, chars, lm)
+        return self.with_weights(listen, TRANSCRIBE_PROMPT, ctc, chars)
 
     def with_weights(
-        self, gen: GenerationSettings, prompt: str | None, ctc: float | None = None, chars: float | None = None,
-        lm: float | None = None,
-    ) -> GenerationSettings:  # fmt: skip
-        """``gen`` with the token head's, the character head's and the text prior's weights of a turn with
-        ``prompt`` on this model: as asked (None: not asked; 0: off), else its defaults (``settings.guidance_for``,
-        ``lm_weight_for``: guidance for a transcription by a model with heads, the prior where it has a text LLM)."""
+        self, gen: GenerationSettings, prompt: str | None, ctc: float | None = None, chars: float | None = None
+    ) -> GenerationSettings:
+        """``gen`` with the token head's and the character head's weights of a turn with ``prompt`` on this
+        model: as asked (None: not asked; 0: off), else its defaults (``settings.guidance_for``: guidance for a
+        transcription by a model with heads)."""
         weight, char_weight = guidance_for(prompt, self.has_ctc_head, self.has_char_head, ctc, chars)
-        lm_weight = lm_weight_for(bool(weight + char_weight), self.has_text_llm, lm)
-        return replace(gen, ctc_weight=weight, char_weight=char_weight, lm_weight=lm_weight)
-
-    def _listen_first(self, audio: Any, prompt: str | None, gen: GenerationSettings, listen: GenerationSettings):
-        answerer = self.answerer()  # before any work: a bundle without one is refused at once
-        answer_gen = replace(gen, ctc_weight=0.0, char_weight=0.0, lm_weight=0.0)  # they guide the transcription only
-        if audio is None:  # nothing to hear: a plain text turn of the answer model's conversation
-            turn = answerer.ask(None, prompt, answer_gen)
-            yield from turn
-            return turn.result
-        t0 = time.perf_counter()
-        self.reset_listening()
-        heard = self.ask(audio, TRANSCRIBE_PROMPT, listen)
-        transcript = heard.run().text.strip()
-        listen_ms = (time.perf_counter() - t0) * 1e3
-        if not transcript:  # nothing heard (noise, silence): nothing to answer, the answer model's turn not taken
-            result = AskResult("", [], 0, 0.0, 0, 0, "nothing_heard", Timings(), transcript="")
-        else:
-            answer = answerer.ask(None, transcript + (f"\n{prompt}" if prompt else ""), answer_gen)
-            yield from answer
-            result = answer.result
-        result.transcript = transcript
-        heard_timings = heard.result.timings
-        t = result.timings  # the whole turn: from the audio to the answer
-        t.listen_ms, t.mel_ms, t.encoder_ms = listen_ms, heard_timings.mel_ms, heard_timings.encoder_ms
-        t.first_token_ms, t.total_ms = t.first_token_ms + listen_ms, t.total_ms + listen_ms
-        result.audio_tokens, result.audio_seconds, result.windows = (
-            heard.result.audio_tokens, heard.result.audio_seconds, heard.result.windows)  # fmt: skip
-        return result
+        return replace(gen, ctc_weight=weight, char_weight=char_weight)
 
     def reset_listening(self) -> None:
         """Forget what the listening model heard (its conversation), keeping the answer model's."""
@@ -344,8 +300,7 @@ class AudioChat:
         end = next(iter(self.stop_ids))
         scorer = self._scorer(gen, embeds)
         beams = self.backend if hasattr(self.backend, "beams_step") else ReplayedBeams(self.backend)
-        prior = self.text_prior() if gen.lm_weight else None
-        best = beam_search(beams, self.backend.logits(), scorer, gen, end, prior)
+        best = beam_search(beams, self.backend.logits(), scorer, gen, end)
         yield from best.tokens
         return "end_of_turn" if best.ended else "max_tokens"
 
@@ -353,8 +308,7 @@ class AudioChat:
         timings = Timings()
         start = time.perf_counter()
         n_prompt, features, embeds = self.prefill(audio, prompt, timings)
-        # a text prior follows hypotheses: with one, even a single one (beam_size 1) is searched
-        search = gen.guide_weight and (gen.beam_size > 1 or gen.lm_weight) and embeds is not None
+        search = gen.guide_weight and gen.beam_size > 1 and embeds is not None
         steps = self._searched(gen, embeds) if search else self._tokens(gen, embeds)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens: list[int] = []

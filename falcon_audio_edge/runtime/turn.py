@@ -40,6 +40,7 @@ class AskResult:
     # "context_full" (the answer filled the decoder's context: the next turn raises ContextFullError until reset)
     timings: Timings = field(default_factory=Timings)
     transcript: str | None = None  # listen-first turns: what the model heard, answered by the answer model
+    pieces: int = 0  # listen-first turns: the parts the audio was heard in (long audio is cut at pauses)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
