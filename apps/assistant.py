@@ -157,7 +157,8 @@ class Assistant:
             if self.recording is not None:
                 self.recording.append(block)
                 self.recorded += len(block)
-                self._hear(block)
+                kept = CHUNK_LENGTH * SAMPLE_RATE - (self.recorded - len(block))  # what the utterance will hold
+                self._hear(block[: max(0, kept)])
                 if self.recorded >= CHUNK_LENGTH * SAMPLE_RATE:
                     self.screen.line(f"(reached the model's {CHUNK_LENGTH} s window: stopped recording)")
                     self._toggle_recording(mic)

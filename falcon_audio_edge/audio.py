@@ -124,8 +124,8 @@ def pause_segments(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) ->
     the previous cut (a pause between phrases, where there is one), so the work per piece is bounded and the
     pieces together cost time in proportion to the audio."""
     n, longest = len(samples), int(max_seconds * SAMPLE_RATE)
-    if max_seconds < 2 * MIN_TAIL_SECONDS:
-        raise ValueError(f"max_seconds must be at least {2 * MIN_TAIL_SECONDS} s, got {max_seconds}")
+    if max_seconds < 3 * MIN_TAIL_SECONDS:  # half of it, less the tail, must leave a stretch to cut in
+        raise ValueError(f"max_seconds must be at least {3 * MIN_TAIL_SECONDS:g} s, got {max_seconds}")
     if n <= longest:
         return [(0, n)]
     frames = n // HOP_LENGTH

@@ -95,12 +95,12 @@ FA_EDGE_HOME=work/home-stage12a "$BIN/fa-edge" demo --rebuild --json
   --consonants 0.6
 train_and_ship 12
 "$BIN/fa-edge" demo --rebuild --json
-# decoding settings measured on the espeak-ng dev split (the beam, the candidates and the text prior were chosen
-# again on the natural-voice dev split on 2026-12-07: see docs/training.md)
+# decoding settings measured on the espeak-ng dev split (the beam and the candidates were chosen again on the
+# natural-voice dev split on 2026-12-07, and the text prior removed: see docs/training.md)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2,0.3 --char-weights 0.2,0.3 --beams 4 --proposals 0.2 --candidates 8 \
   --out work/tuning.md
-# how many of the LLM's likeliest tokens each step rescores (DEFAULT_CTC_CANDIDATES: the best row)
+# how many of the LLM's likeliest tokens each step rescores (measured on espeak-ng dev; the default is now the natural-voice choice)
 "$BIN/python" -m falcon_audio_edge.train.tune "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle-f16" \
   --dev work/data/dev/manifest.jsonl --weights 0.2 --char-weights 0.3 --beams 8 --proposals 0.2 \
   --candidates 8,16,32 --out work/tuning-candidates.md

@@ -90,8 +90,9 @@ def test_long_audio_is_cut_at_its_pauses_into_pieces_of_bounded_length():
     lengths = [end - start for start, end in spans]
     assert sum(lengths) == len(steady) and max(lengths) <= SEGMENT_SECONDS * sec and lengths[-1] >= sec
     assert len(spans) <= 2 * 47 / SEGMENT_SECONDS + 1  # each cut at least half the limit on: linear in the audio
-    with pytest.raises(ValueError, match="max_seconds"):
-        pause_segments(steady, max_seconds=1.0)
+    with pytest.raises(ValueError, match="max_seconds must be at least 3 s"):
+        pause_segments(steady, max_seconds=2.01)
+    assert max(e - s for s, e in pause_segments(steady, max_seconds=3.0)) <= 3 * sec
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ class Heard:
     audio_tokens: int
     audio_seconds: float
     windows: int
-    mel_ms: float
+    mel_ms: float  # every piece's, those heard early too (listen_ms counts only the wait at the end)
     encoder_ms: float
     early_pieces: int = 0  # of them, heard while the utterance was still arriving
 
@@ -80,9 +80,8 @@ class Hearing:
         settled = int((SEGMENT_SECONDS + MIN_TAIL_SECONDS) * SAMPLE_RATE) + self.slack
         while len(self.pending) >= settled:
             _, end = pause_segments(self.pending)[0]
-            self._piece(self.pending[:end])
+            self.heard.early_pieces += self._piece(self.pending[:end])
             self.pending, self.offset = self.pending[end:], self.offset + end
-            self.heard.early_pieces += 1
 
     def finish(self, audio: Audio | np.ndarray | str | Path) -> Heard:
         """The whole utterance (it starts with what ``add`` was given): hears the rest; the transcript."""
@@ -96,9 +95,10 @@ class Hearing:
         self.heard.audio_seconds = len(samples) / SAMPLE_RATE
         return self.heard
 
-    def _piece(self, piece: np.ndarray) -> None:
-        if len(piece) < MIN_SAMPLES or float(np.max(np.abs(piece))) < SILENCE_PEAK:  # no speech in it
-            return
+    def _piece(self, piece: np.ndarray) -> bool:
+        """Transcribe one piece (False: skipped, too short or too quiet to hold speech)."""
+        if len(piece) < MIN_SAMPLES or float(np.max(np.abs(piece))) < SILENCE_PEAK:
+            return False
         self.chat.reset_listening()
         cap = int(MAX_TOKENS_PER_SECOND * len(piece) / SAMPLE_RATE) + TOKENS_SLACK
         result = self.chat.ask(
@@ -112,6 +112,7 @@ class Hearing:
         heard.windows += result.windows
         heard.mel_ms += result.timings.mel_ms
         heard.encoder_ms += result.timings.encoder_ms
+        return True
 
 
 def listen_first_turn(
