@@ -10,7 +10,7 @@ from falcon_audio_edge.errors import ConfigError
 TRANSCRIBE_PROMPT = "Transcribe the audio."  # the instruction the models are trained to transcribe with
 DEFAULT_CTC_WEIGHT = 0.5  # CTC guidance of a transcription when the model has a CTC head (runtime/ctc.py)
 # hypotheses CTC-guided decoding keeps: 4, with 16 candidates and no text prior, chosen on the natural-voice dev
-# split (2026-12-07) by a rule set before the runs: each 100 ms a clip must buy half a point of WER (issue notes)
+# split (2026-12-07) by a rule set before the runs: each 100 ms a clip must buy half a point of WER (training.md)
 DEFAULT_BEAM_SIZE = 4
 DEFAULT_PROPOSAL_PROB = 0.2  # see GenerationSettings.ctc_proposal_prob; chosen on the dev split
 MAX_BEAM_SIZE = 16  # hypotheses a beam search may keep (each one a sequence of the decoder's KV cache)
