@@ -168,7 +168,7 @@ class Assistant:
                 self._start_turn()
             elif isinstance(event, Utterance):
                 self._answer(event, mic)
-        if self.endpointer.in_speech:
+        if self.hearing is not None and self.endpointer.in_speech:  # not listen-first: nothing to hand out
             self._hear(self.endpointer.new_speech())
 
     def _hear(self, samples: np.ndarray) -> None:

@@ -40,13 +40,13 @@ TOKENS_SLACK = 16
 class Heard:
     """What a listen-first turn heard: the transcript and what hearing it took."""
 
-    transcript: str
-    pieces: int  # the parts the audio was heard in (1: whole)
-    audio_tokens: int
-    audio_seconds: float
-    windows: int
-    mel_ms: float  # every piece's, those heard early too (listen_ms counts only the wait at the end)
-    encoder_ms: float
+    transcript: str = ""
+    pieces: int = 0  # the parts the audio was heard in (1: whole)
+    audio_tokens: int = 0
+    audio_seconds: float = 0.0
+    windows: int = 0
+    mel_ms: float = 0.0  # every piece's, those heard early too (listen_ms counts only the wait at the end)
+    encoder_ms: float = 0.0
     early_pieces: int = 0  # of them, heard while the utterance was still arriving
 
 
@@ -71,7 +71,7 @@ class Hearing:
         self.slack = int(max(0.0, slack_s) * SAMPLE_RATE)
         self.pending = np.zeros(0, dtype=np.float32)  # added, not yet heard
         self.offset = 0  # samples of the utterance heard so far
-        self.heard = Heard("", 0, 0, 0.0, 0, 0.0, 0.0)
+        self.heard = Heard()
         self.texts: list[str] = []
 
     def add(self, samples: np.ndarray) -> None:
