@@ -72,7 +72,7 @@ class Assistant:
         from falcon_audio_edge.runtime.backend import open_bundle
         from falcon_audio_edge.runtime.bundle import read_bundle
 
-        has_answer_model = read_bundle(settings.bundle, verify=False).answer_path is not None
+        has_answer_model = read_bundle(settings.bundle, verify=False).has_answer_model
         if settings.listen_first and not has_answer_model:
             raise FaEdgeError(f"listen-first needs a bundle with an answer model; {settings.bundle} has none "
                               "(fa-edge export --answer-llm)")  # fmt: skip
@@ -114,6 +114,7 @@ class Assistant:
         finally:
             mic.close()
             self.speaker.stop()
+            self._drop_hearing()
             self.chat.close()
             self.screen.line("bye")
 
@@ -125,8 +126,8 @@ class Assistant:
         mic.close()
         self.screen.line(f"microphone problem: {exc}; retrying (the conversation is kept)")
         self.endpointer.reset()
+        self._drop_hearing()
         self.chat.cancel_turn()
-        self.hearing = None
         while self.running:
             time.sleep(1.0)
             self._commands(None)
@@ -142,9 +143,9 @@ class Assistant:
             if cmd == "quit":
                 self.running = False
             elif cmd == "reset":
+                self._drop_hearing()
                 self.chat.reset()
                 self.endpointer.reset()
-                self.hearing = None
                 self.screen.line("(new conversation)")
             elif cmd == "talk" and self.settings.push_to_talk and mic is not None:
                 self._toggle_recording(mic)
@@ -178,7 +179,13 @@ class Assistant:
                 self.hearing.add(samples)
             except FaEdgeError as exc:  # the rest is heard at the end; the error will show there if it persists
                 self.screen.line(f"(could not hear that part yet: {exc})")
-                self.hearing = None
+                self._drop_hearing()
+
+    def _drop_hearing(self) -> None:
+        """The turn's hearing is let go: its worker stops before anything else uses the model."""
+        if self.hearing is not None:
+            self.hearing.close()
+            self.hearing = None
 
     def _toggle_recording(self, mic: Microphone) -> None:
         if self.recording is None:
@@ -199,6 +206,7 @@ class Assistant:
         if not self.settings.listen_first:
             self.chat.start_turn(None)
         else:  # a push-to-talk recording is not trimmed; an endpointer leaves out its end silence
+            self._drop_hearing()  # a start of speech the endpointer let go (too short to be an utterance)
             slack = 0.0 if self.settings.push_to_talk else self.settings.endpoint.end_silence_ms / 1000
             self.hearing = self.chat.start_hearing(self.gen, slack)
 

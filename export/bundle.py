@@ -1,4 +1,5 @@
-"""``fa-edge export``: a checkpoint -> a bundle folder (encoder.onnx, decoder.gguf, manifest.json).
+"""``fa-edge export``: a checkpoint -> a bundle folder (encoder.onnx, decoder.gguf, manifest.json; with a base
+LLM and a checkpoint that keeps its LoRA adapters, decoder.gguf is that base and adapter.gguf holds the adapters).
 
 The bundle is written under a temporary sibling folder and moved into place only when complete, so an
 interrupted export leaves nothing that looks like a bundle. A quantized decoder or encoder type is
@@ -13,6 +14,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
+from falcon_audio_edge.export.gguf_adapter import add_base_and_adapter
 from falcon_audio_edge.export.gguf_decoder import DECODER_TYPES, write_gguf
 from falcon_audio_edge.export.onnx_encoder import export_encoder
 
@@ -20,6 +22,7 @@ from falcon_audio_edge.checkpoint import WEIGHTS_NAME, load_checkpoint
 from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.files import staged_dir
 from falcon_audio_edge.runtime.bundle import (
+    ADAPTER_FILE,
     ANSWER_FILE,
     CTC_FILE,
     DECODER_FILE,
@@ -55,35 +58,52 @@ def check_types(decoder_type: str, encoder_type: str) -> None:
 def export_bundle(
     checkpoint: str | Path,
     out: str | Path,
-    decoder_type: str = "f16",
+    decoder_type: str | None = None,
     encoder_type: str = "fp32",
     force: bool = False,
     verify: bool = True,
     f16_embeddings: bool | None = None,
     answer_llm: str | Path | None = None,
 ) -> Path:
-    """``answer_llm``: a GGUF of the text LLM the model was built from, copied in as answer.gguf (listen-first
-    turns: it answers what the model heard); its vocabulary must be the model's, token for token."""
+    """``answer_llm``: a GGUF of the text LLM the model was built from (listen-first turns: it answers what the
+    model heard); its vocabulary must be the model's, token for token. Where the checkpoint keeps the LoRA
+    adapters it was trained with, that GGUF is the bundle's one decoder, as it is, and the adapters go beside it
+    (adapter.gguf; ``decoder_type`` does not apply); otherwise it is copied in as answer.gguf beside the model's
+    own decoder of ``decoder_type`` (default f16)."""
     from falcon_audio_edge.quantize.bundle import f16_embeddings_for
 
-    check_types(decoder_type, encoder_type)
+    check_types(decoder_type or "f16", encoder_type)
     if answer_llm is not None and not Path(answer_llm).is_file():
         raise ExportError(f"answer LLM not found: {answer_llm}")
-    f16_embeddings = f16_embeddings_for(decoder_type, f16_embeddings) and decoder_type not in DECODER_TYPES
     inputs = (Path(checkpoint), *([Path(answer_llm)] if answer_llm is not None else []))
     writer = staged_dir(Path(out), force, inputs=inputs, replaceable=is_bundle)
     writer.check()  # before the checkpoint is loaded
     ckpt = load_checkpoint(checkpoint)
+    on_base = answer_llm is not None and ckpt.adapter_path is not None
+    if on_base and decoder_type is not None:
+        why = "under the checkpoint's LoRA adapters; bring the base GGUF in the type you want"
+        raise ExportError(
+            f"decoder type {decoder_type!r}: this bundle's decoder is the base LLM {answer_llm} as it is, {why}"
+        )
+    decoder_type = decoder_type or "f16"
+    f16_embeddings = f16_embeddings_for(decoder_type, f16_embeddings) and decoder_type not in DECODER_TYPES
     vers = versions()
     # about what the bundle takes at most: the checkpoint's f32 weights (and the answer model)
     writer.need_bytes = sum(p.stat().st_size for p in (Path(checkpoint) / WEIGHTS_NAME, *inputs[1:]))
     with writer as tmp:
-        _write_files(ckpt, tmp, decoder_type, encoder_type, vers.get("falcon-audio-edge", "0"), f16_embeddings)
-        if answer_llm is not None:
-            add_answer_llm(Path(answer_llm), tmp)
+        version = vers.get("falcon-audio-edge", "0")
+        if on_base:
+            decoder = {"type": add_base_and_adapter(ckpt, Path(answer_llm), tmp, version), "arch": "llama",
+                       "adapter": ADAPTER_FILE, "base": Path(answer_llm).name}  # fmt: skip
+            _write_files(ckpt, tmp, None, encoder_type, version, False)
+        else:
+            decoder = {"type": decoder_type, "arch": "llama", "f16_embeddings": f16_embeddings}
+            _write_files(ckpt, tmp, decoder_type, encoder_type, version, f16_embeddings)
+            if answer_llm is not None:
+                add_answer_llm(Path(answer_llm), tmp)
         extra = {
             "encoder": {"dtype": encoder_type, "input": "mel", "output": "audio_embeds"},
-            "decoder": {"type": decoder_type, "arch": "llama", "f16_embeddings": f16_embeddings},
+            "decoder": decoder,
             "source": {"checkpoint": str(Path(checkpoint).resolve())},
             "versions": vers,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -99,9 +119,12 @@ def export_bundle(
     return writer.out
 
 
-def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version: str, f16_embeddings: bool) -> None:
-    """Write the final encoder.onnx and decoder.gguf into ``tmp``; quantized types go through an fp32 ONNX /
-    f16 GGUF intermediate in ``tmp/.stage``, removed afterwards."""
+def _write_files(
+    ckpt, tmp: Path, decoder_type: str | None, encoder_type: str, version: str, f16_embeddings: bool
+) -> None:
+    """Write the final encoder.onnx and decoder.gguf (none where ``decoder_type`` is None: the base is the
+    decoder) into ``tmp``; quantized types go through an fp32 ONNX / f16 GGUF intermediate in ``tmp/.stage``,
+    removed afterwards."""
     from falcon_audio_edge.quantize.decoder import quantize_decoder
     from falcon_audio_edge.quantize.encoder import convert_encoder
 
@@ -114,7 +137,9 @@ def _write_files(ckpt, tmp: Path, decoder_type: str, encoder_type: str, version:
     else:
         export_encoder(ckpt.model, stage / ENCODER_FILE)
         convert_encoder(stage / ENCODER_FILE, tmp / ENCODER_FILE, encoder_type, "fp32", False)
-    if decoder_type in DECODER_TYPES:
+    if decoder_type is None:
+        pass
+    elif decoder_type in DECODER_TYPES:
         write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, tmp / DECODER_FILE, decoder_type, version)
     else:
         write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, stage / DECODER_FILE, "f16", version)

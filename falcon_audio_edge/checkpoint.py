@@ -14,6 +14,7 @@ from falcon_audio_edge.files import read_json, staged_dir
 
 CONFIG_NAME = "fa_edge_config.json"
 WEIGHTS_NAME = "model.safetensors"
+ADAPTER_NAME = "adapter.safetensors"  # the LoRA adapters merged into WEIGHTS_NAME, kept for a bundle's adapter.gguf
 CHECKPOINT_FORMAT = "falcon-audio-edge-checkpoint"
 
 
@@ -25,6 +26,11 @@ class Checkpoint:
     tokenizer: Any
     dims: ModelDims
     path: Path
+
+    @property
+    def adapter_path(self) -> Path | None:
+        """The LoRA adapters its LLM's weights hold merged (None: the weights are all there is)."""
+        return self.path / ADAPTER_NAME if (self.path / ADAPTER_NAME).is_file() else None
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -39,15 +45,23 @@ def read_dims(path: str | Path) -> ModelDims:
     return ModelDims.from_dict(data["dims"])
 
 
-def save_checkpoint(model: Any, tokenizer: Any, out_dir: str | Path, force: bool = False, inputs: tuple = ()) -> Path:
+def save_checkpoint(
+    model: Any, tokenizer: Any, out_dir: str | Path, force: bool = False, inputs: tuple = (), adapter: Any = None
+) -> Path:
     """Write the checkpoint folder atomically: a temporary sibling, renamed into place. ``inputs``: what it was
-    built from, which the output folder must not hold."""
-    from safetensors.torch import save_model
+    built from, which the output folder must not hold. ``adapter``: (peft-named LoRA tensors, LoraSettings) that
+    the model's LLM holds merged, saved beside it (``fa-edge export`` makes a bundle's adapter.gguf of them)."""
+    from safetensors.torch import save_file, save_model
 
     out = Path(out_dir)
     with staged_dir(out, force, inputs=inputs, replaceable=is_checkpoint) as tmp:
         save_model(model, str(tmp / WEIGHTS_NAME), metadata={"fa_edge_dims": model.dims.to_json()})
         sort_header(tmp / WEIGHTS_NAME)
+        if adapter is not None:
+            tensors, settings = adapter
+            halves = {k: v.detach().half().cpu().contiguous() for k, v in tensors.items()}
+            save_file(halves, str(tmp / ADAPTER_NAME), metadata=settings.to_metadata())
+            sort_header(tmp / ADAPTER_NAME)
         tokenizer.save_pretrained(str(tmp))
         config = {"format": CHECKPOINT_FORMAT, "dims": model.dims.to_dict()}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")

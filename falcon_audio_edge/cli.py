@@ -72,12 +72,18 @@ def init(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
     out: Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")],
-    decoder_type: Annotated[str, typer.Option(help="f32 | f16 | q8_0 | q5_k_m | q4_k_m | q4_0 | q4_1")] = "f16",
+    decoder_type: Annotated[
+        str | None, typer.Option(help="f32 | f16 | q8_0 | q5_k_m | q4_k_m | q4_0 | q4_1 (default f16; not with a base)")
+    ] = None,
     encoder_type: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
     verify: Annotated[bool, typer.Option(help="measure the bundle against the checkpoint, into the manifest")] = True,
     force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
     answer_llm: Annotated[
-        Path | None, typer.Option(help="GGUF of the text LLM the model was built from: answers --listen-first turns")
+        Path | None,
+        typer.Option(
+            help="GGUF of the text LLM the model was built from: answers --listen-first turns; with a "
+            "checkpoint that keeps its LoRA adapters, the bundle's one decoder (adapters in adapter.gguf)"
+        ),
     ] = None,
 ) -> None:
     """Export a checkpoint to a bundle: encoder.onnx + decoder.gguf + manifest.json."""
@@ -91,7 +97,9 @@ def export(
 def quantize(
     bundle: Annotated[Path, typer.Argument(help="bundle folder (f16/f32 decoder, fp32 encoder)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="new bundle folder to write")],
-    decoder: Annotated[str, typer.Option(help="q8_0 | q5_k_m | q4_k_m | q4_0 | q4_1 | f16")] = "q8_0",
+    decoder: Annotated[
+        str | None, typer.Option(help="q8_0 | q5_k_m | q4_k_m | q4_0 | q4_1 | f16 (default q8_0; kept: base + adapter)")
+    ] = None,
     encoder: Annotated[str, typer.Option(help="int8 | fp16 | fp32")] = "int8",
     reference: Annotated[Path | None, typer.Option(help="checkpoint to verify against (default: the source's)")] = None,
     verify: Annotated[bool, typer.Option(help="measure the new bundle against the checkpoint")] = True,
@@ -134,7 +142,6 @@ cli_data.register(app)
 def demo(
     audio: Annotated[Path | None, typer.Option(help="question WAV (default: the one shipped in the package)")] = None,
     prompt: Annotated[str | None, typer.Option(help='e.g. "Transcribe the audio."; none: answer the speech')] = None,
-    decoder_type: Annotated[str, typer.Option(help="decoder type of the demo bundle")] = "f16",
     max_tokens: int = 128,
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
     ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
@@ -157,10 +164,9 @@ def demo(
     generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
                                     beam_size=beam_size,
                                     ctc_proposal_prob=ctc_proposals, ctc_candidates=ctc_candidates)  # fmt: skip
-    d.check_decoder_type(decoder_type)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
-    paths = d.prepare(decoder_type, rebuild)
+    paths = d.prepare(rebuild)
     with open_bundle(paths.bundle) as chat:
         listen_first = listens_first(listen_first, prompt, chat)
         generation, listening = turn_settings(generation, prompt, chat, ctc_weight, char_weight, listen_first)
@@ -363,11 +369,11 @@ def info(
         f"model    {d.name}",
         f"encoder  Whisper d_model={d.encoder.d_model} layers={d.encoder.n_layers} heads={d.encoder.n_heads} "
         f"mels={d.encoder.n_mels}  [{b.manifest['encoder']['dtype']}]",
-        f"audio    pool x{d.audio.pool_factor} ({50 // d.audio.pool_factor} tokens/s), connector={d.audio.connector}, "
+        f"audio    pool x{d.audio.pool_factor} ({50 / d.audio.pool_factor:g} tokens/s), connector={d.audio.connector}, "
         f"pad_to_30s={d.audio.pad_to_30s}, ctc_head={d.audio.ctc_head}, char_head={b.char_path is not None}",
         f"decoder  llama hidden={d.decoder.hidden} layers={d.decoder.n_layers} heads={d.decoder.n_heads}/"
         f"{d.decoder.n_kv_heads} head_dim={d.decoder.head_dim} ffn={d.decoder.ffn_dim} vocab={d.decoder.vocab_size}"
-        f"  [{b.decoder_type}]",
+        f"  [{b.decoder_type}]" + ("  + LoRA adapter.gguf, applied while listening" if b.adapter_path else ""),
         f"prompt   chat_format={d.prompt.chat_format} tokenizer_pre={d.tokenizer_pre}",
     ]
     lines += [f"file     {name}  {f['bytes'] / 2**20:.2f} MiB  sha256 {f['sha256'][:16]}…" for name, f in

@@ -87,7 +87,7 @@ def build_checkpoint(
     """Assemble the demo checkpoint: pretrained encoder + LLM, then the shipped trained weights.
 
     ``encoder`` and ``llm`` default to the two packages' files; ``encoder`` may also be an encoder preset name
-    (scripts/gpu/build_base.py: where the weights hold every encoder tensor, Whisper's own file adds nothing).
+    (where the weights hold every encoder tensor, Whisper's own file adds nothing).
     ``chars``: the character head to put beside it (default: the shipped one, with the shipped weights)."""
     from falcon_audio_edge.checkpoint import build_model, save_checkpoint
 
@@ -96,8 +96,8 @@ def build_checkpoint(
     audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
              "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head}  # fmt: skip
     model, tokenizer = build_model("tiny", encoder or whisper_dir(), llm or smollm2_gguf(), name=dims.name, **audio)
-    apply_trained(model, weights)
-    saved = save_checkpoint(model, tokenizer, out, force=True)
+    adapter = apply_trained(model, weights)
+    saved = save_checkpoint(model, tokenizer, out, force=True, adapter=adapter)
     if chars is None and weights == shipped_weights():
         chars = shipped_char_head()
     if chars is not None:  # checked against the model's width, then beside its weights (export takes it along)
@@ -107,11 +107,11 @@ def build_checkpoint(
     return saved
 
 
-def apply_trained(model, weights: Path) -> None:
+def apply_trained(model, weights: Path):
     """Put the trained weights into a model built from the two packages, every key and shape checked.
 
     The file holds the connector and, as trained, the whole encoder, the CTC head and the LLM's LoRA adapters
-    (merged here).
+    (merged here). Returns the adapters and their settings (None where it has none).
     """
     from safetensors.torch import load_file
 
@@ -137,15 +137,11 @@ def apply_trained(model, weights: Path) -> None:
         copy_state(model.encoder, encoder, str(weights))
     if model.ctc is not None:  # the dims say there is one: the file must hold it
         copy_state(model.ctc, ctc, str(weights))
-    if adapters:
-        merge_lora(model.llm, adapters, LoraSettings.from_metadata(meta, str(weights)), str(weights))
-
-
-def check_decoder_type(decoder_type: str) -> None:
-    """The demo bundle's decoder type, checked as ``fa-edge export`` checks it (its encoder stays fp32)."""
-    from falcon_audio_edge.export.bundle import check_types
-
-    check_types(decoder_type, DEMO_ENCODER_TYPE)
+    if not adapters:
+        return None
+    settings = LoraSettings.from_metadata(meta, str(weights))
+    merge_lora(model.llm, adapters, settings, str(weights))
+    return adapters, settings
 
 
 @dataclass
@@ -154,36 +150,36 @@ class DemoPaths:
     bundle: Path
 
 
-def prepare(decoder_type: str = "f16", rebuild: bool = False) -> DemoPaths:
-    """Build what is missing (checkpoint, bundle) under home(); reuse what is there."""
+def prepare(rebuild: bool = False) -> DemoPaths:
+    """Build what is missing (checkpoint, bundle) under home(); reuse what is there. The bundle's one decoder is
+    the SmolLM2 GGUF of its package, as it is, with the trained LoRA adapters beside it (adapter.gguf)."""
     from falcon_audio_edge.checkpoint import is_checkpoint
     from falcon_audio_edge.export.bundle import export_bundle
-    from falcon_audio_edge.runtime.bundle import ANSWER_FILE, MANIFEST_FILE
+    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
 
-    check_decoder_type(decoder_type)  # a bad type is an error before the checkpoint is built, not after
     base = home() / "demo"
-    paths = DemoPaths(base / "checkpoint", base / f"bundle-{decoder_type}")
+    paths = DemoPaths(base / "checkpoint", base / "bundle")
     weights = require_shipped_weights()
     stamp, sources = base / "sources.json", built_from(weights)
     if not stamp.is_file() or stamp.read_text() != sources:  # other weights or packages: nothing built is theirs
         rebuild = True
         stamp.unlink(missing_ok=True)
-        for bundle in base.glob("bundle-*"):  # every decoder type's bundle came from the old checkpoint; removed
+        for bundle in base.glob("bundle*"):  # every bundle came from the old checkpoint; removed
             shutil.rmtree(bundle)  # whole: without its manifest, export would refuse to replace the folder
     if rebuild or not is_checkpoint(paths.checkpoint):
         build_checkpoint(paths.checkpoint, weights)
-    # a bundle made before it carried the answer model (listen-first turns) is made again
-    if rebuild or not (paths.bundle / MANIFEST_FILE).is_file() or not (paths.bundle / ANSWER_FILE).is_file():
-        export_bundle(paths.checkpoint, paths.bundle, decoder_type=decoder_type, encoder_type=DEMO_ENCODER_TYPE,
-                      force=True, answer_llm=smollm2_gguf())  # fmt: skip
+    if rebuild or not (paths.bundle / MANIFEST_FILE).is_file():
+        export_bundle(paths.checkpoint, paths.bundle, encoder_type=DEMO_ENCODER_TYPE, force=True,
+                      answer_llm=smollm2_gguf())  # fmt: skip
     if not stamp.is_file():
         atomic_text(stamp, sources)
     return paths
 
 
 # how the checkpoint is made: 2 since LoRA adapters merge in float64 and the weights file's header is sorted (the
-# same files give the same checkpoint on any machine); a home built another way is built again
-CHECKPOINT_BUILD = 2
+# same files give the same checkpoint on any machine), 3 since it keeps its adapters for the bundle's adapter.gguf;
+# a home built another way is built again
+CHECKPOINT_BUILD = 3
 
 
 def built_from(weights: Path) -> str:

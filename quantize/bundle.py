@@ -15,8 +15,10 @@ from falcon_audio_edge.export.bundle import versions
 from falcon_audio_edge.quantize.decoder import F16_EMBEDDINGS_BY_DEFAULT, check_decoder_type, quantize_decoder
 from falcon_audio_edge.quantize.encoder import check_encoder_type, convert_encoder
 
+from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.files import staged_dir
 from falcon_audio_edge.runtime.bundle import (
+    ADAPTER_FILE,
     ANSWER_FILE,
     CTC_FILE,
     DECODER_FILE,
@@ -33,16 +35,20 @@ def f16_embeddings_for(decoder: str, f16_embeddings: bool | None) -> bool:
     return decoder in F16_EMBEDDINGS_BY_DEFAULT if f16_embeddings is None else f16_embeddings
 
 
-def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str, encoder: str,
+def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str | None, encoder: str,
                    allow_requantize: bool, f16_embeddings: bool) -> None:  # fmt: skip
     """Write dst/encoder.onnx and dst/decoder.gguf converted from the bundle files in src (the CTC heads and the
-    answer model copied as they are, where it has them)."""
-    check_decoder_type(decoder)
+    answer model copied as they are, where it has them; ``decoder`` None: the decoder too, with its adapter)."""
     check_encoder_type(encoder)
     convert_encoder(src / ENCODER_FILE, dst / ENCODER_FILE, encoder, manifest["encoder"]["dtype"], allow_requantize)
-    quantize_decoder(src / DECODER_FILE, dst / DECODER_FILE, decoder, manifest["decoder"]["type"], allow_requantize,
-                     default_threads(), f16_embeddings)  # fmt: skip
-    for name in (CTC_FILE, CHAR_HEAD_FILE, ANSWER_FILE):  # the CTC heads and the answer model: copied as they are
+    kept = [CTC_FILE, CHAR_HEAD_FILE, ANSWER_FILE]  # the CTC heads and the answer model: copied as they are
+    if decoder is None:
+        kept += [DECODER_FILE, ADAPTER_FILE]
+    else:
+        check_decoder_type(decoder)
+        quantize_decoder(src / DECODER_FILE, dst / DECODER_FILE, decoder, manifest["decoder"]["type"],
+                         allow_requantize, default_threads(), f16_embeddings)  # fmt: skip
+    for name in kept:
         if name in manifest["files"]:
             shutil.copyfile(src / name, dst / name)
 
@@ -50,7 +56,7 @@ def quantize_files(src: Path, dst: Path, manifest: dict[str, Any], decoder: str,
 def quantize_bundle(
     src: str | Path,
     out: str | Path,
-    decoder: str = "q8_0",
+    decoder: str | None = None,
     encoder: str = "int8",
     allow_requantize: bool = False,
     force: bool = False,
@@ -58,20 +64,30 @@ def quantize_bundle(
     verify: bool = True,
     f16_embeddings: bool | None = None,
 ) -> Path:
-    check_decoder_type(decoder)
-    f16_embeddings = f16_embeddings_for(decoder, f16_embeddings)
+    """``decoder``: the decoder's new type (default q8_0); a bundle whose decoder is a base LLM under LoRA adapters
+    keeps both as they are (bring the base in another type to ``fa-edge export`` instead)."""
+    if decoder is not None:
+        check_decoder_type(decoder)
     check_encoder_type(encoder)
     src, out = Path(src), Path(out)
     writer = staged_dir(out, force, inputs=(src,), replaceable=is_bundle)
     writer.check()  # before the source is read and hashed
     source = read_bundle(src, verify=True)
     manifest = source.manifest
+    if source.adapter_path is not None and decoder is not None:
+        raise ExportError(f"--decoder {decoder}: {src}'s decoder is its base LLM ({source.decoder_type}) under LoRA "
+                          "adapters and is kept as it is; export with the base GGUF in the type you want")  # fmt: skip
+    if source.adapter_path is None:
+        decoder = decoder or "q8_0"
+    f16_embeddings = f16_embeddings_for(decoder, f16_embeddings) if decoder else False
     writer.need_bytes = source.size_bytes  # the quantized bundle is no larger than its source
     with writer as tmp:
         quantize_files(src, tmp, manifest, decoder, encoder, allow_requantize, f16_embeddings)
         extra = {
             "encoder": {**manifest["encoder"], "dtype": encoder},
-            "decoder": {**manifest["decoder"], "type": decoder, "f16_embeddings": f16_embeddings},
+            "decoder": manifest["decoder"]
+            if decoder is None
+            else {**manifest["decoder"], "type": decoder, "f16_embeddings": f16_embeddings},  # fmt: skip
             "source": {**manifest.get("source", {}), "bundle": str(src.resolve())},
             "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -246,3 +246,30 @@ def json_of(proc) -> dict:
     import json
 
     return json.loads(proc.stdout)
+
+
+def test_the_token_table_read_from_the_gguf_header_equals_gguf_py_s(bundle_f32, bundle_f16, tmp_path):
+    """runtime/gguf_tensor.py walks the header itself and maps the one tensor: the same table as gguf-py's reader
+    for float and quantized GGUFs; a cut file or a missing tensor is a BundleError."""
+    import gguf
+    from falcon_audio_edge.quantize.decoder import quantize_decoder
+
+    from falcon_audio_edge.runtime.ctc import gguf_token_embeddings
+    from falcon_audio_edge.runtime.gguf_tensor import read_tensor
+
+    q8 = tmp_path / "q8.gguf"
+    quantize_decoder(bundle_f32 / "decoder.gguf", q8, "q8_0", "f32", False, 1, False)
+    for path in (bundle_f32 / "decoder.gguf", bundle_f16 / "decoder.gguf", q8):
+        tensor = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight")
+        want = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        want = want.reshape(-1, want.shape[-1])
+        assert np.array_equal(gguf_token_embeddings(path, *want.shape, rows_per_part=7), want), path
+    with pytest.raises(BundleError, match="has no blk.99.attn_q.weight tensor"):
+        read_tensor(q8, "blk.99.attn_q.weight")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(q8.read_bytes()[:2000])
+    with pytest.raises(BundleError, match="the GGUF header ends early|runs past the end of the file"):
+        gguf_token_embeddings(cut, *want.shape)
+    (tmp_path / "not.gguf").write_bytes(b"GGML" + bytes(100))
+    with pytest.raises(BundleError, match="is not a GGUF file"):
+        read_tensor(tmp_path / "not.gguf", "token_embd.weight")

@@ -51,7 +51,7 @@ def test_demo_answers_the_spoken_question(home):
 @needs_weights
 @pytest.mark.slow
 def test_demo_transcribes_and_reuses_the_bundle(home):
-    bundle = home / "demo" / "bundle-f16"
+    bundle = home / "demo" / "bundle"
     if not bundle.exists():
         demo(home)
     before = (bundle / "decoder.gguf").stat().st_mtime_ns
@@ -134,7 +134,7 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     from falcon_audio_edge.export import bundle as export
 
     from falcon_audio_edge import checkpoint, demo
-    from falcon_audio_edge.runtime.bundle import ANSWER_FILE, MANIFEST_FILE
+    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE
 
     weights = tmp_path / "trainable.safetensors"
     weights.write_bytes(b"first weights")
@@ -145,55 +145,53 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
         out.mkdir(parents=True, exist_ok=True)
         return out
 
-    def export_bundle(ckpt, out, decoder_type, encoder_type, force, answer_llm):
+    def export_bundle(ckpt, out, encoder_type, force, answer_llm):
         assert encoder_type == "fp32" and answer_llm == demo.smollm2_gguf()
-        calls.append(("export", decoder_type))
+        calls.append(("export", out.name))
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST_FILE).write_text("{}")
-        (out / ANSWER_FILE).write_text("the LLM")
 
     monkeypatch.setenv("FA_EDGE_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(demo, "require_shipped_weights", lambda: weights)
     monkeypatch.setattr(demo, "build_checkpoint", build)
     monkeypatch.setattr(export, "export_bundle", export_bundle)
     monkeypatch.setattr(checkpoint, "is_checkpoint", lambda p: Path(p).is_dir())
-    demo.prepare("f16")
-    demo.prepare("q8_0")
-    demo.prepare("f16")
-    assert calls == [("build", b"first weights"), ("export", "f16"), ("export", "q8_0")]
-    (tmp_path / "home" / "demo" / "bundle-f16" / ANSWER_FILE).unlink()  # a bundle from before answer models
+    demo.prepare()
+    demo.prepare()
+    assert calls == [("build", b"first weights"), ("export", "bundle")]
+    (tmp_path / "home" / "demo" / "bundle" / MANIFEST_FILE).unlink()  # a bundle left unfinished
     calls.clear()
-    demo.prepare("f16")
-    assert calls == [("export", "f16")]  # made again, the checkpoint reused
+    demo.prepare()
+    assert calls == [("export", "bundle")]  # made again, the checkpoint reused
+    old_bundle = tmp_path / "home" / "demo" / "bundle-f16"  # a bundle of an earlier layout
+    old_bundle.mkdir()
     weights.write_bytes(b"new weights")
     calls.clear()
-    demo.prepare("f16")
-    assert not (tmp_path / "home" / "demo" / "bundle-q8_0").exists()  # removed whole, not left without a manifest
-    demo.prepare("q8_0")  # the q8_0 bundle came from the old weights too
-    assert calls == [("build", b"new weights"), ("export", "f16"), ("export", "q8_0")]
+    demo.prepare()
+    assert not old_bundle.exists()  # removed whole with the old weights, not left without a manifest
+    assert calls == [("build", b"new weights"), ("export", "bundle")]
     llm = tmp_path / "other.gguf"  # an upgraded LLM package
     llm.write_bytes(b"gguf")
     monkeypatch.setattr(demo, "smollm2_gguf", lambda: llm)
     calls.clear()
-    demo.prepare("f16")
-    assert calls == [("build", b"new weights"), ("export", "f16")]
+    demo.prepare()
+    assert calls == [("build", b"new weights"), ("export", "bundle")]
     stamp = tmp_path / "home" / "demo" / "sources.json"
     before = stamp.stat().st_mtime_ns
-    demo.prepare("f16")  # nothing changed: nothing built, nothing written (a read-only cache works)
-    assert calls == [("build", b"new weights"), ("export", "f16")] and stamp.stat().st_mtime_ns == before
+    demo.prepare()  # nothing changed: nothing built, nothing written (a read-only cache works)
+    assert calls == [("build", b"new weights"), ("export", "bundle")] and stamp.stat().st_mtime_ns == before
     older = json.loads(stamp.read_text())
-    del older["build"]  # a home built before CHECKPOINT_BUILD 2 (float32 LoRA merge, unsorted header)
+    older["build"] = 2  # a home built before CHECKPOINT_BUILD 3 (a checkpoint without its adapters)
     stamp.write_text(json.dumps(older, indent=1) + "\n")
     calls.clear()
-    demo.prepare("f16")
-    assert calls == [("build", b"new weights"), ("export", "f16")]
+    demo.prepare()
+    assert calls == [("build", b"new weights"), ("export", "bundle")]
 
 
 @pytest.mark.parametrize(
     "args, error",
     [
         (["--audio", "{tmp}/missing.wav"], "error: audio file not found: {tmp}/missing.wav"),
-        (["--decoder-type", "bogus"], "error: unknown decoder type 'bogus'; valid: "),
         (["--max-tokens", "0"], "error: max_tokens must be an integer >= 1, got 0"),
         (["--ctc-weight", "2"], "error: ctc_weight must be a number from 0 up to (not including) 1, got 2.0"),
         (["--transcribe", "--prompt", "Hi."], "error: --transcribe and --prompt 'Hi.' ask for two different things"),

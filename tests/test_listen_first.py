@@ -91,8 +91,8 @@ def test_audio_heard_while_it_arrives_gives_the_transcript_of_the_whole(answer_b
         hearing = chat.start_hearing(slack_s=0.7, listening=listen)
         for i in range(0, len(samples), 512):
             hearing.add(samples[i : i + 512])
-        early = hearing.heard.early_pieces
         live = chat.ask(utterance, None, gen, listen_first=True, hearing=hearing).run()
+        early = hearing.heard.early_pieces
         with pytest.raises(FaEdgeError, match="shorter than what was heard"):
             chat.ask(samples[:SAMPLE_RATE], None, gen, listen_first=True, hearing=hearing).run()
         with pytest.raises(FaEdgeError, match="listen_first=True"):
@@ -100,6 +100,58 @@ def test_audio_heard_while_it_arrives_gives_the_transcript_of_the_whole(answer_b
     assert early >= len(pause_segments(utterance)) - 2 and early >= 2  # all but the last one or two: during speech
     assert live.transcript == whole.transcript and live.pieces == whole.pieces == len(pause_segments(utterance))
     assert live.tokens == whole.tokens
+
+
+class SlowListener:
+    """A stand-in for the listening model: each transcription waits until the test lets it go."""
+
+    def __init__(self):
+        import threading
+
+        self.go, self.threads, self.heard = threading.Event(), set(), 0
+
+    def reset_listening(self):
+        pass
+
+    def ask(self, piece, prompt, gen):
+        import threading
+        from types import SimpleNamespace
+
+        def run():
+            assert self.go.wait(10), "the test never let the transcription go"
+            self.threads.add(threading.current_thread().name)
+            self.heard += 1
+            return SimpleNamespace(text=f"piece{self.heard}", audio_tokens=1, windows=1, timings=SimpleNamespace(
+                mel_ms=0.0, encoder_ms=0.0))  # fmt: skip
+
+        return SimpleNamespace(run=run)
+
+
+def test_pieces_cut_during_speech_are_heard_on_a_worker_while_the_audio_loop_goes_on(clips):
+    import threading
+
+    from falcon_audio_edge.audio import load_audio, pause_segments
+    from falcon_audio_edge.runtime.listen import Hearing
+
+    samples = load_audio(clips["45s"]).samples
+    listener = SlowListener()
+    hearing = Hearing(listener, GenerationSettings(max_tokens=4))
+    for i in range(0, len(samples), 512):
+        hearing.add(samples[i : i + 512])  # returns although no transcription may finish yet
+    assert listener.heard == 0
+    listener.go.set()
+    heard = hearing.finish(samples)
+    spans = pause_segments(samples)
+    assert heard.pieces == len(spans) and heard.transcript == " ".join(f"piece{k + 1}" for k in range(len(spans)))
+    assert heard.early_pieces >= len(spans) - 2 and threading.current_thread().name in listener.threads
+    assert any(name.startswith("fa-edge-hearing") for name in listener.threads)
+
+    dropped = Hearing(SlowListener(), GenerationSettings(max_tokens=4))
+    for i in range(0, len(samples), 512):
+        dropped.add(samples[i : i + 512])
+    threading.Timer(0.2, dropped.chat.go.set).start()
+    dropped.close()  # waits for the piece being heard; the queued ones are dropped
+    assert dropped.chat.heard == 1 and heard.early_pieces >= 2
 
 
 def test_listen_first_needs_an_answer_model(bundle_f32, clips):

@@ -386,6 +386,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     return _finish(cfg, out, ckpt, step_module, step, (loss_value, evals), accelerator, base, going_on)
 
 
+def run_adapters(trainable: Path, cfg):
+    """The run's LoRA adapters as saved in its trainable file, with their settings (None: it trained none)."""
+    if "lora" not in cfg.train:
+        return None
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(trainable)).items() if k.startswith("llm.")}, cfg.lora_settings
+
+
 def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, base: str, going_on) -> TrainResult:
     trainable = out / "trainable.safetensors"
     merged = out / "checkpoint"
@@ -397,7 +406,8 @@ def _finish(cfg, out: Path, ckpt, step_module, step: int, losses, accelerator, b
             model = full_precision_model(cfg.checkpoint, model, cfg.lora_settings)
         elif "lora" in cfg.train:
             model.llm = model.llm.merge_and_unload()
-        save_checkpoint(model.float().eval(), ckpt.tokenizer, merged, force=True)
+        adapter = run_adapters(trainable, cfg)
+        save_checkpoint(model.float().eval(), ckpt.tokenizer, merged, force=True, adapter=adapter)
         if step_module.chars is not None:  # beside the run's weights, and in its checkpoint for fa-edge export
             head = to_char_head(step_module.chars.float().eval())
             for folder in (out, merged):

@@ -68,23 +68,27 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
     t0 = time.perf_counter()
     spoken_end = t0 + end / SAMPLE_RATE
     hearing = None  # as the assistant does: a listen-first turn's settled pieces are heard during speech
-    for i in range(0, len(samples), BLOCK):
-        time.sleep(max(0.0, t0 + (i + BLOCK) / SAMPLE_RATE - time.perf_counter()))  # the block arrives
-        for event in endpointer.feed(samples[i : i + BLOCK]):
-            if isinstance(event, SpeechStarted) and not listen_first:
-                chat.start_turn(None)
-            elif isinstance(event, SpeechStarted):
-                hearing = chat.start_hearing(gen, endpointer.settings.end_silence_ms / 1000)
-            elif isinstance(event, Utterance):
-                if i + BLOCK < end:
-                    raise FaEdgeError(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "
-                                      f"{end / SAMPLE_RATE:.1f} s (a pause in the clip)")  # fmt: skip
-                detected = time.perf_counter()
-                turn = chat.ask(Audio(event.samples, "live"), None, gen, listen_first, hearing=hearing)
-                return first_token_s(turn) - spoken_end, detected - spoken_end
-        if hearing is not None and endpointer.in_speech:
-            hearing.add(endpointer.new_speech())
-    raise FaEdgeError(f"the endpointer never reported the end of the {end / SAMPLE_RATE:.1f} s question")
+    try:
+        for i in range(0, len(samples), BLOCK):
+            time.sleep(max(0.0, t0 + (i + BLOCK) / SAMPLE_RATE - time.perf_counter()))  # the block arrives
+            for event in endpointer.feed(samples[i : i + BLOCK]):
+                if isinstance(event, SpeechStarted) and not listen_first:
+                    chat.start_turn(None)
+                elif isinstance(event, SpeechStarted):
+                    hearing = chat.start_hearing(gen, endpointer.settings.end_silence_ms / 1000)
+                elif isinstance(event, Utterance):
+                    if i + BLOCK < end:
+                        raise FaEdgeError(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "
+                                          f"{end / SAMPLE_RATE:.1f} s (a pause in the clip)")  # fmt: skip
+                    detected = time.perf_counter()
+                    turn = chat.ask(Audio(event.samples, "live"), None, gen, listen_first, hearing=hearing)
+                    return first_token_s(turn) - spoken_end, detected - spoken_end
+            if hearing is not None and endpointer.in_speech:
+                hearing.add(endpointer.new_speech())
+        raise FaEdgeError(f"the endpointer never reported the end of the {end / SAMPLE_RATE:.1f} s question")
+    finally:
+        if hearing is not None:  # one an error left: its worker stops before the model is used again
+            hearing.close()
 
 
 def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, progress=print) -> list[LiveTurn]:
@@ -94,7 +98,7 @@ def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, progres
     from falcon_audio_edge.runtime.bundle import read_bundle
     from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
 
-    listen_first = read_bundle(bundle, verify=False).answer_path is not None  # the assistant's default
+    listen_first = read_bundle(bundle, verify=False).has_answer_model  # the assistant's default
     gen = GenerationSettings(max_tokens=tokens, ignore_end_of_turn=True)
     endpointer = Endpointer()
     out = []

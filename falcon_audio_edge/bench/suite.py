@@ -1,8 +1,9 @@
 """The standard benchmark suite: the bundles ``fa-edge bench --suite`` builds (once) and measures.
 
 - the tiny model, Whisper tiny.en + SmolLM2-135M-Instruct: ``fa-edge demo``'s bundle when this install ships
-  trained connector weights, else the same checkpoint with a fresh (untrained) connector, which runs exactly
-  the same computation (speed only); f16 + fp32 encoder, and q8_0 + int8;
+  trained weights (SmolLM2's own Q4_1 GGUF under the trained LoRA adapters, fp32 encoder) and its copy with an
+  int8 encoder; else the same checkpoint with a fresh (untrained) connector, which runs the same computation as
+  a merged decoder (speed only): f16 + fp32 encoder, and q8_0 + int8;
 - a Falcon3-Audio-1B-shaped model (random weights: speed does not depend on the values) with a Whisper-small
   sized encoder (the preset's; suite ``1b`` also a Whisper-large-v3 sized one): f16 + fp32, q8_0 + int8,
   q4_k_m + int8.
@@ -46,18 +47,22 @@ def tiny_bundles(root: Path, progress) -> list[Path]:
     from falcon_audio_edge.quantize.bundle import quantize_bundle
 
     from falcon_audio_edge.demo import prepare, shipped_weights
+    from falcon_audio_edge.runtime.bundle import read_bundle
 
     if shipped_weights().is_file():
         progress("tiny model: the demo bundle (fa-edge demo builds it)")
-        f16 = prepare("f16").bundle
+        first = prepare().bundle
     else:
-        f16 = untrained_tiny(root, progress)
-    out = [f16]
+        first = untrained_tiny(root, progress)
+    source = read_bundle(first, verify=False)
+    out = [first]
     for dec, enc in TINY_TYPES:
-        target = root / f"tiny-{dec}-{enc}"
-        if not _ready(target) or _older(target, f16):  # quantized from an f16 bundle that was rebuilt since
+        if source.adapter_path is not None:  # its decoder is the base LLM as shipped, under the adapters: kept
+            dec = None
+        target = root / f"tiny-{dec or source.decoder_type}-{enc}"
+        if not _ready(target) or _older(target, first):  # quantized from a bundle that was rebuilt since
             progress(f"tiny model: quantizing to {target.name}")
-            quantize_bundle(f16, target, dec, enc, force=True, verify=False)
+            quantize_bundle(first, target, dec, enc, force=True, verify=False)
         out.append(target)
     return out
 

@@ -13,7 +13,7 @@ from falcon_audio_edge.errors import BundleError
 from falcon_audio_edge.runtime.bundle import Bundle, read_bundle
 from falcon_audio_edge.runtime.charnet import CharHead, load_char_head
 from falcon_audio_edge.runtime.ctc import CTCHead, load_ctc_head
-from falcon_audio_edge.runtime.decoder import LlamaDecoder
+from falcon_audio_edge.runtime.decoder import LlamaDecoder, LoadedModel
 from falcon_audio_edge.runtime.encoder import OnnxEncoder
 from falcon_audio_edge.runtime.engine import AudioChat
 from falcon_audio_edge.settings import RuntimeSettings
@@ -22,7 +22,8 @@ from falcon_audio_edge.settings import RuntimeSettings
 class BundleBackend:
     def __init__(self, bundle: Bundle, settings: RuntimeSettings):
         self.encoder = OnnxEncoder(bundle.encoder_path, settings.n_threads)
-        self.decoder = LlamaDecoder(bundle.decoder_path, settings.n_ctx, settings.n_batch, settings.n_threads)
+        self.decoder = LlamaDecoder(bundle.decoder_path, settings.n_ctx, settings.n_batch, settings.n_threads,
+                                    adapter=bundle.adapter_path)  # fmt: skip
         dec = bundle.dims.decoder
         if self.decoder.n_embd != dec.hidden or self.decoder.n_vocab != dec.vocab_size:
             raise BundleError(
@@ -41,8 +42,9 @@ class BundleBackend:
         return load_ctc_head(self.bundle.ctc_path, self.bundle.decoder_path, dec.vocab_size, dec.hidden)
 
     def preload_ctc(self) -> None:
-        """Start reading the CTC head's token table in a background thread (seconds: gguf-py parses the whole
-        GGUF), so that the first guided transcription does not wait for it; errors surface at that use."""
+        """Start reading the CTC head's token table in a background thread (a tenth of a second for SmolLM2's,
+        more for a large vocabulary), so that the first guided transcription does not wait for it; errors surface
+        at that use."""
         if self.bundle.ctc_path is not None and self._ctc is None and self._ctc_loading is None:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctc-head")
             self._ctc_loading = pool.submit(self._load_ctc)
@@ -108,10 +110,12 @@ class BundleBackend:
 
 
 class TextBackend(BundleBackend):
-    """A text-only decoder (a bundle's answer.gguf): the bundle backend's text side, no encoder, no CTC head."""
+    """A text-only decoder (a bundle's answer model: answer.gguf, or decoder.gguf without the adapter, ``shared``
+    with the listening context): the bundle backend's text side, no encoder, no CTC head."""
 
-    def __init__(self, path: Path, settings: RuntimeSettings):  # not super().__init__: it loads an encoder
-        self.decoder = LlamaDecoder(path, settings.n_ctx, settings.n_batch, settings.n_threads)
+    def __init__(self, path: Path, settings: RuntimeSettings, shared: LoadedModel | None = None):
+        # not super().__init__: it loads an encoder
+        self.decoder = LlamaDecoder(path, settings.n_ctx, settings.n_batch, settings.n_threads, shared=shared)
         self.bos_id = self.decoder.bos_id if self.decoder.bos_id >= 0 else None
         self.has_char_head = False
 
@@ -138,5 +142,8 @@ def open_bundle(path: str | Path, settings: RuntimeSettings | None = None) -> Au
     if bundle.answer_path is not None:
         answer = bundle.answer_path
         chat.open_answerer = lambda: AudioChat(TextBackend(answer, settings), bundle.dims)
+    elif bundle.adapter_path is not None:  # the base LLM answers: a context of its own on the one loaded model
+        loaded = chat.backend.decoder.loaded
+        chat.open_answerer = lambda: AudioChat(TextBackend(bundle.decoder_path, settings, loaded), bundle.dims)
     chat.load_ms = (time.perf_counter() - t0) * 1e3
     return chat

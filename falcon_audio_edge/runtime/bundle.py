@@ -1,5 +1,8 @@
 """Bundle folders: encoder.onnx + decoder.gguf + manifest.json (dims, audio constants, sha256 of each file).
 
+A bundle made from a checkpoint with LoRA adapters holds the base LLM's own GGUF as decoder.gguf and the adapters
+as adapter.gguf: the listening context applies them, the answering context (listen-first) is the base alone.
+
 Torch-free: the runtime reads bundles with this module alone.
 """
 
@@ -23,6 +26,7 @@ MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.gguf"
 ANSWER_FILE = "answer.gguf"  # optional: the text LLM the model was built from, answering its transcripts
+ADAPTER_FILE = "adapter.gguf"  # optional: LoRA adapters over decoder.gguf (then the base LLM, which answers)
 CTC_FILE = "ctc_head.npz"  # the CTC head's own weights (blank linear, scale), when dims.audio.ctc_head
 
 
@@ -62,6 +66,15 @@ class Bundle:
     @property
     def answer_path(self) -> Path | None:
         return self.path / ANSWER_FILE if ANSWER_FILE in self.manifest["files"] else None
+
+    @property
+    def adapter_path(self) -> Path | None:
+        return self.path / ADAPTER_FILE if ADAPTER_FILE in self.manifest["files"] else None
+
+    @property
+    def has_answer_model(self) -> bool:
+        """Listen-first turns can be answered: by answer.gguf, or by decoder.gguf without the adapter."""
+        return self.answer_path is not None or self.adapter_path is not None
 
     @property
     def ctc_path(self) -> Path | None:

@@ -214,19 +214,25 @@ def guided_choice(
     return int(candidates[np.argmax(combined)])
 
 
-def gguf_token_embeddings(path, vocab: int, hidden: int) -> np.ndarray:
-    """The decoder's token embedding table (V, H) float32, read from its GGUF (dequantized if it is quantized)."""
+def gguf_token_embeddings(path, vocab: int, hidden: int, rows_per_part: int = 4096) -> np.ndarray:
+    """The decoder's token embedding table (V, H) float32, read from its GGUF (dequantized if it is quantized), a
+    few thousand rows at a time from a memory map (``gguf_tensor``): nothing else of the file is loaded."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
-    found = [t for t in reader.tensors if t.name == "token_embd.weight"]
-    if not found:
-        raise BundleError(f"{path} has no token_embd.weight tensor for the CTC head")
-    tensor = found[0]
-    table = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    table = np.asarray(table, dtype=np.float32).reshape(-1, table.shape[-1])  # (..., H) -> (V, H)
-    if table.shape != (vocab, hidden):
-        raise BundleError(f"{path}: token_embd.weight is {table.shape}, the dims say ({vocab}, {hidden})")
+    from falcon_audio_edge.runtime.gguf_tensor import read_tensor
+
+    tensor = read_tensor(path, "token_embd.weight")
+    if tensor.shape != (vocab, hidden):
+        raise BundleError(f"{path}: token_embd.weight is {tensor.shape}, the dims say ({vocab}, {hidden})")
+    kind = gguf.GGMLQuantizationType(tensor.type)
+    table = np.empty((vocab, hidden), dtype=np.float32)
+    for start in range(0, vocab, rows_per_part):
+        raw = np.asarray(tensor.data[start : start + rows_per_part])
+        if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):  # plain floats, as bytes
+            part = raw.view(np.float32 if kind == gguf.GGMLQuantizationType.F32 else np.float16)
+        else:
+            part = gguf.quants.dequantize(raw, kind)
+        table[start : start + len(raw)] = part.reshape(len(raw), hidden)
     return table
 
 

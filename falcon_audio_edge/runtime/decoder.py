@@ -56,24 +56,53 @@ def available_memory() -> int | None:
     return None
 
 
-class LlamaDecoder:
-    """One llama.cpp model + context, fed token or embedding batches, KV cache kept."""
+class LoadedModel:
+    """A llama.cpp model, freed when the last context using it closes (a bundle's listening context and its
+    answering context share one)."""
 
-    def __init__(self, path: Path, n_ctx: int | None, n_batch: int, n_threads: int):
+    def __init__(self, path: Path):
+        import llama_cpp as lc
+
+        self._lc, self.path, self.users = lc, path, 0
+        silence_llama_logs(lc)
+        lc.llama_backend_init()
+        self.ptr = lc.llama_model_load_from_file(str(path).encode(), model_params(lc))
+        if not self.ptr:
+            raise BundleError(f"llama.cpp could not load {path}")
+
+    def take(self):
+        if not self.ptr:
+            raise FaEdgeError(f"{self.path} was closed")
+        self.users += 1
+        return self.ptr
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0 and self.ptr:
+            self._lc.llama_model_free(self.ptr)  # its LoRA adapters with it
+            self.ptr = None
+
+
+class LlamaDecoder:
+    """One llama.cpp context (on its own model, or one ``shared`` with another context), fed token or embedding
+    batches, KV cache kept. ``adapter``: a LoRA adapter GGUF this context applies (at the scale it was trained
+    with)."""
+
+    def __init__(
+        self, path: Path, n_ctx: int | None, n_batch: int, n_threads: int,
+        shared: LoadedModel | None = None, adapter: Path | None = None,
+    ):  # fmt: skip
         import llama_cpp as lc
 
         if n_batch < BEAM_SEQUENCES:  # llama.cpp would abort the process in llama_init_from_model
             raise FaEdgeError(f"n_batch must be >= {BEAM_SEQUENCES} (the KV sequences beam search uses), got {n_batch}")
         self._lc = lc
-        silence_llama_logs(lc)
-        lc.llama_backend_init()
-        self.model = lc.llama_model_load_from_file(str(path).encode(), model_params(lc))
-        if not self.model:
-            raise BundleError(f"llama.cpp could not load {path}")
+        self.loaded = shared or LoadedModel(path)
+        self.model = self.loaded.take()
         try:
             n_ctx = context_size(lc, self.model, path, n_ctx)
         except FaEdgeError:
-            lc.llama_model_free(self.model)
+            self.loaded.release()
             raise
         cparams = lc.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
@@ -82,8 +111,15 @@ class LlamaDecoder:
         cparams.n_seq_max, cparams.kv_unified = BEAM_SEQUENCES, True
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
-            lc.llama_model_free(self.model)
+            self.loaded.release()
             raise BundleError(f"llama.cpp could not create a context for {path} (n_ctx={n_ctx})")
+        if adapter is not None:
+            try:
+                self._apply_adapter(adapter)
+            except FaEdgeError:
+                lc.llama_free(self.ctx)
+                self.loaded.release()
+                raise
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_embd = lc.llama_model_n_embd(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
@@ -97,13 +133,22 @@ class LlamaDecoder:
         self._beam_pos = 0
         self._embeds = lc.llama_batch_init(n_batch, self.n_embd, 1)
 
+    def _apply_adapter(self, adapter: Path) -> None:
+        lc = self._lc
+        lora = lc.llama_adapter_lora_init(self.model, str(adapter).encode())  # freed with the model
+        if not lora:
+            raise BundleError(f"llama.cpp could not load the LoRA adapter {adapter} onto {self.loaded.path}")
+        loras, scales = (lc.llama_adapter_lora_p_ctypes * 1)(lora), (ctypes.c_float * 1)(1.0)
+        if lc.llama_set_adapters_lora(self.ctx, loras, 1, scales) != 0:
+            raise BundleError(f"llama.cpp could not apply the LoRA adapter {adapter}")
+
     def close(self) -> None:
         lc = self._lc
         if getattr(self, "ctx", None):
             lc.llama_batch_free(self._tokens)
             lc.llama_batch_free(self._embeds)
             lc.llama_free(self.ctx)
-            lc.llama_model_free(self.model)
+            self.loaded.release()
             self.ctx = self.model = None
 
     def __del__(self) -> None:

@@ -9,6 +9,7 @@ grows with the square of its length).
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ class Heard:
     windows: int = 0
     mel_ms: float = 0.0  # every piece's, those heard early too (listen_ms counts only the wait at the end)
     encoder_ms: float = 0.0
-    early_pieces: int = 0  # of them, heard while the utterance was still arriving
+    early_pieces: int = 0  # of them, cut while the utterance was still arriving (heard on the worker)
 
 
 def samples_of(audio: Audio | np.ndarray | str | Path) -> np.ndarray:
@@ -63,8 +64,11 @@ class Hearing:
     """Hears one utterance, from a file or as it arrives from a microphone (``add``): a piece is transcribed as
     soon as no later audio can move its end, so at the end of speech only the rest is left (``finish``). The
     pieces are those ``pause_segments`` cuts the whole utterance into, so the transcript is the same either way.
+    The pieces cut during speech are transcribed on a worker thread, in order, so ``add`` returns at once and the
+    audio loop that calls it keeps time (llama.cpp and onnxruntime release the GIL while they work).
     ``slack_s``: how much of the audio added last the final utterance may still leave out (an endpointer's
-    trimmed end silence)."""
+    trimmed end silence). A hearing that is dropped before ``finish`` must be ``close``d: its worker uses the
+    model."""
 
     def __init__(self, chat: Any, listen: GenerationSettings, slack_s: float = 0.0):
         self.chat, self.listen = chat, listen
@@ -73,19 +77,22 @@ class Hearing:
         self.offset = 0  # samples of the utterance heard so far
         self.heard = Heard()
         self.texts: list[str] = []
+        self._worker: ThreadPoolExecutor | None = None
+        self._queued: list[Future] = []
 
     def add(self, samples: np.ndarray) -> None:
-        """More of the utterance; hears every piece that is settled."""
+        """More of the utterance; every piece that is settled is queued for the worker."""
         self.pending = np.concatenate([self.pending, np.asarray(samples, dtype=np.float32).reshape(-1)])
         settled = int((SEGMENT_SECONDS + MIN_TAIL_SECONDS) * SAMPLE_RATE) + self.slack
         while len(self.pending) >= settled:
             _, end = pause_segments(self.pending)[0]
-            self.heard.early_pieces += self._piece(self.pending[:end])
+            self._queue(self.pending[:end])
             self.pending, self.offset = self.pending[end:], self.offset + end
 
     def finish(self, audio: Audio | np.ndarray | str | Path) -> Heard:
         """The whole utterance (it starts with what ``add`` was given): hears the rest; the transcript."""
         samples = samples_of(audio)
+        self._wait()
         if len(samples) < self.offset:
             raise FaEdgeError(f"the utterance ({len(samples)} samples) is shorter than what was heard ({self.offset})")
         rest = samples[self.offset :]
@@ -94,6 +101,27 @@ class Hearing:
         self.heard.transcript = " ".join(self.texts)
         self.heard.audio_seconds = len(samples) / SAMPLE_RATE
         return self.heard
+
+    def close(self) -> None:
+        """Stop hearing: queued pieces are dropped and the one being transcribed ends; the model is free after."""
+        worker, self._worker, queued, self._queued = self._worker, None, self._queued, []
+        for future in queued:
+            future.cancel()
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
+
+    def _queue(self, piece: np.ndarray) -> None:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fa-edge-hearing")
+        self._queued.append(self._worker.submit(self._piece, piece))
+
+    def _wait(self) -> None:
+        """Every piece queued during speech heard (the first error among them raised), the worker stopped."""
+        try:
+            for future in self._queued:
+                self.heard.early_pieces += future.result()
+        finally:
+            self.close()
 
     def _piece(self, piece: np.ndarray) -> bool:
         """Transcribe one piece (False: skipped, too short or too quiet to hold speech)."""

@@ -1,0 +1,106 @@
+"""One tensor of a GGUF file, found by walking its header: gguf-py's reader turns every metadata value (a
+vocabulary's tens of thousands of strings and merges) into numpy arrays first, which costs more memory than the
+tensor the CTC head needs. Here the header is only stepped over and the tensor's bytes are a read-only memory map.
+
+Layout (GGUF v2/v3): magic, version u32, tensor count u64, metadata count u64; each metadata entry a string key, a
+u32 type and its value (arrays: element type u32, count u64, elements); each tensor a string name, u32 dims,
+u64 sizes, u32 type, u64 offset into the data section, which starts at the next multiple of
+``general.alignment`` (32 unless set).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from falcon_audio_edge.errors import BundleError
+
+SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
+STRING, ARRAY, UINT32 = 8, 9, 4
+
+
+@dataclass
+class RawTensor:
+    type: int  # ggml type (gguf.GGMLQuantizationType)
+    shape: tuple[int, ...]  # numpy order: (rows, columns)
+    data: np.ndarray  # (rows, bytes per row) uint8, memory-mapped
+
+
+class _Cursor:
+    def __init__(self, buf: np.ndarray, path: Path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, fmt: str):
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise BundleError(f"{self.path}: the GGUF header ends early")
+        values = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return values[0] if len(values) == 1 else values
+
+    def string(self) -> bytes:
+        n = self.take("<Q")
+        start, self.pos = self.pos, self.pos + n
+        return bytes(self.buf[start : self.pos])
+
+    def skip_value(self, kind: int) -> None:
+        if kind == STRING:
+            length = self.take("<Q")
+            self.pos += length
+            return
+        if kind == ARRAY:
+            elem, n = self.take("<IQ")
+            if elem in SCALAR_BYTES:
+                self.pos += SCALAR_BYTES[elem] * n
+            else:
+                for _ in range(n):
+                    self.skip_value(elem)
+            return
+        if kind not in SCALAR_BYTES:
+            raise BundleError(f"{self.path}: unknown GGUF value type {kind}")
+        self.pos += SCALAR_BYTES[kind]
+
+
+def read_tensor(path: str | Path, name: str) -> RawTensor:
+    """The tensor ``name`` of the GGUF at ``path``: its ggml type, numpy shape and bytes (row by row)."""
+    import gguf
+
+    path = Path(path)
+    try:
+        buf = np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    cur = _Cursor(buf, path)
+    if bytes(buf[:4]) != b"GGUF":
+        raise BundleError(f"{path} is not a GGUF file")
+    cur.pos = 4
+    version, n_tensors, n_kv = cur.take("<IQQ")
+    if version not in (2, 3):
+        raise BundleError(f"{path}: GGUF version {version} is not supported")
+    alignment = 32
+    for _ in range(n_kv):
+        key, kind = cur.string(), cur.take("<I")
+        if key == b"general.alignment" and kind == UINT32:
+            alignment = cur.take("<I")
+        else:
+            cur.skip_value(kind)
+    found = None
+    for _ in range(n_tensors):
+        tname = cur.string()
+        dims = [cur.take("<Q") for _ in range(cur.take("<I"))]
+        kind, offset = cur.take("<IQ")
+        if tname == name.encode():
+            found = (kind, tuple(reversed(dims)), offset)
+    if found is None:
+        raise BundleError(f"{path} has no {name} tensor")
+    kind, shape, offset = found
+    block, type_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+    row_bytes = shape[-1] // block * type_bytes
+    start = -(-cur.pos // alignment) * alignment + offset
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    if start + rows * row_bytes > len(buf):
+        raise BundleError(f"{path}: {name} runs past the end of the file")
+    return RawTensor(kind, shape, buf[start : start + rows * row_bytes].reshape(rows, row_bytes))
