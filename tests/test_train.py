@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -501,25 +500,6 @@ def test_the_character_head_trains_with_the_encoder_and_goes_on_from_the_checkpo
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert any(k.startswith("chars.") for k in state["trainable"]) and state["config"]["char_weight"] == 0.5
 
-    # a run cut off by a time limit leaves only its state (scripts/gpu/finish.py): the state comes back in parts
-    # without the optimizer, and the head made from it is the one the trainer writes at its end
-    spec = importlib.util.spec_from_file_location("finish", Path(__file__).parents[1] / "scripts/gpu/finish.py")
-    finish = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finish)
-    (tmp_path / "parts").mkdir()
-    finish.PART = 100_000  # several parts, as a real state makes
-    finish.strip(tmp_path / "run", tmp_path / "parts")
-    assert len(list((tmp_path / "parts").iterdir())) > 1
-    cut = tmp_path / "cut"
-    cut.mkdir()
-    (cut / "state.pt").write_bytes(b"".join(p.read_bytes() for p in sorted((tmp_path / "parts").iterdir())))
-    back = torch.load(cut / "state.pt", weights_only=True)
-    assert back["optimizer"] is None and back["step"] == state["step"]
-    assert set(back["trainable"]) == set(state["trainable"])
-    finish.char_head(cut)
-    remade = load_char_head(cut / CHAR_HEAD_FILE, hidden=32)
-    assert all(np.array_equal(a, b) for a, b in zip(head.weights, remade.weights, strict=True))
-
     # on from a checkpoint that has a head: that head is where training starts (a rate of ~0 keeps it there)
     base = tmp_path / "with-head"
     shutil.copytree(first.checkpoint, base)
@@ -794,55 +774,26 @@ def test_misheard_script_lists_the_clips_not_heard_word_for_word(tmp_path, clips
 
 
 def test_the_committed_configs_load_and_chain():
-    """Every config in train/configs is valid; each init_from is another config's output. Eight chains end:
-    stages 1-5 (copied into the package, then the base the demo builds for stages 6-7), stage 7 (stacked onto it
-    by train.ship), stage 8 (on the stage-7 model as the demo builds it, stacked onto the shipped file), stage 9
-    (on the stage-8 model likewise), stage 10 (on the stage-9 model likewise), stage 11 (on the stage-10 model
-    likewise), stage 12a (on the stage-11 model likewise) and stage 12 (on the stage-12a model likewise)."""
+    """Every config in train/configs is valid and they make one chain, natural-1 -> 2 -> 3 -> 4 (each init_from the
+    output of the one before), which scripts/train_tiny.sh trains in order and whose last run it ships."""
     root = Path(__file__).resolve().parents[1]
     configs = {p.name: TrainConfig.load(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
-    outputs = {c.output_dir: name for name, c in configs.items()}
-    assert len(outputs) == len(configs) >= 2
-    assert all(c.init_from is None or c.init_from in outputs for c in configs.values())
+    names = [f"whisper-tiny-smollm2-natural-{n}.yaml" for n in (1, 2, 3, 4)]
+    assert sorted(configs) == names
+    assert configs[names[0]].init_from is None
+    for before, after in itertools.pairwise(names):
+        assert configs[after].init_from == configs[before].output_dir
+        assert configs[after].checkpoint == configs[before].checkpoint
+    assert configs[names[-1]].ship_ctc_head and not any(configs[n].ship_ctc_head for n in names[:-1])
     shipped = (root / "scripts" / "train_tiny.sh").read_text()
-    ends = sorted(Path(out).name for out in outputs if out not in {c.init_from for c in configs.values()})
-    assert ends == [
-        "run-tiny-stage10",
-        "run-tiny-stage11",
-        "run-tiny-stage12",
-        "run-tiny-stage12a",
-        "run-tiny-stage5",
-        "run-tiny-stage7",
-        "run-tiny-stage8",
-        "run-tiny-stage9",
-    ]
-    assert "cp work/run-tiny-stage5/trainable.safetensors falcon_audio_edge/data/shipped/" in shipped
-    assert "ship work/run-tiny-stage7 --onto work/run-tiny-stage5/trainable.safetensors" in shipped
-    function = shipped[shipped.index("train_and_ship() {") : shipped.index("\n}\n")]  # stages 8-12 each
-    assert 'train.ship "work/run-tiny-stage$1" \\\n    --onto falcon_audio_edge/data/shipped/trainable' in function
-    assert '-o "work/shipped-stage$1.safetensors"' in function
-    assert 'cp "work/shipped-stage$1.safetensors" falcon_audio_edge/data/shipped/trainable.safetensors' in function
-    assert 'cp "work/run-tiny-stage$1/char_head.npz" falcon_audio_edge/data/shipped/char_head.npz' in function
-    order = ["8", "9", "10", "11", "12a", "12"]
-    assert all(f"whisper-tiny-smollm2-stage{stage}.yaml" in configs for stage in order)
-    for before, stage in itertools.pairwise(order):  # each run trained and shipped (head included), its home built
-        home = shipped.index(f"FA_EDGE_HOME=work/home-stage{before} ")
-        assert shipped.index(f"\ntrain_and_ship {before}\n") < home < shipped.index(f"\ntrain_and_ship {stage}\n")
-    assert shipped.index("\ntrain_and_ship 12\n") < shipped.index('\n"$BIN/fa-edge" demo --rebuild --json\n# decoding')
-    homes = {
-        "run-tiny-stage6": "home-stage5",
-        "run-tiny-stage7": "home-stage5",
-        "run-tiny-stage8": "home-stage7",
-        "run-tiny-stage9": "home-stage8",
-        "run-tiny-stage10": "home-stage9",
-        "run-tiny-stage11": "home-stage10",
-        "run-tiny-stage12a": "home-stage11",
-        "run-tiny-stage12": "home-stage12a",
-    }
-    for config in configs.values():  # each on the shipped model of its time, as the demo builds it
-        if Path(config.output_dir).name in homes:
-            assert Path(config.checkpoint).parts[-3:] == (homes[Path(config.output_dir).name], "demo", "checkpoint")
-            assert f"FA_EDGE_HOME=work/{homes[Path(config.output_dir).name]}" in shipped
+    assert (
+        'for run in 1 2 3 4; do\n  "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-natural-$run.yaml"'
+        in shipped
+    )
+    last = Path(configs[names[-1]].output_dir).name
+    assert f"cp work/{last}/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
+    assert f"cp work/{last}/checkpoint/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
+    assert shipped.index("train.charhead work/" + last) < shipped.index("cp work/" + last)
 
 
 def test_resume_refuses_another_manifest_list(tmp_path, manifest):
