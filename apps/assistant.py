@@ -228,8 +228,8 @@ class Assistant:
     def _think(self, utt: Utterance, detected: float, waited: float) -> str:
         pieces: list[str] = []
         first = turn = None
+        hearing, self.hearing = self.hearing, None
         try:
-            hearing, self.hearing = self.hearing, None
             turn = self.chat.ask(Audio(utt.samples, "microphone"), None, self.gen, self.settings.listen_first,
                                  hearing=hearing)  # fmt: skip
             self.screen.write("assistant: ")
@@ -249,6 +249,9 @@ class Assistant:
         except FaEdgeError as exc:
             self.screen.line(f"(could not use that audio: {exc})")
             return ""
+        finally:
+            if hearing is not None:  # heard, or let go with the turn: its worker never outlives it
+                hearing.close()
         self.screen.line()
         first = first or time.perf_counter()
         talker = self.chat.answerer() if self.settings.listen_first else self.chat  # who holds the conversation

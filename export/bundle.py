@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from falcon_audio_edge.export.gguf_adapter import add_base_and_adapter
-from falcon_audio_edge.export.gguf_decoder import DECODER_TYPES, write_gguf
+from falcon_audio_edge.export.gguf_decoder import DECODER_TYPES, gguf_tokens, write_gguf
 from falcon_audio_edge.export.onnx_encoder import export_encoder
 
 from falcon_audio_edge.checkpoint import WEIGHTS_NAME, load_checkpoint
@@ -162,10 +162,7 @@ def add_char_head(ckpt, tmp: Path) -> None:
 def gguf_vocab(path: Path) -> list[str]:
     import gguf
 
-    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.tokens")
-    if field is None:
-        raise ExportError(f"{path} has no tokenizer.ggml.tokens (not a GGUF LLM with its tokenizer)")
-    return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+    return gguf_tokens(gguf.GGUFReader(str(path)), path)
 
 
 def add_answer_llm(src: Path, bundle: Path) -> None:

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from falcon_audio_edge.export.gguf_decoder import ARCH, decoder_tensors, gguf_name, permute_rope
+from falcon_audio_edge.export.gguf_decoder import ARCH, decoder_tensors, gguf_name, gguf_tokens, permute_rope
 
 from falcon_audio_edge.errors import ExportError
 from falcon_audio_edge.lora import LoraSettings, pair_adapters
@@ -39,8 +39,8 @@ def read_adapter(path: Path) -> tuple[dict, LoraSettings]:
     return tensors, settings
 
 
-def adapter_tensors(path: Path, dims) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{GGUF weight name: (lora_a (r, in), lora_b (out, r))}`` in the GGUF's layout, the scale left to alpha."""
+def adapter_tensors(path: Path, dims) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], LoraSettings]:
+    """``{GGUF weight name: (lora_a (r, in), lora_b (out, r))}`` in the GGUF's layout, and the settings."""
     tensors, settings = read_adapter(path)
     out = {}
     for module, (a, b) in pair_adapters(tensors, str(path)).items():
@@ -54,7 +54,7 @@ def adapter_tensors(path: Path, dims) -> dict[str, tuple[np.ndarray, np.ndarray]
         elif name.endswith("attn_k.weight"):
             b = permute_rope(b, dims.decoder.n_kv_heads)
         out[name] = (a.numpy(), np.ascontiguousarray(b))
-    return out
+    return out, settings
 
 
 def write_adapter(path: Path, dims, out: Path, version: str) -> Path:
@@ -62,14 +62,14 @@ def write_adapter(path: Path, dims, out: Path, version: str) -> Path:
     import gguf
     from falcon_audio_edge.export.gguf_decoder import DIMS_KEY, VERSION_KEY
 
-    _, settings = read_adapter(path)
+    tensors, settings = adapter_tensors(path, dims)
     writer = gguf.GGUFWriter(str(out), ARCH)
     writer.add_type("adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", float(settings.alpha))
     writer.add_string(DIMS_KEY, dims.to_json())
     writer.add_string(VERSION_KEY, version)
-    for name, (a, b) in sorted(adapter_tensors(path, dims).items()):
+    for name, (a, b) in sorted(tensors.items()):
         writer.add_tensor(f"{name}.lora_a", a.astype(np.float16))
         writer.add_tensor(f"{name}.lora_b", b.astype(np.float16))
     writer.write_header_to_file()
@@ -96,8 +96,8 @@ def base_file_type(reader) -> str:
 
 def check_base(ckpt, base: Path) -> str:
     """The base GGUF is the LLM the checkpoint's adapter was trained on: same architecture and vocabulary, every
-    tensor there with its shape, its values the checkpoint's less the adapter's delta up to quantization. Returns
-    its file type."""
+    tensor there with its shape, its values the checkpoint's less the adapter's delta up to quantization, and
+    nearer to those than to the checkpoint's own (a merged decoder already holds the adapters). Returns its type."""
     reader = read_base(ckpt, base)
     tensors = {t.name: t for t in reader.tensors}
     ours = dict(decoder_tensors(ckpt.model.llm, ckpt.dims, "f32"))
@@ -106,11 +106,17 @@ def check_base(ckpt, base: Path) -> str:
         raise ExportError(
             f"base LLM {base} has other tensors than the model: missing {missing}, unexpected {unexpected}"
         )
-    _, settings = read_adapter(ckpt.adapter_path)
-    deltas = {name: (b.astype(np.float64) @ a.astype(np.float64)) * settings.scale
-              for name, (a, b) in adapter_tensors(ckpt.adapter_path, ckpt.dims).items()}  # fmt: skip
+    adapters, settings = adapter_tensors(ckpt.adapter_path, ckpt.dims)
+    from_base = from_merged = 0.0  # squared distances of the adapted tensors to the base and to the merged weights
     for name, want in ours.items():
-        compare_tensor(base, name, tensors[name], want - deltas[name] if name in deltas else want)
+        delta = (adapters[name][1].astype(np.float64) @ adapters[name][0]) * settings.scale if name in adapters else 0
+        got = compare_tensor(base, name, tensors[name], want - delta)
+        if name in adapters:
+            from_base += float(np.sum(np.square(got - (want - delta))))
+            from_merged += float(np.sum(np.square(got - want)))
+    if from_base >= from_merged:
+        why = "it already holds them (a merged decoder?); give the LLM the model was trained from"
+        raise ExportError(f"base LLM {base} is nearer the checkpoint's weights than those less its adapters: {why}")
     return base_file_type(reader)
 
 
@@ -121,20 +127,20 @@ def read_base(ckpt, base: Path):
     try:
         reader = gguf.GGUFReader(str(base))
         arch = reader.fields["general.architecture"].contents()
-        field = reader.fields["tokenizer.ggml.tokens"]
     except Exception as exc:  # gguf-py raises several kinds for a file that is not a GGUF
         reason = str(exc)[:200] or type(exc).__name__
-        raise ExportError(f"base LLM {base} is not a readable GGUF file with a tokenizer: {reason}") from None
+        raise ExportError(f"base LLM {base} is not a readable GGUF file: {reason}") from None
     if arch != ARCH:
         raise ExportError(f"base LLM {base} is a {arch!r} model; the checkpoint's LLM is {ARCH!r}")
-    theirs = [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+    theirs = gguf_tokens(reader, base)
     if theirs != gguf_vocab(ckpt.tokenizer, ckpt.dims.decoder.vocab_size).tokens:
         raise ExportError(f"base LLM {base} has another vocabulary than the model ({len(theirs)} tokens)")
     return reader
 
 
-def compare_tensor(base: Path, name: str, tensor, want: np.ndarray) -> None:
-    """One base tensor against the checkpoint's (less the adapter's delta): its shape, then its values."""
+def compare_tensor(base: Path, name: str, tensor, want: np.ndarray) -> np.ndarray:
+    """One base tensor against the checkpoint's (less the adapter's delta): its shape, then its values; the base
+    tensor, dequantized."""
     import gguf
 
     got = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
@@ -144,6 +150,7 @@ def compare_tensor(base: Path, name: str, tensor, want: np.ndarray) -> None:
     if off > BASE_TOLERANCE:
         raise ExportError(f"base LLM {base}: {name} is {off:.2f} of its size away from the checkpoint's weights less "
                           f"the adapter (at most {BASE_TOLERANCE}): not the LLM the model was trained on")  # fmt: skip
+    return got
 
 
 def rms(x: np.ndarray) -> float:

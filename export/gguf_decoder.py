@@ -50,6 +50,14 @@ def gguf_name(hf_name: str) -> str:
     raise ExportError(f"decoder tensor {hf_name!r} has no GGUF mapping")
 
 
+def gguf_tokens(reader, path) -> list[str]:
+    """The vocabulary a GGUF holds (``reader``: its gguf.GGUFReader), as strings."""
+    field = reader.fields.get("tokenizer.ggml.tokens")
+    if field is None:
+        raise ExportError(f"{path} has no tokenizer.ggml.tokens (not a GGUF LLM with its tokenizer)")
+    return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+
+
 def expected_gguf_names(dims: ModelDims) -> set[str]:
     names = {"token_embd.weight", "output_norm.weight"}
     if not dims.decoder.tie_embeddings:

@@ -77,33 +77,22 @@ def shipped_dims(path: Path) -> ModelDims:
     return ModelDims.from_json(shipped_metadata(path)["dims"])
 
 
-def build_checkpoint(
-    out: Path,
-    weights: Path | None = None,
-    encoder: str | Path | None = None,
-    llm: Path | None = None,
-    chars: Path | None = None,
-) -> Path:
-    """Assemble the demo checkpoint: pretrained encoder + LLM, then the shipped trained weights.
-
-    ``encoder`` and ``llm`` default to the two packages' files; ``encoder`` may also be an encoder preset name
-    (where the weights hold every encoder tensor, Whisper's own file adds nothing).
-    ``chars``: the character head to put beside it (default: the shipped one, with the shipped weights)."""
+def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
+    """Assemble the demo checkpoint: the two packages' encoder and LLM, then the trained ``weights`` (default: the
+    shipped ones, with the shipped character head beside them)."""
     from falcon_audio_edge.checkpoint import build_model, save_checkpoint
 
     weights = weights or require_shipped_weights()
     dims = shipped_dims(weights)
     audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
              "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head}  # fmt: skip
-    model, tokenizer = build_model("tiny", encoder or whisper_dir(), llm or smollm2_gguf(), name=dims.name, **audio)
+    model, tokenizer = build_model("tiny", whisper_dir(), smollm2_gguf(), name=dims.name, **audio)
     adapter = apply_trained(model, weights)
     saved = save_checkpoint(model, tokenizer, out, force=True, adapter=adapter)
-    if chars is None and weights == shipped_weights():
-        chars = shipped_char_head()
-    if chars is not None:  # checked against the model's width, then beside its weights (export takes it along)
+    if weights == shipped_weights() and (chars := shipped_char_head()) is not None:
         from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, copy_char_head
 
-        copy_char_head(chars, saved / CHAR_HEAD_FILE, dims.decoder.hidden)
+        copy_char_head(chars, saved / CHAR_HEAD_FILE, dims.decoder.hidden)  # checked against the model's width
     return saved
 
 

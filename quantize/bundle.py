@@ -77,6 +77,8 @@ def quantize_bundle(
     if source.adapter_path is not None and decoder is not None:
         raise ExportError(f"--decoder {decoder}: {src}'s decoder is its base LLM ({source.decoder_type}) under LoRA "
                           "adapters and is kept as it is; export with the base GGUF in the type you want")  # fmt: skip
+    if source.adapter_path is not None and f16_embeddings is not None:
+        raise ExportError(f"--f16-embeddings: {src}'s decoder is its base LLM, kept as it is")
     if source.adapter_path is None:
         decoder = decoder or "q8_0"
     f16_embeddings = f16_embeddings_for(decoder, f16_embeddings) if decoder else False

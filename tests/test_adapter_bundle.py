@@ -14,7 +14,7 @@ from tests.conftest import fa_edge
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def lora_checkpoint(tiny_ckpt, out, seed: int = 0):
+def lora_checkpoint(tiny_ckpt, out, seed: int = 0, size: float = 0.2):
     """The tiny checkpoint with random LoRA adapters on every projection, merged, the adapters kept beside it."""
     import torch
 
@@ -28,8 +28,8 @@ def lora_checkpoint(tiny_ckpt, out, seed: int = 0):
         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
             out_dim, in_dim = module.weight.shape
             prefix = f"llm.base_model.model.{name}"
-            tensors[f"{prefix}.lora_A.default.weight"] = (torch.randn(4, in_dim, generator=gen) * 0.2).half()
-            tensors[f"{prefix}.lora_B.default.weight"] = (torch.randn(out_dim, 4, generator=gen) * 0.2).half()
+            tensors[f"{prefix}.lora_A.default.weight"] = (torch.randn(4, in_dim, generator=gen) * size).half()
+            tensors[f"{prefix}.lora_B.default.weight"] = (torch.randn(out_dim, 4, generator=gen) * size).half()
     merge_lora(ckpt.model.llm, tensors, settings, "test adapters")
     return save_checkpoint(ckpt.model, ckpt.tokenizer, out, force=True, adapter=(tensors, settings))
 
@@ -99,7 +99,9 @@ def test_the_base_may_come_in_another_quantization(adapter_bundles, bundle_f32, 
     assert bundle.decoder_type == "q8_0" and bundle.adapter_path is not None
 
 
-def test_a_base_that_is_not_the_trained_one_and_a_decoder_type_are_refused(adapter_bundles, tiny_ckpt, tmp_path):
+def test_a_base_that_is_not_the_trained_one_and_a_decoder_type_are_refused(
+    adapter_bundles, tiny_ckpt, bundle_f32, tmp_path
+):
     from falcon_audio_edge.export.bundle import export_bundle
 
     from falcon_audio_edge.checkpoint import init_checkpoint
@@ -111,11 +113,18 @@ def test_a_base_that_is_not_the_trained_one_and_a_decoder_type_are_refused(adapt
         export_bundle(ckpt, tmp_path / "b1", answer_llm=other / "decoder.gguf", verify=False)
     with pytest.raises(ExportError, match="decoder type 'q8_0'.*bring the base GGUF"):
         export_bundle(ckpt, tmp_path / "b2", decoder_type="q8_0", answer_llm=on_base / "decoder.gguf")
+    # adapters small enough that the merged weights sit within the tolerance: a merged decoder given as the base
+    # would get them applied twice, so it is refused; the true base is taken
+    small = lora_checkpoint(tiny_ckpt, tmp_path / "small", size=0.03)
+    merged = export_bundle(small, tmp_path / "merged", decoder_type="f32", verify=False)
+    with pytest.raises(ExportError, match="already holds them"):
+        export_bundle(small, tmp_path / "b0", answer_llm=merged / "decoder.gguf", verify=False)
+    export_bundle(small, tmp_path / "fine", answer_llm=bundle_f32 / "decoder.gguf", verify=False)
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf")
     with pytest.raises(ExportError, match="not a readable GGUF"):
         export_bundle(ckpt, tmp_path / "b3", answer_llm=junk, verify=False)
-    assert not any((tmp_path / f"b{i}").exists() for i in (1, 2, 3))  # nothing half-written
+    assert not any((tmp_path / f"b{i}").exists() for i in (0, 1, 2, 3))  # nothing half-written
     proc = fa_edge("export", ckpt, "-o", tmp_path / "b4", "--answer-llm", other / "decoder.gguf", "--no-verify",
                    check=False)  # fmt: skip
     assert proc.returncode == 2 and "not the LLM the model was trained on" in proc.stderr
@@ -129,6 +138,8 @@ def test_quantize_keeps_the_base_and_adapter_and_refuses_a_decoder_type(adapter_
     _, on_base, _ = adapter_bundles
     with pytest.raises(ExportError, match="--decoder q8_0: .* base LLM .* under LoRA adapters"):
         quantize_bundle(on_base, tmp_path / "q", decoder="q8_0", verify=False)
+    with pytest.raises(ExportError, match="--f16-embeddings: .* base LLM, kept as it is"):
+        quantize_bundle(on_base, tmp_path / "q", f16_embeddings=True, verify=False)
     out = quantize_bundle(on_base, tmp_path / "int8", encoder="int8", verify=False)
     bundle = read_bundle(out)
     assert bundle.manifest["encoder"]["dtype"] == "int8" and bundle.adapter_path is not None

@@ -205,7 +205,7 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path, tiny_ckpt, manifest)
 
 @pytest.mark.parametrize("parts, changed", [(["connector", "lora"], {"connector", "llm"}),
                                             (["connector", "encoder"], {"connector", "encoder"})])  # fmt: skip
-def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, parts, changed):
+def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, parts, changed, bundle_f32):
     from falcon_audio_edge.train.trainer import train
 
     from falcon_audio_edge.checkpoint import load_checkpoint
@@ -227,6 +227,19 @@ def test_lora_and_encoder_training(tmp_path, tiny_ckpt, manifest, checkpoint, pa
     assert moved == changed
     if "lora" in parts:
         _check_lora_merge(result, tiny_ckpt, after, before)
+    # the checkpoint keeps the run's adapters (its bundles: the base GGUF + adapter.gguf), none without LoRA
+    assert (result.checkpoint / "adapter.safetensors").is_file() == ("lora" in parts)
+    if "lora" in parts and "encoder" not in parts:
+        from falcon_audio_edge.export.bundle import export_bundle
+
+        from falcon_audio_edge.runtime.bundle import read_bundle
+
+        on_base = export_bundle(result.checkpoint, tmp_path / "b", answer_llm=bundle_f32 / "decoder.gguf", verify=False)
+        assert read_bundle(on_base).adapter_path is not None
+        # a run on a checkpoint that holds adapters merged: its own are not all its LLM holds, so none are kept
+        more = config(tmp_path, result.checkpoint, manifest, train=parts, max_steps=1, eval_every=1, warmup_steps=0,
+                      output_dir=str(tmp_path / "more"))  # fmt: skip
+        assert not (train(more, progress=False).checkpoint / "adapter.safetensors").exists()
 
 
 def test_bf16_run_casts_the_frozen_llm_once_and_saves_it_exact(tmp_path, tiny_ckpt, manifest, checkpoint):

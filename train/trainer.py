@@ -387,8 +387,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def run_adapters(trainable: Path, cfg):
-    """The run's LoRA adapters as saved in its trainable file, with their settings (None: it trained none)."""
-    if "lora" not in cfg.train:
+    """The run's LoRA adapters as saved in its trainable file, with their settings: what its checkpoint's LLM holds
+    merged over the base. None where it trained none, or where its base checkpoint held adapters merged already
+    (this run's alone are not all the checkpoint's LLM holds: its bundles get a merged decoder)."""
+    from falcon_audio_edge.checkpoint import ADAPTER_NAME
+
+    if "lora" not in cfg.train or (Path(cfg.checkpoint) / ADAPTER_NAME).is_file():
         return None
     from safetensors.torch import load_file
 

@@ -75,6 +75,8 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
                 if isinstance(event, SpeechStarted) and not listen_first:
                     chat.start_turn(None)
                 elif isinstance(event, SpeechStarted):
+                    if hearing is not None:  # a start of speech the endpointer let go
+                        hearing.close()
                     hearing = chat.start_hearing(gen, endpointer.settings.end_silence_ms / 1000)
                 elif isinstance(event, Utterance):
                     if i + BLOCK < end:

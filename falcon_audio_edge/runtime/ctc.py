@@ -231,7 +231,10 @@ def gguf_token_embeddings(path, vocab: int, hidden: int, rows_per_part: int = 40
         if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):  # plain floats, as bytes
             part = raw.view(np.float32 if kind == gguf.GGMLQuantizationType.F32 else np.float16)
         else:
-            part = gguf.quants.dequantize(raw, kind)
+            try:
+                part = gguf.quants.dequantize(raw, kind)
+            except NotImplementedError:
+                raise BundleError(f"{path}: gguf-py cannot dequantize {kind.name} token embeddings") from None
         table[start : start + len(raw)] = part.reshape(len(raw), hidden)
     return table
 

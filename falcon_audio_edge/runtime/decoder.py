@@ -118,6 +118,7 @@ class LlamaDecoder:
                 self._apply_adapter(adapter)
             except FaEdgeError:
                 lc.llama_free(self.ctx)
+                self.ctx = None
                 self.loaded.release()
                 raise
         self.vocab = lc.llama_model_get_vocab(self.model)

@@ -97,7 +97,12 @@ def read_tensor(path: str | Path, name: str) -> RawTensor:
     if found is None:
         raise BundleError(f"{path} has no {name} tensor")
     kind, shape, offset = found
-    block, type_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+    try:
+        block, type_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+    except (ValueError, KeyError):
+        raise BundleError(f"{path}: {name} has ggml type {kind}, which this gguf-py does not know") from None
+    if alignment < 1:
+        raise BundleError(f"{path}: general.alignment is {alignment}")
     row_bytes = shape[-1] // block * type_bytes
     start = -(-cur.pos // alignment) * alignment + offset
     rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1

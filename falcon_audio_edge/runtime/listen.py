@@ -90,9 +90,16 @@ class Hearing:
             self.pending, self.offset = self.pending[end:], self.offset + end
 
     def finish(self, audio: Audio | np.ndarray | str | Path) -> Heard:
-        """The whole utterance (it starts with what ``add`` was given): hears the rest; the transcript."""
-        samples = samples_of(audio)
-        self._wait()
+        """The whole utterance (it starts with what ``add`` was given): hears the rest; the transcript. Where a
+        piece failed while the utterance arrived, the whole utterance is heard afresh (an error that persists
+        shows there)."""
+        try:
+            samples = samples_of(audio)
+        except BaseException:
+            self.close()
+            raise
+        if not self._wait():
+            self.texts, self.offset, self.heard = [], 0, Heard()
         if len(samples) < self.offset:
             raise FaEdgeError(f"the utterance ({len(samples)} samples) is shorter than what was heard ({self.offset})")
         rest = samples[self.offset :]
@@ -115,13 +122,16 @@ class Hearing:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fa-edge-hearing")
         self._queued.append(self._worker.submit(self._piece, piece))
 
-    def _wait(self) -> None:
-        """Every piece queued during speech heard (the first error among them raised), the worker stopped."""
+    def _wait(self) -> bool:
+        """Every piece queued during speech heard, the worker stopped; False where one of them failed."""
         try:
             for future in self._queued:
                 self.heard.early_pieces += future.result()
+        except FaEdgeError:
+            return False
         finally:
             self.close()
+        return True
 
     def _piece(self, piece: np.ndarray) -> bool:
         """Transcribe one piece (False: skipped, too short or too quiet to hold speech)."""
@@ -149,7 +159,12 @@ def listen_first_turn(
 ):  # fmt: skip
     """The turn's stream: the answer model's pieces; returns its AskResult with the transcript and the whole
     turn's timings (from the audio to the answer). ``hearing``: the utterance's hearing, begun while it arrived."""
-    answerer = chat.answerer()  # before any work: a bundle without one is refused at once
+    try:
+        answerer = chat.answerer()  # before any work: a bundle without one is refused at once
+    except BaseException:
+        if hearing is not None:  # its worker stops before anything else uses the model
+            hearing.close()
+        raise
     answer_gen = replace(gen, ctc_weight=0.0, char_weight=0.0)  # the heads guide the transcription only
     if audio is None:  # nothing to hear: a plain text turn of the answer model's conversation
         turn = answerer.ask(None, prompt, answer_gen)
