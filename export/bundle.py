@@ -137,11 +137,9 @@ def _write_files(
     else:
         export_encoder(ckpt.model, stage / ENCODER_FILE)
         convert_encoder(stage / ENCODER_FILE, tmp / ENCODER_FILE, encoder_type, "fp32", False)
-    if decoder_type is None:
-        pass
-    elif decoder_type in DECODER_TYPES:
+    if decoder_type in DECODER_TYPES:
         write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, tmp / DECODER_FILE, decoder_type, version)
-    else:
+    elif decoder_type is not None:
         write_gguf(ckpt.model.llm, ckpt.tokenizer, ckpt.dims, stage / DECODER_FILE, "f16", version)
         quantize_decoder(stage / DECODER_FILE, tmp / DECODER_FILE, decoder_type, "f16", False, default_threads(),
                          f16_embeddings)  # fmt: skip

@@ -32,8 +32,6 @@ def read_adapter(path: Path) -> tuple[dict, LoraSettings]:
         with safe_open(str(path), framework="pt") as f:
             settings = LoraSettings.from_metadata(f.metadata() or {}, str(path))
             tensors = {k: f.get_tensor(k).float() for k in f.keys()}
-    except ExportError:
-        raise
     except Exception as exc:
         raise ExportError(f"cannot read the LoRA adapter {path}: {exc}") from exc
     return tensors, settings

@@ -228,13 +228,10 @@ def gguf_token_embeddings(path, vocab: int, hidden: int, rows_per_part: int = 40
     table = np.empty((vocab, hidden), dtype=np.float32)
     for start in range(0, vocab, rows_per_part):
         raw = np.asarray(tensor.data[start : start + rows_per_part])
-        if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):  # plain floats, as bytes
-            part = raw.view(np.float32 if kind == gguf.GGMLQuantizationType.F32 else np.float16)
-        else:
-            try:
-                part = gguf.quants.dequantize(raw, kind)
-            except NotImplementedError:
-                raise BundleError(f"{path}: gguf-py cannot dequantize {kind.name} token embeddings") from None
+        try:  # f32 and f16 rows are viewed as floats, quantized ones dequantized
+            part = gguf.quants.dequantize(raw, kind)
+        except NotImplementedError:
+            raise BundleError(f"{path}: gguf-py cannot dequantize {kind.name} token embeddings") from None
         table[start : start + len(raw)] = part.reshape(len(raw), hidden)
     return table
 

@@ -111,9 +111,7 @@ class Hearing:
 
     def close(self) -> None:
         """Stop hearing: queued pieces are dropped and the one being transcribed ends; the model is free after."""
-        worker, self._worker, queued, self._queued = self._worker, None, self._queued, []
-        for future in queued:
-            future.cancel()
+        worker, self._worker, self._queued = self._worker, None, []
         if worker is not None:
             worker.shutdown(wait=True, cancel_futures=True)
 
