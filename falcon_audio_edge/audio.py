@@ -32,8 +32,10 @@ MAX_FILE_CHANNELS = 8
 # listen-first hears longer audio in pieces of at most this many seconds, each cut at a pause: about a spoken
 # sentence, what the listening model was trained on (docs/architecture.md, "Long audio")
 SEGMENT_SECONDS = 10.0
-PAUSE_SECONDS = 0.2  # a cut goes in the middle of the quietest stretch this long
-MIN_TAIL_SECONDS = 1.0  # ... and leaves at least this much for the next piece
+PHRASE_SECONDS = 2.0  # a piece ends at the first pause at least this far in (heard while the person goes on)
+PAUSE_SECONDS = 0.2  # a pause: a stretch this long ...
+PAUSE_DB = 25.0  # ... at least this much quieter than the piece's loudest stretch before it
+MIN_TAIL_SECONDS = 1.0  # a cut leaves at least this much for the next piece
 
 
 @dataclass(frozen=True)
@@ -119,29 +121,55 @@ def split_windows(samples: np.ndarray) -> list[np.ndarray]:
 
 
 def pause_segments(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) -> list[tuple[int, int]]:
-    """(start, end) sample spans that cover ``samples`` in order, each at most ``max_seconds`` long. Audio that
-    is longer is cut in the middle of its quietest PAUSE_SECONDS between half and all of ``max_seconds`` after
-    the previous cut (a pause between phrases, where there is one), so the work per piece is bounded and the
-    pieces together cost time in proportion to the audio."""
+    """(start, end) sample spans that cover ``samples`` in order: phrases, each ended by ``piece_end``. Each
+    cut depends only on the audio from the piece's start, so an utterance cut as it arrives (``piece_end`` on
+    what is there so far) gives the same pieces."""
+    spans, start, n = [], 0, len(samples)
+    while start < n:
+        end = start + int(piece_end(samples[start:], True, max_seconds=max_seconds))
+        spans.append((start, end))
+        start = end
+    return spans or [(0, 0)]
+
+
+def piece_end(samples: np.ndarray, whole: bool, slack: int = 0, max_seconds: float = SEGMENT_SECONDS) -> int | None:
+    """Where the piece that starts at ``samples[0]`` ends: at the middle of the first pause (PAUSE_SECONDS at
+    PAUSE_DB under the loudest stretch before it) at least PHRASE_SECONDS in; with no pause in ``max_seconds``,
+    in the quietest stretch of its second half, so pieces stay bounded and the work stays in proportion to the
+    audio. A cut leaves at least MIN_TAIL_SECONDS after it. ``whole``: ``samples`` is all the rest of the
+    utterance (no cut: ``len(samples)``). Else more may come, and the utterance may end up to ``slack`` samples
+    short of ``samples``: the cut once nothing still to come can move it, else None."""
     n, longest = len(samples), int(max_seconds * SAMPLE_RATE)
     if max_seconds < 3 * MIN_TAIL_SECONDS:  # half of it, less the tail, must leave a stretch to cut in
         raise ValueError(f"max_seconds must be at least {3 * MIN_TAIL_SECONDS:g} s, got {max_seconds}")
-    if n <= longest:
-        return [(0, n)]
-    frames = n // HOP_LENGTH
+    room = n - int(MIN_TAIL_SECONDS * SAMPLE_RATE) - (0 if whole else slack)  # the last cut this audio allows
+    quiet, valid = stretch_power(samples)
+    lo, hi = int(PHRASE_SECONDS * FRAMES_PER_SECOND), min(min(longest, room) // HOP_LENGTH, valid)
+    loud = np.maximum.accumulate(quiet[: max(hi, 0)])
+    pauses = np.flatnonzero(quiet[lo:hi] * 10 ** (PAUSE_DB / 10) <= loud[lo:hi])
+    if pauses.size:
+        return (lo + int(pauses[0])) * HOP_LENGTH
+    if room >= longest:  # no pause in the piece's longest span: the quietest stretch of its second half
+        return _quietest(quiet, longest, longest)
+    if not whole:  # a pause, or the end, may still come
+        return None
+    return n if n <= longest else _quietest(quiet, longest, room)
+
+
+def _quietest(quiet: np.ndarray, longest: int, room: int) -> int:
+    lo, hi = (longest // 2) // HOP_LENGTH, room // HOP_LENGTH
+    return (lo + int(np.argmin(quiet[lo:hi]))) * HOP_LENGTH
+
+
+def stretch_power(samples: np.ndarray) -> tuple[np.ndarray, int]:
+    """Mean power of the PAUSE_SECONDS stretch around each 10 ms frame, and how many frames have their whole
+    stretch inside ``samples`` (those after it would change as more audio arrives)."""
+    frames = len(samples) // HOP_LENGTH
     power = np.square(samples[: frames * HOP_LENGTH], dtype=np.float64)
     power = power.reshape(frames, HOP_LENGTH).mean(axis=1)  # (T,) -> (T/160, 160) -> (T/160,): 10 ms frames
     width = max(1, round(PAUSE_SECONDS * FRAMES_PER_SECOND))
-    quiet = np.convolve(power, np.ones(width) / width, mode="same")  # mean power of the stretch around each frame
-    spans, start = [], 0
-    while n - start > longest:
-        lo = (start + longest // 2) // HOP_LENGTH
-        hi = min(start + longest, n - int(MIN_TAIL_SECONDS * SAMPLE_RATE)) // HOP_LENGTH
-        cut = (lo + int(np.argmin(quiet[lo:hi]))) * HOP_LENGTH
-        spans.append((start, cut))
-        start = cut
-    spans.append((start, n))
-    return spans
+    quiet = np.convolve(power, np.ones(width) / width, mode="same") if frames else power
+    return quiet, max(0, frames - (width - width // 2) + 1)
 
 
 def hz_to_mel(freq: np.ndarray) -> np.ndarray:

@@ -344,8 +344,8 @@ def ask(
     data = result.to_dict()
     data.update(backend=backend, model=str(model), load_ms=chat.load_ms, split_into_windows=result.windows > 1)
     if result.pieces > 1:
-        data["note"] = (f"audio of {result.audio_seconds:.1f} s was heard in {result.pieces} pieces of up to "
-                        f"{SEGMENT_SECONDS:g} s, cut at pauses")  # fmt: skip
+        data["note"] = (f"audio of {result.audio_seconds:.1f} s was heard in {result.pieces} phrases cut at "
+                        f"pauses (each at most {SEGMENT_SECONDS:g} s)")  # fmt: skip
     elif result.windows > 1:
         data["note"] = f"audio of {result.audio_seconds:.1f} s was split into {result.windows} windows of up to 30 s"
     typer.echo(json.dumps(data, indent=2))

@@ -52,7 +52,7 @@ def turn_settings(
 def listens_first(requested: bool | None, prompt: str | None, chat: Any) -> bool:
     """Whether a turn listens first: as asked (``--listen-first`` / ``--no-listen-first``), else where it answers
     the speech (no prompt) and the bundle has an answer model: the original LLM's answers, which the listening
-    model's own drifted from in training (docs/quality-espeak.md)."""
+    model's own drifted from in training (docs/quality.md)."""
     if requested is not None:
         return requested
     return prompt is None and chat.open_answerer is not None

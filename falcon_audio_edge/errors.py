@@ -32,7 +32,3 @@ class ExportError(FaEdgeError):
 
 class SetupError(FaEdgeError, RuntimeError):
     """A system tool the command needs is missing or incomplete (an espeak-ng voice, ...)."""
-
-
-class MissingDataError(FaEdgeError, FileNotFoundError):
-    """A system data file the command needs is not installed (a word list, ...)."""

@@ -13,20 +13,17 @@ PY=${PYTHON:-python3}
 apt_needed=()
 command -v espeak-ng >/dev/null || apt_needed+=(espeak-ng)
 command -v sox >/dev/null || apt_needed+=(sox)
-command -v flite >/dev/null || apt_needed+=(flite)  # the second speech engine (train/flite.py)
-command -v festival >/dev/null || apt_needed+=(festival)  # a third engine's held-out voice (train/festival.py)
-[ -d /usr/share/festival/voices/english/ked_diphone ] || apt_needed+=(festvox-kdlpc16k)
+command -v flite >/dev/null || apt_needed+=(flite)  # the natural-voice data set's voices (train/natural.py)
+command -v festival >/dev/null || apt_needed+=(festival)
 ldconfig -p | grep -q libsndfile.so || apt_needed+=(libsndfile1)
 ldconfig -p | grep -q libportaudio.so || apt_needed+=(libportaudio2)
 # the assistant's tests play speech through a PulseAudio null sink and drive the app in tmux
 command -v pulseaudio >/dev/null || apt_needed+=(pulseaudio)
 command -v paplay >/dev/null || apt_needed+=(pulseaudio-utils)
 command -v tmux >/dev/null || apt_needed+=(tmux)
-[ -f /usr/share/dict/words ] || apt_needed+=(wamerican)  # the synthetic set's word list (fa-edge synth)
 # the natural-voice data set (train/natural.py): festival's HTS and diphone voices, and prose from fortunes
 [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || apt_needed+=(festvox-us-slt-hts)
 [ -d /usr/share/festival/voices/english/kal_diphone ] || apt_needed+=(festvox-kallpc16k)
-[ -d /usr/share/festival/voices/english/rab_diphone ] || apt_needed+=(festvox-rablpc16k)
 [ -d /usr/share/games/fortunes ] || apt_needed+=(fortunes)
 if [ ${#apt_needed[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_needed[*]}"
@@ -34,7 +31,7 @@ if [ ${#apt_needed[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_needed[@]}" >/dev/null
 fi
-# the dev and held-out voices (RHVoice, SVOX Pico) are in Debian's non-free component: enabled for them alone;
+# Debian's non-free component holds the dev and held-out voices (RHVoice, SVOX Pico): enabled for them alone;
 # without them train/natural.py names the missing voices and builds the rest
 if ! command -v RHVoice-test >/dev/null || ! command -v pico2wave >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

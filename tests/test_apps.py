@@ -19,7 +19,7 @@ import soundfile as sf
 from falcon_audio_edge.apps import capture
 from falcon_audio_edge.apps.assistant import AssistantSettings
 from falcon_audio_edge.apps.capture import AudioDeviceError, InputDevice, Microphone, level_dbfs, resolve_device
-from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, SpeechStarted, Utterance
+from falcon_audio_edge.apps.endpoint import Endpointer, EndpointSettings, Pause, Resumed, SpeechStarted, Utterance
 from falcon_audio_edge.apps.screen import Screen
 from falcon_audio_edge.apps.speaker import Speaker
 
@@ -67,7 +67,7 @@ def test_silence_and_noise_are_not_speech():
 def test_two_utterances_with_a_pause(speech):
     a, b = speech["a"], speech["b"]
     audio = np.concatenate([silence(1), a, silence(1.5), b, silence(1.5)])
-    events = stream(Endpointer(), audio)
+    events = [e for e in stream(Endpointer(), audio) if not isinstance(e, (Pause, Resumed))]
     assert [type(e) for e in events] == [SpeechStarted, Utterance, SpeechStarted, Utterance]
     first, second = utterances(events)
     for utt, clip in ((first, a), (second, b)):
@@ -97,6 +97,22 @@ def test_new_speech_hands_out_each_utterance_while_it_arrives(speech):
         assert 0 < len(early) and np.array_equal(utt.samples[: len(early)], early[: len(utt.samples)])
 
 
+def test_a_pause_gives_the_utterance_as_it_will_end_and_speech_again_says_so(speech):
+    a, b = speech["a"], speech["b"]
+    audio = np.concatenate([silence(1), a, silence(0.1), b, silence(1.5)])  # one utterance: a short pause
+    events = stream(Endpointer(), audio, seed=2)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted and kinds[-2:] == [Pause, Utterance] and kinds.count(Utterance) == 1
+    pauses = [e for e in events if isinstance(e, Pause)]
+    assert len(pauses) >= 2 and kinds.count(Resumed) == len(pauses) - 1  # each pause but the last one resumed
+    whole = events[-1].samples
+    assert np.array_equal(pauses[-1].samples, whole)  # the last pause guessed the utterance exactly
+    first = pauses[0].samples  # the first: the utterance's start, up to just after "a"
+    assert np.array_equal(whole[: len(first)], first) and len(first) < len(whole) - len(b) / 2
+    quiet = [type(e) for e in stream(Endpointer(EndpointSettings(speculate_ms=0)), audio)]
+    assert quiet == [SpeechStarted, Utterance]
+
+
 def test_speech_that_never_ends_is_cut_at_the_model_window(speech):
     long = speech["long"]
     assert len(long) > 31 * SAMPLE_RATE, "the long clip must outlast the 30 s window"
@@ -110,6 +126,10 @@ def test_endpoint_settings_are_validated():
         EndpointSettings(threshold=1.5)
     with pytest.raises(ConfigError, match="max_seconds must be in"):
         EndpointSettings(max_seconds=45)
+    with pytest.raises(ConfigError, match=r"speculate_ms must be 0 or in \[96, end_silence_ms = 700\), got 700"):
+        EndpointSettings(speculate_ms=700)
+    with pytest.raises(ConfigError, match="speculate_ms must be 0 or in"):
+        EndpointSettings(speculate_ms=50)
 
 
 def test_assistant_settings_are_validated_before_anything_is_built(tmp_path):

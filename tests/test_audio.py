@@ -14,6 +14,7 @@ from falcon_audio_edge.audio import (
     load_audio,
     log_mel_spectrogram,
     pause_segments,
+    piece_end,
     split_windows,
     validate_samples,
 )
@@ -93,6 +94,33 @@ def test_long_audio_is_cut_at_its_pauses_into_pieces_of_bounded_length():
     with pytest.raises(ValueError, match="max_seconds must be at least 3 s"):
         pause_segments(steady, max_seconds=2.01)
     assert max(e - s for s, e in pause_segments(steady, max_seconds=3.0)) <= 3 * sec
+
+
+def test_a_piece_ends_at_the_first_pause_two_seconds_in_and_arriving_audio_is_cut_the_same():
+    rng = np.random.default_rng(1)
+    sec = SAMPLE_RATE
+
+    def utterance(*talk_pause):  # talk and pause lengths in seconds, alternating
+        parts = [(0.2 if i % 2 == 0 else 0.002) * rng.standard_normal(int(s * sec)) for i, s in enumerate(talk_pause)]
+        return np.concatenate(parts).astype(np.float32)
+
+    early = utterance(1.5, 0.4, 1.5)  # the only pause comes before 2 s: one piece
+    assert pause_segments(early) == [(0, len(early))]
+    late_tail = utterance(2.5, 0.4, 0.5)  # a pause after 2 s, but less than 1 s after it: one piece
+    assert pause_segments(late_tail) == [(0, len(late_tail))]
+    phrases = utterance(2.4, 0.4, 1.0, 0.3, 2.6, 0.5, 3.0)  # pauses at 2.4, 3.8 and 6.7 s
+    spans = pause_segments(phrases)
+    cuts = [end / sec for _, end in spans[:-1]]
+    assert len(cuts) == 2 and 2.4 <= cuts[0] <= 2.8 and 6.7 <= cuts[1] <= 7.2, cuts  # 3.8 s is under 2 s on
+    # the same cuts from the audio as it arrives in 100 ms blocks, each made once nothing to come can move it
+    pending, arrived, block = np.zeros(0, np.float32), [], sec // 10
+    for k in range(0, len(phrases), block):
+        pending = np.concatenate([pending, phrases[k : k + block]])
+        while (end := piece_end(pending, False)) is not None:
+            arrived.append(end + (arrived[-1] if arrived else 0))
+            pending = pending[end:]
+    assert [e for _, e in spans[:-1]] == arrived
+    assert piece_end(phrases[: int(2.2 * sec)], False) is None  # no pause yet: waits for more
 
 
 @pytest.mark.parametrize(

@@ -333,38 +333,6 @@ def test_export_refuses_a_character_head_of_another_width(ctc_bundle, tmp_path):
     assert not (tmp_path / "bundle").exists()
 
 
-def test_tuning_grid_takes_the_character_weight(char_bundle, ctc_bundle, clips, tmp_path):
-    import json
-
-    from falcon_audio_edge.train.tune import markdown, run_trials
-
-    rows = [{"audio": str(clips[f"q{i}"]), "instruction": TRANSCRIBE_PROMPT, "target": "What is it?",
-             "text": "What is it?", "task": "transcribe"} for i in range(2)]  # fmt: skip
-    dev = tmp_path / "manifest.jsonl"
-    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    trials = run_trials(char_bundle[1], dev, [0.3, 0.9], [1], char_weights=(0.0, 0.4), max_tokens=4)
-    assert [(t.ctc_weight, t.char_weight) for t in trials] == [(0.3, 0.0), (0.3, 0.4), (0.9, 0.0)]  # 1.3: skipped
-    assert "| 0.3 | 0.4 | 1 | off |" in markdown(trials, char_bundle[1], dev, "cmd")
-    with pytest.raises(ConfigError, match="has no character head: --char-weights must be 0"):
-        run_trials(ctc_bundle[1], dev, [0.3], [1], char_weights=(0.0, 0.2))
-
-
-def test_quality_report_measures_the_token_head_alone_beside_both(char_bundle, clips, tmp_path):
-    import json
-
-    from falcon_audio_edge.train.quality import evaluate, markdown
-
-    row = {"voice": "en-us", "task": "transcribe", "text": "What is it?", "audio": str(clips["q1"]), "target": "x"}
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text(json.dumps(row) + "\n")
-    result = evaluate(char_bundle[1], heldout, None, max_tokens=4)
-    token, char = DEFAULT_CTC_WEIGHT_WITH_CHARS, DEFAULT_CHAR_WEIGHT
-    assert (result["ctc_weight"], result["char_weight"]) == (token, char) and 0 <= result["wer_token_head_only"]
-    report = markdown(result, "cmd")
-    assert f"weight {token}, character head {char}, beam" in report
-    assert f"the token CTC head alone, weight 0.5: no character head) | {result['wer_token_head_only']:.3f} |" in report
-
-
 def test_quantized_bundle_keeps_the_character_head(char_bundle, tmp_path):
     from falcon_audio_edge.quantize.bundle import quantize_bundle
 

@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from falcon_audio_edge.train import natural, prose, rooms
 
 from falcon_audio_edge.audio import SAMPLE_RATE, load_audio
-from falcon_audio_edge.errors import ConfigError, SetupError
+from falcon_audio_edge.errors import ConfigError, FaEdgeError, SetupError
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed")
+FESTIVAL_KAL = next(v for v in natural.VOICES if v.name == "festival-kal")
+needs_festival_kal = pytest.mark.skipif(
+    shutil.which("festival") is None or not Path("/usr/share/festival/voices/english/kal_diphone").is_dir(),
+    reason="festival's kal_diphone voice is not installed",
+)
 
 
 def tone(seconds: float = 2.0) -> np.ndarray:
@@ -98,6 +105,35 @@ def test_a_missing_engine_is_named_and_skipped_and_none_left_is_an_error(monkeyp
     with pytest.raises(SetupError, match="no heldout voice"):
         natural.usable_voices("heldout", natural.Speakers(), said.append)
     assert said and all("pico2wave is not installed" in s for s in said)
+
+
+def test_festival_refuses_text_it_would_crash_on_and_a_voice_that_is_not_a_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"no letter or digit"):
+        natural.festival_command(' " ', "kal_diphone", 1.0, tmp_path / "x.wav")  # festival crashes on empty text
+    with pytest.raises(ConfigError, match=r"is not a voice name"):
+        natural.festival_command("The train leaves at seven.", "kal) (quit", 1.0, tmp_path / "x.wav")
+
+
+@pytest.mark.parametrize("status", [0, 1])
+def test_an_engine_that_writes_no_audio_is_an_error_naming_the_voice(monkeypatch, status):
+    # festival's way with an unknown voice: a Scheme error on stderr, exit status 0, no file; or a crash
+    said = f"import sys; print('SIOD ERROR: unbound variable', file=sys.stderr); sys.exit({status})"
+    monkeypatch.setattr(natural, "engine_command", lambda *args: ([sys.executable, "-c", said], None))
+    expected = rf"festival-kal wrote no audio for 'Hi there\.' \(exit status {status}\): SIOD"
+    with pytest.raises(FaEdgeError, match=expected):
+        natural.Speakers().speak(FESTIVAL_KAL, "Hi there.", 1.0)
+
+
+@needs_festival_kal
+def test_festival_speaks_quotes_and_backslashes_and_at_the_rate_asked():
+    speakers = natural.Speakers()
+    # unquoted, this text would end the Scheme string and run (quit): festival would write nothing
+    quoted = len(speakers.speak(FESTIVAL_KAL, 'He said "stop")) (quit) (" \\ then left.', 1.0)) / SAMPLE_RATE
+    plain = len(speakers.speak(FESTIVAL_KAL, "He said stop then left.", 1.0)) / SAMPLE_RATE
+    assert plain + 0.2 < quoted < plain + 2.5  # all of it spoken: "quit" too, and pauses at the quotes
+    slow = len(speakers.speak(FESTIVAL_KAL, "The train leaves at seven.", 0.8))
+    fast = len(speakers.speak(FESTIVAL_KAL, "The train leaves at seven.", 1.2))
+    assert slow / fast > 1.3
 
 
 @needs_flite

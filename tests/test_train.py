@@ -646,83 +646,6 @@ def test_resume_and_init_from_follow_the_base_weights_not_its_path(tmp_path, tin
               progress=False)  # fmt: skip
 
 
-def test_quality_report_through_the_bundle(tmp_path, clips, bundle_f32):
-    """WER from the bundle's transcripts; agreement against the original LLM's answer (the target)."""
-    from falcon_audio_edge.train.quality import cut_like_target, evaluate, markdown
-
-    from falcon_audio_edge.demo import whisper_dir
-    from falcon_audio_edge.runtime.backend import open_bundle
-    from falcon_audio_edge.settings import GenerationSettings
-
-    with open_bundle(bundle_f32) as chat:
-        heard = chat.ask(clips["q0"], None, GenerationSettings(max_tokens=64)).run()
-        chat.reset()
-        read = chat.ask(None, QUESTIONS[0], GenerationSettings(max_tokens=64)).run()
-        chat.reset()
-        written = chat.ask(clips["q1"], "Transcribe the audio.", GenerationSettings(max_tokens=64)).run().text
-    said = cut_like_target(heard.text, len(heard.tokens) >= 64)
-    typed = cut_like_target(read.text, len(read.tokens) >= 64)
-    row = {"voice": "en-us", "task": "qa", "text": QUESTIONS[0], "audio": str(clips["q0"])}
-    rows = [{**row, "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"},
-            {**row, "task": "transcribe", "text": written, "audio": str(clips["q1"]), "target": "x"},
-            {**row, "target": said}, {**row, "target": typed}, {**row, "target": "No."}]  # fmt: skip
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    other_rows = [{**rows[0], "audio": str(clips["q2"]), "text": QUESTIONS[2]}]  # "another engine": one more clip
-    other_manifest = tmp_path / "other.jsonl"
-    other_manifest.write_text(json.dumps(other_rows[0]) + "\n")
-    result = evaluate(bundle_f32, heldout, whisper_dir(), others=(other_manifest, heldout))
-    assert result["transcribe_clips"] == 2 and result["qa_clips"] == 3
-    other, again = result["other_engines"]  # the second "other engine" is the held-out set itself
-    assert (other["clips"], other["voices"], other["exact"]) == (1, ["en-us"], 0.0) and other["wer"] > 0.5
-    # Whisper tiny.en hears all three sets in one run: the other set's clip (its own sentence) word for word, and
-    # the held-out clips against their references (the second one the random bundle's words, so not all heard)
-    assert other["whisper_wer"] <= 0.15 and 0.0 < result["whisper_wer"] and "whisper_wer_plain" in result
-    assert (again["wer"], again["exact"], again["whisper_wer"]) == (result["wer"], 0.5, result["whisper_wer"])
-    assert result["wer"] > 0.0  # random weights do not transcribe (the second row's text is the bundle's own)
-    assert result["exact"] == 0.5  # ... so that row is word for word
-    assert said != typed  # a random model answers the spoken and the typed question differently
-    assert result["agreement"] == pytest.approx(1 / 3)  # only the first target is the bundle's spoken answer
-    assert result["decoder_typed_agreement"] == pytest.approx(1 / 3)  # ... only the second its typed one
-    report = markdown(result, "cmd")
-    assert "| spoken-question agreement (exact answer match) | 0.333 |" in report
-    assert "answering the question typed: agreement (the ceiling of the end-to-end agreement) | 0.333 |" in report
-    assert "| agreement >= 0.80 | 0.333 | **not met** |" in report and "| WER <= 0.08 |" in report
-    assert f"| WER <= Whisper tiny.en's | {result['wer']:.3f} vs {result['whisper_wer']:.3f} |" in report
-    assert f"(en-us): Whisper tiny.en alone | {other['whisper_wer']:.3f} |" in report
-    assert f"| transcription WER, plain (the default decoding) | {result['wer_plain']:.3f} |" in report
-    assert f"another engine's held-out voice (en-us): the default decoding | {other['wer']:.3f} |" in report
-    met = markdown({**result, "wer": 0.05, "whisper_wer": 0.06, "agreement": 0.9, "decoder_typed_agreement": None},
-                   "cmd")  # fmt: skip
-    assert "| n/a |" in met and "not met" not in met and "| WER <= Whisper tiny.en's | 0.050 vs 0.060 | met |" in met
-    assert cut_like_target("One. Two thr", True) == "One." and cut_like_target("One. Two thr", False) == "One. Two thr"
-
-
-def test_quality_report_of_a_model_with_a_ctc_head_compares_its_decodings(tmp_path, clips, ctc_bundle):
-    from falcon_audio_edge.train.quality import COMPARED_BEAM, evaluate, markdown
-
-    from falcon_audio_edge.settings import DEFAULT_BEAM_SIZE, DEFAULT_CTC_CANDIDATES, DEFAULT_PROPOSAL_PROB
-
-    row = {"voice": "en-us", "task": "transcribe", "text": QUESTIONS[1], "audio": str(clips["q1"]), "target": "x"}
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text(json.dumps(row) + "\n")
-    result = evaluate(ctc_bundle[1], heldout, None, max_tokens=8)
-    assert result["ctc_weight"] == 0.5 and result["beam_size"] == DEFAULT_BEAM_SIZE and not result["char_weight"]
-    assert all(result[k] > 0.5 for k in ("wer", "wer_beam", "wer_without_ctc"))  # random weights
-    assert "wer_token_head_only" not in result  # no character head: the default is the token head alone
-    report = markdown(result, "cmd")
-    proposals = DEFAULT_PROPOSAL_PROB or "off"
-    assert (f"CTC-guided, weight 0.5, beam {DEFAULT_BEAM_SIZE}, CTC proposals {proposals}, LLM candidates "
-            f"{DEFAULT_CTC_CANDIDATES}: the default) | {result['wer']:.3f} |") in report  # fmt: skip
-    assert result["exact"] == 0.0 and "| transcriptions word for word (the default decoding) | 0.000 |" in report
-    assert (
-        f"| transcription WER (bundle, CTC-guided, `--beam-size {COMPARED_BEAM}`) | {result['wer_beam']:.3f} |"
-        in report
-    )
-    assert f"| seconds per transcription, `--beam-size {COMPARED_BEAM}` |" in report
-    assert COMPARED_BEAM != DEFAULT_BEAM_SIZE
-
-
 def test_batches_group_similar_lengths():
     """Length buckets cut right padding; every example at most once per epoch; the same order on every run."""
     import random
@@ -738,52 +661,6 @@ def test_batches_group_similar_lengths():
     padded = sum(max(lengths[i] for i in b) * len(b) for b in epoch)
     assert padded / sum(lengths[i] for i in flat) < 1.1  # plain shuffling: about 1.5 here
     assert batches(lengths, cfg, 0) == epoch and batches(lengths, cfg, 1) != epoch
-
-
-def test_quality_command_bad_input(tmp_path, bundle_f32):
-    """Missing files, a folder that is not a bundle, a manifest that is not JSONL: one error line, exit 2."""
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text("not json\n")
-    good = tmp_path / "good.jsonl"
-    good.write_text(json.dumps({"audio": "a.wav", "task": "qa", "text": "Hi?", "target": "Hi."}) + "\n")
-    cases = [([str(bundle_f32), "--heldout", str(tmp_path / "none.jsonl")], "held-out manifest not found"),
-             ([str(bundle_f32), "--heldout", str(heldout), "--whisper", str(tmp_path)], "no model.bin"),
-             ([str(tmp_path), "--heldout", str(good)], f"error: {tmp_path} is not a bundle"),
-             ([str(bundle_f32), "--heldout", str(heldout)], f"{heldout} is not a JSONL manifest"),
-             ([str(bundle_f32), "--heldout", str(good), "--other-engine", str(tmp_path / "no.jsonl")],
-              "--other-engine manifest not found"),
-             ([str(bundle_f32), "--heldout", str(good), "--other-engine", str(heldout)],
-              f"{heldout} is not a JSONL manifest")]  # fmt: skip
-    for args, message in cases:
-        proc = subprocess.run([sys.executable, "-m", "falcon_audio_edge.train.quality", *args, "--out",
-                               str(tmp_path / "q.md")], capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-        assert not (tmp_path / "q.md").exists()
-
-
-def test_misheard_script_lists_the_clips_not_heard_word_for_word(tmp_path, clips, bundle_f32):
-    """scripts/misheard.py: the count heard word for word and each miss, by the quality report's transcription."""
-    from falcon_audio_edge.runtime.backend import open_bundle
-    from falcon_audio_edge.settings import GenerationSettings
-
-    with open_bundle(bundle_f32) as chat:  # what the random bundle writes: the one row it hears
-        written = chat.ask(clips["q1"], "Transcribe the audio.", GenerationSettings(max_tokens=64)).run().text
-    row = {"voice": "en-us", "rate": 170, "pitch": 50, "task": "transcribe", "audio": str(clips["q1"]), "target": "x"}
-    manifest = tmp_path / "dev.jsonl"
-    manifest.write_text("".join(json.dumps({**row, "text": t}) + "\n" for t in (QUESTIONS[1], written.upper())))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "misheard.py"
-    run = lambda *args: subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,  # noqa: E731
-                                       text=True, timeout=300)  # fmt: skip
-    proc = run(bundle_f32, manifest)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()  # the upper-cased copy of its own words counts as heard
-    assert lines[0] == "1 of 2 heard word for word"
-    assert lines[1:] == [f"  en-us r170 p50 | {QUESTIONS[1]!r} -> {written!r}"]
-    for args, message in (((bundle_f32, tmp_path / "none.jsonl"), "manifest not found"),
-                          ((bundle_f32, manifest, "--task", "qa"), "no qa rows with text"),
-                          ((tmp_path, manifest), "is not a bundle")):  # fmt: skip
-        proc = run(*args)
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_the_committed_configs_load_and_chain():

@@ -1,1 +1,1 @@
-"""Training: synthetic speech instruction data and the one-stage recipe (``fa-edge train config.yaml``)."""
+"""Training: the natural-voice data set and the one-stage recipe (``fa-edge train config.yaml``)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from falcon_audio_edge.files import staged_dir
 from falcon_audio_edge.settings import TRANSCRIBE_PROMPT
 
 ROLES = ("train", "dev", "heldout")
+FESTIVAL_WPM = 170  # festival's pace in words per minute at Duration_Stretch 1 (about a voice's own)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ VOICES = (
         "festival-slt-hts", "festival", "cmu_us_slt_arctic_hts", "arctic-slt", "free (festvox-us-slt-hts)", "train"
     ),  # fmt: skip
     NaturalVoice("festival-kal", "festival", "kal_diphone", "cmu-kal", "free (festvox-kallpc16k)", "train", 0.5),
-    NaturalVoice("festival-rab", "festival", "rab_diphone", "festival-rab", "free (festvox-rablpc16k)", "train", 0.5),
+    # festival's rab voice is free, but it pronounces through the festlex-oald lexicon, non-commercial only
     NaturalVoice("espeak-ng-us", "espeak-ng", "en-us", "espeak", "GPL-3.0 (espeak-ng)", "train", 0.5),
     NaturalVoice("rhvoice-alan", "rhvoice", "alan", "rhvoice", "LGPL-2.1 (Debian non-free rhvoice-english)", "dev"),
     NaturalVoice("rhvoice-bdl", "rhvoice", "bdl", "rhvoice", "LGPL-2.1 (Debian non-free rhvoice-english)", "dev"),
@@ -155,9 +157,7 @@ def engine_command(voice: NaturalVoice, text: str, rate: float, out: Path) -> tu
         return ["flite", "-voice", voice.voice, "--setf", f"duration_stretch={1 / rate:.3f}", "-t", text, "-o",
                 str(out)], None  # fmt: skip
     if voice.engine == "festival":
-        from falcon_audio_edge.train.festival import BASE_RATE, festival_command
-
-        return festival_command(text, voice.voice, round(BASE_RATE * rate), out), None
+        return festival_command(text, voice.voice, rate, out), None
     if voice.engine == "rhvoice":
         return ["RHVoice-test", "-p", voice.voice, "-r", str(round(100 * rate)), "-o", str(out)], text
     if voice.engine == "pico":  # no rate setting: rooms.change_speed varies it
@@ -165,6 +165,25 @@ def engine_command(voice: NaturalVoice, text: str, rate: float, out: Path) -> tu
     if voice.engine == "espeak-ng":
         return ["espeak-ng", "-v", voice.voice, "-s", str(round(170 * rate)), "-w", str(out), "--", text], None
     raise ConfigError(f"voice {voice.name}: unknown engine {voice.engine!r}")
+
+
+def scheme_string(text: str) -> str:
+    """``text`` as a Scheme string literal (backslash and double quote escaped)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def festival_command(text: str, voice: str, rate: float, out: Path) -> list[str]:
+    """festival writing ``text`` in ``voice`` at ``rate`` (1.0: its own pace) to the WAV ``out``. The voice must be
+    a plain name (it becomes Scheme code) and the text hold a letter or digit (festival crashes on empty text)."""
+    if not re.fullmatch(r"[a-z0-9_]+", voice):
+        raise ConfigError(f"festival voice {voice!r} is not a voice name")
+    if not re.search(r"[A-Za-z0-9]", text):
+        raise ConfigError(f"festival cannot speak {text!r}: no letter or digit (it crashes on empty text)")
+    stretch = FESTIVAL_WPM / round(FESTIVAL_WPM * rate)  # the rate in whole words per minute
+    utterance = f"(utt.synth (Utterance Text {scheme_string(text)}))"
+    script = (f"(begin (voice_{voice}) (Parameter.set 'Duration_Stretch {stretch:.3f}) "
+              f"(utt.save.wave {utterance} {scheme_string(str(out))} 'riff))")  # fmt: skip
+    return ["festival", "--batch", script]
 
 
 def usable_voices(role: str, speakers: Speakers, say: Callable[[str], None]) -> list[NaturalVoice]:

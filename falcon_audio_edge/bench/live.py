@@ -4,7 +4,8 @@
 microphone) into the assistant's endpointer (Silero VAD, ``apps.endpoint``); the turn runs the way
 ``fa-edge assistant`` runs it: the turn's opening text goes into the decoder when speech starts, listen-first
 where the bundle has an answer model (its settled pieces transcribed while the question is still being spoken,
-``runtime/listen.py``), the answer streamed once the endpointer reports the end of the utterance.
+``runtime/listen.py``; the rest from the moment a pause begins), the answer streamed once the endpointer
+reports the end of the utterance.
 The gap is measured from the moment the last speech sample reached the microphone to the first answer token,
 the wait for silence included. Beside it, in the same run, the whole-clip path (``fa-edge ask``: the clip in
 hand -> first token) on the same clip.
@@ -61,7 +62,7 @@ def first_token_s(turn) -> float:
 
 def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tuple[float, float]:
     """Play ``samples`` (speech, then silence) at real time; (gap, endpoint wait) in seconds."""
-    from falcon_audio_edge.apps.endpoint import SpeechStarted, Utterance
+    from falcon_audio_edge.apps.endpoint import Pause, Resumed, SpeechStarted, Utterance
 
     end = speech_end(samples)
     samples = np.concatenate([samples[:end], np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)])
@@ -78,6 +79,11 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
                     if hearing is not None:  # a start of speech the endpointer let go
                         hearing.close()
                     hearing = chat.start_hearing(gen, endpointer.settings.end_silence_ms / 1000)
+                elif isinstance(event, Pause) and hearing is not None:  # the utterance so far, then the guess
+                    hearing.add(endpointer.new_speech())
+                    hearing.speculate(event.samples)
+                elif isinstance(event, Resumed) and hearing is not None:
+                    hearing.unspeculate()
                 elif isinstance(event, Utterance):
                     if i + BLOCK < end:
                         raise FaEdgeError(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "
@@ -136,10 +142,10 @@ def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: 
     settings = BenchSettings(seconds, repeats, 0, tokens, threads)  # validates them
     read_bundle(bundles[0], verify=True)
     turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, progress)
-    return markdown(turns, command, machine(), EndpointSettings().end_silence_ms), [asdict(t) for t in turns]
+    return markdown(turns, command, machine(), EndpointSettings()), [asdict(t) for t in turns]
 
 
-def markdown(turns: list[LiveTurn], command: str, machine: dict, end_silence_ms: int) -> str:
+def markdown(turns: list[LiveTurn], command: str, machine: dict, endpoint) -> str:
     by_len: dict[float, list[LiveTurn]] = {}
     for t in turns:
         by_len.setdefault(t.clip_s, []).append(t)
@@ -147,8 +153,9 @@ def markdown(turns: list[LiveTurn], command: str, machine: dict, end_silence_ms:
         "# Response gap", "",
         f"Produced by `{command}` on {dt.date.today().isoformat()} (rerun it to refresh). "
         f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores. {machine.get('extra_bufts', '')}.",
-        f"Endpoint: {end_silence_ms} ms of silence ends a question. Medians of {len(next(iter(by_len.values())))} "
-        "turns per length (after one warm-up).", "",
+        f"Endpoint: {endpoint.end_silence_ms} ms of silence ends a question; the rest of it is heard from "
+        f"{endpoint.speculate_ms} ms of silence on. Medians of {len(next(iter(by_len.values())))} turns per length "
+        "(after one warm-up).", "",
         "| question s | speech s | gap: end of speech → first token s | of it waiting for silence s | "
         "whole clip in hand → first token s |",
         "|---|---|---|---|---|",

@@ -1,13 +1,15 @@
 """Listen-first turns: the listening model transcribes the audio, then the answer model answers the transcript.
 
-Audio longer than ``audio.SEGMENT_SECONDS`` is heard in pieces cut at pauses (``audio.pause_segments``), each
-transcribed on its own as a fresh turn of the listening model: about a sentence each, which is what the model
-was trained on, and a transcription's cost stays in proportion to the audio (a guided search over one long clip
-grows with the square of its length).
+An utterance is heard in phrases cut at its pauses (``audio.pause_segments``: the first pause at least
+``audio.PHRASE_SECONDS`` into a piece, and no piece over ``audio.SEGMENT_SECONDS``), each transcribed on its own as
+a fresh turn of the listening model: about a sentence or less each, which is what the model was trained on. A
+transcription's cost stays in proportion to the audio (a guided search over one long clip grows with the square
+of its length), and during speech each phrase is heard as soon as it is over, so little is left at the end.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -18,13 +20,12 @@ import numpy as np
 
 from falcon_audio_edge.audio import (
     MIN_SAMPLES,
-    MIN_TAIL_SECONDS,
     SAMPLE_RATE,
-    SEGMENT_SECONDS,
     SILENCE_PEAK,
     Audio,
     load_audio,
     pause_segments,
+    piece_end,
     validate_samples,
 )
 from falcon_audio_edge.errors import FaEdgeError
@@ -49,6 +50,7 @@ class Heard:
     mel_ms: float = 0.0  # every piece's, those heard early too (listen_ms counts only the wait at the end)
     encoder_ms: float = 0.0
     early_pieces: int = 0  # of them, cut while the utterance was still arriving (heard on the worker)
+    speculated: bool = False  # the rest was heard from where a pause began, before the end was confirmed
 
 
 def samples_of(audio: Audio | np.ndarray | str | Path) -> np.ndarray:
@@ -60,12 +62,35 @@ def samples_of(audio: Audio | np.ndarray | str | Path) -> np.ndarray:
     return validate_samples(audio)
 
 
+@dataclass
+class _Part:
+    """One piece heard."""
+
+    text: str
+    audio_tokens: int
+    windows: int
+    mel_ms: float
+    encoder_ms: float
+
+
+@dataclass
+class _Guess:
+    """A speculation: the rest of the utterance from ``offset`` if it ends where a pause began, being heard."""
+
+    offset: int
+    rest: np.ndarray
+    future: Future
+    stop: threading.Event
+
+
 class Hearing:
     """Hears one utterance, from a file or as it arrives from a microphone (``add``): a piece is transcribed as
     soon as no later audio can move its end, so at the end of speech only the rest is left (``finish``). The
     pieces are those ``pause_segments`` cuts the whole utterance into, so the transcript is the same either way.
     The pieces cut during speech are transcribed on a worker thread, in order, so ``add`` returns at once and the
     audio loop that calls it keeps time (llama.cpp and onnxruntime release the GIL while they work).
+    ``speculate`` starts on the rest when a pause begins, before the end of the utterance is confirmed:
+    ``finish`` uses that work where the utterance ended there, and ``unspeculate`` (speech again) drops it.
     ``slack_s``: how much of the audio added last the final utterance may still leave out (an endpointer's
     trimmed end silence). A hearing that is dropped before ``finish`` must be ``close``d: its worker uses the
     model."""
@@ -79,76 +104,133 @@ class Hearing:
         self.texts: list[str] = []
         self._worker: ThreadPoolExecutor | None = None
         self._queued: list[Future] = []
+        self._guess: _Guess | None = None
 
     def add(self, samples: np.ndarray) -> None:
-        """More of the utterance; every piece that is settled is queued for the worker."""
+        """More of the utterance; every piece that is settled is queued for the worker (none while a
+        speculation covers the rest)."""
         self.pending = np.concatenate([self.pending, np.asarray(samples, dtype=np.float32).reshape(-1)])
-        settled = int((SEGMENT_SECONDS + MIN_TAIL_SECONDS) * SAMPLE_RATE) + self.slack
-        while len(self.pending) >= settled:
-            _, end = pause_segments(self.pending)[0]
-            self._queue(self.pending[:end])
-            self.pending, self.offset = self.pending[end:], self.offset + end
+        while self._guess is None and (end := piece_end(self.pending, False, self.slack)) is not None:
+            self._settle(end)
+
+    def _settle(self, end: int) -> None:
+        """The next ``end`` samples are a piece whatever comes: queued for the worker."""
+        self._queued.append(self._submit(self._hear, self.pending[:end]))
+        self.pending, self.offset = self.pending[end:], self.offset + end
+
+    def speculate(self, utterance: np.ndarray) -> None:
+        """A pause began: hear the rest of ``utterance`` (the whole of it, as it ends if the pause lasts, all of it
+        ``add``ed already) on the worker now, after the pieces queued before it. Its pieces that the utterance
+        ends with whatever follows (it only grows) are queued as settled; the rest is the speculation."""
+        self.unspeculate()
+        if len(utterance) < self.offset or len(utterance) > self.offset + len(self.pending):
+            return  # not this hearing's utterance, or not all of it added: heard at the end as usual
+        while (end := piece_end(utterance[self.offset :], False)) is not None:
+            self._settle(end)
+        rest, stop = np.array(utterance[self.offset :], dtype=np.float32), threading.Event()
+        self._guess = _Guess(self.offset, rest, self._submit(self._hear_rest, rest, stop), stop)
+
+    def unspeculate(self) -> None:
+        """Speech again: the speculation is dropped (it stops at its next piece) and hearing goes on as before."""
+        guess, self._guess = self._guess, None
+        if guess is not None:
+            guess.stop.set()
+            self.add(np.zeros(0, dtype=np.float32))  # the pieces settled meanwhile
 
     def finish(self, audio: Audio | np.ndarray | str | Path) -> Heard:
-        """The whole utterance (it starts with what ``add`` was given): hears the rest; the transcript. Where a
-        piece failed while the utterance arrived, the whole utterance is heard afresh (an error that persists
-        shows there)."""
+        """The whole utterance (it starts with what ``add`` was given): hears the rest, or takes the
+        speculation's where the utterance is the one it guessed; the transcript. Where a piece failed while the
+        utterance arrived, the whole utterance is heard afresh (an error that persists shows there)."""
         try:
             samples = samples_of(audio)
+            guessed = self._guessed(samples)
         except BaseException:
             self.close()
             raise
-        if not self._wait():
-            self.texts, self.offset, self.heard = [], 0, Heard()
-        if len(samples) < self.offset:
+        if guessed is None and len(samples) < self.offset:
             raise FaEdgeError(f"the utterance ({len(samples)} samples) is shorter than what was heard ({self.offset})")
-        rest = samples[self.offset :]
-        for start, end in pause_segments(rest) if len(rest) else []:
-            self._piece(rest[start:end])
+        for part in guessed if guessed is not None else map(self._hear, self._rest(samples)):
+            self._take(part)
+        self.heard.speculated = guessed is not None
         self.heard.transcript = " ".join(self.texts)
         self.heard.audio_seconds = len(samples) / SAMPLE_RATE
         return self.heard
 
     def close(self) -> None:
         """Stop hearing: queued pieces are dropped and the one being transcribed ends; the model is free after."""
-        worker, self._worker, self._queued = self._worker, None, []
+        if self._guess is not None:
+            self._guess.stop.set()
+        worker, self._worker, self._queued, self._guess = self._worker, None, [], None
         if worker is not None:
             worker.shutdown(wait=True, cancel_futures=True)
 
-    def _queue(self, piece: np.ndarray) -> None:
+    def _submit(self, fn, *args) -> Future:
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fa-edge-hearing")
-        self._queued.append(self._worker.submit(self._piece, piece))
+        return self._worker.submit(fn, *args)
 
-    def _wait(self) -> bool:
-        """Every piece queued during speech heard, the worker stopped; False where one of them failed."""
+    def _guessed(self, samples: np.ndarray) -> list[_Part | None] | None:
+        """Every piece queued during speech taken, the worker stopped; the speculation's parts where it guessed
+        ``samples`` (else None: the rest is heard now)."""
+        guess, parts = self._guess, None
         try:
-            for future in self._queued:
-                self.heard.early_pieces += future.result()
-        except FaEdgeError:
-            return False
+            if self._take_early() and guess is not None and len(samples) >= guess.offset == self.offset:
+                if np.array_equal(samples[guess.offset :], guess.rest):
+                    try:
+                        parts = guess.future.result()
+                    except FaEdgeError:  # heard afresh: an error that persists shows there
+                        parts = None
         finally:
             self.close()
+        return parts
+
+    def _take_early(self) -> bool:
+        """The pieces heard during speech, in order; False where one failed (then all is heard afresh)."""
+        try:
+            for future in self._queued:
+                part = future.result()
+                self._take(part)
+                self.heard.early_pieces += part is not None
+        except FaEdgeError:
+            self.texts, self.offset, self.heard = [], 0, Heard()
+            return False
         return True
 
-    def _piece(self, piece: np.ndarray) -> bool:
-        """Transcribe one piece (False: skipped, too short or too quiet to hold speech)."""
+    def _rest(self, samples: np.ndarray) -> list[np.ndarray]:
+        rest = samples[self.offset :]
+        return [rest[start:end] for start, end in pause_segments(rest)] if len(rest) else []
+
+    def _hear_rest(self, rest: np.ndarray, stop: threading.Event) -> list[_Part | None] | None:
+        parts = []
+        for start, end in pause_segments(rest) if len(rest) else []:
+            if stop.is_set():
+                return None
+            parts.append(self._hear(rest[start:end]))
+        return parts
+
+    def _hear(self, piece: np.ndarray) -> _Part | None:
+        """Transcribe one piece (None: skipped, too short or too quiet to hold speech)."""
         if len(piece) < MIN_SAMPLES or float(np.max(np.abs(piece))) < SILENCE_PEAK:
-            return False
+            return None
         self.chat.reset_listening()
         cap = int(MAX_TOKENS_PER_SECOND * len(piece) / SAMPLE_RATE) + TOKENS_SLACK
         result = self.chat.ask(
             piece, TRANSCRIBE_PROMPT, replace(self.listen, max_tokens=min(self.listen.max_tokens, cap))
         ).run()
-        if result.text.strip():
-            self.texts.append(result.text.strip())
+        t = result.timings
+        return _Part(result.text.strip(), result.audio_tokens, result.windows, t.mel_ms, t.encoder_ms)
+
+    def _take(self, part: _Part | None) -> None:
+        if part is None:
+            return
+        if part.text:
+            self.texts.append(part.text)
         heard = self.heard
         heard.pieces += 1
-        heard.audio_tokens += result.audio_tokens
-        heard.windows += result.windows
-        heard.mel_ms += result.timings.mel_ms
-        heard.encoder_ms += result.timings.encoder_ms
-        return True
+        heard.audio_tokens += part.audio_tokens
+        heard.windows += part.windows
+        heard.mel_ms += part.mel_ms
+        heard.encoder_ms += part.encoder_ms
 
 
 def listen_first_turn(
