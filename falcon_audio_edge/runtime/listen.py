@@ -149,7 +149,7 @@ class Hearing:
             raise
         if guessed is None and len(samples) < self.offset:
             raise FaEdgeError(f"the utterance ({len(samples)} samples) is shorter than what was heard ({self.offset})")
-        for part in guessed if guessed is not None else map(self._hear, self._rest(samples)):
+        for part in guessed if guessed is not None else self._hear_rest(samples[self.offset :]):
             self._take(part)
         self.heard.speculated = guessed is not None
         self.heard.transcript = " ".join(self.texts)
@@ -174,7 +174,7 @@ class Hearing:
         ``samples`` (else None: the rest is heard now)."""
         guess, parts = self._guess, None
         try:
-            if self._take_early() and guess is not None and len(samples) >= guess.offset == self.offset:
+            if self._take_early() and guess is not None and len(samples) >= guess.offset:
                 if np.array_equal(samples[guess.offset :], guess.rest):
                     try:
                         parts = guess.future.result()
@@ -196,14 +196,11 @@ class Hearing:
             return False
         return True
 
-    def _rest(self, samples: np.ndarray) -> list[np.ndarray]:
-        rest = samples[self.offset :]
-        return [rest[start:end] for start, end in pause_segments(rest)] if len(rest) else []
-
-    def _hear_rest(self, rest: np.ndarray, stop: threading.Event) -> list[_Part | None] | None:
+    def _hear_rest(self, rest: np.ndarray, stop: threading.Event | None = None) -> list[_Part | None] | None:
+        """Each piece of the rest of the utterance heard (None: ``stop`` was set before one of them)."""
         parts = []
         for start, end in pause_segments(rest) if len(rest) else []:
-            if stop.is_set():
+            if stop is not None and stop.is_set():
                 return None
             parts.append(self._hear(rest[start:end]))
         return parts
