@@ -87,7 +87,8 @@ class Assistant:
             self.chat.prepare_listen_first()  # the first question then waits for neither
         self.endpointer = Endpointer(settings.endpoint)
         self.speaker = Speaker(settings.speak, rate=settings.speech_rate, warn=self.screen.line)
-        self.gen = GenerationSettings(max_tokens=settings.max_tokens, temperature=settings.temperature)
+        self.gen = GenerationSettings(max_tokens=settings.max_tokens, temperature=settings.temperature,
+                                      **self.chat.decoding.search())  # the bundle's own search  # fmt: skip
         self.recording: list[np.ndarray] | None = None  # push-to-talk buffer
         self.recorded = 0  # samples in it
         self.hearing = None  # a listen-first turn's transcription, heard while the user speaks (runtime/listen.py)

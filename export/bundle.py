@@ -13,6 +13,7 @@ import datetime as _dt
 import shutil
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from falcon_audio_edge.export.gguf_adapter import add_base_and_adapter
 from falcon_audio_edge.export.gguf_decoder import DECODER_TYPES, gguf_tokens, write_gguf
@@ -31,6 +32,7 @@ from falcon_audio_edge.runtime.bundle import (
     write_manifest,
 )
 from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE, copy_char_head
+from falcon_audio_edge.settings import DecodingSettings
 
 
 def versions() -> dict[str, str]:
@@ -64,15 +66,18 @@ def export_bundle(
     verify: bool = True,
     f16_embeddings: bool | None = None,
     answer_llm: str | Path | None = None,
+    decoding: dict[str, Any] | None = None,
 ) -> Path:
     """``answer_llm``: a GGUF of the text LLM the model was built from (listen-first turns: it answers what the
     model heard); its vocabulary must be the model's, token for token. Where the checkpoint keeps the LoRA
     adapters it was trained with, that GGUF is the bundle's one decoder, as it is, and the adapters go beside it
     (adapter.gguf; ``decoder_type`` does not apply); otherwise it is copied in as answer.gguf beside the model's
-    own decoder of ``decoder_type`` (default f16)."""
+    own decoder of ``decoder_type`` (default f16). ``decoding``: the bundle's own transcription search settings
+    (``settings.DecodingSettings``), written into its manifest."""
     from falcon_audio_edge.quantize.bundle import f16_embeddings_for
 
     check_types(decoder_type or "f16", encoder_type)
+    DecodingSettings().updated(decoding or {}, "decoding")
     if answer_llm is not None and not Path(answer_llm).is_file():
         raise ExportError(f"answer LLM not found: {answer_llm}")
     inputs = (Path(checkpoint), *([Path(answer_llm)] if answer_llm is not None else []))
@@ -105,6 +110,7 @@ def export_bundle(
             "encoder": {"dtype": encoder_type, "input": "mel", "output": "audio_embeds"},
             "decoder": decoder,
             "source": {"checkpoint": str(Path(checkpoint).resolve())},
+            **({"decoding": decoding} if decoding else {}),
             "versions": vers,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }

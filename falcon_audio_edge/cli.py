@@ -17,24 +17,18 @@ import typer
 from falcon_audio_edge import cli_data
 from falcon_audio_edge.audio import SEGMENT_SECONDS
 from falcon_audio_edge.cli_turn import (
-    BEAM_HELP,
-    CANDIDATES_HELP,
-    CHAR_HELP,
-    CTC_HELP,
+    DECODING_HELP,
     LISTEN_HELP,
-    PROPOSALS_HELP,
     checked_prompt,
     listens_first,
     open_chat,
+    read_decoding,
     say_heard,
     turn_settings,
 )
 from falcon_audio_edge.console import printable
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.settings import (
-    DEFAULT_BEAM_SIZE,
-    DEFAULT_CTC_CANDIDATES,
-    DEFAULT_PROPOSAL_PROB,
     TRANSCRIBE_PROMPT,
     GenerationSettings,
     RuntimeSettings,
@@ -85,11 +79,18 @@ def export(
             "checkpoint that keeps its LoRA adapters, the bundle's one decoder (adapters in adapter.gguf)"
         ),
     ] = None,
+    decoding: Annotated[
+        Path | None,
+        typer.Option(
+            help="the bundle's own transcription search settings (as ask --decoding)", metavar="FILE.json"
+        ),  # fmt: skip
+    ] = None,
 ) -> None:
     """Export a checkpoint to a bundle: encoder.onnx + decoder.gguf + manifest.json."""
     from falcon_audio_edge.export.bundle import export_bundle
 
-    path = export_bundle(checkpoint, out, decoder_type, encoder_type, force=force, verify=verify, answer_llm=answer_llm)
+    path = export_bundle(checkpoint, out, decoder_type, encoder_type, force=force, verify=verify, answer_llm=answer_llm,
+                         decoding=read_decoding(decoding))  # fmt: skip
     typer.echo(f"wrote bundle {path}")
 
 
@@ -144,14 +145,10 @@ def demo(
     prompt: Annotated[str | None, typer.Option(help='e.g. "Transcribe the audio."; none: answer the speech')] = None,
     max_tokens: int = 128,
     transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
-    ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
-    char_weight: Annotated[float | None, typer.Option(help=CHAR_HELP)] = None,
-    beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
-    ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
-    ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
     listen_first: Annotated[bool | None, typer.Option("--listen-first/--no-listen-first", help=LISTEN_HELP)] = None,
     rebuild: Annotated[bool, typer.Option(help="rebuild the checkpoint and bundle")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    decoding: Annotated[Path | None, typer.Option(help=DECODING_HELP, metavar="FILE.json")] = None,
 ) -> None:
     """The shipped tiny model (Whisper tiny.en + SmolLM2-135M + trained connector) answering a spoken question."""
     from falcon_audio_edge import demo as d
@@ -161,15 +158,13 @@ def demo(
     wav = audio or d.DEMO_QUESTION
     load_audio(wav)  # a bad --audio or setting is an error before minutes of building, not after
     prompt = checked_prompt(prompt, transcribe, listen_first)
-    generation = GenerationSettings(max_tokens=max_tokens, ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
-                                    beam_size=beam_size,
-                                    ctc_proposal_prob=ctc_proposals, ctc_candidates=ctc_candidates)  # fmt: skip
+    generation, search = GenerationSettings(max_tokens=max_tokens), read_decoding(decoding)
     if not as_json:
         typer.echo(f"demo model under {d.home() / 'demo'} (built on the first run, then reused)", err=True)
     paths = d.prepare(rebuild)
     with open_bundle(paths.bundle) as chat:
         listen_first = listens_first(listen_first, prompt, chat)
-        generation, listening = turn_settings(generation, prompt, chat, ctc_weight, char_weight, listen_first)
+        generation, listening = turn_settings(generation, prompt, chat, search, listen_first)
         turn = chat.ask(wav, prompt, generation, listen_first=listen_first, listening=listening)
         for piece in turn:
             if not as_json:
@@ -303,34 +298,28 @@ def ask(
     prompt: Annotated[
         str | None, typer.Option(help="text instruction; without it the model answers the speech")
     ] = None,
+    transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
+    listen_first: Annotated[bool | None, typer.Option("--listen-first/--no-listen-first", help=LISTEN_HELP)] = None,
     max_tokens: int = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     temperature: float = 0.0,
     top_k: int = 40,
     top_p: float = 0.95,
     seed: int | None = None,
-    transcribe: Annotated[bool, typer.Option(help=f'same as --prompt "{TRANSCRIBE_PROMPT}"')] = False,
-    ctc_weight: Annotated[float | None, typer.Option(help=CTC_HELP)] = None,
-    char_weight: Annotated[float | None, typer.Option(help=CHAR_HELP)] = None,
-    beam_size: Annotated[int, typer.Option(help=BEAM_HELP)] = DEFAULT_BEAM_SIZE,
-    ctc_proposals: Annotated[float, typer.Option(help=PROPOSALS_HELP)] = DEFAULT_PROPOSAL_PROB,
-    ctc_candidates: Annotated[int, typer.Option(help=CANDIDATES_HELP)] = DEFAULT_CTC_CANDIDATES,
-    listen_first: Annotated[bool | None, typer.Option("--listen-first/--no-listen-first", help=LISTEN_HELP)] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
-    force_threads: Annotated[bool, typer.Option(help="allow more threads than the usable cores")] = False,
     n_ctx: Annotated[int | None, typer.Option(help="context size (default: 4096 or the model's, if smaller)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
+    force_threads: Annotated[bool, typer.Option(help="allow more threads than the usable cores")] = False,
+    decoding: Annotated[Path | None, typer.Option(help=DECODING_HELP, metavar="FILE.json")] = None,
 ) -> None:
     """Answer a spoken question, streaming tokens to the terminal."""
     prompt = checked_prompt(prompt, transcribe, listen_first)
-    generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    ctc_weight=ctc_weight or 0.0, char_weight=char_weight or 0.0,
-                                    beam_size=beam_size,
-                                    ctc_proposal_prob=ctc_proposals, ctc_candidates=ctc_candidates)  # fmt: skip
+    generation = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    search = read_decoding(decoding)
     runtime = RuntimeSettings(threads=threads, n_ctx=n_ctx, force_threads=force_threads)
     chat, backend = open_chat(model, runtime)
     with chat:
         listen_first = listens_first(listen_first, prompt, chat)
-        generation, listening = turn_settings(generation, prompt, chat, ctc_weight, char_weight, listen_first)
+        generation, listening = turn_settings(generation, prompt, chat, search, listen_first)
         turn = chat.ask(audio, prompt, generation, listen_first=listen_first, listening=listening)
         for piece in turn:
             if not as_json:

@@ -3,49 +3,54 @@ the model is open (which heads it has decides the defaults)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from falcon_audio_edge.errors import ConfigError, FaEdgeError
-from falcon_audio_edge.settings import (
-    DEFAULT_CHAR_WEIGHT,
-    DEFAULT_CTC_WEIGHT,
-    DEFAULT_CTC_WEIGHT_WITH_CHARS,
-    MAX_BEAM_SIZE,
-    TRANSCRIBE_PROMPT,
-    GenerationSettings,
-    RuntimeSettings,
-)
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, DecodingSettings, GenerationSettings, RuntimeSettings
 
 LISTEN_HELP = (
-    "transcribe first (CTC-guided where the model has CTC heads; --ctc-weight and --char-weight set their weights, "
-    "0 turns one off), then the bundle's answer model (answer.gguf) answers the transcript (default: on where the "
-    "bundle has an answer model and no --prompt or --transcribe is given)"
+    "transcribe first (CTC-guided where the model has CTC heads), then the bundle's answer model answers the "
+    "transcript (default: on where the bundle has an answer model and no --prompt or --transcribe is given)"
 )
-CTC_HELP = (f"weight of the model's CTC head in greedy decoding, 0 to <1 (default: {DEFAULT_CTC_WEIGHT} for "
-            f"transcription by a model with a CTC head, {DEFAULT_CTC_WEIGHT_WITH_CHARS} beside a character head, "
-            "else 0; 0 when only --char-weight is given)")  # fmt: skip
-CHAR_HELP = (f"weight of the model's character CTC head in greedy decoding; with --ctc-weight below 1 (default: "
-             f"{DEFAULT_CHAR_WEIGHT} for transcription by a model with one, else 0; 0 when only --ctc-weight is "
-             "given)")  # fmt: skip
-BEAM_HELP = f"hypotheses CTC-guided decoding keeps, 1 to {MAX_BEAM_SIZE} (1: greedy)"
-CANDIDATES_HELP = "how many of the LLM's likeliest tokens each CTC-guided step rescores (1 to 256)"
-PROPOSALS_HELP = ("CTC-guided decoding also scores the tokens the CTC head gives at least this probability at some "
-                  "frame, besides the LLM's likeliest (0: off)")  # fmt: skip
+DECODING_HELP = ("a JSON object of expert settings for the transcription's search, over the bundle's own: "
+                 f"{', '.join(f.name for f in fields(DecodingSettings))} (docs/architecture.md#decoding)")  # fmt: skip
+WEIGHTS = ("ctc_weight", "char_weight")
+
+
+def read_decoding(path: Path | None) -> dict[str, Any]:
+    """``--decoding FILE.json``: its settings, checked on their own before any model is loaded."""
+    if path is None:
+        return {}
+    where = f"--decoding {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: not a JSON file ({exc})") from exc
+    DecodingSettings().updated(data, where)
+    return data
 
 
 def turn_settings(
-    generation: GenerationSettings, prompt: str | None, chat: Any, ctc: float | None, chars: float | None,
-    listen_first: bool,
+    generation: GenerationSettings, prompt: str | None, chat: Any, decoding: dict[str, Any], listen_first: bool,
 ) -> tuple[GenerationSettings, GenerationSettings | None]:  # fmt: skip
-    """The turn's settings with its CTC heads' weights (None: not asked), and a listen-first turn's
-    transcription settings (else None). The weights rescore greedy decoding only (explicit ones were checked
-    when ``generation`` was built)."""
-    listening = chat.listening_for(generation, ctc, chars) if listen_first else None
+    """The turn's settings with the search of ``decoding`` (``--decoding``) over the bundle's own
+    (``chat.decoding``), and a listen-first turn's transcription settings (else None). The CTC heads' weights
+    guide a transcription (the bundle's, else the model's defaults); another greedy turn only where
+    ``decoding`` names them."""
+    merged = chat.decoding.updated(decoding, "--decoding")
+    generation = replace(generation, **merged.search())
+    listening = chat.listening_for(generation, merged.ctc_weight, merged.char_weight) if listen_first else None
     if not generation.greedy:
         return generation, listening
+    named = prompt == TRANSCRIBE_PROMPT or any(k in decoding for k in WEIGHTS)
+    ctc, chars = (merged.ctc_weight, merged.char_weight) if named else (None, None)
     return chat.with_weights(generation, prompt, ctc, chars), listening
 
 

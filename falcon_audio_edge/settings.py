@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from falcon_audio_edge.errors import ConfigError
 
@@ -109,6 +110,41 @@ class GenerationSettings:
     def guide_weight(self) -> float:
         """The CTC heads' weight together (token + character; 0: no guidance), against the LLM's 1 - it."""
         return self.ctc_weight + self.char_weight
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How a transcription is searched, for experts: a bundle's own (its manifest's ``decoding`` object) under
+    the ones a user gives (``--decoding FILE.json``), each a JSON object of some of these keys. The weights
+    rescore greedy decoding with the model's CTC heads (None: the model's defaults, ``guidance_for``); the rest
+    shape the beam search (``GenerationSettings``)."""
+
+    ctc_weight: float | None = None
+    char_weight: float | None = None
+    beam_size: int = DEFAULT_BEAM_SIZE
+    ctc_proposal_prob: float = DEFAULT_PROPOSAL_PROB
+    ctc_candidates: int = DEFAULT_CTC_CANDIDATES
+
+    def __post_init__(self) -> None:
+        GenerationSettings(ctc_weight=self.ctc_weight or 0.0, char_weight=self.char_weight or 0.0, **self.search())
+
+    def search(self) -> dict[str, Any]:
+        """The beam search's settings, as ``GenerationSettings`` keywords."""
+        return {"beam_size": self.beam_size, "ctc_proposal_prob": self.ctc_proposal_prob,
+                "ctc_candidates": self.ctc_candidates}  # fmt: skip
+
+    def updated(self, data: Any, where: str) -> DecodingSettings:
+        """These settings with those of ``data`` (a JSON object read from ``where``) over them."""
+        keys = [f.name for f in fields(self)]
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: decoding settings must be a JSON object of {keys}, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(keys))
+        if unknown:
+            raise ConfigError(f"{where}: unknown decoding settings {unknown}; known: {keys}")
+        try:
+            return replace(self, **data)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
 
 
 DEFAULT_N_CTX = 4096  # the context when none is asked for (or the model's trained context, if smaller)

@@ -91,6 +91,7 @@ def quantize_bundle(
             if decoder is None
             else {**manifest["decoder"], "type": decoder, "f16_embeddings": f16_embeddings},  # fmt: skip
             "source": {**manifest.get("source", {}), "bundle": str(src.resolve())},
+            **({"decoding": manifest["decoding"]} if "decoding" in manifest else {}),  # the source's own search
             "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }

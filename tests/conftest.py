@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -36,6 +37,13 @@ def fa_edge(*args: str, check: bool = True, timeout: int = 300) -> subprocess.Co
     if check and proc.returncode != 0:
         raise AssertionError(f"fa-edge {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def decoding_file(folder: Path, **settings) -> Path:
+    """A ``--decoding`` file holding ``settings``."""
+    path = folder / f"decoding-{len(list(folder.glob('decoding-*.json')))}.json"
+    path.write_text(json.dumps(settings))
+    return path
 
 
 def speak(text: str, path: Path, voice: str = "en-us", rate: int = 160) -> Path:

@@ -13,7 +13,7 @@ from falcon_audio_edge.errors import ConfigError
 from falcon_audio_edge.runtime.beam import beam_search
 from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, log_softmax
 from falcon_audio_edge.settings import MAX_BEAM_SIZE, TRANSCRIBE_PROMPT, GenerationSettings
-from tests.conftest import fa_edge
+from tests.conftest import decoding_file, fa_edge
 from tests.test_ctc import random_log_probs
 
 END = 0  # the toy vocabulary: 0 ends the turn, 1 and 2 are words
@@ -137,14 +137,14 @@ def test_beam_size_is_validated(size):
         GenerationSettings(beam_size=size)
 
 
-def test_cli_beam_size(ctc_bundle, clips):
+def test_cli_beam_size(ctc_bundle, clips, tmp_path):
     from falcon_audio_edge.runtime.backend import open_bundle
 
     bundle, wav = str(ctc_bundle[1]), str(clips["q0"])
     got = {}
     for width in (1, 4):
-        out = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "8", "--beam-size", str(width),
-                      "--json").stdout  # fmt: skip
+        out = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "8", "--decoding",
+                      decoding_file(tmp_path, beam_size=width), "--json").stdout  # fmt: skip
         got[width] = json.loads(out)["tokens"]
     want = {}
     with open_bundle(bundle) as chat:
@@ -153,18 +153,19 @@ def test_cli_beam_size(ctc_bundle, clips):
             gen = GenerationSettings(max_tokens=8, ctc_weight=0.5, beam_size=width)
             want[width] = chat.ask(wav, TRANSCRIBE_PROMPT, gen).run().tokens
     assert got == want and got[1] != got[4]  # the flag reaches the search (which finds another transcript here)
-    bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--beam-size", "0", check=False)
+    bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--decoding", decoding_file(tmp_path, beam_size=0),
+                  check=False)  # fmt: skip
     assert bad.returncode == 2 and "beam_size must be an integer from 1 to" in bad.stderr
 
 
-def test_cli_ctc_proposals(ctc_bundle, clips):
+def test_cli_ctc_proposals(ctc_bundle, clips, tmp_path):
     from falcon_audio_edge.runtime.backend import open_bundle
 
     bundle, wav = str(ctc_bundle[1]), str(clips["q1"])
     got, want = {}, {}
     for prob in (0.0, 0.01):
-        out = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "8", "--ctc-proposals", str(prob),
-                      "--json").stdout  # fmt: skip
+        out = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "8", "--decoding",
+                      decoding_file(tmp_path, ctc_proposal_prob=prob), "--json").stdout  # fmt: skip
         got[prob] = json.loads(out)["tokens"]
     with open_bundle(bundle) as chat:
         for prob in (0.0, 0.01):
@@ -172,18 +173,20 @@ def test_cli_ctc_proposals(ctc_bundle, clips):
             gen = GenerationSettings(max_tokens=8, ctc_weight=0.5, ctc_proposal_prob=prob)
             want[prob] = chat.ask(wav, TRANSCRIBE_PROMPT, gen).run().tokens
     assert got == want and got[0.0] != got[0.01]  # the flag reaches the decoding (proposals change it here)
-    bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--ctc-proposals", "1", check=False)
+    bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--decoding",
+                  decoding_file(tmp_path, ctc_proposal_prob=1), check=False)  # fmt: skip
     assert bad.returncode == 2 and "ctc_proposal_prob must be a number from 0 up to" in bad.stderr
 
 
-def test_cli_ctc_candidates(ctc_bundle, clips):
+def test_cli_ctc_candidates(ctc_bundle, clips, tmp_path):
     from falcon_audio_edge.runtime.backend import open_bundle
 
     bundle, wav = str(ctc_bundle[1]), str(clips["q1"])
-    flags = ["--transcribe", "--max-tokens", "8", "--ctc-weight", "0.9", "--ctc-proposals", "0", "--beam-size", "1"]
+    search = {"ctc_weight": 0.9, "ctc_proposal_prob": 0.0, "beam_size": 1}
     got, want = {}, {}
     for k in (1, 16):
-        out = fa_edge("ask", bundle, "--audio", wav, *flags, "--ctc-candidates", str(k), "--json").stdout
+        out = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "8", "--decoding",
+                      decoding_file(tmp_path, **search, ctc_candidates=k), "--json").stdout  # fmt: skip
         got[k] = json.loads(out)["tokens"]
     with open_bundle(bundle) as chat:
         for k in (1, 16):
@@ -191,5 +194,49 @@ def test_cli_ctc_candidates(ctc_bundle, clips):
             gen = GenerationSettings(max_tokens=8, ctc_weight=0.9, ctc_proposal_prob=0.0, beam_size=1, ctc_candidates=k)
             want[k] = chat.ask(wav, TRANSCRIBE_PROMPT, gen).run().tokens
     assert got == want and got[1] != got[16]  # the flag reaches the decoding
-    bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--ctc-candidates", "0", check=False)
+    none = decoding_file(tmp_path, ctc_candidates=0)
+    bad = fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--decoding", none, check=False)
     assert bad.returncode == 2 and "ctc_candidates must be an integer from 1 to 256" in bad.stderr
+
+
+def test_a_bundle_carries_its_own_search_and_a_decoding_file_goes_over_it(ctc_bundle, clips, tmp_path):
+    import shutil
+
+    from falcon_audio_edge.export.bundle import export_bundle
+    from falcon_audio_edge.quantize.bundle import quantize_bundle
+
+    from falcon_audio_edge.errors import BundleError
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.bundle import MANIFEST_FILE, read_bundle
+
+    ckpt, plain = ctc_bundle
+    own = {"beam_size": 1, "ctc_proposal_prob": 0.0}
+    bundle = export_bundle(ckpt, tmp_path / "own", decoder_type="f32", verify=False, decoding=own)
+    assert read_bundle(bundle).decoding.beam_size == 1
+    small = quantize_bundle(bundle, tmp_path / "q8", decoder="q8_0", verify=False)
+    assert read_bundle(small).manifest["decoding"] == own  # quantizing keeps it
+    wav = str(clips["q1"])
+    wider = decoding_file(tmp_path, beam_size=4)
+    got = {name: json.loads(fa_edge("ask", bundle, "--audio", wav, "--transcribe", "--max-tokens", "8", *extra,
+                                    "--json").stdout)["tokens"]
+           for name, extra in (("own", []), ("file", ["--decoding", wider]))}  # fmt: skip
+    want = {}
+    with open_bundle(plain) as chat:  # the same weights without a search of their own
+        for name, width in (("own", 1), ("file", 4)):
+            chat.reset()
+            gen = GenerationSettings(max_tokens=8, ctc_weight=0.5, ctc_proposal_prob=0.0, beam_size=width)
+            want[name] = chat.ask(wav, TRANSCRIBE_PROMPT, gen).run().tokens
+        chat.reset()
+        default = chat.ask(wav, TRANSCRIBE_PROMPT, GenerationSettings(max_tokens=8, ctc_weight=0.5)).run().tokens
+    assert got == want and default != want["own"]  # the bundle's own search decided its transcript
+    with open_bundle(bundle) as chat:  # the library's listen-first transcription takes it too
+        assert chat.listening_for(GenerationSettings(**chat.decoding.search())).beam_size == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    manifest = json.loads((broken / MANIFEST_FILE).read_text())
+    (broken / MANIFEST_FILE).write_text(json.dumps({**manifest, "decoding": {"beam_size": 0}}))
+    with pytest.raises(BundleError, match=r"manifest.json: beam_size must be an integer from 1 to 16, got 0"):
+        read_bundle(broken)
+    with pytest.raises(ConfigError, match=r"decoding: unknown decoding settings \['beams'\]"):
+        export_bundle(ckpt, tmp_path / "never", decoder_type="f32", verify=False, decoding={"beams": 2})
+    assert not (tmp_path / "never").exists()

@@ -29,7 +29,7 @@ from falcon_audio_edge.settings import (
     ctc_weight_for,
     guidance_for,
 )
-from tests.conftest import fa_edge
+from tests.conftest import decoding_file, fa_edge
 from tests.test_ctc import random_log_probs
 
 N_LABELS = 1 + len(ALPHABET)
@@ -310,14 +310,15 @@ def test_bundle_and_reference_transcribe_alike_with_the_character_head(char_bund
     assert 1 <= len(beam.tokens) <= 6
 
 
-def test_a_bundle_without_a_character_head_refuses_its_weight(ctc_bundle, clips):
+def test_a_bundle_without_a_character_head_refuses_its_weight(ctc_bundle, clips, tmp_path):
     from falcon_audio_edge.runtime.backend import open_bundle
 
     with open_bundle(ctc_bundle[1]) as chat:
         assert not chat.has_char_head
         with pytest.raises(FaEdgeError, match="char_weight=0.2 needs a model with a character head"):
             chat.ask(clips["q0"], TRANSCRIBE_PROMPT, GenerationSettings(char_weight=0.2))
-    bad = fa_edge("ask", str(ctc_bundle[1]), "--audio", str(clips["q0"]), "--char-weight", "0.2", check=False)
+    chars = decoding_file(tmp_path, char_weight=0.2)
+    bad = fa_edge("ask", str(ctc_bundle[1]), "--audio", str(clips["q0"]), "--decoding", chars, check=False)
     assert bad.returncode == 2 and "needs a model with a character head" in bad.stderr
 
 

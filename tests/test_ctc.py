@@ -12,7 +12,7 @@ import pytest
 from falcon_audio_edge.errors import BundleError, ConfigError, FaEdgeError
 from falcon_audio_edge.runtime.ctc import CTCHead, CTCPrefixScorer, guided_choice
 from falcon_audio_edge.settings import DEFAULT_CTC_WEIGHT, TRANSCRIBE_PROMPT, GenerationSettings, ctc_weight_for
-from tests.conftest import fa_edge
+from tests.conftest import decoding_file, fa_edge
 
 
 def random_log_probs(rng: np.random.Generator, frames: int, vocab: int) -> np.ndarray:
@@ -230,16 +230,24 @@ def test_bundle_that_lost_its_head_file_is_refused(ctc_bundle, tmp_path):
         read_bundle(broken)
 
 
-def test_cli_transcribe_flags(ctc_bundle, bundle_f32, clips):
+def test_cli_transcribe_flags(ctc_bundle, bundle_f32, clips, tmp_path):
     bundle = str(ctc_bundle[1])
     out = fa_edge("ask", bundle, "--audio", str(clips["q0"]), "--transcribe", "--max-tokens", "4", "--json")
     assert json_of(out)["generated_tokens"] >= 1
     bad = fa_edge("ask", bundle, "--audio", str(clips["q0"]), "--transcribe", "--prompt", "Hi.", check=False)
     assert bad.returncode == 2 and "--transcribe and --prompt 'Hi.' ask for two different things" in bad.stderr
-    bad = fa_edge("ask", str(bundle_f32), "--audio", str(clips["q0"]), "--ctc-weight", "0.4", check=False)
+    weight = decoding_file(tmp_path, ctc_weight=0.4)
+    bad = fa_edge("ask", str(bundle_f32), "--audio", str(clips["q0"]), "--decoding", weight, check=False)
     assert bad.returncode == 2 and "needs a model with a CTC head" in bad.stderr
-    bad = fa_edge("ask", bundle, "--audio", str(clips["q0"]), "--ctc-weight", "1.5", check=False)
-    assert bad.returncode == 2 and "ctc_weight must be a number from 0 up to" in bad.stderr
+    too_big = decoding_file(tmp_path, ctc_weight=1.5)
+    bad = fa_edge("ask", bundle, "--audio", str(clips["q0"]), "--decoding", too_big, check=False)
+    assert bad.returncode == 2 and f"--decoding {too_big}: ctc_weight must be a number from 0 up to" in bad.stderr
+    for text, error in (("[0.5]", "must be a JSON object of"), ('{"ctc": 0.5}', "unknown decoding settings ['ctc']"),
+                        ("{", "not a JSON file")):  # fmt: skip
+        (tmp_path / "bad.json").write_text(text)
+        bad = fa_edge("ask", bundle, "--audio", str(clips["q0"]), "--decoding", tmp_path / "bad.json", check=False)
+        assert bad.returncode == 2 and f"error: --decoding {tmp_path / 'bad.json'}: " in bad.stderr, bad.stderr
+        assert error in bad.stderr
 
 
 def json_of(proc) -> dict:

@@ -193,7 +193,7 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     [
         (["--audio", "{tmp}/missing.wav"], "error: audio file not found: {tmp}/missing.wav"),
         (["--max-tokens", "0"], "error: max_tokens must be an integer >= 1, got 0"),
-        (["--ctc-weight", "2"], "error: ctc_weight must be a number from 0 up to (not including) 1, got 2.0"),
+        (["--decoding", "{tmp}/missing.json"], "error: --decoding {tmp}/missing.json: no such file"),
         (["--transcribe", "--prompt", "Hi."], "error: --transcribe and --prompt 'Hi.' ask for two different things"),
     ],
 )

@@ -62,7 +62,7 @@ def bundle_transcripts(chat, clips: list[Path]) -> tuple[list[str], float]:
     from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings
 
     out = []
-    gen = chat.with_weights(GenerationSettings(max_tokens=96), TRANSCRIBE_PROMPT)  # the model's defaults
+    gen = chat.with_weights(GenerationSettings(max_tokens=96, **chat.decoding.search()), TRANSCRIBE_PROMPT)  # its own
     t0 = time.perf_counter()
     for clip in clips:
         chat.reset()

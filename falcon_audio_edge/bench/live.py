@@ -107,10 +107,10 @@ def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, progres
     from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
 
     listen_first = read_bundle(bundle, verify=False).has_answer_model  # the assistant's default
-    gen = GenerationSettings(max_tokens=tokens, ignore_end_of_turn=True)
     endpointer = Endpointer()
     out = []
     with open_bundle(bundle, RuntimeSettings(threads=threads)) as chat:
+        gen = GenerationSettings(max_tokens=tokens, ignore_end_of_turn=True, **chat.decoding.search())
         if listen_first:
             chat.prepare_listen_first()
         for s in seconds:

@@ -52,7 +52,7 @@ def chat_target(spec: dict) -> dict:
         from falcon_audio_edge.reference import open_checkpoint
 
         chat = open_checkpoint(spec["path"], spec["threads"], spec.get("dtype", "float32"))
-    gen = GenerationSettings(max_tokens=spec["tokens"], ignore_end_of_turn=True)
+    gen = GenerationSettings(max_tokens=spec["tokens"], ignore_end_of_turn=True, **chat.decoding.search())
     runs: dict[str, list[dict]] = {}
     with chat:
         for seconds in spec["seconds"]:

@@ -139,6 +139,7 @@ def open_bundle(path: str | Path, settings: RuntimeSettings | None = None) -> Au
     t0 = time.perf_counter()
     bundle = read_bundle(path, verify=settings.verify_checksums)
     chat = AudioChat(BundleBackend(bundle, settings), bundle.dims)
+    chat.decoding = bundle.decoding
     if bundle.answer_path is not None:
         answer = bundle.answer_path
         chat.open_answerer = lambda: AudioChat(TextBackend(answer, settings), bundle.dims)

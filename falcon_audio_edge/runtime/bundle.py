@@ -16,9 +16,10 @@ from typing import Any
 
 from falcon_audio_edge import audio
 from falcon_audio_edge.config import ModelDims
-from falcon_audio_edge.errors import BundleError, FaEdgeError
+from falcon_audio_edge.errors import BundleError, ConfigError, FaEdgeError
 from falcon_audio_edge.files import inside, read_json
 from falcon_audio_edge.runtime.charnet import CHAR_HEAD_FILE  # optional: a character CTC head
+from falcon_audio_edge.settings import DecodingSettings
 
 BUNDLE_FORMAT = "falcon-audio-edge-bundle"
 BUNDLE_VERSION = 1
@@ -84,6 +85,11 @@ class Bundle:
     def char_path(self) -> Path | None:
         """The character CTC head (runtime/chars.py), where the model has one."""
         return self.path / CHAR_HEAD_FILE if CHAR_HEAD_FILE in self.manifest["files"] else None
+
+    @property
+    def decoding(self) -> DecodingSettings:
+        """The bundle's own transcription search settings (its manifest's ``decoding`` object; else the defaults)."""
+        return DecodingSettings().updated(self.manifest.get("decoding", {}), str(self.path / MANIFEST_FILE))
 
     @property
     def decoder_type(self) -> str:
@@ -161,6 +167,10 @@ def check_manifest(path: Path, manifest: dict[str, Any]) -> None:
     for part, key in (("encoder", "dtype"), ("decoder", "type")):
         if not isinstance(manifest.get(part), dict) or not isinstance(manifest[part].get(key), str):
             raise BundleError(f"{where}: the {part!r} section with its {key!r} is missing")
+    try:
+        DecodingSettings().updated(manifest.get("decoding", {}), str(where))
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from exc
 
 
 def verify_files(path: Path, files: dict[str, dict[str, Any]]) -> None:

@@ -25,7 +25,7 @@ from falcon_audio_edge.runtime.chars import guide_scorer
 from falcon_audio_edge.runtime.ctc import guided_choice, proposals_of
 from falcon_audio_edge.runtime.listen import Hearing, listen_first_turn
 from falcon_audio_edge.runtime.turn import AskResult, Timings, Turn, sample_token
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings, guidance_for
+from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, DecodingSettings, GenerationSettings, guidance_for
 
 LISTEN_MAX_TOKENS = 448  # a listen-first transcription: a stop for a runaway, well above 2 x 30 s of speech
 
@@ -68,6 +68,7 @@ class AudioChat:
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
         self.open_answerer: Callable[[], AudioChat] | None = None  # set by open_bundle when it has an answer model
         self._answerer: AudioChat | None = None
+        self.decoding = DecodingSettings()  # how its transcriptions are searched (open_bundle: the bundle's own)
 
     @property
     def has_ctc_head(self) -> bool:
@@ -179,8 +180,8 @@ class AudioChat:
     ) -> GenerationSettings:
         """A listen-first turn's transcription settings: greedy, ``gen``'s beam size and proposals, and the
         weights of the token head and the character head as asked (0: off), or where neither is asked the
-        model's transcription defaults (``settings.guidance_for``). Without weights asked, ``gen``'s own stand for
-        them where it has any (there a 0 cannot say "off")."""
+        model's transcription defaults (``with_weights``). Without weights asked, ``gen``'s own stand for them
+        where it has any (there a 0 cannot say "off")."""
         if ctc is None and chars is None and gen.guide_weight:
             ctc, chars = gen.ctc_weight, gen.char_weight
         listen = GenerationSettings(
@@ -195,8 +196,10 @@ class AudioChat:
         self, gen: GenerationSettings, prompt: str | None, ctc: float | None = None, chars: float | None = None
     ) -> GenerationSettings:
         """``gen`` with the token head's and the character head's weights of a turn with ``prompt`` on this
-        model: as asked (None: not asked; 0: off), else its defaults (``settings.guidance_for``: guidance for a
-        transcription by a model with heads)."""
+        model: as asked (None: not asked; 0: off), else for a transcription the bundle's (``self.decoding``),
+        else the model's defaults (``settings.guidance_for``: guidance for a transcription by a model with heads)."""
+        if ctc is None and chars is None and prompt == TRANSCRIBE_PROMPT:
+            ctc, chars = self.decoding.ctc_weight, self.decoding.char_weight
         weight, char_weight = guidance_for(prompt, self.has_ctc_head, self.has_char_head, ctc, chars)
         return replace(gen, ctc_weight=weight, char_weight=char_weight)
 
