@@ -44,6 +44,9 @@ class AssistantSettings:
     echo_tail_ms: int = 300  # the microphone stays ignored this long after the assistant stops speaking
     # transcribe, then the bundle's answer model answers (it keeps the conversation); None: where the bundle has one
     listen_first: bool | None = None
+    # speech while it speaks stops the voice and starts a turn: for headphones (through a loudspeaker its own
+    # voice reaches the microphone and would stop it)
+    barge_in: bool = False
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
 
     def __post_init__(self) -> None:
@@ -53,6 +56,9 @@ class AssistantSettings:
             )
         if self.echo_tail_ms < 0:
             raise ConfigError(f"echo_tail_ms must be >= 0, got {self.echo_tail_ms!r}")
+        if self.barge_in and (self.push_to_talk or not self.speak):
+            raise ConfigError("barge_in stops a spoken answer when the user speaks: it needs hands-free listening and "
+                              f"spoken answers; got push_to_talk={self.push_to_talk}, speak={self.speak}")  # fmt: skip
         GenerationSettings(max_tokens=self.max_tokens, temperature=self.temperature)  # validates them
         RuntimeSettings(threads=self.threads)
 
@@ -166,18 +172,21 @@ class Assistant:
                     self._toggle_recording(mic)
             return
         for event in self.endpointer.feed(block):
-            if isinstance(event, SpeechStarted):
-                self._start_turn()
-            elif isinstance(event, Pause) and self.hearing is not None:  # the rest heard before the end is sure
-                self._hear(self.endpointer.new_speech())
-                if self.hearing is not None:
-                    self.hearing.speculate(event.samples)
-            elif isinstance(event, Resumed) and self.hearing is not None:
-                self.hearing.unspeculate()
-            elif isinstance(event, Utterance):
-                self._answer(event, mic)
+            self._event(event, mic)
         if self.hearing is not None and self.endpointer.in_speech:  # not listen-first: nothing to hand out
             self._hear(self.endpointer.new_speech())
+
+    def _event(self, event, mic: Microphone) -> None:
+        if isinstance(event, SpeechStarted):
+            self._start_turn()
+        elif isinstance(event, Pause) and self.hearing is not None:  # the rest heard before the end is sure
+            self._hear(self.endpointer.new_speech())
+            if self.hearing is not None:
+                self.hearing.speculate(event.samples)
+        elif isinstance(event, Resumed) and self.hearing is not None:
+            self.hearing.unspeculate()
+        elif isinstance(event, Utterance):
+            self._answer(event, mic)
 
     def _hear(self, samples: np.ndarray) -> None:
         """A listen-first turn's pieces that are settled are transcribed while the user still speaks."""
@@ -226,11 +235,11 @@ class Assistant:
         self.screen.line(f"you: [{utt.seconds:.1f} s of speech]{note}")
         self.screen.status("thinking", force=True)
         text = self._think(utt, detected, waited)
-        if text:
-            self._speak(text)
+        barged = bool(text) and self._speak(text, mic)
         self.screen.status("listening", force=True)
-        mic.drain()  # what the microphone heard while thinking and speaking is not a question
-        self.endpointer.reset()
+        if not barged:  # what the microphone heard while thinking and speaking is not a question
+            mic.drain()
+            self.endpointer.reset()
 
     def _think(self, utt: Utterance, detected: float, waited: float) -> str:
         pieces: list[str] = []
@@ -276,18 +285,46 @@ class Assistant:
         )
         return "".join(pieces)
 
-    def _speak(self, text: str) -> None:
+    def _speak(self, text: str, mic: Microphone) -> bool:
+        """Say the answer; True where the user spoke over it (``barge_in``): their turn has begun."""
         if not self.speaker.enabled:
-            return
+            return False
         self.screen.status("speaking", force=True)
+        barged = False
         try:
             self.speaker.say(text)
-            self.speaker.wait()
+            if self.settings.barge_in:
+                barged = self._listen_while_speaking(mic)
+            else:
+                self.speaker.wait()
         except KeyboardInterrupt:
             self.screen.line("[stopped speaking]")
         finally:
             self.speaker.stop()
-        time.sleep(self.settings.echo_tail_ms / 1000)
+        if not barged:
+            time.sleep(self.settings.echo_tail_ms / 1000)
+        return barged
+
+    def _listen_while_speaking(self, mic: Microphone) -> bool:
+        """Until the answer is said, or the user starts speaking: then the voice stops and their turn begins
+        (True). What the microphone heard while the assistant was thinking is dropped first."""
+        mic.drain()
+        self.endpointer.reset()
+        while self.speaker.speaking:
+            try:
+                block = mic.read(timeout=0.2)
+            except AudioDeviceError:
+                continue  # nothing yet; a device that is gone shows in the main loop
+            events = list(self.endpointer.feed(block))
+            if any(isinstance(e, SpeechStarted) for e in events):
+                self.speaker.stop()
+                self.screen.line("[you spoke: stopped speaking, listening]")
+                for event in events:
+                    self._event(event, mic)
+                if self.hearing is not None and self.endpointer.in_speech:
+                    self._hear(self.endpointer.new_speech())
+                return True
+        return False
 
 
 def list_devices_text() -> str:

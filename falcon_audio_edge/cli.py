@@ -263,12 +263,19 @@ def assistant(
     temperature: float = 0.0,
     speech_rate: Annotated[int, typer.Option(help="words per minute of the spoken answers (80-450)")] = 170,
     listen_first: Annotated[bool | None, typer.Option("--listen-first/--no-listen-first", help=LISTEN_HELP)] = None,
+    barge_in: Annotated[
+        bool,
+        typer.Option(
+            help="speaking over an answer stops it and starts your turn (for "
+            "headphones: through a loudspeaker its own voice would)"
+        ),
+    ] = False,
 ) -> None:
     """The offline voice assistant: listens to the microphone, answers on screen and out loud."""
     from falcon_audio_edge.apps.assistant import Assistant, AssistantSettings
 
     settings = AssistantSettings(bundle or Path(), push_to_talk, speak, input_device, threads, max_tokens,
-                                 temperature, speech_rate, listen_first=listen_first)  # fmt: skip
+                                 temperature, speech_rate, listen_first=listen_first, barge_in=barge_in)  # fmt: skip
     if bundle is None:  # checked settings first: building the demo bundle takes a while
         from dataclasses import replace
 

@@ -1,7 +1,8 @@
 """A private PulseAudio server for the assistant's tests: a null sink and a virtual microphone fed by it.
 
 Whatever is played into the sink (``paplay``, or the assistant's own espeak-ng voice) comes out of the
-microphone ``fa_mic``, which PortAudio reaches through ALSA's ``pulse`` device.
+microphone ``fa_mic``, which PortAudio reaches through ALSA's ``pulse`` device; a second sink, the headphones,
+is heard by nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 SINK, SOURCE = "fa_sink", "fa_mic"
+HEADPHONES = "fa_headphones"  # a second sink that nothing records: PULSE_SINK=fa_headphones plays "in headphones"
 
 
 class PulseServer:
@@ -32,7 +34,7 @@ class PulseServer:
     def start(self) -> None:
         cmd = ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "--disallow-exit",
                "--log-target=stderr", "--load=module-native-protocol-unix",
-               f"--load=module-null-sink sink_name={SINK}",
+               f"--load=module-null-sink sink_name={SINK}", f"--load=module-null-sink sink_name={HEADPHONES}",
                f"--load=module-virtual-source source_name={SOURCE} master={SINK}.monitor"]  # fmt: skip
         log = open(self.folder / "pulse.log", "w")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=log)

@@ -26,7 +26,7 @@ from falcon_audio_edge.apps.speaker import Speaker
 from falcon_audio_edge.audio import SAMPLE_RATE
 from falcon_audio_edge.errors import ConfigError
 from tests.conftest import speak
-from tests.pulse import PulseServer
+from tests.pulse import HEADPHONES, PulseServer
 
 
 def stream(endpointer: Endpointer, samples: np.ndarray, seed: int = 0) -> list:
@@ -401,6 +401,26 @@ def test_it_does_not_answer_its_own_voice_and_ctrl_c_stops_speaking(tmux, pulse,
     assert tmux.alive()
     tmux.keys("C-c")  # while listening: quit (the tmux session ends with the app)
     assert tmux.ended()
+
+
+def test_speaking_over_an_answer_stops_it_and_is_heard_with_barge_in(tmux, pulse, bundle_f16, question_wav, speech,
+                                                                    tmp_path):  # fmt: skip
+    tmux.env = {**tmux.env, "PULSE_SINK": HEADPHONES}  # the voice in headphones: the microphone does not hear it
+    tmux.start(assistant_cmd(bundle_f16, "--max-tokens", "60", "--speech-rate", "80", "--barge-in"))
+    tmux.wait_for(r"\[listening\]")
+    pulse.play(question_wav)
+    tmux.wait_for(r"\[speaking\]", timeout=60)
+    b = tmp_path / "b.wav"
+    sf.write(str(b), speech["b"], SAMPLE_RATE)
+    pulse.play(b)  # the user speaks over the answer
+    tmux.wait_for(r"\[you spoke: stopped speaking, listening\]")
+    screen = tmux.wait_for(r"you: \[(\d+\.\d) s of speech\]", count=2, timeout=60)
+    spoken = float(re.findall(r"you: \[(\d+\.\d) s of speech\]", screen)[-1])
+    assert abs(spoken - len(speech["b"]) / SAMPLE_RATE) < 0.8  # the whole question heard, its start included
+    tmux.keys("q", "Enter")
+    assert tmux.ended(timeout=60)
+    with pytest.raises(ConfigError, match="barge_in stops a spoken answer when the user speaks"):
+        AssistantSettings(tmp_path, push_to_talk=True, barge_in=True)
 
 
 def test_the_app_path_does_not_import_torch_or_transformers():
