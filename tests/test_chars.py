@@ -41,14 +41,25 @@ def test_extend_equals_the_token_scorer_label_by_label():
     rng = np.random.default_rng(1)
     x = random_log_probs(rng, frames=14, vocab=6)
     ref = CTCPrefixScorer(x, end_token=99)
-    r_n, r_b, last = np.full(14, -np.inf), np.cumsum(x[:, 0]), None
+    r_n, r_b, last = np.full((14, 1), -np.inf), np.cumsum(x[:, :1], axis=0), np.array([-1])  # one prefix: K = 1
     for label in [2, 2, 3, 1, 1, 5]:
         want = ref.scores(np.array([label - 1]))[0]
         ref.advance(label - 1)
-        r_n, r_b, psi = extend(x, r_n, r_b, last, label)
-        last = label
-        assert np.isclose(psi, want, rtol=1e-9)
-        assert np.isclose(np.logaddexp(r_n[-1], r_b[-1]), ref.full, rtol=1e-9)
+        r_n, r_b, psi = extend(x, r_n, r_b, last, np.array([label]))
+        last = np.array([label])
+        assert np.isclose(psi[0], want, rtol=1e-9)
+        assert np.isclose(np.logaddexp(r_n[-1, 0], r_b[-1, 0]), ref.full, rtol=1e-9)
+    # K prefixes side by side: each column as if alone
+    rng_labels = rng.integers(1, 6, size=(5, 4))
+    cols = [(np.full((14, 1), -np.inf), np.cumsum(x[:, :1], axis=0), np.array([-1])) for _ in range(4)]
+    many = (np.full((14, 4), -np.inf), np.repeat(np.cumsum(x[:, :1], axis=0), 4, axis=1), np.full(4, -1))
+    for step in rng_labels:
+        n, b, psi = extend(x, *many, step)
+        many = (n, b, step)
+        for k in range(4):
+            n1, b1, psi1 = extend(x, *cols[k], step[k : k + 1])
+            cols[k] = (n1, b1, step[k : k + 1])
+            assert np.array_equal(n[:, k : k + 1], n1) and np.array_equal(b[:, k : k + 1], b1) and psi1[0] == psi[k]
 
 
 def test_token_text_becomes_labels():

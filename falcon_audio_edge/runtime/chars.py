@@ -41,32 +41,30 @@ def transcript_labels(text: str) -> list[int]:
     return text_labels(" ".join(words))
 
 
-def _logcumsumexp(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp.accumulate(x, axis=0)
-
-
-def extend(log_probs: np.ndarray, r_n: np.ndarray, r_b: np.ndarray, last: int | None, label: int):
-    """One label appended to a prefix: its new (r_nonblank, r_blank) over frames, and log P(audio starts with it).
+def extend(log_probs: np.ndarray, r_n: np.ndarray, r_b: np.ndarray, last: np.ndarray, labels: np.ndarray):
+    """One label appended to each of K prefixes: ``r_n``, ``r_b`` (T, K) their r_nonblank and r_blank over
+    frames, ``last`` (K,) their last labels (-1: none), ``labels`` (K,) the labels; the new (r_n, r_b) and
+    (K,) log P(audio starts with the longer prefix).
 
     The recursions r_n[t] = (r_n[t-1] (+) phi[t-1]) + x[t] and r_b[t] = (r_n[t-1] (+) r_b[t-1]) + blank[t]
     ((+) is log-add) are linear in the probability domain, so each is a cumulative sum and a cumulative
-    log-add-exp instead of a loop over frames.
+    log-add-exp down the frames instead of a loop over them; the K prefixes go side by side.
     """
-    x, blank = log_probs[:, label], log_probs[:, 0]
-    phi = r_b if label == last else np.logaddexp(r_n, r_b)  # a repeated label needs a blank between
-    start = x[0] if last is None else NEG_INF  # the first label may take the first frame
-    s = np.cumsum(x)
+    x, blank = log_probs[:, labels], log_probs[:, :1]  # (T, K), (T, 1)
+    phi = np.where(labels == last, r_b, np.logaddexp(r_n, r_b))  # a repeated label needs a blank between
+    start = np.where(last < 0, x[0], NEG_INF)  # the first label may take the first frame
+    s = np.cumsum(x, axis=0)
     terms = phi - s
     terms[0] = np.logaddexp(start - s[0], terms[0])
     new_n = np.empty_like(x)
     new_n[0] = start
-    new_n[1:] = s[1:] + _logcumsumexp(terms)[:-1]
-    sb = np.cumsum(blank)
+    new_n[1:] = s[1:] + np.logaddexp.accumulate(terms, axis=0)[:-1]
+    sb = np.cumsum(blank, axis=0)
     new_b = np.empty_like(x)
     new_b[0] = NEG_INF
-    new_b[1:] = sb[1:] + _logcumsumexp(new_n - sb)[:-1]
-    psi = np.logaddexp.reduce(np.concatenate([[start], phi[:-1] + x[1:]]))
-    return new_n, new_b, float(psi)
+    new_b[1:] = sb[1:] + np.logaddexp.accumulate(new_n - sb, axis=0)[:-1]
+    psi = np.logaddexp.reduce(np.concatenate([start[None], phi[:-1] + x[1:]]), axis=0)
+    return new_n, new_b, psi
 
 
 @dataclass(frozen=True)
@@ -97,32 +95,46 @@ class CharPrefixScorer:
         """log P(audio is exactly the labels so far)."""
         return float(np.logaddexp(self.state.r_n[-1], self.state.r_b[-1])) if len(self.log_probs) else 0.0
 
-    def _child(self, token: int) -> CharState:
-        st = self.state
-        labels, pending, r_n, r_b, score = list(st.labels), st.pending_space, st.r_n, st.r_b, st.score
+    def _spelled(self, token: int) -> tuple[tuple[int, ...], bool]:
+        """The labels ``token`` appends to the prefix (a space before a letter where one is pending), and
+        whether a space is pending after them."""
+        out, pending, any_before = [], self.state.pending_space, bool(self.state.labels)
         for label in text_labels(self.token_text(token)):
             if label == SPACE:
-                pending = pending or bool(labels)
+                pending = pending or any_before or bool(out)
                 continue
-            for lab in (SPACE, label) if pending else (label,):
-                r_n, r_b, score = extend(self.log_probs, r_n, r_b, labels[-1] if labels else None, lab)
-                labels.append(lab)
+            out.extend((SPACE, label) if pending else (label,))
             pending = False
-        return CharState(tuple(labels), pending, r_n, r_b, score)
+        return tuple(out), pending
+
+    def _children_of(self, tokens: list[int]) -> list[CharState]:
+        """The states after each of ``tokens``, their labels extended side by side, one label deep at a time."""
+        st, spelled = self.state, [self._spelled(t) for t in tokens]
+        k = len(tokens)
+        r_n, r_b = np.repeat(st.r_n[:, None], k, axis=1), np.repeat(st.r_b[:, None], k, axis=1)  # (T,) -> (T, K)
+        score, last = np.full(k, st.score), np.full(k, st.labels[-1] if st.labels else -1)
+        for depth in range(max((len(labels) for labels, _ in spelled), default=0)):
+            cols = np.array([j for j, (labels, _) in enumerate(spelled) if len(labels) > depth])
+            labels = np.array([spelled[j][0][depth] for j in cols])
+            r_n[:, cols], r_b[:, cols], score[cols] = extend(self.log_probs, r_n[:, cols], r_b[:, cols], last[cols],
+                                                             labels)  # fmt: skip
+            last[cols] = labels
+        return [CharState(st.labels + labels, pending, r_n[:, j].copy(), r_b[:, j].copy(), float(score[j]))
+                for j, (labels, pending) in enumerate(spelled)]  # fmt: skip
 
     def scores(self, candidates: np.ndarray) -> np.ndarray:
         """(K,) token ids -> (K,) log P(audio starts with the characters so far + the token's). A token that
         adds no letter (punctuation, the end of turn) scores log P(audio is exactly the characters so far)."""
-        out = np.empty(len(candidates))
-        self._children = {}
-        for j, token in enumerate(int(c) for c in candidates):
-            child = self.state if token == self.end_token else self._child(token)
-            self._children[token] = child
-            out[j] = child.score if len(child.labels) > len(self.state.labels) else self.full
-        return out
+        tokens = [int(c) for c in candidates if int(c) != self.end_token]
+        self._children = dict(zip(tokens, self._children_of(tokens), strict=True))
+        if len(tokens) < len(candidates):  # the end of turn: the transcription as it is
+            self._children[self.end_token] = self.state
+        n = len(self.state.labels)
+        return np.array([self._children[int(c)].score if len(self._children[int(c)].labels) > n else self.full
+                         for c in candidates])  # fmt: skip
 
     def advance(self, token: int) -> None:
-        self.state = self._children.get(token) or self._child(token)
+        self.state = self._children.get(token) or self._children_of([token])[0]
         self._children = {}
 
     def extended(self, token: int) -> CharPrefixScorer:
