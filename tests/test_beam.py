@@ -103,6 +103,7 @@ def test_hypotheses_in_kv_sequences_score_as_decoded_one_by_one(ctc_bundle, clip
         posteriors = chat.backend.ctc_posteriors(embeds)
         best = beam_search(chat.backend, chat.backend.logits(), CTCPrefixScorer(posteriors, end), gen, end)
         assert best.tokens and chat.backend.n_past == n_prompt + len(best.tokens)  # the conversation holds it
+        after = chat.backend.logits()  # its tokens reach the decoder when the conversation goes on
         # the same tokens, fed one at a time into a fresh conversation
         chat.reset()
         chat.prefill(clips["q1"], TRANSCRIBE_PROMPT, Timings())
@@ -113,6 +114,7 @@ def test_hypotheses_in_kv_sequences_score_as_decoded_one_by_one(ctc_bundle, clip
             scorer.advance(token)
             chat.backend.feed_tokens([token])
         ctc = scorer.full if best.ended else scorer.score
+        assert np.allclose(chat.backend.logits(), after, atol=1e-4)
         llm += log_softmax(chat.backend.logits())[end] if best.ended else 0.0
     assert best.llm == pytest.approx(llm, abs=1e-3) and best.ctc == pytest.approx(ctc, abs=1e-3)
 

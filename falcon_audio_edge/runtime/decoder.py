@@ -126,7 +126,10 @@ class LlamaDecoder:
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
-        self.n_past = 0
+        self.n_past = 0  # positions of the conversation, the unfed tokens included
+        # a finished beam search's tokens: fed when the conversation goes on, never where it is reset first (a
+        # transcription heard in pieces starts each piece afresh)
+        self._unfed: list[int] = []
         self.bos_id = lc.llama_vocab_bos(self.vocab)
         self.eos_id = lc.llama_vocab_eos(self.vocab)
         self._tokens = lc.llama_batch_init(n_batch, 0, 1)
@@ -187,7 +190,10 @@ class LlamaDecoder:
             )
 
     def feed_tokens(self, ids: list[int]) -> None:
-        self._room(len(ids))
+        self._room(len(ids))  # n_past counts the unfed tokens already
+        unfed, self._unfed = self._unfed, []
+        self.n_past -= len(unfed)
+        ids = unfed + list(ids)
         for start in range(0, len(ids), self.n_batch):
             chunk = ids[start : start + self.n_batch]
             batch = self._tokens
@@ -202,6 +208,7 @@ class LlamaDecoder:
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
             raise FaEdgeError(f"embeddings must be (N, {self.n_embd}), got {embeds.shape}")
+        self._feed_unfed()
         self._room(len(embeds))
         for start in range(0, len(embeds), self.n_batch):
             chunk = embeds[start : start + self.n_batch]
@@ -211,6 +218,10 @@ class LlamaDecoder:
                 self._set_position(batch, i, last=start + i == len(embeds) - 1)
             batch.n_tokens = len(chunk)
             self._decode(batch)
+
+    def _feed_unfed(self) -> None:
+        if self._unfed:
+            self.feed_tokens([])
 
     def _set_position(self, batch, i: int, last: bool) -> None:
         batch.pos[i] = self.n_past + i
@@ -226,12 +237,14 @@ class LlamaDecoder:
 
     def logits(self) -> np.ndarray:
         """Next-token logits after the last fed position, (n_vocab,) float32 (a copy)."""
+        self._feed_unfed()
         ptr = self._lc.llama_get_logits_ith(self.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
     # -- beam search: the conversation is sequence 0; hypotheses branch off it --
     def beams_begin(self) -> None:
         """Start a beam search from the conversation so far (the one hypothesis: sequence 0 itself)."""
+        self._feed_unfed()
         self._beams, self._beam_pos = [0], self.n_past
 
     def beams_step(self, parents: list[int], tokens: list[int]) -> np.ndarray:
@@ -262,12 +275,14 @@ class LlamaDecoder:
         return np.stack(rows)  # (B, V) copies
 
     def beams_end(self, tokens: list[int]) -> None:
-        """End the search: every hypothesis dropped, ``tokens`` (the chosen one) fed to the conversation."""
+        """End the search: every hypothesis dropped, ``tokens`` (the chosen one) the conversation's next ones,
+        fed to the decoder when it goes on (checked for room now)."""
         if self._beams is not None:
             self._drop_beams()
             self._beams = None
-        if tokens:
-            self.feed_tokens(tokens)
+        self._room(len(tokens))
+        self._unfed += tokens
+        self.n_past += len(tokens)
 
     def _drop_beams(self) -> None:
         mem = self._lc.llama_get_memory(self.ctx)
@@ -277,11 +292,13 @@ class LlamaDecoder:
 
     def reset(self) -> None:
         self.beams_end([])
+        self._unfed = []
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
         self.n_past = 0
 
     def truncate(self, n_past: int) -> None:
         """Forget every position from ``n_past`` on (the logits are stale until the next feed)."""
+        self._feed_unfed()
         if not 0 <= n_past <= self.n_past:
             raise FaEdgeError(f"cannot truncate to {n_past}: the cache holds {self.n_past} positions")
         if not self._lc.llama_memory_seq_rm(self._lc.llama_get_memory(self.ctx), 0, n_past, -1):
