@@ -42,6 +42,9 @@ class EndpointSettings:
         for name in ("min_speech_ms", "end_silence_ms", "pre_roll_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.speculate_ms and self.end_silence_ms <= self.speculate_ms:
+            raise ConfigError(f"end_silence_ms must be above speculate_ms = {self.speculate_ms} (the silence after "
+                              f"which the rest of the turn is heard ahead), got {self.end_silence_ms!r}")  # fmt: skip
         if self.speculate_ms and not 3 * FRAME_MS <= self.speculate_ms < self.end_silence_ms:
             raise ConfigError(f"speculate_ms must be 0 or in [{3 * FRAME_MS:g}, end_silence_ms = {self.end_silence_ms})"
                               f", got {self.speculate_ms!r}")  # fmt: skip

@@ -34,6 +34,8 @@ from falcon_audio_edge.settings import (
     RuntimeSettings,
 )
 
+END_SILENCE_HELP = ("milliseconds of silence that end your turn (default 700): less answers sooner, but a "
+                    "pause that long mid-sentence ends the question there")  # fmt: skip
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.splitlines()[0]
 )
@@ -203,12 +205,13 @@ def bench(
             "pipeline: the gap from the end of speech to the first token",
         ),
     ] = False,
+    end_silence_ms: Annotated[int | None, typer.Option(help=f"--live: {END_SILENCE_HELP}")] = None,
 ) -> None:
     """Where the time and memory go: every stage per clip length, against the baselines, in one run."""
     if live:
         if suite:
             raise FaEdgeError(f"--live measures one bundle you name; --suite {suite} is for the stage benchmark")
-        return _bench_live(bundles or [], audio_seconds, repeats, tokens, threads, out, as_json)
+        return _bench_live(bundles or [], audio_seconds, repeats, tokens, threads, out, as_json, end_silence_ms)
     from falcon_audio_edge.bench.report import markdown
     from falcon_audio_edge.bench.report import plot as write_plot
     from falcon_audio_edge.bench.run import BenchSettings, parse_seconds, run_bench
@@ -237,12 +240,12 @@ def bench(
 
 
 def _bench_live(bundles: list[Path], audio_seconds: str | None, repeats: int, tokens: int, threads: int,
-                out: Path | None, as_json: bool) -> None:  # fmt: skip
+                out: Path | None, as_json: bool, end_silence_ms: int | None) -> None:  # fmt: skip
     from falcon_audio_edge.bench.live import live_report
     from falcon_audio_edge.files import atomic_text
 
     command = " ".join(["fa-edge", *sys.argv[1:]])
-    text, turns = live_report(bundles, audio_seconds, repeats, tokens, threads, command,
+    text, turns = live_report(bundles, audio_seconds, repeats, tokens, threads, command, end_silence_ms,
                               progress=lambda m: typer.echo(m, err=True))  # fmt: skip
     if out:
         atomic_text(out, text)
@@ -270,12 +273,16 @@ def assistant(
             "headphones: through a loudspeaker its own voice would)"
         ),
     ] = False,
+    end_silence_ms: Annotated[int | None, typer.Option(help=END_SILENCE_HELP)] = None,
 ) -> None:
     """The offline voice assistant: listens to the microphone, answers on screen and out loud."""
     from falcon_audio_edge.apps.assistant import Assistant, AssistantSettings
+    from falcon_audio_edge.apps.endpoint import EndpointSettings
 
+    endpoint = EndpointSettings() if end_silence_ms is None else EndpointSettings(end_silence_ms=end_silence_ms)
     settings = AssistantSettings(bundle or Path(), push_to_talk, speak, input_device, threads, max_tokens,
-                                 temperature, speech_rate, listen_first=listen_first, barge_in=barge_in)  # fmt: skip
+                                 temperature, speech_rate, listen_first=listen_first, barge_in=barge_in,
+                                 endpoint=endpoint)  # fmt: skip
     if bundle is None:  # checked settings first: building the demo bundle takes a while
         from dataclasses import replace
 

@@ -126,8 +126,9 @@ def test_endpoint_settings_are_validated():
         EndpointSettings(threshold=1.5)
     with pytest.raises(ConfigError, match="max_seconds must be in"):
         EndpointSettings(max_seconds=45)
-    with pytest.raises(ConfigError, match=r"speculate_ms must be 0 or in \[96, end_silence_ms = 700\), got 700"):
+    with pytest.raises(ConfigError, match=r"end_silence_ms must be above speculate_ms = 700 .*, got 700"):
         EndpointSettings(speculate_ms=700)
+    assert EndpointSettings(end_silence_ms=150, speculate_ms=0).end_silence_ms == 150  # no speculation: any wait
     with pytest.raises(ConfigError, match="speculate_ms must be 0 or in"):
         EndpointSettings(speculate_ms=50)
 
@@ -136,10 +137,12 @@ def test_assistant_settings_are_validated_before_anything_is_built(tmp_path):
     with pytest.raises(ConfigError, match="speech_rate must be an integer from 80 to 450"):
         AssistantSettings(tmp_path, speech_rate=20)
     env = {**os.environ, "FA_EDGE_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "falcon_audio_edge.cli", "assistant", "--speech-rate", "1000"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: speech_rate must be an integer from 80 to 450")
+    for flags, error in ((["--speech-rate", "1000"], "speech_rate must be an integer from 80 to 450"),
+                         (["--end-silence-ms", "150"], "end_silence_ms must be above speculate_ms = 200")):  # fmt: skip
+        cmd = [sys.executable, "-m", "falcon_audio_edge.cli", "assistant", *flags]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {error}")
     assert not (tmp_path / "home").exists()  # the demo bundle was not built for settings that cannot work
 
 

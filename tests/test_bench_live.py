@@ -39,6 +39,12 @@ def test_a_live_run_measures_the_gap_from_the_end_of_speech(tmp_path, bundle_f32
     assert 0 < turn["whole_clip_s"] < 5 and 2.0 <= turn["speech_s"] <= 3.0, turn
     text = out.read_text()
     assert "| 3 |" in text and "700 ms of silence" in text and "extra buffers" in text
+    proc = fa_edge("bench", "--live", bundle_f32, "--audio-seconds", "3", "--repeats", "1", "--tokens", "2",
+                   "--threads", "1", "--end-silence-ms", "600", "--out", out, "--json")  # fmt: skip
+    (turn,) = json.loads(proc.stdout)
+    assert 0.5 <= turn["endpoint_s"] <= 1.1 and "600 ms of silence" in out.read_text(), turn  # the wait follows it
+    bad = fa_edge("bench", "--live", bundle_f32, "--end-silence-ms", "150", check=False)
+    assert bad.returncode == 2 and "end_silence_ms must be above speculate_ms = 200" in bad.stderr
 
 
 def test_live_needs_exactly_one_bundle(bundle_f32, tmp_path):

@@ -99,7 +99,7 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
             hearing.close()
 
 
-def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, progress=print) -> list[LiveTurn]:
+def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, endpoint, progress=print) -> list[LiveTurn]:
     from falcon_audio_edge.apps.endpoint import Endpointer
 
     from falcon_audio_edge.runtime.backend import open_bundle
@@ -107,7 +107,7 @@ def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, progres
     from falcon_audio_edge.settings import GenerationSettings, RuntimeSettings
 
     listen_first = read_bundle(bundle, verify=False).has_answer_model  # the assistant's default
-    endpointer = Endpointer()
+    endpointer = Endpointer(endpoint)
     out = []
     with open_bundle(bundle, RuntimeSettings(threads=threads)) as chat:
         gen = GenerationSettings(max_tokens=tokens, ignore_end_of_turn=True, **chat.decoding.search())
@@ -129,8 +129,9 @@ def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, progres
 
 
 def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: int, threads: int, command: str,
-                progress=print) -> tuple[str, list[dict]]:  # fmt: skip
-    """``fa-edge bench --live``: the markdown report and the turns (clip lengths: LIVE_SECONDS unless given)."""
+                end_silence_ms: int | None = None, progress=print) -> tuple[str, list[dict]]:  # fmt: skip
+    """``fa-edge bench --live``: the markdown report and the turns (clip lengths: LIVE_SECONDS unless given; the
+    endpointer's end silence: the assistant's unless given)."""
     from falcon_audio_edge.apps.endpoint import EndpointSettings
 
     from falcon_audio_edge.bench.run import BenchSettings, machine, parse_seconds
@@ -140,9 +141,10 @@ def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: 
         raise FaEdgeError(f"--live measures one bundle; got {len(bundles)}")
     seconds = parse_seconds(audio_seconds) if audio_seconds else LIVE_SECONDS
     settings = BenchSettings(seconds, repeats, 0, tokens, threads)  # validates them
+    endpoint = EndpointSettings() if end_silence_ms is None else EndpointSettings(end_silence_ms=end_silence_ms)
     read_bundle(bundles[0], verify=True)
-    turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, progress)
-    return markdown(turns, command, machine(), EndpointSettings()), [asdict(t) for t in turns]
+    turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, endpoint, progress)
+    return markdown(turns, command, machine(), endpoint), [asdict(t) for t in turns]
 
 
 def markdown(turns: list[LiveTurn], command: str, machine: dict, endpoint) -> str:
