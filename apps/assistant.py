@@ -171,7 +171,11 @@ class Assistant:
                     self.screen.line(f"(reached the model's {CHUNK_LENGTH} s window: stopped recording)")
                     self._toggle_recording(mic)
             return
-        for event in self.endpointer.feed(block):
+        self._events(self.endpointer.feed(block), mic)
+
+    def _events(self, events, mic: Microphone) -> None:
+        """What the endpointer finds in a block (as it finds it), then the utterance's new audio to the hearing."""
+        for event in events:
             self._event(event, mic)
         if self.hearing is not None and self.endpointer.in_speech:  # not listen-first: nothing to hand out
             self._hear(self.endpointer.new_speech())
@@ -319,10 +323,7 @@ class Assistant:
             if any(isinstance(e, SpeechStarted) for e in events):
                 self.speaker.stop()
                 self.screen.line("[you spoke: stopped speaking, listening]")
-                for event in events:
-                    self._event(event, mic)
-                if self.hearing is not None and self.endpointer.in_speech:
-                    self._hear(self.endpointer.new_speech())
+                self._events(events, mic)
                 return True
         return False
 

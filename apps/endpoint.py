@@ -45,7 +45,7 @@ class EndpointSettings:
         if self.speculate_ms and self.end_silence_ms <= self.speculate_ms:
             raise ConfigError(f"end_silence_ms must be above speculate_ms = {self.speculate_ms} (the silence after "
                               f"which the rest of the turn is heard ahead), got {self.end_silence_ms!r}")  # fmt: skip
-        if self.speculate_ms and not 3 * FRAME_MS <= self.speculate_ms < self.end_silence_ms:
+        if self.speculate_ms and self.speculate_ms < 3 * FRAME_MS:  # a Pause is exact from the 3rd silent frame
             raise ConfigError(f"speculate_ms must be 0 or in [{3 * FRAME_MS:g}, end_silence_ms = {self.end_silence_ms})"
                               f", got {self.speculate_ms!r}")  # fmt: skip
         if not 1 <= self.max_seconds <= CHUNK_LENGTH:
@@ -174,19 +174,23 @@ class Endpointer:
                 yield SpeechStarted(self._start_s)
             return
         self._speech.append(frame)
-        paused = s.speculate_ms > 0 and self._silence * FRAME_MS >= s.speculate_ms
+        paused = self._paused()
         if speech:
             self._silence, self._last_speech_s = 0, now
             if paused:
                 yield Resumed()
         else:
             self._silence += 1
-            if not paused and s.speculate_ms > 0 and self._silence * FRAME_MS >= s.speculate_ms:
+            if not paused and self._paused():
                 yield Pause(self._samples(capped=False))
         if self._silence * FRAME_MS >= s.end_silence_ms:
             yield self._finish(capped=False)
         elif len(self._speech) * FRAME >= s.max_seconds * SAMPLE_RATE:
             yield self._finish(capped=True)
+
+    def _paused(self) -> bool:
+        """The silence so far is long enough for a Pause."""
+        return 0 < self.settings.speculate_ms <= self._silence * FRAME_MS
 
     def _samples(self, capped: bool) -> np.ndarray:
         """The utterance: to its last speech frame and 3 frames more (all of it when capped). After 3 silent
