@@ -104,7 +104,8 @@ class TorchBackend:
         assert self._logits is not None, "feed something first"
         return self._logits.copy()
 
-    def reset(self) -> None:
+    def reset(self, positions: int | None = None) -> None:
+        """``positions`` is a bound for the next turns, which a growing PyTorch cache does not need."""
         self.cache, self.n_past, self._logits = None, 0, None
 
     def truncate(self, n_past: int) -> None:

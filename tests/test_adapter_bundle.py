@@ -146,3 +146,54 @@ def test_quantize_keeps_the_base_and_adapter_and_refuses_a_decoder_type(adapter_
     for name in ("decoder.gguf", "adapter.gguf"):
         assert (out / name).read_bytes() == (on_base / name).read_bytes()
     assert json.loads((out / "manifest.json").read_text())["decoder"]["type"] == "f32"
+
+
+def test_listen_first_pieces_get_a_context_their_size_and_a_conversation_gets_it_whole_again(adapter_bundles, clips):
+    """Once the answerer opens, the listening context shrinks to what a listen-first piece can fill (its KV cache
+    with it) and hears the same tokens; a wider beam grows it; a turn of a conversation on the listening model
+    gets the whole context back, afresh."""
+    from dataclasses import replace
+
+    from falcon_audio_edge.audio import load_audio
+    from falcon_audio_edge.runtime.backend import open_bundle
+    from falcon_audio_edge.runtime.decoder import CONTEXT_STEP
+    from falcon_audio_edge.runtime.listen import listening_positions, piece_settings
+
+    _, on_base, _ = adapter_bundles
+    samples = load_audio(clips["q0"]).samples
+    with open_bundle(on_base) as chat:
+        dec = chat.backend.decoder
+        full, listen = dec.n_ctx, chat.listening_for(GenerationSettings(max_tokens=12, beam_size=2))
+        piece = piece_settings(listen, len(samples) / 16000)
+        want = chat.hear_piece(samples, piece, full)  # heard in the whole context
+        chat.answerer()
+        small = listening_positions(chat, chat.listening_for(GenerationSettings()))
+        assert dec.n_ctx == -(-small // CONTEXT_STEP) * CONTEXT_STEP < full
+        need = listening_positions(chat, listen)
+        assert need > chat.dims.n_audio_tokens(1000) + 2 * piece.max_tokens  # 10 s of audio, 2 hypotheses
+        got = chat.hear_piece(samples, piece, need)
+        assert dec.n_ctx == -(-need // CONTEXT_STEP) * CONTEXT_STEP < full and got.tokens == want.tokens
+        wide = listening_positions(chat, replace(listen, beam_size=16))
+        assert wide > need and chat.hear_piece(samples, piece_settings(replace(listen, beam_size=16), 3), wide).text
+        assert dec.n_ctx == min(full, -(-wide // CONTEXT_STEP) * CONTEXT_STEP)
+        chat.reset()  # a reset keeps the size the pieces need
+        assert dec.n_ctx == min(full, -(-wide // CONTEXT_STEP) * CONTEXT_STEP)
+        chat.ask(samples, None, GenerationSettings(max_tokens=2)).run()  # a conversation's turn
+        assert dec.n_ctx == full and chat.turns == 1
+        heard = chat.ask(samples, None, GenerationSettings(max_tokens=4), listen_first=True).run()
+        assert dec.n_ctx < full and isinstance(heard.transcript, str)
+
+
+def test_the_memory_bench_puts_a_listen_first_turn_beside_the_plain_one(adapter_bundles, bundle_f32, tmp_path):
+    from falcon_audio_edge.bench import memory
+
+    _, on_base, _ = adapter_bundles
+    with pytest.raises(SystemExit, match="needs a bundle with an answer model"):
+        memory.main([str(bundle_f32), "--listen-first"])
+    out = tmp_path / "memory.md"
+    memory.main([str(on_base), "--n-ctx", "512", "--n-batch", "64", "--seconds", "3", "--listen-first",
+                 "--out", str(out)])  # fmt: skip
+    row = [cell.strip() for cell in out.read_text().strip().splitlines()[-1].strip("|").split("|")]
+    plain, first, ratio = float(row[4]), float(row[7]), float(row[8])
+    assert row[:2] == ["512", "64"] and plain > 0 and first > 0
+    assert abs(first / plain - ratio) < 0.005 + 1 / plain  # the MB are rounded in the table, the ratio is not

@@ -140,21 +140,18 @@ class SlowListener:
 
         self.go, self.threads, self.heard = threading.Event(), set(), 0
 
-    def reset_listening(self):
-        pass
+    def piece_positions(self, seconds, gen):
+        return 64
 
-    def ask(self, piece, prompt, gen):
+    def hear_piece(self, piece, gen, positions):
         import threading
         from types import SimpleNamespace
 
-        def run():
-            assert self.go.wait(10), "the test never let the transcription go"
-            self.threads.add(threading.current_thread().name)
-            self.heard += 1
-            return SimpleNamespace(text=f"piece{self.heard}", audio_tokens=1, windows=1, timings=SimpleNamespace(
-                mel_ms=0.0, encoder_ms=0.0))  # fmt: skip
-
-        return SimpleNamespace(run=run)
+        assert self.go.wait(10), "the test never let the transcription go"
+        self.threads.add(threading.current_thread().name)
+        self.heard += 1
+        return SimpleNamespace(text=f"piece{self.heard}", audio_tokens=1, windows=1, timings=SimpleNamespace(
+            mel_ms=0.0, encoder_ms=0.0))  # fmt: skip
 
 
 def test_pieces_cut_during_speech_are_heard_on_a_worker_while_the_audio_loop_goes_on(clips):
@@ -186,15 +183,15 @@ def test_pieces_cut_during_speech_are_heard_on_a_worker_while_the_audio_loop_goe
 
     flaky = SlowListener()  # its first transcription fails: the whole utterance is heard afresh at the end
     flaky.go.set()
-    real_ask = flaky.ask
+    real_hear = flaky.hear_piece
 
-    def ask(piece, prompt, gen):
+    def hear_piece(piece, gen, positions):
         if not flaky.threads and not getattr(flaky, "failed", False):
             flaky.failed = True
             raise FaEdgeError("the listener failed once")
-        return real_ask(piece, prompt, gen)
+        return real_hear(piece, gen, positions)
 
-    flaky.ask = ask
+    flaky.hear_piece = hear_piece
     again = Hearing(flaky, GenerationSettings(max_tokens=4))
     for i in range(0, len(samples), 512):
         again.add(samples[i : i + 512])

@@ -99,8 +99,8 @@ class BundleBackend:
     def beams_end(self, tokens: list[int]) -> None:
         self.decoder.beams_end(tokens)
 
-    def reset(self) -> None:
-        self.decoder.reset()
+    def reset(self, positions: int | None = None) -> None:
+        self.decoder.reset(positions)
 
     def truncate(self, n_past: int) -> None:
         self.decoder.truncate(n_past)

@@ -214,9 +214,10 @@ def guided_choice(
     return int(candidates[np.argmax(combined)])
 
 
-def gguf_token_embeddings(path, vocab: int, hidden: int, rows_per_part: int = 4096) -> np.ndarray:
+def gguf_token_embeddings(path, vocab: int, hidden: int, rows_per_part: int = 1024) -> np.ndarray:
     """The decoder's token embedding table (V, H) float32, read from its GGUF (dequantized if it is quantized), a
-    few thousand rows at a time from a memory map (``gguf_tensor``): nothing else of the file is loaded."""
+    thousand rows at a time from a memory map (``gguf_tensor``; gguf-py's dequantizing makes several copies of a
+    part): nothing else of the file is loaded."""
     import gguf
 
     from falcon_audio_edge.runtime.gguf_tensor import read_tensor

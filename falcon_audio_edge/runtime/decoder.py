@@ -18,6 +18,7 @@ from falcon_audio_edge.settings import BEAM_SEQUENCES, DEFAULT_N_CTX
 from falcon_audio_edge.settings import MAX_BEAM_SIZE as MAX_BEAMS
 
 _LOG_CALLBACK = None
+CONTEXT_STEP = 256  # a context sized to its need is a multiple of this many positions
 
 
 def silence_llama_logs(lc) -> None:
@@ -96,36 +97,28 @@ class LlamaDecoder:
 
         if n_batch < BEAM_SEQUENCES:  # llama.cpp would abort the process in llama_init_from_model
             raise FaEdgeError(f"n_batch must be >= {BEAM_SEQUENCES} (the KV sequences beam search uses), got {n_batch}")
-        self._lc = lc
+        self._lc, self.path, self.n_batch, self._n_threads = lc, path, n_batch, n_threads
         self.loaded = shared or LoadedModel(path)
         self.model = self.loaded.take()
+        self.ctx, self._lora = None, None
         try:
-            n_ctx = context_size(lc, self.model, path, n_ctx)
+            self.full_ctx = context_size(lc, self.model, path, n_ctx)  # what a conversation gets
+            self._make_context(self.full_ctx)
+            if adapter is not None:
+                self._lora = lc.llama_adapter_lora_init(self.model, str(adapter).encode())  # freed with the model
+                if not self._lora:
+                    raise BundleError(f"llama.cpp could not load the LoRA adapter {adapter} onto {path}")
+                self._apply_adapter()
         except FaEdgeError:
-            self.loaded.release()
-            raise
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
-        cparams.n_threads, cparams.n_threads_batch = n_threads, n_threads
-        # beam search keeps each hypothesis in a sequence of its own; one unified cache: a copied prefix is shared
-        cparams.n_seq_max, cparams.kv_unified = BEAM_SEQUENCES, True
-        self.ctx = lc.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            self.loaded.release()
-            raise BundleError(f"llama.cpp could not create a context for {path} (n_ctx={n_ctx})")
-        if adapter is not None:
-            try:
-                self._apply_adapter(adapter)
-            except FaEdgeError:
+            if self.ctx:
                 lc.llama_free(self.ctx)
                 self.ctx = None
-                self.loaded.release()
-                raise
+            self.loaded.release()
+            self.model = None
+            raise
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_embd = lc.llama_model_n_embd(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx = lc.llama_n_ctx(self.ctx)
-        self.n_batch = n_batch
         self.n_past = 0  # positions of the conversation, the unfed tokens included
         # a finished beam search's tokens: fed when the conversation goes on, never where it is reset first (a
         # transcription heard in pieces starts each piece afresh)
@@ -137,21 +130,34 @@ class LlamaDecoder:
         self._beam_pos = 0
         self._embeds = lc.llama_batch_init(n_batch, self.n_embd, 1)
 
-    def _apply_adapter(self, adapter: Path) -> None:
+    def _make_context(self, n_ctx: int) -> None:
+        """A fresh context of ``n_ctx`` positions on the model (the one before it freed), KV cache empty."""
         lc = self._lc
-        lora = lc.llama_adapter_lora_init(self.model, str(adapter).encode())  # freed with the model
-        if not lora:
-            raise BundleError(f"llama.cpp could not load the LoRA adapter {adapter} onto {self.loaded.path}")
-        loras, scales = (lc.llama_adapter_lora_p_ctypes * 1)(lora), (ctypes.c_float * 1)(1.0)
-        if lc.llama_set_adapters_lora(self.ctx, loras, 1, scales) != 0:
-            raise BundleError(f"llama.cpp could not apply the LoRA adapter {adapter}")
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, self.n_batch, self.n_batch
+        cparams.n_threads, cparams.n_threads_batch = self._n_threads, self._n_threads
+        # beam search keeps each hypothesis in a sequence of its own; one unified cache: a copied prefix is shared
+        cparams.n_seq_max, cparams.kv_unified = BEAM_SEQUENCES, True
+        if self.ctx:
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise BundleError(f"llama.cpp could not create a context for {self.path} (n_ctx={n_ctx})")
+        self.n_ctx = lc.llama_n_ctx(self.ctx)
+
+    def _apply_adapter(self) -> None:
+        loras, scales = (self._lc.llama_adapter_lora_p_ctypes * 1)(self._lora), (ctypes.c_float * 1)(1.0)
+        if self._lc.llama_set_adapters_lora(self.ctx, loras, 1, scales) != 0:
+            raise BundleError(f"llama.cpp could not apply the LoRA adapter to {self.path}")
 
     def close(self) -> None:
         lc = self._lc
-        if getattr(self, "ctx", None):
+        if getattr(self, "model", None):
             lc.llama_batch_free(self._tokens)
             lc.llama_batch_free(self._embeds)
-            lc.llama_free(self.ctx)
+            if self.ctx:
+                lc.llama_free(self.ctx)
             self.loaded.release()
             self.ctx = self.model = None
 
@@ -290,11 +296,19 @@ class LlamaDecoder:
             if seq != 0:  # sequence 0 is the conversation
                 self._lc.llama_memory_seq_rm(mem, seq, -1, -1)
 
-    def reset(self) -> None:
+    def reset(self, positions: int | None = None) -> None:
+        """Forget the conversation. ``positions``: the next one needs no more than these (a listen-first piece),
+        so the context is made that small (rounded up to CONTEXT_STEP), its KV cache with it, until a reset
+        without them gives the whole context back; a context is re-made only where its size changes."""
         self.beams_end([])
-        self._unfed = []
-        self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
-        self.n_past = 0
+        self._unfed, self.n_past = [], 0
+        want = self.full_ctx if positions is None else min(self.full_ctx, -(-positions // CONTEXT_STEP) * CONTEXT_STEP)
+        if want == self.n_ctx:
+            self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
+            return
+        self._make_context(want)
+        if self._lora:
+            self._apply_adapter()
 
     def truncate(self, n_past: int) -> None:
         """Forget every position from ``n_past`` on (the logits are stale until the next feed)."""

@@ -16,14 +16,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from falcon_audio_edge.audio import Audio, load_audio
+from falcon_audio_edge.audio import HOP_LENGTH, SAMPLE_RATE, Audio, load_audio
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import ContextFullError, FaEdgeError
 from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
 from falcon_audio_edge.runtime.chars import guide_scorer
 from falcon_audio_edge.runtime.ctc import guided_choice, proposals_of
-from falcon_audio_edge.runtime.listen import Hearing, listen_first_turn
+from falcon_audio_edge.runtime.listen import Hearing, listen_first_turn, listening_positions
 from falcon_audio_edge.runtime.turn import AskResult, Timings, Turn, sample_token
 from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, DecodingSettings, GenerationSettings, guidance_for
 
@@ -47,7 +47,7 @@ class Backend(Protocol):
     def feed_embeddings(self, embeds: np.ndarray) -> None: ...
     def truncate(self, n_past: int) -> None: ...
     def logits(self) -> np.ndarray: ...
-    def reset(self) -> None: ...
+    def reset(self, positions: int | None = None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -69,6 +69,7 @@ class AudioChat:
         self.open_answerer: Callable[[], AudioChat] | None = None  # set by open_bundle when it has an answer model
         self._answerer: AudioChat | None = None
         self.decoding = DecodingSettings()  # how its transcriptions are searched (open_bundle: the bundle's own)
+        self._piece_positions: int | None = None  # the listening context's size while it hears listen-first pieces
 
     @property
     def has_ctc_head(self) -> bool:
@@ -82,13 +83,14 @@ class AudioChat:
         """Forget the conversation (clears the KV cache; the answer model's too)."""
         if self._answerer is not None:
             self._answerer.reset()
-        self.reset_listening()
+        self.reset_listening(self._piece_positions)
 
     def start_turn(self, prompt: str | None = None) -> None:
         """Feed the text before the audio of the next audio turn now (while the user is still speaking);
         the next ``ask`` with audio and the same prompt goes on from there. ``cancel_turn`` takes it back."""
         if self._started is not None:
             return
+        self._conversing()
         before, _ = self.layout.around_audio(prompt, self.turns == 0)
         mark, close = self.backend.n_past, list(self._close_previous)
         ids = self._prefix_ids(before)
@@ -139,13 +141,40 @@ class AudioChat:
             listening = self.listening_for(gen) if listening is None else listening
             return Turn(listen_first_turn(self, audio, prompt, gen, listening, hearing))
         generation = generation or GenerationSettings()
+        self._check_heads(generation)
+        self._conversing()
+        return Turn(self._turn(audio, prompt, generation))
+
+    def _check_heads(self, generation: GenerationSettings) -> None:
         if generation.ctc_weight and not self.has_ctc_head:
             raise FaEdgeError(f"ctc_weight={generation.ctc_weight} needs a model with a CTC head; "
                               f"{self.dims.name} was trained without one")  # fmt: skip
         if generation.char_weight and not self.has_char_head:
             raise FaEdgeError(f"char_weight={generation.char_weight} needs a model with a character head "
                               "(python -m falcon_audio_edge.train.charhead)")  # fmt: skip
-        return Turn(self._turn(audio, prompt, generation))
+
+    def hear_piece(self, samples: np.ndarray, gen: GenerationSettings, positions: int) -> AskResult:
+        """One piece of a listen-first turn transcribed: a fresh turn of the listening model, its context made
+        ``positions`` long (``piece_positions``; it stays so until a turn of a conversation on this model)."""
+        self._check_heads(gen)
+        self.reset_listening(positions)
+        return Turn(self._turn(samples, TRANSCRIBE_PROMPT, gen)).run()
+
+    def piece_positions(self, seconds: float, gen: GenerationSettings) -> int:
+        """The most positions a fresh transcription turn of ``seconds`` of audio fills: its text, its audio tokens
+        and ``gen.max_tokens`` for each hypothesis of its beam."""
+        tokenize = self.backend.tokenize
+        before, _ = self.layout.around_audio(None, True)
+        text = self._bos_ids() + tokenize(before) + tokenize(f"\n{TRANSCRIBE_PROMPT}", special=False)
+        text += tokenize(self.layout.turn_end + self.layout.assistant_start)
+        audio = self.dims.n_audio_tokens(int(seconds * SAMPLE_RATE) // HOP_LENGTH)
+        return len(text) + audio + max(1, gen.beam_size) * gen.max_tokens
+
+    def _conversing(self) -> None:
+        """A turn of a conversation on the listening model: a context made small for listen-first pieces is made
+        whole again, afresh (it held a piece's transcription, no part of a conversation)."""
+        if self._piece_positions is not None:
+            self.reset_listening()
 
     def start_hearing(
         self, generation: GenerationSettings | None = None, slack_s: float = 0.0,
@@ -171,6 +200,8 @@ class AudioChat:
             if self.open_answerer is None:
                 raise FaEdgeError("listen-first needs a bundle with an answer model (fa-edge export --answer-llm)")
             t0 = time.perf_counter()
+            # the listening model hears pieces from now on: its context shrinks before the answerer's is made
+            self.reset_listening(listening_positions(self, self.listening_for(GenerationSettings())))
             self._answerer = self.open_answerer()
             self.load_ms += (time.perf_counter() - t0) * 1e3
         return self._answerer
@@ -203,10 +234,12 @@ class AudioChat:
         weight, char_weight = guidance_for(prompt, self.has_ctc_head, self.has_char_head, ctc, chars)
         return replace(gen, ctc_weight=weight, char_weight=char_weight)
 
-    def reset_listening(self) -> None:
-        """Forget what the listening model heard (its conversation), keeping the answer model's."""
-        self.backend.reset()
+    def reset_listening(self, positions: int | None = None) -> None:
+        """Forget what the listening model heard (its conversation), keeping the answer model's. ``positions``:
+        no turn until the next conversation needs more (listen-first pieces), so the context may be that small."""
+        self.backend.reset(positions)
         self._close_previous, self._started, self.turns = [], None, 0
+        self._piece_positions = positions
 
     def _bos_ids(self) -> list[int]:
         """What starts a conversation: the BOS token where the layout adds one and the tokenizer has one."""

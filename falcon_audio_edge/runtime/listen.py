@@ -21,6 +21,7 @@ import numpy as np
 from falcon_audio_edge.audio import (
     MIN_SAMPLES,
     SAMPLE_RATE,
+    SEGMENT_SECONDS,
     SILENCE_PEAK,
     Audio,
     load_audio,
@@ -30,7 +31,7 @@ from falcon_audio_edge.audio import (
 )
 from falcon_audio_edge.errors import FaEdgeError
 from falcon_audio_edge.runtime.turn import AskResult, Timings
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, GenerationSettings
+from falcon_audio_edge.settings import GenerationSettings
 
 # a piece's transcription stops at this many tokens a second of its audio (+ TOKENS_SLACK): fast speech says
 # about 5, so only a runaway reaches it, and the work per piece stays bounded by its length
@@ -60,6 +61,17 @@ def samples_of(audio: Audio | np.ndarray | str | Path) -> np.ndarray:
     if isinstance(audio, Audio):
         return validate_samples(audio.samples, audio.source)
     return validate_samples(audio)
+
+
+def piece_settings(listen: GenerationSettings, seconds: float) -> GenerationSettings:
+    """A piece's transcription: ``listen`` with its tokens capped by the piece's length."""
+    cap = int(MAX_TOKENS_PER_SECOND * seconds) + TOKENS_SLACK
+    return replace(listen, max_tokens=min(listen.max_tokens, cap))
+
+
+def listening_positions(chat: Any, listen: GenerationSettings) -> int:
+    """The most positions a piece of a listen-first turn fills in the listening context (the longest piece)."""
+    return chat.piece_positions(SEGMENT_SECONDS, piece_settings(listen, SEGMENT_SECONDS))
 
 
 @dataclass
@@ -97,6 +109,7 @@ class Hearing:
 
     def __init__(self, chat: Any, listen: GenerationSettings, slack_s: float = 0.0):
         self.chat, self.listen = chat, listen
+        self.positions = listening_positions(chat, listen)  # the listening context a piece needs at most
         self.slack = int(max(0.0, slack_s) * SAMPLE_RATE)
         self.pending = np.zeros(0, dtype=np.float32)  # added, not yet heard
         self.offset = 0  # samples of the utterance heard so far
@@ -209,11 +222,7 @@ class Hearing:
         """Transcribe one piece (None: skipped, too short or too quiet to hold speech)."""
         if len(piece) < MIN_SAMPLES or float(np.max(np.abs(piece))) < SILENCE_PEAK:
             return None
-        self.chat.reset_listening()
-        cap = int(MAX_TOKENS_PER_SECOND * len(piece) / SAMPLE_RATE) + TOKENS_SLACK
-        result = self.chat.ask(
-            piece, TRANSCRIBE_PROMPT, replace(self.listen, max_tokens=min(self.listen.max_tokens, cap))
-        ).run()
+        result = self.chat.hear_piece(piece, piece_settings(self.listen, len(piece) / SAMPLE_RATE), self.positions)
         t = result.timings
         return _Part(result.text.strip(), result.audio_tokens, result.windows, t.mel_ms, t.encoder_ms)
 
