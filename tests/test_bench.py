@@ -182,3 +182,31 @@ def test_quantized_bundles_are_also_measured_with_the_extra_buffers_off(tmp_path
     assert targets[2].spec["extra_bufts"] == "off" and "extra_bufts" not in targets[1].spec
     monkeypatch.setattr(run_mod, "decision", lambda: Decision(False, "not proven"))
     assert len(run_mod.plan_targets([q8], settings, None)) == 1
+
+
+def test_the_pause_bench_finds_the_end_silence_that_cuts_a_clip_in_its_pause(clips, tmp_path):
+    """Two questions 0.45 s apart, as one clip: an end silence of 300 ms cuts it in two, 700 ms hears it whole."""
+    import json
+
+    import soundfile as sf
+
+    from falcon_audio_edge.audio import load_audio
+    from falcon_audio_edge.bench import pauses
+
+    q = load_audio(clips["q0"]).samples
+    voiced = np.flatnonzero(np.abs(q) > 0.02)
+    q = q[voiced[0] : voiced[-1] + 1]  # the question without the silence around it
+    sf.write(tmp_path / "two.wav", np.concatenate([q, np.zeros(int(0.45 * 16000)), q]), 16000)
+    sf.write(tmp_path / "one.wav", q, 16000)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": f"{n}.wav", "text": "x"}) + "\n" for n in ("two", "one")))
+    result = pauses.measure([manifest], [300, 700])
+    assert result[300].cut == ["two"] and result[700].cut == [] and result[700].clips == 2
+    assert result[700].unheard == [] and result[300].dropped == 0 and result[700].dropped >= 1  # resumed after 0.45 s
+    out = tmp_path / "pauses.md"
+    pauses.main([str(manifest), "--end-silence-ms", "300", "700", "--out", str(out)])
+    assert "| 300 | 2 | 1 | two | 0 | 0 |" in out.read_text()
+    with pytest.raises(SystemExit, match="end_silence_ms must be above speculate_ms"):
+        pauses.main([str(manifest), "--end-silence-ms", "150"])
+    with pytest.raises(SystemExit, match="no such manifest"):
+        pauses.main([str(tmp_path / "none.jsonl")])
