@@ -201,7 +201,8 @@ class AudioChat:
                 raise FaEdgeError("listen-first needs a bundle with an answer model (fa-edge export --answer-llm)")
             t0 = time.perf_counter()
             # the listening model hears pieces from now on: its context shrinks before the answerer's is made
-            self.reset_listening(listening_positions(self, self.listening_for(GenerationSettings())))
+            listen = self.listening_for(GenerationSettings(**self.decoding.search()))  # the bundle's own search
+            self.reset_listening(listening_positions(self, listen))
             self._answerer = self.open_answerer()
             self.load_ms += (time.perf_counter() - t0) * 1e3
         return self._answerer
