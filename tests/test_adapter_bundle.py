@@ -198,3 +198,11 @@ def test_the_memory_bench_puts_a_listen_first_turn_beside_the_plain_one(adapter_
     plain, first, ratio = float(row[4]), float(row[7]), float(row[8])
     assert row[:2] == ["512", "64"] and plain > 0 and first > 0
     assert abs(first / plain - ratio) < 0.005 + 1 / plain  # the MB are rounded in the table, the ratio is not
+
+
+def test_the_live_bench_sets_no_pytorch_baseline_beside_a_listen_first_bundle(adapter_bundles):
+    from falcon_audio_edge.bench.live import LiveTurn, torch_turns
+
+    turns = [LiveTurn(3.0, 3.0, 1.0, 0.7, 0.5)]
+    assert "its answer model answers" in torch_turns(adapter_bundles[1], turns, 1, 2, 1)
+    assert turns[0].torch_bf16_s is None

@@ -37,8 +37,11 @@ def test_a_live_run_measures_the_gap_from_the_end_of_speech(tmp_path, bundle_f32
     assert 0.6 <= turn["endpoint_s"] <= 1.2, turn
     assert turn["endpoint_s"] < turn["gap_s"] < turn["endpoint_s"] + 5, turn
     assert 0 < turn["whole_clip_s"] < 5 and 2.0 <= turn["speech_s"] <= 3.0, turn
+    assert 0 < turn["torch_bf16_s"] < 30, turn  # the bundle's checkpoint in PyTorch bf16, same clip, same run
     text = out.read_text()
     assert "| 3 |" in text and "700 ms of silence" in text and "extra buffers" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 3 |")).strip("|").split("|")
+    assert abs(float(row[6]) - float(row[5]) / float(row[4])) < 0.02 + 0.01 / float(row[4])  # the ratio of the two
     proc = fa_edge("bench", "--live", bundle_f32, "--audio-seconds", "3", "--repeats", "1", "--tokens", "2",
                    "--threads", "1", "--end-silence-ms", "600", "--out", out, "--json")  # fmt: skip
     (turn,) = json.loads(proc.stdout)
@@ -54,3 +57,16 @@ def test_live_needs_exactly_one_bundle(bundle_f32, tmp_path):
     assert proc.returncode == 2 and "--live measures one bundle you name; --suite tiny" in proc.stderr
     proc = fa_edge("bench", "--live", tmp_path / "none", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error:")
+
+
+def test_no_pytorch_baseline_without_its_checkpoint_or_beside_a_listen_first_bundle(bundle_f32, tmp_path):
+    import shutil
+
+    from falcon_audio_edge.bench.live import LiveTurn, torch_turns
+
+    moved = shutil.copytree(bundle_f32, tmp_path / "bundle")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["source"]["checkpoint"] = str(tmp_path / "gone")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    turns = [LiveTurn(3.0, 3.0, 1.0, 0.7, 0.5)]
+    assert "gone is not on this machine" in torch_turns(moved, turns, 1, 2, 1) and turns[0].torch_bf16_s is None

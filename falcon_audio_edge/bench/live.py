@@ -8,7 +8,8 @@ where the bundle has an answer model (its settled pieces transcribed while the q
 reports the end of the utterance.
 The gap is measured from the moment the last speech sample reached the microphone to the first answer token,
 the wait for silence included. Beside it, in the same run, the whole-clip path (``fa-edge ask``: the clip in
-hand -> first token) on the same clip.
+hand -> first token) on the same clip, and, where the bundle answers from the audio itself (no answer model: the
+PyTorch reference has none), the same whole clip through the PyTorch reference of its checkpoint in bfloat16.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import datetime as dt
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -30,13 +32,14 @@ TAIL_S = 2.0  # silence played after the speech
 SPEECH_DBFS = -40.0  # a 32 ms frame this loud (relative to the clip's peak) is speech, for the clip's end
 
 
-@dataclass(frozen=True)
+@dataclass
 class LiveTurn:
     clip_s: float  # the clip asked for
     speech_s: float  # the question's length, to its last speech sample
     gap_s: float  # the last speech sample reached the microphone -> the first answer token on screen
     endpoint_s: float  # the part of it spent deciding the person had stopped
     whole_clip_s: float  # the same clip given whole (fa-edge ask): clip in hand -> first token
+    torch_bf16_s: float | None = None  # the same, through the PyTorch reference in bfloat16 (None: not measured)
 
 
 def speech_end(samples: np.ndarray) -> int:
@@ -144,27 +147,64 @@ def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: 
     endpoint = EndpointSettings() if end_silence_ms is None else EndpointSettings(end_silence_ms=end_silence_ms)
     read_bundle(bundles[0], verify=True)
     turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, endpoint, progress)
-    return markdown(turns, command, machine(), endpoint), [asdict(t) for t in turns]
+    reference = torch_turns(bundles[0], turns, repeats, tokens, settings.n_threads, progress)
+    return markdown(turns, command, machine(), endpoint, reference), [asdict(t) for t in turns]
 
 
-def markdown(turns: list[LiveTurn], command: str, machine: dict, endpoint) -> str:
+def torch_turns(bundle, turns: list[LiveTurn], repeats: int, tokens: int, threads: int, progress=print) -> str:
+    """Each length's clip whole through the PyTorch reference of the bundle's checkpoint in bfloat16 (clip in hand
+    -> first token, after one warm-up), set into ``turns``; what was measured, or why nothing was, in a line."""
+    from falcon_audio_edge.runtime.bundle import read_bundle
+    from falcon_audio_edge.settings import GenerationSettings
+
+    bundle = read_bundle(bundle, verify=False)
+    ckpt = bundle.manifest.get("source", {}).get("checkpoint")
+    if bundle.has_answer_model:
+        return (
+            "PyTorch bf16: not measured (the bundle hears first, then its answer model answers: the reference has none)"
+        )
+    if not ckpt or not Path(ckpt).is_dir():
+        return f"PyTorch bf16: not measured (the bundle's checkpoint {ckpt or '(none named)'} is not on this machine)"
+    try:
+        from falcon_audio_edge.reference import open_checkpoint
+    except ImportError as exc:
+        return f"PyTorch bf16: not measured ({exc}; pip install -e '.[export]')"
+    with open_checkpoint(ckpt, threads, "bfloat16") as chat:
+        gen = GenerationSettings(max_tokens=tokens, ignore_end_of_turn=True)
+        for length in sorted({t.clip_s for t in turns}):
+            clip = speech_clip(length).samples
+            for r in range(repeats + 1):
+                chat.reset()
+                t0 = time.perf_counter()
+                took = first_token_s(chat.ask(Audio(clip, "whole"), None, gen)) - t0
+                if r:
+                    same = [t for t in turns if t.clip_s == length][r - 1]
+                    same.torch_bf16_s = took
+                    progress(f"{length:g} s: PyTorch bf16 whole clip {took:.2f} s")
+    return f"PyTorch bf16: the bundle's checkpoint ({ckpt}) through the PyTorch reference, greedy"
+
+
+def markdown(turns: list[LiveTurn], command: str, machine: dict, endpoint, reference: str = "") -> str:
     by_len: dict[float, list[LiveTurn]] = {}
     for t in turns:
         by_len.setdefault(t.clip_s, []).append(t)
     lines = [
         "# Response gap", "",
         f"Produced by `{command}` on {dt.date.today().isoformat()} (rerun it to refresh). "
-        f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores. {machine.get('extra_bufts', '')}.",
+        f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, bf16 instructions: "
+        f"{machine.get('bf16', 'unknown')}. {machine.get('extra_bufts', '')}.",
         f"Endpoint: {endpoint.end_silence_ms} ms of silence ends a question; the rest of it is heard from "
         f"{endpoint.speculate_ms} ms of silence on. Medians of {len(next(iter(by_len.values())))} turns per length "
-        "(after one warm-up).", "",
+        f"(after one warm-up). {reference}.", "",
         "| question s | speech s | gap: end of speech → first token s | of it waiting for silence s | "
-        "whole clip in hand → first token s |",
-        "|---|---|---|---|---|",
+        "whole clip in hand → first token s | PyTorch bf16, whole clip s | PyTorch bf16 / whole clip |",
+        "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     keys = ("speech_s", "gap_s", "endpoint_s", "whole_clip_s")
     for length, ts in sorted(by_len.items()):
         m = {k: statistics.median(asdict(t)[k] for t in ts) for k in keys}
+        ref = [t.torch_bf16_s for t in ts if t.torch_bf16_s is not None]
+        torch_s = f"{statistics.median(ref):.2f} | {statistics.median(ref) / m['whole_clip_s']:.2f}" if ref else "– | –"
         lines.append(f"| {length:g} | {m['speech_s']:.1f} | {m['gap_s']:.2f} | {m['endpoint_s']:.2f} | "
-                     f"{m['whole_clip_s']:.2f} |")  # fmt: skip
+                     f"{m['whole_clip_s']:.2f} | {torch_s} |")  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -193,8 +193,19 @@ def machine() -> dict:
     except (ValueError, OSError):
         mem_gb = float("nan")
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": default_threads(), "memory_gib": round(mem_gb, 1),
-            "python": platform.python_version(), "platform": platform.platform(),
+            "python": platform.python_version(), "platform": platform.platform(), "bf16": bf16_instructions(),
             "extra_bufts": decision().line()}  # fmt: skip
+
+
+def bf16_instructions() -> str:
+    """What this CPU has for bfloat16 arithmetic: PyTorch's bf16 products are fast with AMX, and slower than float32
+    without it on the CPUs measured here (docs/training.md)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = set(next(line for line in lines if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown"
+    return "AMX" if "amx_bf16" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags else "none"
 
 
 @dataclass
