@@ -206,3 +206,20 @@ def test_the_live_bench_sets_no_pytorch_baseline_beside_a_listen_first_bundle(ad
     turns = [LiveTurn(3.0, 3.0, 1.0, 0.7, 0.5)]
     assert "its answer model answers" in torch_turns(adapter_bundles[1], turns, 1, 2, 1)
     assert turns[0].torch_bf16_s is None
+
+
+def test_a_context_that_cannot_be_made_smaller_leaves_the_one_there_working(adapter_bundles, clips, monkeypatch):
+    from falcon_audio_edge.errors import BundleError
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    with open_bundle(adapter_bundles[1]) as chat:
+        dec = chat.backend.decoder
+        want = chat.ask(clips["q0"], None, GenerationSettings(max_tokens=3)).run().tokens
+        full = dec.n_ctx
+        monkeypatch.setattr(dec._lc, "llama_init_from_model", lambda model, params: None)
+        with pytest.raises(BundleError, match="could not create a context"):
+            chat.answerer()  # it makes the listening context smaller first
+        monkeypatch.undo()
+        assert dec.n_ctx == full and dec.ctx
+        chat.reset()
+        assert chat.ask(clips["q0"], None, GenerationSettings(max_tokens=3)).run().tokens == want  # as before

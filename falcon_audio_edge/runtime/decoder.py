@@ -131,20 +131,20 @@ class LlamaDecoder:
         self._embeds = lc.llama_batch_init(n_batch, self.n_embd, 1)
 
     def _make_context(self, n_ctx: int) -> None:
-        """A fresh context of ``n_ctx`` positions on the model (the one before it freed), KV cache empty."""
+        """A fresh context of ``n_ctx`` positions on the model, KV cache empty; the one before it is freed once the
+        new one exists (where it cannot be made, the old one stays)."""
         lc = self._lc
         cparams = lc.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, self.n_batch, self.n_batch
         cparams.n_threads, cparams.n_threads_batch = self._n_threads, self._n_threads
         # beam search keeps each hypothesis in a sequence of its own; one unified cache: a copied prefix is shared
         cparams.n_seq_max, cparams.kv_unified = BEAM_SEQUENCES, True
+        ctx = lc.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            raise BundleError(f"llama.cpp could not create a context for {self.path} (n_ctx={n_ctx})")
         if self.ctx:
             lc.llama_free(self.ctx)
-            self.ctx = None
-        self.ctx = lc.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            raise BundleError(f"llama.cpp could not create a context for {self.path} (n_ctx={n_ctx})")
-        self.n_ctx = lc.llama_n_ctx(self.ctx)
+        self.ctx, self.n_ctx = ctx, lc.llama_n_ctx(ctx)
 
     def _apply_adapter(self) -> None:
         loras, scales = (self._lc.llama_adapter_lora_p_ctypes * 1)(self._lora), (ctypes.c_float * 1)(1.0)
@@ -303,12 +303,16 @@ class LlamaDecoder:
         self.beams_end([])
         self._unfed, self.n_past = [], 0
         want = self.full_ctx if positions is None else min(self.full_ctx, -(-positions // CONTEXT_STEP) * CONTEXT_STEP)
-        if want == self.n_ctx:
-            self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
+        if want != self.n_ctx:
+            try:
+                self._make_context(want)
+            except FaEdgeError:  # the context as it was, emptied as a reset leaves it
+                self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
+                raise
+            if self._lora:
+                self._apply_adapter()
             return
-        self._make_context(want)
-        if self._lora:
-            self._apply_adapter()
+        self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
 
     def truncate(self, n_past: int) -> None:
         """Forget every position from ``n_past`` on (the logits are stale until the next feed)."""
