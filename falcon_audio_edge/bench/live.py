@@ -63,6 +63,13 @@ def first_token_s(turn) -> float:
     return first or time.perf_counter()
 
 
+def whole_clip_s(chat, clip: np.ndarray, gen, listen_first: bool = False) -> float:
+    """A fresh conversation given the whole clip (fa-edge ask): seconds from the clip in hand to the first token."""
+    chat.reset()
+    t0 = time.perf_counter()
+    return first_token_s(chat.ask(Audio(clip, "whole"), None, gen, listen_first)) - t0
+
+
 def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tuple[float, float]:
     """Play ``samples`` (speech, then silence) at real time; (gap, endpoint wait) in seconds."""
     from falcon_audio_edge.apps.endpoint import Pause, Resumed, SpeechStarted, Utterance
@@ -122,9 +129,7 @@ def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, endpoin
                 chat.reset()
                 endpointer.reset()
                 gap, waited = play(chat, endpointer, clip, gen, listen_first)
-                chat.reset()
-                t0 = time.perf_counter()
-                whole = first_token_s(chat.ask(Audio(clip, "whole"), None, gen, listen_first)) - t0
+                whole = whole_clip_s(chat, clip, gen, listen_first)
                 if r:
                     out.append(LiveTurn(s, speech_end(clip) / SAMPLE_RATE, gap, waited, whole))
                     progress(f"{s:g} s: gap {gap:.2f} s ({waited:.2f} s waiting for silence), whole clip {whole:.2f} s")
@@ -174,9 +179,7 @@ def torch_turns(bundle, turns: list[LiveTurn], repeats: int, tokens: int, thread
         for length in sorted({t.clip_s for t in turns}):
             clip = speech_clip(length).samples
             for r in range(repeats + 1):
-                chat.reset()
-                t0 = time.perf_counter()
-                took = first_token_s(chat.ask(Audio(clip, "whole"), None, gen)) - t0
+                took = whole_clip_s(chat, clip, gen)
                 if r:
                     same = [t for t in turns if t.clip_s == length][r - 1]
                     same.torch_bf16_s = took

@@ -163,10 +163,8 @@ class AudioChat:
     def piece_positions(self, seconds: float, gen: GenerationSettings) -> int:
         """The most positions a fresh transcription turn of ``seconds`` of audio fills: its text, its audio tokens
         and ``gen.max_tokens`` for each hypothesis of its beam."""
-        tokenize = self.backend.tokenize
         before, _ = self.layout.around_audio(None, True)
-        text = self._bos_ids() + tokenize(before) + tokenize(f"\n{TRANSCRIBE_PROMPT}", special=False)
-        text += tokenize(self.layout.turn_end + self.layout.assistant_start)
+        text = self._bos_ids() + self.backend.tokenize(before) + self._ids_after(TRANSCRIBE_PROMPT, True)
         audio = self.dims.n_audio_tokens(int(seconds * SAMPLE_RATE) // HOP_LENGTH)
         return len(text) + audio + max(1, gen.beam_size) * gen.max_tokens
 
@@ -242,6 +240,14 @@ class AudioChat:
         self._close_previous, self._started, self.turns = [], None, 0
         self._piece_positions = positions
 
+    def _ids_after(self, prompt: str | None, audio: bool) -> list[int]:
+        """The turn's text after its audio: the prompt (the whole user text of a turn without audio) and the
+        template up to the answer."""
+        # the user's text (typed, or a transcript) is tokenized as text: roles come only from the template
+        user = (f"\n{prompt}" if prompt else "") if audio else (prompt or "")
+        ids = self.backend.tokenize(user, special=False) if user else []
+        return ids + self.backend.tokenize(self.layout.turn_end + self.layout.assistant_start)
+
     def _bos_ids(self) -> list[int]:
         """What starts a conversation: the BOS token where the layout adds one and the tokenizer has one."""
         return [self.backend.bos_id] if self.layout.add_bos and self.backend.bos_id is not None else []
@@ -273,10 +279,7 @@ class AudioChat:
             self.cancel_turn()  # started for another prompt, or this turn has no audio
         t0 = time.perf_counter()
         before, _ = self.layout.around_audio(None, self.turns == 0)
-        # the user's text (typed, or a transcript) is tokenized as text: roles come only from the template
-        user = (prompt or "") if embeds is None else (f"\n{prompt}" if prompt else "")
-        ids_after = self.backend.tokenize(user, special=False) if user else []
-        ids_after += self.backend.tokenize(self.layout.turn_end + self.layout.assistant_start)
+        ids_after = self._ids_after(prompt, embeds is not None)
         mark, close = (
             (self._started[2], self._started[3]) if self._started else (self.backend.n_past, self._close_previous)
         )
