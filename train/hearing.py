@@ -108,17 +108,24 @@ def evaluate(bundle: Path, splits: list[Path], whisper: Path | None, threads: in
 
     result: dict = {"bundle": str(bundle), "threads": threads, "rows": [], "examples": []}
     read = [(manifest, read_rows(manifest)) for manifest in splits]  # every manifest checked before the bundle loads
+    # Whisper first, before the bundle holds numpy's BLAS to one thread (runtime/blas.py): it runs as it would alone
+    whispered = [whisper_transcripts(whisper, clips_of(m, rows), threads) if whisper else None for m, rows in read]
     with open_bundle(bundle, RuntimeSettings(threads=threads)) as chat:  # loaded and verified once for all splits
-        for manifest, rows in read:
-            add_split(result, chat, manifest, rows, whisper, threads)
+        for (manifest, rows), said in zip(read, whispered, strict=True):
+            add_split(result, chat, manifest, rows, said)
     return result
 
 
-def add_split(result: dict, chat, manifest: Path, rows: list[dict], whisper: Path | None, threads: int) -> None:
-    """One split's rows per voice family, and its examples, into ``result``."""
-    clips = [manifest.parent / r["audio"] for r in rows]
+def clips_of(manifest: Path, rows: list[dict]) -> list[Path]:
+    return [manifest.parent / r["audio"] for r in rows]
+
+
+def add_split(result: dict, chat, manifest: Path, rows: list[dict], whispered: tuple | None) -> None:
+    """One split's rows per voice family, and its examples, into ``result`` (``whispered``: Whisper's transcripts
+    of the rows and its seconds a clip, or None)."""
+    clips = clips_of(manifest, rows)
     hyps, seconds = bundle_transcripts(chat, clips)
-    said, w_seconds = whisper_transcripts(whisper, clips, threads) if whisper else (None, None)
+    said, w_seconds = whispered if whispered else (None, None)
     agree = question_agreement(chat, rows, clips)
     name = manifest.parent.name
     groups: dict[str, list[int]] = {}

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from falcon_audio_edge.errors import BundleError
+from falcon_audio_edge.runtime import blas
 from falcon_audio_edge.runtime.bundle import Bundle, read_bundle
 from falcon_audio_edge.runtime.charnet import CharHead, load_char_head
 from falcon_audio_edge.runtime.ctc import CTCHead, load_ctc_head
@@ -36,6 +37,8 @@ class BundleBackend:
         self._ctc_loading: Future | None = None
         self.has_char_head = bundle.char_path is not None
         self._chars: CharHead | None = None
+        blas.hold()  # numpy's BLAS on one thread while the bundle is open (runtime/blas.py)
+        self._holds_blas = True
 
     def _load_ctc(self) -> CTCHead:
         dec = self.bundle.dims.decoder
@@ -107,6 +110,9 @@ class BundleBackend:
 
     def close(self) -> None:
         self.decoder.close()
+        if getattr(self, "_holds_blas", False):  # an answer model's TextBackend holds none
+            self._holds_blas = False
+            blas.release()
 
 
 class TextBackend(BundleBackend):
