@@ -10,6 +10,10 @@ class ContextFullError(FaEdgeError):
     conversation before it is kept; ``reset()`` starts a new one."""
 
 
+class Interrupted(FaEdgeError):
+    """Work stopped midway because its result is no longer wanted (a speculation dropped when speech resumed)."""
+
+
 class ConfigError(FaEdgeError, ValueError):
     """A setting or a dims file has a bad, unknown or conflicting value."""
 

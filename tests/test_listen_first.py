@@ -132,6 +132,36 @@ def test_a_speculation_from_a_pause_gives_the_tokens_of_the_turn_heard_after_the
         assert result.pieces == whole.pieces == heard.pieces
 
 
+class StopAfter:
+    """A stop event that reads as set from its ``n``-th look on."""
+
+    def __init__(self, n: int):
+        self.n, self.looks = n, 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks >= self.n
+
+
+@pytest.mark.parametrize("search", ["beam", "greedy"])
+def test_a_piece_no_longer_wanted_stops_at_its_next_token_and_the_model_hears_on(ctc_bundle, clips, search):
+    from falcon_audio_edge.audio import load_audio
+    from falcon_audio_edge.errors import Interrupted
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    samples = load_audio(clips["q1"]).samples
+    gen = GenerationSettings(max_tokens=12, ignore_end_of_turn=True, beam_size=4 if search == "beam" else 1)
+    with open_bundle(ctc_bundle[1]) as chat:
+        gen = chat.with_weights(gen, TRANSCRIBE_PROMPT, 0.3, 0.0)
+        want = chat.hear_piece(samples, gen, 512)
+        assert len(want.tokens) > 3
+        stop = StopAfter(3)
+        with pytest.raises(Interrupted):
+            chat.hear_piece(samples, gen, 512, stop)
+        assert stop.looks == 3  # stopped at its third token, not run to its last
+        assert chat.hear_piece(samples, gen, 512).tokens == want.tokens  # the next piece as if nothing happened
+
+
 class SlowListener:
     """A stand-in for the listening model: each transcription waits until the test lets it go."""
 
@@ -143,7 +173,7 @@ class SlowListener:
     def piece_positions(self, seconds, gen):
         return 64
 
-    def hear_piece(self, piece, gen, positions):
+    def hear_piece(self, piece, gen, positions, stop=None):
         import threading
         from types import SimpleNamespace
 
@@ -185,11 +215,11 @@ def test_pieces_cut_during_speech_are_heard_on_a_worker_while_the_audio_loop_goe
     flaky.go.set()
     real_hear = flaky.hear_piece
 
-    def hear_piece(piece, gen, positions):
+    def hear_piece(piece, gen, positions, stop=None):
         if not flaky.threads and not getattr(flaky, "failed", False):
             flaky.failed = True
             raise FaEdgeError("the listener failed once")
-        return real_hear(piece, gen, positions)
+        return real_hear(piece, gen, positions, stop)
 
     flaky.hear_piece = hear_piece
     again = Hearing(flaky, GenerationSettings(max_tokens=4))
@@ -198,6 +228,38 @@ def test_pieces_cut_during_speech_are_heard_on_a_worker_while_the_audio_loop_goe
     redone = again.finish(samples)
     assert redone.pieces == len(spans) and redone.early_pieces == 0
     assert flaky.heard >= len(spans) and len(redone.transcript.split()) == len(spans)
+
+
+def test_a_piece_is_heard_once_its_end_is_found_and_that_work_is_taken_when_it_settles(clips):
+    from falcon_audio_edge.audio import load_audio, pause_segments, piece_end
+    from falcon_audio_edge.runtime.listen import Hearing
+
+    samples = load_audio(clips["45s"]).samples
+    spans = pause_segments(samples)
+    listener = SlowListener()
+    listener.go.set()
+    hearing = Hearing(listener, GenerationSettings(max_tokens=4), slack_s=0.7)
+    added = 0
+    while piece_end(samples[:added], False) is None:  # until the first piece's end is found
+        hearing.add(samples[added : added + 512])
+        added += 512
+    assert not hearing._queued, "the end may still move: the piece is not settled"
+    assert list(hearing._early) == [spans[0][1]]
+    hearing._early[spans[0][1]][0].result(timeout=10)
+    assert listener.heard == 1  # heard before it settled
+    for i in range(added, len(samples), 512):
+        hearing.add(samples[i : i + 512])
+    heard = hearing.finish(samples)
+    assert heard.pieces == len(spans) and heard.transcript == " ".join(f"piece{k + 1}" for k in range(len(spans)))
+    assert listener.heard == len(spans)  # each piece heard once: the early work taken, at the end too
+
+    end = spans[0][1] + int(0.6 * SAMPLE_RATE)  # an utterance that ends sooner: too little after the pause to cut
+    short = Hearing(SlowListener(), GenerationSettings(max_tokens=4), slack_s=0.7)
+    short.chat.go.set()
+    for i in range(0, spans[0][1] + SAMPLE_RATE + 1024, 512):
+        short.add(samples[i : i + 512])
+    assert spans[0][1] in short._early and not short._queued
+    assert short.finish(samples[:end]).pieces == len(pause_segments(samples[:end])) == 1  # the early one dropped
 
 
 def test_listen_first_needs_an_answer_model(bundle_f32, clips):

@@ -10,11 +10,13 @@ it: the search stops there (or at ``max_tokens``). Each live hypothesis is a seq
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from falcon_audio_edge.errors import Interrupted
 from falcon_audio_edge.runtime.ctc import CTCPrefixScorer, candidate_tokens, log_softmax, proposals_of
 from falcon_audio_edge.settings import GenerationSettings
 
@@ -64,11 +66,12 @@ def _child(parent: Hypothesis, ext: _Extension, end: int) -> Hypothesis:
 
 
 def beam_search(
-    backend: BeamBackend, logits: np.ndarray, scorer: CTCPrefixScorer, gen: GenerationSettings, end: int
-) -> Hypothesis:
+    backend: BeamBackend, logits: np.ndarray, scorer: CTCPrefixScorer, gen: GenerationSettings, end: int,
+    stop: Callable[[], bool] | None = None,
+) -> Hypothesis:  # fmt: skip
     """The best hypothesis after the prompt whose next-token ``logits`` are given (its end token not included
     in ``tokens``; ``ended`` False if it stopped at ``max_tokens``). The backend's conversation holds exactly
-    that hypothesis afterwards."""
+    that hypothesis afterwards. ``stop()`` true before a step: Interrupted, the conversation as it was."""
     width = gen.beam_size
     k = max(gen.ctc_candidates, width)
     proposed = proposals_of(scorer, gen.ctc_proposal_prob)  # one clip: the same for every hypothesis
@@ -77,6 +80,8 @@ def beam_search(
     backend.beams_begin()
     try:
         for _ in range(gen.max_tokens):
+            if stop is not None and stop():
+                raise Interrupted("the transcription was stopped: its result is no longer wanted")
             ranked = sorted(
                 (e for i, h in enumerate(live) for e in _extensions(i, h, rows[i], gen, end, k, proposed)),
                 key=lambda e: -e.score,

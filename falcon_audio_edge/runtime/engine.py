@@ -8,6 +8,7 @@ loop, so their outputs can be compared token by token.
 from __future__ import annotations
 
 import codecs
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,7 +19,7 @@ import numpy as np
 
 from falcon_audio_edge.audio import HOP_LENGTH, SAMPLE_RATE, Audio, load_audio
 from falcon_audio_edge.config import ModelDims
-from falcon_audio_edge.errors import ContextFullError, FaEdgeError
+from falcon_audio_edge.errors import ContextFullError, FaEdgeError, Interrupted
 from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
 from falcon_audio_edge.runtime.chars import guide_scorer
@@ -70,6 +71,7 @@ class AudioChat:
         self._answerer: AudioChat | None = None
         self.decoding = DecodingSettings()  # how its transcriptions are searched (open_bundle: the bundle's own)
         self._piece_positions: int | None = None  # the listening context's size while it hears listen-first pieces
+        self._stop: threading.Event | None = None  # while a piece is heard: set when its result is no longer wanted
 
     @property
     def has_ctc_head(self) -> bool:
@@ -153,12 +155,22 @@ class AudioChat:
             raise FaEdgeError(f"char_weight={generation.char_weight} needs a model with a character head "
                               "(python -m falcon_audio_edge.train.charhead)")  # fmt: skip
 
-    def hear_piece(self, samples: np.ndarray, gen: GenerationSettings, positions: int) -> AskResult:
+    def hear_piece(
+        self, samples: np.ndarray, gen: GenerationSettings, positions: int, stop: threading.Event | None = None
+    ) -> AskResult:
         """One piece of a listen-first turn transcribed: a fresh turn of the listening model, its context made
-        ``positions`` long (``piece_positions``; it stays so until a turn of a conversation on this model)."""
+        ``positions`` long (``piece_positions``; it stays so until a turn of a conversation on this model).
+        ``stop`` set: Interrupted at the next token (the result is no longer wanted)."""
         self._check_heads(gen)
         self.reset_listening(positions)
-        return Turn(self._turn(samples, TRANSCRIBE_PROMPT, gen)).run()
+        self._stop = stop
+        try:
+            return Turn(self._turn(samples, TRANSCRIBE_PROMPT, gen)).run()
+        finally:
+            self._stop = None
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     def piece_positions(self, seconds: float, gen: GenerationSettings) -> int:
         """The most positions a fresh transcription turn of ``seconds`` of audio fills: its text, its audio tokens
@@ -324,6 +336,8 @@ class AudioChat:
         """The answer's tokens, each fed back after it is yielded; returns the stop reason."""
         choose = self._chooser(gen, embeds, np.random.default_rng(gen.seed))
         for _ in range(gen.max_tokens):
+            if self._stopped():
+                raise Interrupted("the transcription was stopped: its result is no longer wanted")
             token = choose(self.backend.logits())
             if token in self.stop_ids and not gen.ignore_end_of_turn:
                 return "end_of_turn"
@@ -340,7 +354,7 @@ class AudioChat:
         end = next(iter(self.stop_ids))
         scorer = self._scorer(gen, embeds)
         beams = self.backend if hasattr(self.backend, "beams_step") else ReplayedBeams(self.backend)
-        best = beam_search(beams, self.backend.logits(), scorer, gen, end)
+        best = beam_search(beams, self.backend.logits(), scorer, gen, end, self._stopped)
         yield from best.tokens
         return "end_of_turn" if best.ended else "max_tokens"
 

@@ -29,7 +29,7 @@ from falcon_audio_edge.audio import (
     piece_end,
     validate_samples,
 )
-from falcon_audio_edge.errors import FaEdgeError
+from falcon_audio_edge.errors import FaEdgeError, Interrupted
 from falcon_audio_edge.runtime.turn import AskResult, Timings
 from falcon_audio_edge.settings import GenerationSettings
 
@@ -103,9 +103,11 @@ class Hearing:
     audio loop that calls it keeps time (llama.cpp and onnxruntime release the GIL while they work).
     ``speculate`` starts on the rest when a pause begins, before the end of the utterance is confirmed:
     ``finish`` uses that work where the utterance ended there, and ``unspeculate`` (speech again) drops it.
-    ``slack_s``: how much of the audio added last the final utterance may still leave out (an endpointer's
-    trimmed end silence). A hearing that is dropped before ``finish`` must be ``close``d: its worker uses the
-    model."""
+    A piece whose end is found but not yet sure (the final utterance may still end less than ``slack_s`` after
+    the audio added) is heard early, and that work is taken where the piece settles as it was found (the same
+    samples); a piece that settles otherwise drops it. ``slack_s``: how much of the audio added last the final
+    utterance may still leave out (an endpointer's trimmed end silence). A hearing that is dropped before
+    ``finish`` must be ``close``d: its worker uses the model."""
 
     def __init__(self, chat: Any, listen: GenerationSettings, slack_s: float = 0.0):
         self.chat, self.listen = chat, listen
@@ -118,6 +120,7 @@ class Hearing:
         self._worker: ThreadPoolExecutor | None = None
         self._queued: list[Future] = []
         self._guess: _Guess | None = None
+        self._early: dict[int, tuple[Future, threading.Event]] = {}  # end -> a piece from offset heard early
 
     def add(self, samples: np.ndarray) -> None:
         """More of the utterance; every piece that is settled is queued for the worker (none while a
@@ -125,26 +128,44 @@ class Hearing:
         self.pending = np.concatenate([self.pending, np.asarray(samples, dtype=np.float32).reshape(-1)])
         while self._guess is None and (end := piece_end(self.pending, False, self.slack)) is not None:
             self._settle(end)
+        if self._guess is None and (end := piece_end(self.pending, False)) is not None and end not in self._early:
+            stop = threading.Event()  # an end found, not yet sure: heard now, taken if the piece settles so
+            self._early[end] = (self._submit(self._hear, self.pending[:end], stop), stop)
 
     def _settle(self, end: int) -> None:
-        """The next ``end`` samples are a piece whatever comes: queued for the worker."""
-        self._queued.append(self._submit(self._hear, self.pending[:end]))
+        """The next ``end`` samples are a piece whatever comes: queued for the worker, or its early hearing taken."""
+        early = self._early.pop(end, None)
+        self._drop_early()  # pieces from this offset that ended elsewhere
+        self._queued.append(early[0] if early is not None else self._submit(self._hear, self.pending[:end]))
         self.pending, self.offset = self.pending[end:], self.offset + end
+
+    def _drop_early(self) -> None:
+        for future, stop in self._early.values():
+            stop.set()
+            future.cancel()
+        self._early = {}
 
     def speculate(self, utterance: np.ndarray) -> None:
         """A pause began: hear the rest of ``utterance`` (the whole of it, as it ends if the pause lasts, all of it
         ``add``ed already) on the worker now, after the pieces queued before it. Its pieces that the utterance
         ends with whatever follows (it only grows) are queued as settled; the rest is the speculation."""
         self.unspeculate()
-        if len(utterance) < self.offset or len(utterance) > self.offset + len(self.pending):
+        if not self._settle_within(utterance):
             return  # not this hearing's utterance, or not all of it added: heard at the end as usual
-        while (end := piece_end(utterance[self.offset :], False)) is not None:
-            self._settle(end)
         rest, stop = np.array(utterance[self.offset :], dtype=np.float32), threading.Event()
         self._guess = _Guess(self.offset, rest, self._submit(self._hear_rest, rest, stop), stop)
 
+    def _settle_within(self, utterance: np.ndarray) -> bool:
+        """The pieces ``utterance`` (the whole of it, or all but what more may come) ends whatever follows, settled;
+        False where it is not this hearing's or not all of it was added."""
+        if len(utterance) < self.offset or len(utterance) > self.offset + len(self.pending):
+            return False
+        while (end := piece_end(utterance[self.offset :], False)) is not None:
+            self._settle(end)
+        return True
+
     def unspeculate(self) -> None:
-        """Speech again: the speculation is dropped (it stops at its next piece) and hearing goes on as before."""
+        """Speech again: the speculation is dropped (it stops at its next token) and hearing goes on as before."""
         guess, self._guess = self._guess, None
         if guess is not None:
             guess.stop.set()
@@ -156,6 +177,8 @@ class Hearing:
         utterance arrived, the whole utterance is heard afresh (an error that persists shows there)."""
         try:
             samples = samples_of(audio)
+            if self._guess is None:  # its pieces heard early are taken, not heard again
+                self._settle_within(samples)
             guessed = self._guessed(samples)
         except BaseException:
             self.close()
@@ -173,6 +196,7 @@ class Hearing:
         """Stop hearing: queued pieces are dropped and the one being transcribed ends; the model is free after."""
         if self._guess is not None:
             self._guess.stop.set()
+        self._drop_early()
         worker, self._worker, self._queued, self._guess = self._worker, None, [], None
         if worker is not None:
             worker.shutdown(wait=True, cancel_futures=True)
@@ -215,14 +239,18 @@ class Hearing:
         for start, end in pause_segments(rest) if len(rest) else []:
             if stop is not None and stop.is_set():
                 return None
-            parts.append(self._hear(rest[start:end]))
+            try:
+                parts.append(self._hear(rest[start:end], stop))
+            except Interrupted:  # dropped midway: speech came again
+                return None
         return parts
 
-    def _hear(self, piece: np.ndarray) -> _Part | None:
-        """Transcribe one piece (None: skipped, too short or too quiet to hold speech)."""
+    def _hear(self, piece: np.ndarray, stop: threading.Event | None = None) -> _Part | None:
+        """Transcribe one piece (None: skipped, too short or too quiet to hold speech); ``stop`` set: Interrupted."""
         if len(piece) < MIN_SAMPLES or float(np.max(np.abs(piece))) < SILENCE_PEAK:
             return None
-        result = self.chat.hear_piece(piece, piece_settings(self.listen, len(piece) / SAMPLE_RATE), self.positions)
+        gen = piece_settings(self.listen, len(piece) / SAMPLE_RATE)
+        result = self.chat.hear_piece(piece, gen, self.positions, stop)
         t = result.timings
         return _Part(result.text.strip(), result.audio_tokens, result.windows, t.mel_ms, t.encoder_ms)
 
