@@ -46,6 +46,9 @@ def test_demo_answers_the_spoken_question(home):
     assert (Path(out["bundle"]) / "manifest.json").is_file()
     manifest = json.loads((Path(out["bundle"]) / "manifest.json").read_text())
     assert manifest["verification"]["top1_agreement"] >= 0.98
+    # its base is the package's SmolLM2 requantized; the requantized copy made for the export is gone
+    assert manifest["decoder"]["type"] == "q8_0" and manifest["decoder"]["base"] == "SmolLM2-135M-Instruct.q8_0.gguf"
+    assert not list((home / "demo").glob(".base-*"))
 
 
 @needs_weights
@@ -146,7 +149,7 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
         return out
 
     def export_bundle(ckpt, out, encoder_type, force, answer_llm):
-        assert encoder_type == "fp32" and answer_llm == demo.smollm2_gguf()
+        assert encoder_type == "fp32" and answer_llm == answer_llm.parent / f"from-{demo.smollm2_gguf().name}"
         calls.append(("export", out.name))
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST_FILE).write_text("{}")
@@ -154,6 +157,7 @@ def test_demo_rebuilds_when_the_shipped_weights_change(tmp_path, monkeypatch):
     monkeypatch.setenv("FA_EDGE_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(demo, "require_shipped_weights", lambda: weights)
     monkeypatch.setattr(demo, "build_checkpoint", build)
+    monkeypatch.setattr(demo, "demo_base", lambda folder: folder / f"from-{demo.smollm2_gguf().name}")
     monkeypatch.setattr(export, "export_bundle", export_bundle)
     monkeypatch.setattr(checkpoint, "is_checkpoint", lambda p: Path(p).is_dir())
     demo.prepare()
