@@ -28,7 +28,7 @@ SHIPPED_CHAR_HEAD = "data/shipped/char_head.npz"  # the character CTC head (trai
 DEMO_QUESTION = Path(__file__).resolve().parent / "data" / "question.wav"  # says data/question.txt
 DEMO_ENCODER_TYPE = "fp32"  # a model this close to the edge of hearing loses words to an int8 encoder (README)
 # the bundle's base LLM: the package's Q4_1 requantized, chosen on natural dev by a rule set before the run (2026-12-07,
-# docs/training.md): WER 0.333 against 0.342, 1.01 against 1.19 s a clip (llama.cpp's q8_0 products are faster here)
+# docs/training.md): WER 0.333 against 0.342, 0.98 against 1.20 s a clip (llama.cpp's q8_0 products are faster there)
 DEMO_BASE_TYPE = "q8_0"
 
 

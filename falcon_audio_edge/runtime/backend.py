@@ -21,6 +21,8 @@ from falcon_audio_edge.settings import RuntimeSettings
 
 
 class BundleBackend:
+    _holds_blas = False  # True from a loaded bundle's start to its close; a TextBackend never holds it
+
     def __init__(self, bundle: Bundle, settings: RuntimeSettings):
         self.encoder = OnnxEncoder(bundle.encoder_path, settings.n_threads)
         self.decoder = LlamaDecoder(bundle.decoder_path, settings.n_ctx, settings.n_batch, settings.n_threads,
@@ -110,7 +112,7 @@ class BundleBackend:
 
     def close(self) -> None:
         self.decoder.close()
-        if getattr(self, "_holds_blas", False):  # an answer model's TextBackend holds none
+        if self._holds_blas:
             self._holds_blas = False
             blas.release()
 

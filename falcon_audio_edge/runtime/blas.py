@@ -2,10 +2,8 @@
 
 OpenBLAS's worker threads (MKL's too) spin for a while after each matrix product, waiting for the next one. A
 transcription alternates small numpy products (the CTC heads, the mel filters) with llama.cpp and onnxruntime
-work that wants every core, so the spinning threads took the cores from them: on 2 cores one guided beam step of
-the demo bundle took 99 ms with numpy's default threads and 43 ms with one, the encoder 68 ms and 34 ms, the same
-transcripts either way (docs/architecture.md, "Threads"). Every open bundle holds the limit; the last one closed
-gives numpy back the threads it had.
+work that wants every core, so the spinning threads took the cores from them (measured in docs/architecture.md,
+"Threads"). Every open bundle holds the limit; the last one closed gives numpy back the threads it had.
 """
 
 from __future__ import annotations
