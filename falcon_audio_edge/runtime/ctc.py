@@ -64,17 +64,26 @@ class TokenTable:
     def shape(self) -> tuple[int, int]:
         return self.rows.shape
 
-    def take(self, ids: np.ndarray | slice) -> np.ndarray:
+    def take(self, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` as float32: (K,) -> (K, H)."""
         rows = self.rows[ids].astype(np.float32)  # a copy, which the scaling may write over
         if self.scales is not None:
             rows *= self.scales[ids][:, None]
         return rows
 
-    def parts(self):
-        """(start, float32 rows start..start + PART) over the whole table."""
+    def part_products(self, embeds: np.ndarray):
+        """(start, embeds @ rows[start : start + PART].T) over the whole table: (T, H) -> (T, c) a part at a time.
+        int8 parts are widened into one buffer, reused, and their scales applied to the products (T x c values,
+        not c x H)."""
+        widened = None if self.scales is None else np.empty((min(self.PART, len(self.rows)), self.shape[1]), np.float32)
         for start in range(0, len(self.rows), self.PART):
-            yield start, self.take(slice(start, start + self.PART))
+            rows = self.rows[start : start + self.PART]
+            if widened is None:
+                yield start, embeds @ rows.T  # (T, H) @ (H, c) -> (T, c)
+                continue
+            part = widened[: len(rows)]
+            np.copyto(part, rows, casting="unsafe")  # int8 -> float32, exact
+            yield start, (embeds @ part.T) * self.scales[start : start + self.PART]  # (T, H) @ (H, c) -> (T, c)
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,8 @@ class HeadPosteriors:
         blank = embeds @ head.blank_weight + np.float32(head.blank_bias)  # (T, H) @ (H,) -> (T,)
         peak, total = blank.astype(np.float64), np.ones(self.n_frames)  # a running log-sum-exp over the parts
         ids, scores = [], []
-        for start, part in head.table.parts():
-            tokens = embeds @ part.T * self.scale  # (T, H) @ (H, c) -> (T, c)
+        for start, products in head.table.part_products(embeds):
+            tokens = products * self.scale  # (T, c)
             new_peak = np.maximum(peak, tokens.max(axis=1, initial=-np.inf))
             total = total * np.exp(peak - new_peak) + np.exp(tokens - new_peak[:, None]).sum(axis=1)
             peak = new_peak
