@@ -163,12 +163,24 @@ def test_a_piece_no_longer_wanted_stops_at_its_next_token_and_the_model_hears_on
 
 
 class SlowListener:
-    """A stand-in for the listening model: each transcription waits until the test lets it go."""
+    """A stand-in for the listening model: each transcription waits until the test lets it go. It is its own answer
+    model too, keeping what it is given to feed ahead (``fed``) and how often that is taken back."""
 
     def __init__(self):
         import threading
 
         self.go, self.threads, self.heard = threading.Event(), set(), 0
+        self.fed: list[str] = []
+        self.taken_back = 0
+
+    def answerer(self):
+        return self
+
+    def start_text(self, text):
+        self.fed.append(text)
+
+    def cancel_turn(self):
+        self.taken_back += 1
 
     def piece_positions(self, seconds, gen):
         return 64
@@ -202,6 +214,10 @@ def test_pieces_cut_during_speech_are_heard_on_a_worker_while_the_audio_loop_goe
     assert heard.pieces == len(spans) and heard.transcript == " ".join(f"piece{k + 1}" for k in range(len(spans)))
     assert heard.early_pieces >= len(spans) - 2 and threading.current_thread().name in listener.threads
     assert any(name.startswith("fa-edge-hearing") for name in listener.threads)
+    # each settled piece's transcript so far went to the answer model, and stays for the answer to go on from
+    settled = heard.early_pieces
+    assert listener.fed == [" ".join(f"piece{k + 1}" for k in range(n)) for n in range(1, settled + 1)]
+    assert listener.taken_back == 0
 
     dropped = Hearing(SlowListener(), GenerationSettings(max_tokens=4))
     for i in range(0, len(samples), 512):
@@ -210,6 +226,7 @@ def test_pieces_cut_during_speech_are_heard_on_a_worker_while_the_audio_loop_goe
     threading.Timer(0.2, dropped.chat.go.set).start()
     dropped.close()  # waits for the piece being heard; the queued ones are dropped
     assert dropped.chat.heard == 1
+    assert dropped.chat.taken_back == 1  # what it fed to the answer model taken back with it
 
     flaky = SlowListener()  # its first transcription fails: the whole utterance is heard afresh at the end
     flaky.go.set()
@@ -379,3 +396,28 @@ def test_prepare_listen_first_loads_the_answer_model_and_the_ctc_table_ahead(
         chat.prepare_listen_first()  # no error yet: it surfaces where the table is needed
         with pytest.raises(BundleError, match="cannot be read"):
             chat.ask(clips["q0"], None, gen, listen_first=True).run()
+
+
+def test_a_text_turn_fed_ahead_answers_with_the_same_tokens(answer_bundle):
+    """start_text feeds a text turn's user text so far (a transcript still being heard); the turn then keeps what
+    its text shares with it and feeds the rest: the same answer as the text fed at once, on later turns too, and
+    text that turned out otherwise is taken back."""
+    from falcon_audio_edge.runtime.backend import open_bundle
+
+    gen = GenerationSettings(max_tokens=6, ignore_end_of_turn=True)
+    first, second = "what is the capital of france", "and what about italy then"
+    with open_bundle(answer_bundle) as chat:
+        answerer = chat.answerer()
+        want = [answerer.ask(None, first, gen).run(), answerer.ask(None, second, gen).run()]
+        answerer.reset()
+        for partials in (["what is", "what is the capit"], ["where was"], []):
+            for k, (text, partial) in enumerate(zip((first, second), (partials, partials[:1]), strict=True)):
+                for part in partial:
+                    answerer.start_text(part)
+                got = answerer.ask(None, text, gen).run()
+                assert got.tokens == want[k].tokens and got.prompt_tokens == want[k].prompt_tokens, (partials, k)
+            answerer.reset()
+        answerer.start_text("hello there")
+        assert answerer.backend.n_past > 0
+        answerer.cancel_turn()
+        assert answerer.backend.n_past == 0 and answerer.ask(None, first, gen).run().tokens == want[0].tokens

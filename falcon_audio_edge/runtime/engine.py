@@ -22,6 +22,7 @@ from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import ContextFullError, FaEdgeError, Interrupted
 from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
+from falcon_audio_edge.runtime.begun import Begun, feed_to
 from falcon_audio_edge.runtime.chars import guide_scorer
 from falcon_audio_edge.runtime.ctc import guided_choice, proposals_of
 from falcon_audio_edge.runtime.listen import Hearing, listen_first_turn, listening_positions
@@ -64,7 +65,7 @@ class AudioChat:
             raise FaEdgeError(f"end-of-turn {self.layout.end_of_turn!r} is not one token in the vocab ({eot})")
         self.stop_ids = {eot[0]}
         self._close_previous: list[int] = []
-        self._started: tuple[str | None, int, int, list[int]] | None = None  # prompt, ids fed, n_past, close
+        self._begun: Begun | None = None  # the next turn's start, fed ahead (start_turn, start_text)
         self.turns = 0
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
         self.open_answerer: Callable[[], AudioChat] | None = None  # set by open_bundle when it has an answer model
@@ -90,22 +91,38 @@ class AudioChat:
     def start_turn(self, prompt: str | None = None) -> None:
         """Feed the text before the audio of the next audio turn now (while the user is still speaking);
         the next ``ask`` with audio and the same prompt goes on from there. ``cancel_turn`` takes it back."""
-        if self._started is not None:
+        if self._begun is None:
+            self._begin(True, prompt)
+
+    def start_text(self, text: str) -> None:
+        """Feed the next text-only turn's user text so far now (a transcript still being heard), again as it
+        grows; the next text-only ``ask`` keeps what its own text shares with it and feeds the rest, so the cache
+        holds the same tokens as without it. ``cancel_turn`` takes it back; where it does not fit, nothing stays
+        fed (the turn itself then says so)."""
+        if self._begun is not None and self._begun.audio:
             return
+        begun = self._begun or self._begin(False, None)
+        try:
+            feed_to(self.backend, begun, begun.fed[: begun.head] + self.backend.tokenize(text, special=False))
+        except FaEdgeError:  # the context is full, or llama.cpp failed: the turn feeds it all, and says so
+            self.cancel_turn()
+
+    def _begin(self, audio: bool, prompt: str | None) -> Begun:
         self._conversing()
         before, _ = self.layout.around_audio(prompt, self.turns == 0)
         mark, close = self.backend.n_past, list(self._close_previous)
         ids = self._prefix_ids(before)
         self.backend.feed_tokens(ids)
         self._close_previous = []
-        self._started = (prompt, len(ids), mark, close)
+        self._begun = Begun(audio, prompt, len(ids), ids, mark, close)
+        return self._begun
 
     def cancel_turn(self) -> None:
-        """Undo ``start_turn``: the KV cache goes back to where it was."""
-        if self._started is not None:
-            _, _, mark, close = self._started
-            self.backend.truncate(mark)
-            self._close_previous, self._started = close, None
+        """Undo ``start_turn`` or ``start_text``: the KV cache goes back to where it was."""
+        if self._begun is not None:
+            begun, self._begun = self._begun, None
+            self.backend.truncate(begun.mark)
+            self._close_previous = begun.close
 
     def close(self) -> None:
         try:
@@ -249,7 +266,7 @@ class AudioChat:
         """Forget what the listening model heard (its conversation), keeping the answer model's. ``positions``:
         no turn until the next conversation needs more (listen-first pieces), so the context may be that small."""
         self.backend.reset(positions)
-        self._close_previous, self._started, self.turns = [], None, 0
+        self._close_previous, self._begun, self.turns = [], None, 0
         self._piece_positions = positions
 
     def _ids_after(self, prompt: str | None, audio: bool) -> list[int]:
@@ -287,28 +304,33 @@ class AudioChat:
         except Exception:
             self.cancel_turn()
             raise
-        if self._started is not None and (embeds is None or self._started[0] != prompt):
-            self.cancel_turn()  # started for another prompt, or this turn has no audio
+        begun = self._begun
+        if begun is not None and (begun.audio != (embeds is not None) or begun.prompt != prompt and begun.audio):
+            self.cancel_turn()  # started for another prompt, or for another kind of turn
+            begun = None
         t0 = time.perf_counter()
         before, _ = self.layout.around_audio(None, self.turns == 0)
         ids_after = self._ids_after(prompt, embeds is not None)
-        mark, close = (
-            (self._started[2], self._started[3]) if self._started else (self.backend.n_past, self._close_previous)
-        )
+        mark, close = (begun.mark, begun.close) if begun else (self.backend.n_past, self._close_previous)
         try:
-            if self._started is not None:  # the text before the audio is in the cache already
-                n_before, self._started = self._started[1], None
+            self._begun = None
+            if begun is None:
+                head = self._prefix_ids(before)
+                begun = Begun(embeds is not None, prompt, len(head), [], mark, [])
             else:
-                ids_before = self._prefix_ids(before)
-                self.backend.feed_tokens(ids_before)
-                n_before = len(ids_before)
-            if embeds is not None:
+                head = begun.fed[: begun.head]
+            n_before = begun.head
+            if embeds is None:  # a text turn: its opening and text in one batch (the part fed ahead kept)
+                feed_to(self.backend, begun, head + ids_after)
+            else:
+                if not begun.fed:
+                    self.backend.feed_tokens(head)
                 self.backend.feed_embeddings(embeds)
-            if ids_after:
-                self.backend.feed_tokens(ids_after)
+                if ids_after:
+                    self.backend.feed_tokens(ids_after)
         except ContextFullError:  # the turn is taken back whole: the conversation before it stays usable
             self.backend.truncate(mark)
-            self._close_previous, self._started = list(close), None
+            self._close_previous = list(close)
             raise
         timings.prefill_ms = (time.perf_counter() - t0) * 1e3
         self._close_previous = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ class Hearing:
         self._queued: list[Future] = []
         self._guess: _Guess | None = None
         self._early: dict[int, tuple[Future, threading.Event]] = {}  # end -> a piece from offset heard early
+        self._feeds: list[Future] = []  # the settled transcript into the answer model, after each settled piece
 
     def add(self, samples: np.ndarray) -> None:
         """More of the utterance; every piece that is settled is queued for the worker (none while a
@@ -137,7 +138,18 @@ class Hearing:
         early = self._early.pop(end, None)
         self._drop_early()  # pieces from this offset that ended elsewhere
         self._queued.append(early[0] if early is not None else self._submit(self._hear, self.pending[:end]))
+        self._feeds.append(self._submit(self._feed_answer, list(self._queued)))
         self.pending, self.offset = self.pending[end:], self.offset + end
+
+    def _feed_answer(self, settled: list[Future]) -> None:
+        """On the worker, after the pieces ``settled``: their transcript into the answer model (``start_text``),
+        so that at the end only the rest of the question is fed. Where one of them failed, nothing is fed."""
+        try:
+            texts = [part.text for future in settled if (part := future.result()) is not None and part.text]
+        except (FaEdgeError, CancelledError):
+            return
+        if texts:
+            self.chat.answerer().start_text(" ".join(texts))
 
     def _drop_early(self) -> None:
         for future, stop in self._early.values():
@@ -193,11 +205,18 @@ class Hearing:
         return self.heard
 
     def close(self) -> None:
-        """Stop hearing: queued pieces are dropped and the one being transcribed ends; the model is free after."""
+        """Stop hearing: queued pieces are dropped and the one being transcribed ends; the model is free after,
+        and the transcript fed to the answer model so far is taken back."""
+        fed = bool(self._feeds)
+        self._stop()
+        if fed:
+            self.chat.answerer().cancel_turn()
+
+    def _stop(self) -> None:
         if self._guess is not None:
             self._guess.stop.set()
         self._drop_early()
-        worker, self._worker, self._queued, self._guess = self._worker, None, [], None
+        worker, self._worker, self._queued, self._guess, self._feeds = self._worker, None, [], None, []
         if worker is not None:
             worker.shutdown(wait=True, cancel_futures=True)
 
@@ -218,7 +237,7 @@ class Hearing:
                     except FaEdgeError:  # heard afresh: an error that persists shows there
                         parts = None
         finally:
-            self.close()
+            self._stop()  # what was fed to the answer model stays: the answer goes on from it
         return parts
 
     def _take_early(self) -> bool:
@@ -228,6 +247,8 @@ class Hearing:
                 part = future.result()
                 self._take(part)
                 self.heard.early_pieces += part is not None
+            for future in self._feeds:  # each settled piece's feed, so the answer model's cache is the same each time
+                future.result()
         except FaEdgeError:
             self.texts, self.offset, self.heard = [], 0, Heard()
             return False
@@ -288,6 +309,7 @@ def listen_first_turn(
     heard = (hearing or Hearing(chat, listen)).finish(audio)
     listen_ms = (time.perf_counter() - t0) * 1e3
     if not heard.transcript:  # nothing heard (noise, silence): nothing to answer, the answer model's turn not taken
+        answerer.cancel_turn()
         result = AskResult("", [], 0, 0.0, 0, 0, "nothing_heard", Timings(), transcript="")
     else:
         answer = answerer.ask(None, heard.transcript + (f"\n{prompt}" if prompt else ""), answer_gen)
