@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Train and ship the demo model from the two PyPI packages, in one command: the natural-voice data sets
-# (train/natural.py: 4000 training clips, the dev and held-out splits, then two sets of 12000 fresh training clips)
+# (train/natural.py: 4000 training clips, the dev and held-out splits, then six sets of 4000 fresh training clips)
 # -> a base checkpoint (the original Whisper tiny.en encoder, frozen; SmolLM2-135M-Instruct; 4 frames per audio
-# token) -> one run of the connector, CTC head and LoRA over the three sets
+# token) -> one run of the connector, CTC head and LoRA over the seven sets
 # (train/configs/whisper-tiny-smollm2-natural.yaml) -> a character CTC head on its audio embeddings
 # (train/charhead.py) -> the run's trained weights (connector, CTC head, LoRA; fp16) and the character head become
 # the shipped ones -> the demo bundle is rebuilt from them -> the hearing report (docs/quality.md).
@@ -19,15 +19,16 @@ mkdir -p work
   --clips 4000 --splits train
 [ -f work/natural/heldout/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.natural -o work/natural \
   --eval-repeats 2 --splits dev,heldout
-[ -f work/natural-12k/train/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.natural \
-  -o work/natural-12k --clips 12000 --splits train --seed 1
-[ -f work/natural-12k-b/train/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.natural \
-  -o work/natural-12k-b --clips 12000 --splits train --seed 3
+for seed in 1 2 3 4 5 6; do  # six more sets of fresh clips, each written whole (about 11 min each here)
+  [ -f "work/natural-$seed/train/manifest.jsonl" ] || "$BIN/python" -m falcon_audio_edge.train.natural \
+    -o "work/natural-$seed" --clips 4000 --splits train --seed "$seed"
+done
 [ -f work/ckpt-natural/fa_edge_config.json ] || "$BIN/fa-edge" init --preset tiny --encoder "$WHISPER" --llm "$SMOL" \
   --pool-factor 4 --name whisper-tiny.en+smollm2-135m -o work/ckpt-natural --force
 "$BIN/fa-edge" train train/configs/whisper-tiny-smollm2-natural.yaml
 "$BIN/python" -m falcon_audio_edge.train.charhead work/run-natural/checkpoint \
-  --train work/natural-12k-b/train/manifest.jsonl --eval work/natural/dev/manifest.jsonl
+  --train work/natural-4/train/manifest.jsonl --train work/natural-5/train/manifest.jsonl \
+  --train work/natural-6/train/manifest.jsonl --eval work/natural/dev/manifest.jsonl
 mkdir -p falcon_audio_edge/data/shipped
 cp work/run-natural/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors
 cp work/run-natural/checkpoint/char_head.npz falcon_audio_edge/data/shipped/char_head.npz
