@@ -111,6 +111,10 @@ def test_an_int8_token_table_is_a_quarter_of_float32_and_reads_the_same():
     assert small.rows.dtype == np.int8 and small.rows.nbytes + small.scales.nbytes < table.nbytes * 0.27
     err = np.abs(small.take(np.arange(300)) - table)
     assert np.all(err <= small.scales[:, None] / 2 + 1e-6) and not small.take(np.array([7])).any()
+    broken = table.copy()
+    broken[11, 3] = np.nan
+    with pytest.raises(BundleError, match=r"NaN or infinite values \(row 11\)"):
+        TokenTable.quantized(broken)
     blank = rng.normal(size=64).astype(np.float32)
     exact = CTCHead(table=table, blank_weight=blank, blank_bias=0.1, log_scale=-1.0)
     int8 = CTCHead(table=small, blank_weight=blank, blank_bias=0.1, log_scale=-1.0)

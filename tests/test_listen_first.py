@@ -228,6 +228,17 @@ def test_pieces_cut_during_speech_are_heard_on_a_worker_while_the_audio_loop_goe
     assert dropped.chat.heard == 1
     assert dropped.chat.taken_back == 1  # what it fed to the answer model taken back with it
 
+    from falcon_audio_edge.runtime.listen import listen_first_turn
+
+    failing = SlowListener()  # a turn whose utterance turns out shorter than what was heard: an error, and the
+    failing.go.set()  # transcript fed to the answer model is taken back with it
+    late = Hearing(failing, GenerationSettings(max_tokens=4))
+    for i in range(0, len(samples), 512):
+        late.add(samples[i : i + 512])
+    with pytest.raises(FaEdgeError, match="is shorter than what was heard"):
+        list(listen_first_turn(failing, samples[: late.offset - 1], None, GenerationSettings(), late.listen, late))
+    assert failing.fed and failing.taken_back == 1
+
     flaky = SlowListener()  # its first transcription fails: the whole utterance is heard afresh at the end
     flaky.go.set()
     real_hear = flaky.hear_piece

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -676,10 +677,19 @@ def test_the_committed_config_is_the_one_run_the_script_trains_and_ships():
     assert f"cp work/{out}/trainable.safetensors falcon_audio_edge/data/shipped/trainable.safetensors" in shipped
     assert f"cp work/{out}/checkpoint/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
     assert shipped.index("train.charhead work/" + out) < shipped.index("cp work/" + out)
-    seeds = shipped.split("for seed in ", 1)[1].split(";", 1)[0].split()
-    made = {"natural", *(f"natural-{seed}" for seed in seeds)}  # the sets the script makes before the run
-    assert shipped.index("train.natural") < shipped.index('fa-edge" train')
-    assert {Path(m).parent.parent.name for m in cfg.train_manifests} == made
+    before_run = shipped[: shipped.index('"$BIN/fa-edge" train')].replace("\\\n", " ")
+    seeds = before_run.split("for seed in ", 1)[1].split(";", 1)[0].split()
+    built = set()  # (folder, split) of every data command before the run, the seed loop unrolled
+    for line in before_run.splitlines():
+        if "train.natural" in line:
+            folder = Path(re.search(r'-o "?(work/[^\s"]+)', line).group(1)).name
+            for split in re.search(r"--splits (\S+)", line).group(1).split(","):
+                built |= {(folder.replace("$seed", seed), split) for seed in seeds}
+    assert {(Path(m).parent.parent.name, "train") for m in cfg.train_manifests} <= built
+    assert (Path(cfg.eval_manifest).parent.parent.name, "dev") in built
+    assert f"-o work/{Path(cfg.checkpoint).name} " in before_run
+    head = shipped[shipped.index("train.charhead") :].split("\ncp ", 1)[0]
+    assert {(Path(w.split()[0]).parent.parent.name, "train") for w in head.split("--train ")[1:]} <= built
 
 
 def test_resume_refuses_another_manifest_list(tmp_path, manifest):

@@ -57,6 +57,10 @@ class TokenTable:
         """Symmetric int8 per row: each row's largest magnitude maps to 127."""
         table = np.asarray(table, dtype=np.float32)
         peak = np.abs(table).max(axis=1) if table.size else np.zeros(len(table), np.float32)
+        if not np.all(np.isfinite(peak)):
+            raise BundleError(
+                f"the token embeddings hold NaN or infinite values (row {int(np.argmin(np.isfinite(peak)))})"
+            )
         scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)  # (V,)
         return cls(np.round(table / scales[:, None]).astype(np.int8), scales)
 

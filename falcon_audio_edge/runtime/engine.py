@@ -101,8 +101,8 @@ class AudioChat:
         fed (the turn itself then says so)."""
         if self._begun is not None and self._begun.audio:
             return
-        begun = self._begun or self._begin(False, None)
         try:
+            begun = self._begun or self._begin(False, None)
             feed_to(self.backend, begun, begun.fed[: begun.head] + self.backend.tokenize(text, special=False))
         except FaEdgeError:  # the context is full, or llama.cpp failed: the turn feeds it all, and says so
             self.cancel_turn()

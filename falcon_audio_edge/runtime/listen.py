@@ -146,10 +146,10 @@ class Hearing:
         so that at the end only the rest of the question is fed. Where one of them failed, nothing is fed."""
         try:
             texts = [part.text for future in settled if (part := future.result()) is not None and part.text]
-        except (FaEdgeError, CancelledError):
+            if texts:
+                self.chat.answerer().start_text(" ".join(texts))
+        except (FaEdgeError, CancelledError):  # a piece failed (heard afresh at the end), or the answer model did
             return
-        if texts:
-            self.chat.answerer().start_text(" ".join(texts))
 
     def _drop_early(self) -> None:
         for future, stop in self._early.values():
@@ -248,7 +248,7 @@ class Hearing:
                 self._take(part)
                 self.heard.early_pieces += part is not None
             for future in self._feeds:  # each settled piece's feed, so the answer model's cache is the same each time
-                future.result()
+                future.result()  # (a feed keeps its errors to itself)
         except FaEdgeError:
             self.texts, self.offset, self.heard = [], 0, Heard()
             return False
@@ -302,11 +302,17 @@ def listen_first_turn(
         raise
     answer_gen = replace(gen, ctc_weight=0.0, char_weight=0.0)  # the heads guide the transcription only
     if audio is None:  # nothing to hear: a plain text turn of the answer model's conversation
+        if hearing is not None:  # its worker stops before the answer model is used here
+            hearing.close()
         turn = answerer.ask(None, prompt, answer_gen)
         yield from turn
         return turn.result
     t0 = time.perf_counter()
-    heard = (hearing or Hearing(chat, listen)).finish(audio)
+    try:
+        heard = (hearing or Hearing(chat, listen)).finish(audio)
+    except BaseException:  # what the hearing fed the answer model is taken back with the turn
+        answerer.cancel_turn()
+        raise
     listen_ms = (time.perf_counter() - t0) * 1e3
     if not heard.transcript:  # nothing heard (noise, silence): nothing to answer, the answer model's turn not taken
         answerer.cancel_turn()
