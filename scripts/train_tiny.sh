@@ -19,9 +19,16 @@ mkdir -p work
   --clips 4000 --splits train
 [ -f work/natural/heldout/manifest.jsonl ] || "$BIN/python" -m falcon_audio_edge.train.natural -o work/natural \
   --eval-repeats 2 --splits dev,heldout
-for seed in 1 2 3 4 5 6; do  # six more sets of fresh clips, each written whole (about 11 min each here)
-  [ -f "work/natural-$seed/train/manifest.jsonl" ] || "$BIN/python" -m falcon_audio_edge.train.natural \
-    -o "work/natural-$seed" --clips 4000 --splits train --seed "$seed"
+make_set() {  # one set of 4000 fresh clips, written whole; one command keeps about one core busy
+  [ -f "work/natural-$1/train/manifest.jsonl" ] || "$BIN/python" -m falcon_audio_edge.train.natural \
+    -o "work/natural-$1" --clips 4000 --splits train --seed "$1"
+}
+for pair in "1 2" "3 4" "5 6"; do  # six more sets, two at a time
+  read -r first second <<< "$pair"
+  make_set "$first" &
+  job=$!
+  make_set "$second"
+  wait "$job"
 done
 [ -f work/ckpt-natural/fa_edge_config.json ] || "$BIN/fa-edge" init --preset tiny --encoder "$WHISPER" --llm "$SMOL" \
   --pool-factor 4 --name whisper-tiny.en+smollm2-135m -o work/ckpt-natural --force

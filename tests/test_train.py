@@ -678,13 +678,14 @@ def test_the_committed_config_is_the_one_run_the_script_trains_and_ships():
     assert f"cp work/{out}/checkpoint/char_head.npz falcon_audio_edge/data/shipped/char_head.npz" in shipped
     assert shipped.index("train.charhead work/" + out) < shipped.index("cp work/" + out)
     before_run = shipped[: shipped.index('"$BIN/fa-edge" train')].replace("\\\n", " ")
-    seeds = before_run.split("for seed in ", 1)[1].split(";", 1)[0].split()
-    built = set()  # (folder, split) of every data command before the run, the seed loop unrolled
+    seeds = re.findall(r"\d+", before_run.split("for pair in ", 1)[1].split(";", 1)[0])
+    assert re.search(r'make_set "\$first" &\n\s*job=\$!\n\s*make_set "\$second"\n\s*wait "\$job"', before_run)
+    built = set()  # (folder, split) of every data command before the run, the seed pairs unrolled
     for line in before_run.splitlines():
         if "train.natural" in line:
             folder = Path(re.search(r'-o "?(work/[^\s"]+)', line).group(1)).name
             for split in re.search(r"--splits (\S+)", line).group(1).split(","):
-                built |= {(folder.replace("$seed", seed), split) for seed in seeds}
+                built |= {(folder.replace("$1", seed), split) for seed in seeds}
     assert {(Path(m).parent.parent.name, "train") for m in cfg.train_manifests} <= built
     assert (Path(cfg.eval_manifest).parent.parent.name, "dev") in built
     assert f"-o work/{Path(cfg.checkpoint).name} " in before_run
