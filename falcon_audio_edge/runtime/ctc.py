@@ -45,8 +45,8 @@ class TokenTable:
 
     A float32 decoder keeps them float32 (the reference); any other keeps them int8 with one float32 scale per
     row, a quarter of the memory (SmolLM2's 49152 x 576 table: 28 instead of 113 MB, held for the whole
-    session), at the same speed: the products are bound by reading the table, and an int8 part is widened in
-    cache."""
+    session). The products are bound by reading the table and an int8 part is widened in cache, so a clip takes
+    about as long (natural dev by train.hearing: 1.05 s a clip against 1.08 with float32 rows)."""
 
     rows: np.ndarray  # (V, H) float32, or int8 with ``scales``
     scales: np.ndarray | None = None  # (V,) float32: row r is rows[r] * scales[r]
