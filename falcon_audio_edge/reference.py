@@ -86,6 +86,11 @@ class TorchBackend:
     def feed_embeddings(self, embeds: np.ndarray) -> None:
         self._forward(torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32)).to(self.dtype)[None])
 
+    def token_rows(self, ids: list[int]) -> np.ndarray:
+        """The input embedding rows of ``ids`` (N, H), float32 (exact for a bfloat16 model too)."""
+        with torch.no_grad():
+            return self.model.embed_tokens(torch.tensor(ids, dtype=torch.long)).float().numpy()
+
     def _forward(self, embeds: torch.Tensor) -> None:
         n = embeds.shape[1]
         positions = torch.arange(self.n_past, self.n_past + n)[None]

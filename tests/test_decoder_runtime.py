@@ -69,3 +69,34 @@ def test_a_batch_too_small_for_the_beam_sequences_is_a_clear_error_not_an_abort(
         RuntimeSettings(n_batch=8)
     dec = LlamaDecoder(bundle_f32 / "decoder.gguf", n_ctx=64, n_batch=BEAM_SEQUENCES, n_threads=1)  # the least
     dec.close()
+
+
+@pytest.mark.parametrize("which", ["f16", "q4_1"])
+def test_text_fed_as_its_token_rows_with_the_audio_gives_the_same_logits(bundle_f16, which):
+    """An audio turn feeds the text around its audio as the tokens' own rows (TokenRows), with the audio, in one
+    batch: the logits equal those of the text fed as tokens around the audio, on an f16 GGUF and on the real
+    SmolLM2 Q4_1 one (whose rows gguf-py dequantizes)."""
+    from falcon_audio_edge.runtime.gguf_tensor import TokenRows
+
+    path = bundle_f16 / "decoder.gguf" if which == "f16" else smollm2_gguf()
+    dec = LlamaDecoder(path, n_ctx=256, n_batch=64, n_threads=2)
+    try:
+        rows = TokenRows(path, dec.n_embd)
+        before = dec.tokenize("<|im_start|>user\n")
+        after = dec.tokenize("\nTranscribe the audio.<|im_end|>\n<|im_start|>assistant\n")
+        audio = np.random.default_rng(0).standard_normal((9, dec.n_embd)).astype(np.float32) * 0.05
+        dec.feed_tokens(before)
+        dec.feed_embeddings(audio)
+        dec.feed_tokens(after)
+        want = dec.logits()
+        dec.reset()
+        dec.feed_embeddings(np.concatenate([rows(before), audio, rows(after)]))
+        got = dec.logits()
+        assert dec.n_past == len(before) + len(audio) + len(after)
+        assert got.argmax() == want.argmax()
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+        assert rows([]).shape == (0, dec.n_embd)
+        with pytest.raises(FaEdgeError, match=f"token id {dec.n_vocab} is outside"):
+            rows([1, dec.n_vocab])
+    finally:
+        dec.close()

@@ -17,6 +17,7 @@ from falcon_audio_edge.runtime.ctc import CTCHead, load_ctc_head
 from falcon_audio_edge.runtime.decoder import LlamaDecoder, LoadedModel
 from falcon_audio_edge.runtime.encoder import OnnxEncoder
 from falcon_audio_edge.runtime.engine import AudioChat
+from falcon_audio_edge.runtime.gguf_tensor import TokenRows
 from falcon_audio_edge.settings import RuntimeSettings
 
 
@@ -35,6 +36,7 @@ class BundleBackend:
             )
         self.bos_id = self.decoder.bos_id if self.decoder.bos_id >= 0 else None
         self.bundle = bundle
+        self._rows = TokenRows(bundle.decoder_path, dec.hidden)  # the text around the audio, fed as embeddings
         self._ctc: CTCHead | None = None
         self._ctc_loading: Future | None = None
         self.has_char_head = bundle.char_path is not None
@@ -48,12 +50,16 @@ class BundleBackend:
 
     def preload_ctc(self) -> None:
         """Start reading the CTC head's token table in a background thread (a tenth of a second for SmolLM2's,
-        more for a large vocabulary), so that the first guided transcription does not wait for it; errors surface
-        at that use."""
-        if self.bundle.ctc_path is not None and self._ctc is None and self._ctc_loading is None:
+        more for a large vocabulary), and where the token rows' table is in the decoder GGUF, so that the first
+        transcription does not wait for them; errors surface at that use."""
+        if self._ctc is None and self._ctc_loading is None:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctc-head")
-            self._ctc_loading = pool.submit(self._load_ctc)
+            self._ctc_loading = pool.submit(self._preload)
             pool.shutdown(wait=False)  # the thread ends with its one task; nothing waits for it here
+
+    def _preload(self) -> CTCHead | None:
+        self._rows.tensor()
+        return self._load_ctc() if self.bundle.ctc_path is not None else None
 
     def ctc_posteriors(self, embeds: np.ndarray) -> Any:
         """The bundle's CTC head on audio embeddings, (T, H) -> (T, 1 + V); its token table is read from the
@@ -62,7 +68,7 @@ class BundleBackend:
             raise BundleError(f"bundle {self.bundle.path} has no CTC head (its model was trained without one)")
         if self._ctc is None:
             loading, self._ctc_loading = self._ctc_loading, None
-            self._ctc = loading.result() if loading is not None else self._load_ctc()
+            self._ctc = (loading.result() if loading is not None else None) or self._load_ctc()
         return self._ctc.posteriors(embeds)
 
     def char_log_probs(self, embeds: np.ndarray) -> np.ndarray:
@@ -91,6 +97,10 @@ class BundleBackend:
 
     def feed_embeddings(self, embeds: np.ndarray) -> None:
         self.decoder.feed_embeddings(embeds)
+
+    def token_rows(self, ids: list[int]) -> np.ndarray:
+        """The decoder's input embedding rows of ``ids`` (N, H): fed as embeddings, the tokens' own logits."""
+        return self._rows(ids)
 
     def logits(self) -> np.ndarray:
         return self.decoder.logits()
@@ -137,6 +147,9 @@ class TextBackend(BundleBackend):
         raise BundleError("the answer model takes text only")
 
     def char_log_probs(self, embeds: np.ndarray) -> np.ndarray:
+        raise BundleError("the answer model takes text only")
+
+    def token_rows(self, ids: list[int]) -> np.ndarray:
         raise BundleError("the answer model takes text only")
 
 

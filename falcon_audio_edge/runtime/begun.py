@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from falcon_audio_edge.errors import FaEdgeError
+
 
 @dataclass
 class Begun:
@@ -35,3 +37,51 @@ def feed_to(backend: Any, begun: Begun, want: list[int]) -> None:
         begun.fed = begun.fed[:keep]
     backend.feed_tokens(want[keep:])
     begun.fed = list(want)
+
+
+class StartsAhead:
+    """``AudioChat``'s turns started while the person still speaks: ``start_turn`` (an audio turn's opening) and
+    ``start_text`` (a text turn's user text so far), taken back by ``cancel_turn``; the turn itself
+    (``AudioChat.prefill``) goes on from what they fed. Uses ``AudioChat._conversing`` and ``_prefix_ids``."""
+
+    backend: Any
+    layout: Any
+    turns: int
+    _begun: Begun | None
+    _close_previous: list[int]
+
+    def start_turn(self, prompt: str | None = None) -> None:
+        """Feed the text before the audio of the next audio turn now (while the user is still speaking);
+        the next ``ask`` with audio and the same prompt goes on from there. ``cancel_turn`` takes it back."""
+        if self._begun is None:
+            self._begin(True, prompt)
+
+    def start_text(self, text: str) -> None:
+        """Feed the next text-only turn's user text so far now (a transcript still being heard), again as it
+        grows; the next text-only ``ask`` keeps what its own text shares with it and feeds the rest, so the cache
+        holds the same tokens as without it. ``cancel_turn`` takes it back; where it does not fit, nothing stays
+        fed (the turn itself then says so)."""
+        if self._begun is not None and self._begun.audio:
+            return
+        try:
+            begun = self._begun or self._begin(False, None)
+            feed_to(self.backend, begun, begun.fed[: begun.head] + self.backend.tokenize(text, special=False))
+        except FaEdgeError:  # the context is full, or llama.cpp failed: the turn feeds it all, and says so
+            self.cancel_turn()
+
+    def _begin(self, audio: bool, prompt: str | None) -> Begun:
+        self._conversing()
+        before, _ = self.layout.around_audio(prompt, self.turns == 0)
+        mark, close = self.backend.n_past, list(self._close_previous)
+        ids = self._prefix_ids(before)
+        self.backend.feed_tokens(ids)
+        self._close_previous = []
+        self._begun = Begun(audio, prompt, len(ids), ids, mark, close)
+        return self._begun
+
+    def cancel_turn(self) -> None:
+        """Undo ``start_turn`` or ``start_text``: the KV cache goes back to where it was."""
+        if self._begun is not None:
+            begun, self._begun = self._begun, None
+            self.backend.truncate(begun.mark)
+            self._close_previous = begun.close

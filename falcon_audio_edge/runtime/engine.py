@@ -22,7 +22,7 @@ from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import ContextFullError, FaEdgeError, Interrupted
 from falcon_audio_edge.frontend import audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
-from falcon_audio_edge.runtime.begun import Begun, feed_to
+from falcon_audio_edge.runtime.begun import Begun, StartsAhead, feed_to
 from falcon_audio_edge.runtime.chars import guide_scorer
 from falcon_audio_edge.runtime.ctc import guided_choice, proposals_of
 from falcon_audio_edge.runtime.listen import Hearing, listen_first_turn, listening_positions
@@ -47,13 +47,14 @@ class Backend(Protocol):
     def token_bytes(self, token: int) -> bytes: ...
     def feed_tokens(self, ids: list[int]) -> None: ...
     def feed_embeddings(self, embeds: np.ndarray) -> None: ...
+    def token_rows(self, ids: list[int]) -> np.ndarray: ...
     def truncate(self, n_past: int) -> None: ...
     def logits(self) -> np.ndarray: ...
     def reset(self, positions: int | None = None) -> None: ...
     def close(self) -> None: ...
 
 
-class AudioChat:
+class AudioChat(StartsAhead):
     """A multi-turn conversation with audio turns, on a bundle or on the PyTorch reference."""
 
     def __init__(self, backend: Backend, dims: ModelDims):
@@ -87,42 +88,6 @@ class AudioChat:
         if self._answerer is not None:
             self._answerer.reset()
         self.reset_listening(self._piece_positions)
-
-    def start_turn(self, prompt: str | None = None) -> None:
-        """Feed the text before the audio of the next audio turn now (while the user is still speaking);
-        the next ``ask`` with audio and the same prompt goes on from there. ``cancel_turn`` takes it back."""
-        if self._begun is None:
-            self._begin(True, prompt)
-
-    def start_text(self, text: str) -> None:
-        """Feed the next text-only turn's user text so far now (a transcript still being heard), again as it
-        grows; the next text-only ``ask`` keeps what its own text shares with it and feeds the rest, so the cache
-        holds the same tokens as without it. ``cancel_turn`` takes it back; where it does not fit, nothing stays
-        fed (the turn itself then says so)."""
-        if self._begun is not None and self._begun.audio:
-            return
-        try:
-            begun = self._begun or self._begin(False, None)
-            feed_to(self.backend, begun, begun.fed[: begun.head] + self.backend.tokenize(text, special=False))
-        except FaEdgeError:  # the context is full, or llama.cpp failed: the turn feeds it all, and says so
-            self.cancel_turn()
-
-    def _begin(self, audio: bool, prompt: str | None) -> Begun:
-        self._conversing()
-        before, _ = self.layout.around_audio(prompt, self.turns == 0)
-        mark, close = self.backend.n_past, list(self._close_previous)
-        ids = self._prefix_ids(before)
-        self.backend.feed_tokens(ids)
-        self._close_previous = []
-        self._begun = Begun(audio, prompt, len(ids), ids, mark, close)
-        return self._begun
-
-    def cancel_turn(self) -> None:
-        """Undo ``start_turn`` or ``start_text``: the KV cache goes back to where it was."""
-        if self._begun is not None:
-            begun, self._begun = self._begun, None
-            self.backend.truncate(begun.mark)
-            self._close_previous = begun.close
 
     def close(self) -> None:
         try:
@@ -216,10 +181,10 @@ class AudioChat:
 
     def prepare_listen_first(self) -> None:
         """Load what a listen-first turn needs before the first one: the answer model now, the CTC head's token
-        table in the background (an assistant calls this at start, while nobody has spoken yet)."""
+        table and the rows of the text around the audio in the background (an assistant calls this at start, while
+        nobody has spoken yet)."""
         self.answerer()
-        if self.has_ctc_head:
-            self.backend.preload_ctc()
+        self.backend.preload_ctc()
 
     def answerer(self) -> AudioChat:
         """The bundle's answer model (loaded on first use; its load time joins ``load_ms``)."""
@@ -323,11 +288,7 @@ class AudioChat:
             if embeds is None:  # a text turn: its opening and text in one batch (the part fed ahead kept)
                 feed_to(self.backend, begun, head + ids_after)
             else:
-                if not begun.fed:
-                    self.backend.feed_tokens(head)
-                self.backend.feed_embeddings(embeds)
-                if ids_after:
-                    self.backend.feed_tokens(ids_after)
+                self._feed_audio([] if begun.fed else head, embeds, ids_after)
         except ContextFullError:  # the turn is taken back whole: the conversation before it stays usable
             self.backend.truncate(mark)
             self._close_previous = list(close)
@@ -335,6 +296,13 @@ class AudioChat:
         timings.prefill_ms = (time.perf_counter() - t0) * 1e3
         self._close_previous = []
         return n_before + len(ids_after), features, embeds
+
+    def _feed_audio(self, before: list[int], embeds: np.ndarray, after: list[int]) -> None:
+        """The text around the audio and the audio in one batch of embeddings, the text as its tokens' own rows
+        (the same logits as fed as tokens): one decoder call where three would each pay their own start."""
+        rows = self.backend.token_rows(before + after)
+        n = len(before)
+        self.backend.feed_embeddings(np.concatenate([rows[:n], embeds, rows[n:]]))  # (N + T + M, H)
 
     def _chooser(self, gen: GenerationSettings, embeds: np.ndarray | None, rng: np.random.Generator):
         """logits -> next token: sampled or greedy, or greedy rescored by the CTC heads (``gen.guide_weight``)."""

@@ -13,6 +13,7 @@ u64 sizes, u32 type, u64 offset into the data section, which starts at the next 
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +125,43 @@ def read_tensor(path: str | Path, name: str) -> RawTensor:
     if start + rows * row_bytes > len(buf):
         raise BundleError(f"{path}: {name} runs past the end of the file")
     return RawTensor(kind, shape, path, start, row_bytes, rows)
+
+
+class TokenRows:
+    """Rows of a decoder GGUF's token embedding table as llama.cpp's ``get_rows`` makes them (dequantized by
+    gguf-py, the same float32 products), read the first time each id is asked for and kept: a prompt's few ids
+    come back every turn. Fed as embeddings, a token's row gives the token's own logits."""
+
+    def __init__(self, path: str | Path, hidden: int):
+        self.path, self.hidden = Path(path), hidden
+        self._tensor: RawTensor | None = None
+        self._rows: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()  # read ahead on a worker (``BundleBackend.preload_ctc``), used on another
+
+    def tensor(self) -> RawTensor:
+        """The table's place in the file (the header walked once, 50-100 ms for SmolLM2's)."""
+        with self._lock:
+            if self._tensor is None:
+                tensor = read_tensor(self.path, "token_embd.weight")
+                if tensor.shape[-1] != self.hidden:
+                    raise BundleError(
+                        f"{self.path}: token_embd.weight is {tensor.shape}, the dims say {self.hidden} wide"
+                    )
+                self._tensor = tensor
+            return self._tensor
+
+    def __call__(self, ids: list[int]) -> np.ndarray:
+        """The rows of ``ids``, (len(ids), hidden) float32."""
+        import gguf
+
+        tensor = self.tensor()
+        for i in set(ids) - self._rows.keys():
+            if not 0 <= i < tensor.n_rows:
+                raise BundleError(f"token id {i} is outside {self.path}'s vocabulary of {tensor.n_rows}")
+            try:
+                row = gguf.quants.dequantize(tensor.rows(i, i + 1), gguf.GGMLQuantizationType(tensor.type))
+            except NotImplementedError:
+                kind = gguf.GGMLQuantizationType(tensor.type).name
+                raise BundleError(f"{self.path}: gguf-py cannot dequantize {kind} token embeddings") from None
+            self._rows[i] = np.asarray(row, dtype=np.float32).reshape(self.hidden)
+        return np.stack([self._rows[i] for i in ids]) if ids else np.zeros((0, self.hidden), np.float32)
