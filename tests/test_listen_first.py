@@ -125,6 +125,9 @@ def test_a_speculation_from_a_pause_gives_the_tokens_of_the_turn_heard_after_the
                     hearing.unspeculate()
             hearing.speculate(samples[: guesses[-1]])  # the last pause: right in the first run, not the second
             assert hearing._guess is not None
+            if name == "resumed":  # the guess heard, the answer model holds the whole prompt before the endpoint
+                hearing._guess.future.result()
+                assert chat.answerer().backend.n_past == whole.prompt_tokens
             runs[name] = (chat.ask(samples, None, gen, listen_first=True, hearing=hearing).run(), hearing.heard)
     assert runs["resumed"][1].speculated and not runs["guessed wrong"][1].speculated
     for result, heard in runs.values():
@@ -428,6 +431,12 @@ def test_a_text_turn_fed_ahead_answers_with_the_same_tokens(answer_bundle):
                 got = answerer.ask(None, text, gen).run()
                 assert got.tokens == want[k].tokens and got.prompt_tokens == want[k].prompt_tokens, (partials, k)
             answerer.reset()
+        answerer.start_text(first, whole=True)  # the whole text and the template up to the answer
+        assert answerer.backend.n_past == want[0].prompt_tokens
+        assert answerer.ask(None, first, gen).run().tokens == want[0].tokens
+        answerer.start_text(second + " and more", whole=True)  # a guess the turn's text takes back in part
+        assert answerer.ask(None, second, gen).run().tokens == want[1].tokens
+        answerer.reset()
         answerer.start_text("hello there")
         assert answerer.backend.n_past > 0
         answerer.cancel_turn()

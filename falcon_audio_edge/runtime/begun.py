@@ -42,7 +42,8 @@ def feed_to(backend: Any, begun: Begun, want: list[int]) -> None:
 class StartsAhead:
     """``AudioChat``'s turns started while the person still speaks: ``start_turn`` (an audio turn's opening) and
     ``start_text`` (a text turn's user text so far), taken back by ``cancel_turn``; the turn itself
-    (``AudioChat.prefill``) goes on from what they fed. Uses ``AudioChat._conversing`` and ``_prefix_ids``."""
+    (``AudioChat.prefill``) goes on from what they fed. Uses ``AudioChat._conversing``, ``_prefix_ids`` and
+    ``_ids_after``."""
 
     backend: Any
     layout: Any
@@ -56,16 +57,19 @@ class StartsAhead:
         if self._begun is None:
             self._begin(True, prompt)
 
-    def start_text(self, text: str) -> None:
+    def start_text(self, text: str, whole: bool = False) -> None:
         """Feed the next text-only turn's user text so far now (a transcript still being heard), again as it
         grows; the next text-only ``ask`` keeps what its own text shares with it and feeds the rest, so the cache
-        holds the same tokens as without it. ``cancel_turn`` takes it back; where it does not fit, nothing stays
+        holds the same tokens as without it. ``whole``: ``text`` is the turn's whole user text (a transcript
+        heard to a guessed end), so the template up to the answer goes in too and an ``ask`` with that text has
+        its first token's logits at once. ``cancel_turn`` takes it back; where it does not fit, nothing stays
         fed (the turn itself then says so)."""
         if self._begun is not None and self._begun.audio:
             return
         try:
             begun = self._begun or self._begin(False, None)
-            feed_to(self.backend, begun, begun.fed[: begun.head] + self.backend.tokenize(text, special=False))
+            text_ids = self._ids_after(text, False) if whole else self.backend.tokenize(text, special=False)
+            feed_to(self.backend, begun, begun.fed[: begun.head] + text_ids)
         except FaEdgeError:  # the context is full, or llama.cpp failed: the turn feeds it all, and says so
             self.cancel_turn()
 

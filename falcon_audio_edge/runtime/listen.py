@@ -122,6 +122,7 @@ class Hearing:
         self._guess: _Guess | None = None
         self._early: dict[int, tuple[Future, threading.Event]] = {}  # end -> a piece from offset heard early
         self._feeds: list[Future] = []  # the settled transcript into the answer model, after each settled piece
+        self._fed_ahead = False  # a speculation may have fed the answer model the whole transcript it guessed
 
     def add(self, samples: np.ndarray) -> None:
         """More of the utterance; every piece that is settled is queued for the worker (none while a
@@ -165,7 +166,23 @@ class Hearing:
         if not self._settle_within(utterance):
             return  # not this hearing's utterance, or not all of it added: heard at the end as usual
         rest, stop = np.array(utterance[self.offset :], dtype=np.float32), threading.Event()
-        self._guess = _Guess(self.offset, rest, self._submit(self._hear_rest, rest, stop), stop)
+        self._guess = _Guess(self.offset, rest, self._submit(self._guess_rest, rest, stop, list(self._queued)), stop)
+        self._fed_ahead = True
+
+    def _guess_rest(self, rest: np.ndarray, stop: threading.Event, settled: list[Future]) -> list[_Part | None] | None:
+        """The speculation: the rest heard, then the whole transcript as it would be (the pieces ``settled`` before
+        it and the rest's) into the answer model with the template up to the answer, so that where the guess holds
+        the answer's first token waits for nothing but the endpoint."""
+        parts = self._hear_rest(rest, stop)
+        if parts is not None and not stop.is_set():
+            try:
+                texts = [p.text for f in settled if (p := f.result()) is not None and p.text]
+                texts += [p.text for p in parts if p is not None and p.text]
+                if texts:
+                    self.chat.answerer().start_text(" ".join(texts), whole=True)
+            except (FaEdgeError, CancelledError):  # a piece failed (heard afresh at the end), or the answer model did
+                pass
+        return parts
 
     def _settle_within(self, utterance: np.ndarray) -> bool:
         """The pieces ``utterance`` (the whole of it, or all but what more may come) ends whatever follows, settled;
@@ -207,7 +224,7 @@ class Hearing:
     def close(self) -> None:
         """Stop hearing: queued pieces are dropped and the one being transcribed ends; the model is free after,
         and the transcript fed to the answer model so far is taken back."""
-        fed = bool(self._feeds)
+        fed = bool(self._feeds) or self._fed_ahead
         self._stop()
         if fed:
             self.chat.answerer().cancel_turn()
