@@ -124,6 +124,22 @@ def test_an_int8_token_table_is_a_quarter_of_float32_and_reads_the_same():
     assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.95
 
 
+@pytest.mark.parametrize("spread", [1.0, 40.0])
+def test_top_ids_are_the_largest_values_close_to_the_top_or_not(spread):
+    """top_ids looks among the values within TOP_MARGIN of the largest first, among all where fewer are that close
+    (spread 40: a peaked vocabulary whose k-th value is far below the top): the same ids as a full selection."""
+    from falcon_audio_edge.runtime.ctc import TOP_MARGIN, top_ids
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.standard_normal(5000) * spread
+        x[rng.integers(5000)] += 3 * TOP_MARGIN * (spread > 1)  # one token far ahead of the rest
+        for k in (1, 16, 64):
+            want = np.sort(np.argsort(x)[-k:])
+            np.testing.assert_array_equal(top_ids(x, k), want)
+    assert list(top_ids(np.array([0.5, 0.1]), 4)) == [0, 1]
+
+
 def test_guided_choice_follows_the_audio_where_the_llm_guesses():
     head, audio = head_for([2, 4])
     scorer = CTCPrefixScorer(head.log_probs(audio), end_token=5)

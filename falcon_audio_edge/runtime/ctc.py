@@ -20,6 +20,7 @@ from falcon_audio_edge.errors import BundleError
 
 NEG_INF = -np.inf
 TOP_PER_FRAME = 4  # a frame's likeliest tokens kept for acoustic proposals (ctc_proposal_prob)
+TOP_MARGIN = 30.0  # log-probability below the likeliest token within which a step's candidates are looked for first
 
 
 def frame_tops(tokens: np.ndarray, lognorm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,10 +245,24 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def top_ids(x: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the ``k`` largest values of ``x`` (V,), in ascending order: found among the values within
+    TOP_MARGIN of the largest (a few hundred of a vocabulary's, where a selection over all of them costs a
+    millisecond a step), or among all where fewer than ``k`` are that close."""
+    if k >= len(x):
+        return np.arange(len(x))
+    near = np.flatnonzero(x >= x.max() - TOP_MARGIN)  # every value outside is below every one inside
+    if len(near) < k:
+        near = np.arange(len(x))
+    if len(near) > k:
+        near = near[np.argpartition(x[near], len(near) - k)[len(near) - k :]]
+    return np.sort(near)
+
+
 def candidate_tokens(llm: np.ndarray, n_candidates: int, end_token: int, proposed: np.ndarray) -> np.ndarray:
     """The LLM's top ``n_candidates`` (log-probabilities ``llm``, (V,)), the end of turn, and the CTC head's
     ``proposed`` tokens: the ids a CTC-guided step scores, each once."""
-    top = np.argpartition(-llm, n_candidates)[:n_candidates] if n_candidates < len(llm) else np.arange(len(llm))
+    top = top_ids(llm, n_candidates)
     extra = np.setdiff1d(np.append(proposed, end_token), top)  # (K,) + the ones not in it yet
     return np.concatenate([top, extra]).astype(np.int64)
 
