@@ -4,8 +4,9 @@ Hands-free by default (Silero VAD finds the end of each utterance), or push-to-t
 stops). The answer streams on screen and is spoken by espeak-ng; the microphone is ignored while the
 assistant speaks (and for a short echo tail after), so it never answers its own voice. The conversation
 keeps its KV cache across turns until ``r``. While the user is still speaking, the text of the turn before
-the audio is already fed to the decoder (``AudioChat.start_turn``); the encoder waits for the end, as it
-sees the whole clip at once.
+the audio is already fed to the decoder, then each encoder window as soon as it is over (``AudioChat.start_audio``:
+a model trained with windows under 30 s; one heard in Whisper's 30 s windows is encoded at the end); a listen-first
+turn hears its settled phrases instead (``AudioChat.start_hearing``).
 
 Ctrl-C while thinking or speaking stops that turn and goes back to listening; Ctrl-C while listening quits,
 as does ``q``.
@@ -98,6 +99,7 @@ class Assistant:
         self.recording: list[np.ndarray] | None = None  # push-to-talk buffer
         self.recorded = 0  # samples in it
         self.hearing = None  # a listen-first turn's transcription, heard while the user speaks (runtime/listen.py)
+        self.stream = None  # a turn's encoder windows, fed while the user speaks (runtime/stream.py)
         self.turns: list[TurnStats] = []
         self.running = True
 
@@ -151,7 +153,8 @@ class Assistant:
                 self.running = False
             elif cmd == "reset":
                 self._drop_hearing()
-                self.chat.reset()
+                self.chat.reset()  # a stream's windows with the rest
+                self.stream = None
                 self.endpointer.reset()
                 self.screen.line("(new conversation)")
             elif cmd == "talk" and self.settings.push_to_talk and mic is not None:
@@ -177,7 +180,7 @@ class Assistant:
         """What the endpointer finds in a block (as it finds it), then the utterance's new audio to the hearing."""
         for event in events:
             self._event(event, mic)
-        if self.hearing is not None and self.endpointer.in_speech:  # not listen-first: nothing to hand out
+        if (self.hearing is not None or self.stream is not None) and self.endpointer.in_speech:
             self._hear(self.endpointer.new_speech())
 
     def _event(self, event, mic: Microphone) -> None:
@@ -193,7 +196,10 @@ class Assistant:
             self._answer(event, mic)
 
     def _hear(self, samples: np.ndarray) -> None:
-        """A listen-first turn's pieces that are settled are transcribed while the user still speaks."""
+        """A listen-first turn's pieces that are settled are transcribed while the user still speaks; another
+        turn's encoder windows are fed as they end."""
+        if self.stream is not None:
+            self.stream.add(samples)
         if self.hearing is not None:
             try:
                 self.hearing.add(samples)
@@ -221,13 +227,14 @@ class Assistant:
         self._answer(Utterance(samples[: CHUNK_LENGTH * SAMPLE_RATE], 0.0, end, capped), mic, wait_s=0.0)
 
     def _start_turn(self) -> None:
-        """The turn's opening text into the decoder while the user speaks (a listen-first turn starts with a
-        transcription of its own instead)."""
-        if not self.settings.listen_first:
-            self.chat.start_turn(None)
-        else:  # a push-to-talk recording is not trimmed; an endpointer leaves out its end silence
+        """The turn's opening text into the decoder while the user speaks, then each encoder window as it ends (a
+        listen-first turn starts with a transcription of its own instead)."""
+        # a push-to-talk recording is not trimmed; an endpointer leaves out its end silence
+        slack = 0.0 if self.settings.push_to_talk else self.settings.endpoint.end_silence_ms / 1000
+        if not self.settings.listen_first:  # one a start of speech the endpointer let go left is taken back
+            self.stream = self.chat.start_audio(None, slack)
+        else:
             self._drop_hearing()  # a start of speech the endpointer let go (too short to be an utterance)
-            slack = 0.0 if self.settings.push_to_talk else self.settings.endpoint.end_silence_ms / 1000
             self.hearing = self.chat.start_hearing(self.gen, slack)
 
     # -- one turn --
@@ -248,7 +255,7 @@ class Assistant:
     def _think(self, utt: Utterance, detected: float, waited: float) -> str:
         pieces: list[str] = []
         first = turn = None
-        hearing, self.hearing = self.hearing, None
+        hearing, self.hearing, self.stream = self.hearing, None, None  # the turn takes the stream's windows
         try:
             turn = self.chat.ask(Audio(utt.samples, "microphone"), None, self.gen, self.settings.listen_first,
                                  hearing=hearing)  # fmt: skip

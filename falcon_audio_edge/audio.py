@@ -115,9 +115,10 @@ def validate_samples(samples: np.ndarray, source: str = "audio") -> np.ndarray:
     return samples
 
 
-def split_windows(samples: np.ndarray) -> list[np.ndarray]:
-    """Cut samples into Whisper windows of at most 30 s each."""
-    return [samples[i : i + N_SAMPLES] for i in range(0, len(samples), N_SAMPLES)]
+def split_windows(samples: np.ndarray, window: int = N_SAMPLES) -> list[np.ndarray]:
+    """Cut samples into encoder windows of at most ``window`` samples each (Whisper's 30 s unless the model was
+    trained with shorter ones)."""
+    return [samples[i : i + window] for i in range(0, len(samples), window)]
 
 
 def pause_segments(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) -> list[tuple[int, int]]:

@@ -50,6 +50,9 @@ def init(
     pool_factor: Annotated[int, typer.Option(help="encoder frames stacked per audio token")] = 2,
     connector: Annotated[str, typer.Option(help="linear | mlp")] = "mlp",
     pad_to_30s: Annotated[bool, typer.Option(help="encode every window padded to 30 s")] = False,
+    window_ms: Annotated[
+        int, typer.Option(help="encoder window: under 30000, each window is heard (and fed) as soon as it is over")
+    ] = 30000,
     name: Annotated[str | None, typer.Option(help="model name stored in the dims (default: the preset's)")] = None,
     seed: int = 0,
     force: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
@@ -59,7 +62,7 @@ def init(
 
     path = init_checkpoint(
         preset, out, encoder=encoder, llm=llm, seed=seed, force=force, name=name,
-        pool_factor=pool_factor, connector=connector, pad_to_30s=pad_to_30s,
+        pool_factor=pool_factor, connector=connector, pad_to_30s=pad_to_30s, window_ms=window_ms,
     )  # fmt: skip
     typer.echo(f"wrote checkpoint {path}")
 
@@ -373,7 +376,8 @@ def info(
         f"encoder  Whisper d_model={d.encoder.d_model} layers={d.encoder.n_layers} heads={d.encoder.n_heads} "
         f"mels={d.encoder.n_mels}  [{b.manifest['encoder']['dtype']}]",
         f"audio    pool x{d.audio.pool_factor} ({50 / d.audio.pool_factor:g} tokens/s), connector={d.audio.connector}, "
-        f"pad_to_30s={d.audio.pad_to_30s}, ctc_head={d.audio.ctc_head}, char_head={b.char_path is not None}",
+        f"pad_to_30s={d.audio.pad_to_30s}, window {d.audio.window_ms} ms, ctc_head={d.audio.ctc_head}, "
+        f"char_head={b.char_path is not None}",
         f"decoder  llama hidden={d.decoder.hidden} layers={d.decoder.n_layers} heads={d.decoder.n_heads}/"
         f"{d.decoder.n_kv_heads} head_dim={d.decoder.head_dim} ffn={d.decoder.ffn_dim} vocab={d.decoder.vocab_size}"
         f"  [{b.decoder_type}]" + ("  + LoRA adapter.gguf, applied while listening" if b.adapter_path else ""),

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from falcon_audio_edge.audio import N_FRAMES
+from falcon_audio_edge.audio import CHUNK_LENGTH, N_FRAMES
 from falcon_audio_edge.errors import ConfigError
 
 DIMS_VERSION = 1
@@ -72,6 +72,8 @@ class DecoderDims:
 
 
 CONNECTORS = ("linear", "mlp")
+WINDOW_MS = CHUNK_LENGTH * 1000  # Whisper's own window: the whole of a clip up to 30 s heard at once
+MIN_WINDOW_MS = 500
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,9 @@ class AudioLayout:
     connector: str = "mlp"  # "linear" or "mlp" (Linear, GELU, Linear)
     pad_to_30s: bool = False  # encode a zero-padded 30 s window, then keep the clip's frames
     ctc_head: bool = False  # a CTC head over the decoder's vocabulary reads the audio embeddings (model.CTCHead)
+    # the encoder hears the audio in windows this long, each on its own, in training and at run time alike: under
+    # 30 s, a window's audio tokens go into the decoder as soon as the window is over, while the person speaks on
+    window_ms: int = WINDOW_MS
 
     def validate(self) -> None:
         _positive("audio", pool_factor=self.pool_factor)
@@ -90,6 +95,12 @@ class AudioLayout:
         for name in ("pad_to_30s", "ctc_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"audio.{name} must be true or false, got {getattr(self, name)!r}")
+        w = self.window_ms
+        if isinstance(w, bool) or not isinstance(w, int) or not MIN_WINDOW_MS <= w <= WINDOW_MS or w % 20:
+            raise ConfigError(f"audio.window_ms must be a whole number of 20 ms encoder frames from {MIN_WINDOW_MS} "
+                              f"to {WINDOW_MS}, got {w!r}")  # fmt: skip
+        if self.pad_to_30s and w != WINDOW_MS:
+            raise ConfigError(f"audio.pad_to_30s pads 30 s windows; it does not go with audio.window_ms={w}")
 
 
 CHAT_FORMATS: dict[str, dict[str, str]] = {

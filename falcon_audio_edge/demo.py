@@ -89,7 +89,8 @@ def build_checkpoint(out: Path, weights: Path | None = None) -> Path:
     weights = weights or require_shipped_weights()
     dims = shipped_dims(weights)
     audio = {"pool_factor": dims.audio.pool_factor, "connector": dims.audio.connector,
-             "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head}  # fmt: skip
+             "pad_to_30s": dims.audio.pad_to_30s, "ctc_head": dims.audio.ctc_head,
+             "window_ms": dims.audio.window_ms}  # fmt: skip
     model, tokenizer = build_model("tiny", whisper_dir(), smollm2_gguf(), name=dims.name, **audio)
     adapter = apply_trained(model, weights)
     saved = save_checkpoint(model, tokenizer, out, force=True, adapter=adapter)

@@ -1,9 +1,9 @@
 """From samples to audio embeddings, the same way for the runtime and the PyTorch reference.
 
-Audio over 30 s is cut into 30 s windows; each is encoded on its own and the
-embeddings are concatenated. With ``pad_to_30s`` each window's mel is padded to
-3000 frames (Whisper's training input) and the embeddings are trimmed back to
-the clip's own length, so the number of audio tokens always follows the clip.
+Audio is cut into the model's encoder windows (``dims.audio.window_ms``: 30 s, Whisper's own, unless the model was
+trained with shorter ones); each is encoded on its own and the embeddings are concatenated. With ``pad_to_30s``
+each window's mel is padded to 3000 frames (Whisper's training input) and the embeddings are trimmed back to the
+clip's own length, so the number of audio tokens always follows the clip.
 """
 
 from __future__ import annotations
@@ -37,13 +37,18 @@ class AudioFeatures:
 def audio_features(samples: np.ndarray, dims: ModelDims, source: str = "audio") -> AudioFeatures:
     samples = validate_samples(samples, source)
     mels, tokens = [], []
-    for window in split_windows(samples):
+    for window in split_windows(samples, window_samples(dims)):
         frames = len(window) // (SAMPLE_RATE // 100)
         if frames < 2:  # a tail too short to encode (under 20 ms) carries nothing
             continue
         mels.append(log_mel_spectrogram(window, dims.encoder.n_mels, pad_to_30s=dims.audio.pad_to_30s))
         tokens.append(dims.n_audio_tokens(frames))
     return AudioFeatures(mels=mels, tokens=tokens, seconds=len(samples) / SAMPLE_RATE)
+
+
+def window_samples(dims: ModelDims) -> int:
+    """Samples in one of the model's encoder windows."""
+    return dims.audio.window_ms * SAMPLE_RATE // 1000
 
 
 def encode_features(features: AudioFeatures, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

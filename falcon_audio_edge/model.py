@@ -188,6 +188,14 @@ class AudioLanguageModel(nn.Module):
         """Encoder frames to audio embeddings: (B, T, D) -> (B, ceil(T/k), H)."""
         return self.connector(stack_frames(frames, self.dims.audio.pool_factor))
 
+    def encode_windows(self, mels, tokens) -> torch.Tensor:
+        """Audio embeddings of a clip's encoder windows (each (n_mels, T_i), keeping ``tokens[i]``), each window
+        heard on its own as at run time: -> (sum(tokens), H)."""
+        parts = [
+            self.encode_audio(torch.as_tensor(mel)[None])[0, :keep] for mel, keep in zip(mels, tokens, strict=True)
+        ]
+        return torch.cat(parts)  # (T_i, H) each -> (sum T_i, H)
+
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.llm.get_input_embeddings()(ids)
 

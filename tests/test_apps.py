@@ -375,6 +375,25 @@ def test_two_turns_in_a_terminal_keep_the_conversation(tmux, pulse, bundle_f16, 
     assert tmux.ended()
 
 
+def test_a_model_heard_in_short_windows_answers_turns_fed_while_they_are_spoken(
+    tmux, pulse, question_wav, speech, tmp_path
+):
+    """A model trained with 1 s encoder windows: the assistant feeds each window as it ends (AudioChat.start_audio)
+    and answers both turns on one conversation."""
+    from falcon_audio_edge.export.bundle import export_bundle
+
+    from falcon_audio_edge.checkpoint import init_checkpoint
+
+    ckpt = init_checkpoint("tiny", tmp_path / "ckpt", seed=3, pool_factor=4, window_ms=1000)
+    bundle = export_bundle(ckpt, tmp_path / "windowed", decoder_type="f16", verify=False)
+    tmux.start(assistant_cmd(bundle, "--no-speak"))
+    first, second, n1, n2 = two_spoken_turns(tmux, pulse, question_wav, speech, tmp_path)
+    assert "assistant: " in first and "assistant: " in second
+    assert n2 > n1 + 20  # the second turn sits on top of the first in the KV cache
+    tmux.keys("q", "Enter")
+    assert tmux.ended()
+
+
 def test_listen_first_turns_say_what_was_heard_and_keep_the_answer_models_conversation(
     tmux, pulse, tiny_ckpt, bundle_f32, question_wav, speech, tmp_path
 ):

@@ -67,7 +67,7 @@ def test_training_audio_is_masked_afresh_and_eval_audio_never(clips, tiny_ckpt, 
 
     ckpt = load_checkpoint(tiny_ckpt)
     feats = audio_features(load_audio(clips["q0"]).samples, ckpt.dims)
-    ex = Example(mel=feats.mels[0], n_audio_tokens=feats.tokens[0], instruction=None, target=QUESTIONS[0],
+    ex = Example(mels=tuple(feats.mels), window_tokens=tuple(feats.tokens), instruction=None, target=QUESTIONS[0],
                  task="transcribe", source="q0", transcript=QUESTIONS[0])  # fmt: skip
     plain = TrainingStep(ckpt.model, ckpt.tokenizer, frozen_encoder).eval()
     step = TrainingStep(ckpt.model, ckpt.tokenizer, frozen_encoder, augment=SpecAugment(2, 15, 2, 12), seed=3)

@@ -15,8 +15,9 @@ from tests.conftest import fa_edge, smollm2_gguf
 
 def test_listen_first_answers_the_transcript_with_the_answer_model(answer_bundle, clips):
     from falcon_audio_edge.runtime.backend import TextBackend, open_bundle
-    from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS, AudioChat
+    from falcon_audio_edge.runtime.engine import AudioChat
     from falcon_audio_edge.runtime.listen import MAX_TOKENS_PER_SECOND, TOKENS_SLACK
+    from falcon_audio_edge.runtime.listening import LISTEN_MAX_TOKENS
 
     bundle = read_bundle(answer_bundle)
     assert bundle.answer_path == answer_bundle / ANSWER_FILE and ANSWER_FILE in bundle.manifest["files"]
@@ -348,7 +349,7 @@ def test_listen_first_transcribes_with_the_decoding_settings_asked_for(ctc_bundl
     from falcon_audio_edge.export.bundle import export_bundle
 
     from falcon_audio_edge.runtime.backend import open_bundle
-    from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS
+    from falcon_audio_edge.runtime.listening import LISTEN_MAX_TOKENS
 
     bundle = export_bundle(ctc_bundle[0], tmp_path / "b", decoder_type="f32",
                            answer_llm=bundle_f32 / "decoder.gguf", verify=False)  # fmt: skip
@@ -368,7 +369,7 @@ def test_listening_settings_name_what_is_asked_and_a_zero_turns_it_off(ctc_bundl
     from dataclasses import replace
 
     from falcon_audio_edge.runtime.backend import open_bundle
-    from falcon_audio_edge.runtime.engine import LISTEN_MAX_TOKENS
+    from falcon_audio_edge.runtime.listening import LISTEN_MAX_TOKENS
 
     gen = GenerationSettings(max_tokens=4, beam_size=2, ctc_proposal_prob=0.05)
     with open_bundle(ctc_bundle[1]) as chat:

@@ -557,7 +557,7 @@ def test_a_frozen_encoders_frames_are_computed_once_and_kept_in_host_memory(chec
     ex = read_manifest(manifest, checkpoint.dims)[0]
     first = step.audio(ex)
     assert first.device.type == device.type and first.shape == (ex.n_audio_tokens, checkpoint.dims.decoder.hidden)
-    (cached,) = step._frames.values()
+    ((cached,),) = step._frames.values()  # one window's frames
     assert cached.device.type == "cpu"  # the whole set's frames would fill a GPU
     model.encoder.layer_norm.bias.data += 1.0  # a cached reading does not run the encoder again
     assert torch.equal(step.audio(ex), first) and len(step._frames) == 1

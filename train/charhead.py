@@ -87,7 +87,7 @@ def encode_clips(ckpt, manifests: list[Path]) -> list[Clip]:
                 labels = transcript_labels(ex.transcript or "")
                 if not labels:
                     continue
-                audio = ckpt.model.encode_audio(torch.from_numpy(ex.mel)[None])[0, : ex.n_audio_tokens]
+                audio = ckpt.model.encode_windows(ex.mels, ex.window_tokens)
                 clips.append(Clip(audio.float().numpy(), labels, ex.transcript))
     if not clips:
         raise ConfigError(f"no rows with spoken text in {', '.join(map(str, manifests))}")

@@ -25,13 +25,17 @@ from falcon_audio_edge.frontend import audio_features
 
 @dataclass(frozen=True)
 class Example:
-    mel: np.ndarray  # (n_mels, T) float32, padded to 30 s when the dims say so
-    n_audio_tokens: int
+    mels: tuple[np.ndarray, ...]  # one (n_mels, T) float32 per encoder window, padded to 30 s when the dims say so
+    window_tokens: tuple[int, ...]  # the audio tokens each window keeps
     instruction: str | None
     target: str
     task: str
     source: str
     transcript: str | None = None  # the spoken words, where known (the row's "text", or a transcription target)
+
+    @property
+    def n_audio_tokens(self) -> int:
+        return sum(self.window_tokens)
 
 
 def _row_problem(row: object) -> str | None:
@@ -96,7 +100,7 @@ def _load(row: dict, base: Path, dims: ModelDims, out: list[Example], where: str
         return f"audio over {CHUNK_LENGTH} s"
     features = audio_features(clip.samples, dims, where)
     out.append(Example(
-        mel=features.mels[0], n_audio_tokens=features.tokens[0], instruction=row.get("instruction") or None,
+        mels=tuple(features.mels), window_tokens=tuple(features.tokens), instruction=row.get("instruction") or None,
         target=row["target"].strip(), task=row.get("task", ""), source=where, transcript=transcript(row),
     ))  # fmt: skip
     return None

@@ -59,7 +59,7 @@ class TrainingStep(nn.Module):
         self.ctc_weight = ctc_weight
         if ctc_weight:  # a fresh head, or the base checkpoint's own trains on
             model.add_ctc_head().requires_grad_(True)
-        self._frames: dict[int, torch.Tensor] = {}  # a frozen encoder's output, computed once per example (host)
+        self._frames: dict[int, list[torch.Tensor]] = {}  # a frozen encoder's windows, once per example (host)
         self.augment = augment if augment is not None and augment.active else None
         self._gen = torch.Generator().manual_seed(seed)
         if (chars is None) != (not char_weight):
@@ -77,23 +77,35 @@ class TrainingStep(nn.Module):
         return next(self.model.connector.parameters()).device
 
     def audio(self, ex: Example) -> torch.Tensor:
-        """Audio embeddings of one example, (n_audio_tokens, H); the same frames as at inference."""
-        keep = ex.n_audio_tokens * self.model.dims.audio.pool_factor
+        """Audio embeddings of one example, (n_audio_tokens, H); the same frames as at inference: each encoder
+        window heard on its own, its frames stacked on their own."""
+        frames = self._window_frames(ex)
+        parts = [
+            self.model.project_frames(f.to(self.device))[0, :t] for f, t in zip(frames, ex.window_tokens, strict=True)
+        ]
+        return torch.cat(parts)  # (T_i, H) each -> (n_audio_tokens, H)
+
+    def _window_frames(self, ex: Example) -> list[torch.Tensor]:
+        """The encoder's frames of each window (1, F_i, D); a frozen encoder's are computed once per example."""
+        k = self.model.dims.audio.pool_factor
         augmenting = self.augment is not None and self.training  # a fresh masking each time: never cached
         if augmenting or not self.frozen_encoder:
-            mel = torch.from_numpy(ex.mel)
-            if augmenting:
-                mel = self.augment(mel, 2 * keep, self._gen)  # the clip's mel frames: Whisper's conv stride 2
-            with torch.set_grad_enabled(not self.frozen_encoder and torch.is_grad_enabled()):
-                frames = whisper_encode(self.model.encoder, mel[None].to(self.device))[:, :keep]
-        else:
-            key = id(ex)
-            if key not in self._frames:  # kept in host memory: on a GPU the whole set's frames would fill it
-                with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-                    mel = torch.from_numpy(ex.mel)[None].to(self.device)
-                    self._frames[key] = whisper_encode(self.model.encoder, mel)[:, :keep].cpu().clone()
-            frames = self._frames[key].to(self.device)
-        return self.model.project_frames(frames)[0, : ex.n_audio_tokens]
+            out = []
+            for mel_np, tokens in zip(ex.mels, ex.window_tokens, strict=True):
+                mel = torch.from_numpy(mel_np)
+                if augmenting:
+                    mel = self.augment(mel, 2 * tokens * k, self._gen)  # the window's mel frames: conv stride 2
+                with torch.set_grad_enabled(not self.frozen_encoder and torch.is_grad_enabled()):
+                    out.append(whisper_encode(self.model.encoder, mel[None].to(self.device))[:, : tokens * k])
+            return out
+        key = id(ex)
+        if key not in self._frames:  # kept in host memory: on a GPU the whole set's frames would fill it
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+                self._frames[key] = [
+                    whisper_encode(self.model.encoder, torch.from_numpy(mel)[None].to(self.device))[:, : t * k].cpu()
+                    for mel, t in zip(ex.mels, ex.window_tokens, strict=True)
+                ]
+        return self._frames[key]
 
     def _tokens(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

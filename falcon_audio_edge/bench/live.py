@@ -2,7 +2,8 @@
 
 ``fa-edge bench --live BUNDLE`` feeds a spoken question, then silence, in 32 ms blocks at 1x speed (a simulated
 microphone) into the assistant's endpointer (Silero VAD, ``apps.endpoint``); the turn runs the way
-``fa-edge assistant`` runs it: the turn's opening text goes into the decoder when speech starts, listen-first
+``fa-edge assistant`` runs it: the turn's opening text goes into the decoder when speech starts, then each encoder
+window as it ends (``AudioChat.start_audio``), or, listen-first
 where the bundle has an answer model (its settled pieces transcribed while the question is still being spoken,
 ``runtime/listen.py``; the rest from the moment a pause begins), the answer streamed once the endpointer
 reports the end of the utterance.
@@ -78,17 +79,19 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
     samples = np.concatenate([samples[:end], np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)])
     t0 = time.perf_counter()
     spoken_end = t0 + end / SAMPLE_RATE
-    hearing = None  # as the assistant does: a listen-first turn's settled pieces are heard during speech
+    hearing = stream = None  # as the assistant does: a listen-first turn's settled pieces are heard during
+    # speech, another turn's encoder windows fed as they end
+    slack = endpointer.settings.end_silence_ms / 1000
     try:
         for i in range(0, len(samples), BLOCK):
             time.sleep(max(0.0, t0 + (i + BLOCK) / SAMPLE_RATE - time.perf_counter()))  # the block arrives
             for event in endpointer.feed(samples[i : i + BLOCK]):
                 if isinstance(event, SpeechStarted) and not listen_first:
-                    chat.start_turn(None)
+                    stream = chat.start_audio(None, slack)
                 elif isinstance(event, SpeechStarted):
                     if hearing is not None:  # a start of speech the endpointer let go
                         hearing.close()
-                    hearing = chat.start_hearing(gen, endpointer.settings.end_silence_ms / 1000)
+                    hearing = chat.start_hearing(gen, slack)
                 elif isinstance(event, Pause) and hearing is not None:  # the utterance so far, then the guess
                     hearing.add(endpointer.new_speech())
                     hearing.speculate(event.samples)
@@ -101,8 +104,8 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
                     detected = time.perf_counter()
                     turn = chat.ask(Audio(event.samples, "live"), None, gen, listen_first, hearing=hearing)
                     return first_token_s(turn) - spoken_end, detected - spoken_end
-            if hearing is not None and endpointer.in_speech:
-                hearing.add(endpointer.new_speech())
+            if (hearing or stream) is not None and endpointer.in_speech:
+                (hearing or stream).add(endpointer.new_speech())
         raise FaEdgeError(f"the endpointer never reported the end of the {end / SAMPLE_RATE:.1f} s question")
     finally:
         if hearing is not None:  # one an error left: its worker stops before the model is used again
@@ -150,9 +153,10 @@ def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: 
     seconds = parse_seconds(audio_seconds) if audio_seconds else LIVE_SECONDS
     settings = BenchSettings(seconds, repeats, 0, tokens, threads)  # validates them
     endpoint = EndpointSettings() if end_silence_ms is None else EndpointSettings(end_silence_ms=end_silence_ms)
-    read_bundle(bundles[0], verify=True)
+    window_ms = read_bundle(bundles[0], verify=True).dims.audio.window_ms
     turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, endpoint, progress)
     reference = torch_turns(bundles[0], turns, repeats, tokens, settings.n_threads, progress)
+    reference += f". Encoder windows of {window_ms / 1000:g} s, each fed as it ends"
     return markdown(turns, command, machine(), endpoint, reference), [asdict(t) for t in turns]
 
 

@@ -49,6 +49,7 @@ class StartsAhead:
     layout: Any
     turns: int
     _begun: Begun | None
+    _stream: Any  # AudioStream | None
     _close_previous: list[int]
 
     def start_turn(self, prompt: str | None = None) -> None:
@@ -84,7 +85,10 @@ class StartsAhead:
         return self._begun
 
     def cancel_turn(self) -> None:
-        """Undo ``start_turn`` or ``start_text``: the KV cache goes back to where it was."""
+        """Undo ``start_turn``, ``start_audio`` or ``start_text``: the KV cache goes back to where it was."""
+        stream, self._stream = self._stream, None
+        if stream is not None:  # its worker stops before the cache is cut
+            stream.close()
         if self._begun is not None:
             begun, self._begun = self._begun, None
             self.backend.truncate(begun.mark)

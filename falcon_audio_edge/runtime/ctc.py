@@ -286,23 +286,19 @@ def gguf_token_table(path, vocab: int, hidden: int, rows_per_part: int = 1024) -
     """The decoder's token embedding table (V, H), read from its GGUF a thousand rows at a time (``gguf_tensor``;
     gguf-py's dequantizing makes several copies of a part): nothing else of the file is loaded.
     f32 rows stay f32; f16 and quantized rows are dequantized and kept as int8 per row (``TokenTable``)."""
-    import gguf
-
-    from falcon_audio_edge.runtime.gguf_tensor import read_tensor
+    from falcon_audio_edge.runtime.gguf_tensor import dequantize_rows, read_tensor
 
     tensor = read_tensor(path, "token_embd.weight")
     if tensor.shape != (vocab, hidden):
         raise BundleError(f"{path}: token_embd.weight is {tensor.shape}, the dims say ({vocab}, {hidden})")
-    kind = gguf.GGMLQuantizationType(tensor.type)
-    exact = kind == gguf.GGMLQuantizationType.F32
+    exact = tensor.type == 0  # ggml F32
     rows = np.empty((vocab, hidden), dtype=np.float32 if exact else np.int8)
     scales = None if exact else np.empty(vocab, dtype=np.float32)
     for start in range(0, vocab, rows_per_part):
         raw = tensor.rows(start, start + rows_per_part)
-        try:  # f32 and f16 rows are viewed as floats, quantized ones dequantized
-            part = gguf.quants.dequantize(raw, kind).reshape(len(raw), hidden)
-        except NotImplementedError:
-            raise BundleError(f"{path}: gguf-py cannot dequantize {kind.name} token embeddings") from None
+        part = dequantize_rows(
+            raw, tensor.type, hidden, path
+        )  # f32 and f16 rows viewed as floats, the others dequantized
         if exact:
             rows[start : start + len(raw)] = part
         else:

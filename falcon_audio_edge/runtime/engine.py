@@ -17,19 +17,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from falcon_audio_edge.audio import HOP_LENGTH, SAMPLE_RATE, Audio, load_audio
+from falcon_audio_edge.audio import Audio, load_audio
 from falcon_audio_edge.config import ModelDims
 from falcon_audio_edge.errors import ContextFullError, FaEdgeError, Interrupted
-from falcon_audio_edge.frontend import audio_features, encode_features
+from falcon_audio_edge.frontend import AudioFeatures, audio_features, encode_features
 from falcon_audio_edge.runtime.beam import ReplayedBeams, beam_search
 from falcon_audio_edge.runtime.begun import Begun, StartsAhead, feed_to
 from falcon_audio_edge.runtime.chars import guide_scorer
 from falcon_audio_edge.runtime.ctc import guided_choice, proposals_of
-from falcon_audio_edge.runtime.listen import Hearing, listen_first_turn, listening_positions
+from falcon_audio_edge.runtime.listen import Hearing, listen_first_turn
+from falcon_audio_edge.runtime.listening import ListensFirst
+from falcon_audio_edge.runtime.stream import AudioStream
 from falcon_audio_edge.runtime.turn import AskResult, Timings, Turn, sample_token
-from falcon_audio_edge.settings import TRANSCRIBE_PROMPT, DecodingSettings, GenerationSettings, guidance_for
-
-LISTEN_MAX_TOKENS = 448  # a listen-first transcription: a stop for a runaway, well above 2 x 30 s of speech
+from falcon_audio_edge.settings import DecodingSettings, GenerationSettings
 
 
 class Backend(Protocol):
@@ -54,7 +54,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class AudioChat(StartsAhead):
+class AudioChat(StartsAhead, ListensFirst):
     """A multi-turn conversation with audio turns, on a bundle or on the PyTorch reference."""
 
     def __init__(self, backend: Backend, dims: ModelDims):
@@ -67,6 +67,7 @@ class AudioChat(StartsAhead):
         self.stop_ids = {eot[0]}
         self._close_previous: list[int] = []
         self._begun: Begun | None = None  # the next turn's start, fed ahead (start_turn, start_text)
+        self._stream: AudioStream | None = None  # the next audio turn's windows, fed as they end (start_audio)
         self.turns = 0
         self.load_ms = 0.0  # set by open_bundle / open_checkpoint
         self.open_answerer: Callable[[], AudioChat] | None = None  # set by open_bundle when it has an answer model
@@ -89,8 +90,19 @@ class AudioChat(StartsAhead):
             self._answerer.reset()
         self.reset_listening(self._piece_positions)
 
+    def start_audio(self, prompt: str | None = None, slack_s: float = 0.0) -> AudioStream:
+        """``start_turn``, then the utterance's encoder windows fed as each one ends: ``add`` the audio to the
+        stream as it comes; the next ``ask`` with audio and the same prompt takes the windows its audio starts with
+        and feeds only the rest. ``slack_s`` as for ``start_hearing``; ``cancel_turn`` takes it all back."""
+        self.cancel_turn()
+        self.start_turn(prompt)
+        self._stream = AudioStream(self, slack_s)
+        return self._stream
+
     def close(self) -> None:
         try:
+            if self._stream is not None:
+                self._stream.close()
             if self._answerer is not None:
                 self._answerer.close()
         finally:
@@ -137,30 +149,8 @@ class AudioChat(StartsAhead):
             raise FaEdgeError(f"char_weight={generation.char_weight} needs a model with a character head "
                               "(python -m falcon_audio_edge.train.charhead)")  # fmt: skip
 
-    def hear_piece(
-        self, samples: np.ndarray, gen: GenerationSettings, positions: int, stop: threading.Event | None = None
-    ) -> AskResult:
-        """One piece of a listen-first turn transcribed: a fresh turn of the listening model, its context made
-        ``positions`` long (``piece_positions``; it stays so until a turn of a conversation on this model).
-        ``stop`` set: Interrupted at the next token (the result is no longer wanted)."""
-        self._check_heads(gen)
-        self.reset_listening(positions)
-        self._stop = stop
-        try:
-            return Turn(self._turn(samples, TRANSCRIBE_PROMPT, gen)).run()
-        finally:
-            self._stop = None
-
     def _stopped(self) -> bool:
         return self._stop is not None and self._stop.is_set()
-
-    def piece_positions(self, seconds: float, gen: GenerationSettings) -> int:
-        """The most positions a fresh transcription turn of ``seconds`` of audio fills: its text, its audio tokens
-        and ``gen.max_tokens`` for each hypothesis of its beam."""
-        before, _ = self.layout.around_audio(None, True)
-        text = self._bos_ids() + self.backend.tokenize(before) + self._ids_after(TRANSCRIBE_PROMPT, True)
-        audio = self.dims.n_audio_tokens(int(seconds * SAMPLE_RATE) // HOP_LENGTH)
-        return len(text) + audio + max(1, gen.beam_size) * gen.max_tokens
 
     def _conversing(self) -> None:
         """A turn of a conversation on the listening model: a context made small for listen-first pieces is made
@@ -168,70 +158,13 @@ class AudioChat(StartsAhead):
         if self._piece_positions is not None:
             self.reset_listening()
 
-    def start_hearing(
-        self, generation: GenerationSettings | None = None, slack_s: float = 0.0,
-        listening: GenerationSettings | None = None,
-    ) -> Hearing:  # fmt: skip
-        """The transcription of a listen-first turn whose audio is still arriving: ``add`` the audio to it as it
-        comes, then ``ask(utterance, ..., listen_first=True, hearing=it)``. ``slack_s``: how much of the audio
-        added last the utterance may leave out (an endpointer's trimmed end silence); ``listening`` as for
-        ``ask``."""
-        self.answerer()  # refused at once where the bundle has no answer model
-        return Hearing(self, listening or self.listening_for(generation or GenerationSettings()), slack_s)
-
-    def prepare_listen_first(self) -> None:
-        """Load what a listen-first turn needs before the first one: the answer model now, the CTC head's token
-        table and the rows of the text around the audio in the background (an assistant calls this at start, while
-        nobody has spoken yet)."""
-        self.answerer()
-        self.backend.preload_ctc()
-
-    def answerer(self) -> AudioChat:
-        """The bundle's answer model (loaded on first use; its load time joins ``load_ms``)."""
-        if self._answerer is None:
-            if self.open_answerer is None:
-                raise FaEdgeError("listen-first needs a bundle with an answer model (fa-edge export --answer-llm)")
-            t0 = time.perf_counter()
-            # the listening model hears pieces from now on: its context shrinks before the answerer's is made
-            listen = self.listening_for(GenerationSettings(**self.decoding.search()))  # the bundle's own search
-            self.reset_listening(listening_positions(self, listen))
-            self._answerer = self.open_answerer()
-            self.load_ms += (time.perf_counter() - t0) * 1e3
-        return self._answerer
-
-    def listening_for(
-        self, gen: GenerationSettings, ctc: float | None = None, chars: float | None = None
-    ) -> GenerationSettings:
-        """A listen-first turn's transcription settings: greedy, ``gen``'s beam size and proposals, and the
-        weights of the token head and the character head as asked (0: off), or where neither is asked the
-        model's transcription defaults (``with_weights``). Without weights asked, ``gen``'s own stand for them
-        where it has any (there a 0 cannot say "off")."""
-        if ctc is None and chars is None and gen.guide_weight:
-            ctc, chars = gen.ctc_weight, gen.char_weight
-        listen = GenerationSettings(
-            max_tokens=LISTEN_MAX_TOKENS,
-            beam_size=gen.beam_size,
-            ctc_candidates=gen.ctc_candidates,
-            ctc_proposal_prob=gen.ctc_proposal_prob,
-        )
-        return self.with_weights(listen, TRANSCRIBE_PROMPT, ctc, chars)
-
-    def with_weights(
-        self, gen: GenerationSettings, prompt: str | None, ctc: float | None = None, chars: float | None = None
-    ) -> GenerationSettings:
-        """``gen`` with the token head's and the character head's weights of a turn with ``prompt`` on this
-        model: as asked (None: not asked; 0: off), else for a transcription the bundle's (``self.decoding``),
-        else the model's defaults (``settings.guidance_for``: guidance for a transcription by a model with heads)."""
-        if ctc is None and chars is None and prompt == TRANSCRIBE_PROMPT:
-            ctc, chars = self.decoding.ctc_weight, self.decoding.char_weight
-        weight, char_weight = guidance_for(prompt, self.has_ctc_head, self.has_char_head, ctc, chars)
-        return replace(gen, ctc_weight=weight, char_weight=char_weight)
-
     def reset_listening(self, positions: int | None = None) -> None:
         """Forget what the listening model heard (its conversation), keeping the answer model's. ``positions``:
         no turn until the next conversation needs more (listen-first pieces), so the context may be that small."""
+        if self._stream is not None:  # its worker stops before the cache is cleared
+            self._stream.close()
         self.backend.reset(positions)
-        self._close_previous, self._begun, self.turns = [], None, 0
+        self._close_previous, self._begun, self._stream, self.turns = [], None, None, 0
         self._piece_positions = positions
 
     def _ids_after(self, prompt: str | None, audio: bool) -> list[int]:
@@ -250,7 +183,7 @@ class AudioChat(StartsAhead):
         first = self._bos_ids() if self.turns == 0 else []
         return list(self._close_previous) + first + self.backend.tokenize(text)
 
-    def _encode(self, audio: Any, timings: Timings) -> tuple[np.ndarray | None, Any]:
+    def _features(self, audio: Any, timings: Timings) -> tuple[np.ndarray | None, AudioFeatures | None]:
         if audio is None:
             return None, None
         t0 = time.perf_counter()
@@ -258,21 +191,34 @@ class AudioChat(StartsAhead):
             audio = load_audio(audio)
         samples, source = (audio.samples, audio.source) if isinstance(audio, Audio) else (audio, "audio")
         features = audio_features(samples, self.dims, source)
-        t1 = time.perf_counter()
-        embeds = encode_features(features, self.backend.encode)
-        timings.mel_ms, timings.encoder_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
-        return embeds, features
+        timings.mel_ms = (time.perf_counter() - t0) * 1e3
+        return samples, features
+
+    def _embeds(self, features: AudioFeatures, fed: list[np.ndarray], timings: Timings) -> tuple[np.ndarray, int]:
+        """The clip's audio embeddings: those of the windows ``fed`` while it arrived, then the rest's, encoded now;
+        and how many of them are in the cache already."""
+        t0 = time.perf_counter()
+        rest = replace(features, mels=features.mels[len(fed) :], tokens=features.tokens[len(fed) :])
+        parts = [*fed, encode_features(rest, self.backend.encode)] if rest.mels else fed
+        timings.encoder_ms = (time.perf_counter() - t0) * 1e3
+        n_fed = sum(len(e) for e in fed)
+        return np.concatenate(parts) if parts else np.zeros((0, self.dims.decoder.hidden), np.float32), n_fed
 
     def prefill(self, audio: Any, prompt: str | None, timings: Timings) -> tuple[int, Any, np.ndarray | None]:
+        stream, self._stream = self._stream, None
+        if stream is not None:  # its worker done before anything here uses the cache
+            stream.wait()
         try:
-            embeds, features = self._encode(audio, timings)
+            samples, features = self._features(audio, timings)
         except Exception:
             self.cancel_turn()
             raise
         begun = self._begun
-        if begun is not None and (begun.audio != (embeds is not None) or begun.prompt != prompt and begun.audio):
+        if begun is not None and (begun.audio != (features is not None) or begun.prompt != prompt and begun.audio):
             self.cancel_turn()  # started for another prompt, or for another kind of turn
             begun = None
+        fed = stream.take(samples) if stream is not None and begun is not None and samples is not None else []
+        embeds, n_fed = self._embeds(features, fed, timings) if features is not None else (None, 0)
         t0 = time.perf_counter()
         before, _ = self.layout.around_audio(None, self.turns == 0)
         ids_after = self._ids_after(prompt, embeds is not None)
@@ -288,7 +234,7 @@ class AudioChat(StartsAhead):
             if embeds is None:  # a text turn: its opening and text in one batch (the part fed ahead kept)
                 feed_to(self.backend, begun, head + ids_after)
             else:
-                self._feed_audio([] if begun.fed else head, embeds, ids_after)
+                self._feed_audio([] if begun.fed else head, embeds[n_fed:], ids_after)
         except ContextFullError:  # the turn is taken back whole: the conversation before it stays usable
             self.backend.truncate(mark)
             self._close_previous = list(close)
