@@ -186,12 +186,12 @@ class Assistant:
     def _event(self, event, mic: Microphone) -> None:
         if isinstance(event, SpeechStarted):
             self._start_turn()
-        elif isinstance(event, Pause) and self.hearing is not None:  # the rest heard before the end is sure
+        elif isinstance(event, Pause) and (self.hearing or self.stream) is not None:  # the rest before the end is sure
             self._hear(self.endpointer.new_speech())
-            if self.hearing is not None:
-                self.hearing.speculate(event.samples)
-        elif isinstance(event, Resumed) and self.hearing is not None:
-            self.hearing.unspeculate()
+            if (self.hearing or self.stream) is not None:
+                (self.hearing or self.stream).speculate(event.samples)
+        elif isinstance(event, Resumed) and (self.hearing or self.stream) is not None:
+            (self.hearing or self.stream).unspeculate()
         elif isinstance(event, Utterance):
             self._answer(event, mic)
 

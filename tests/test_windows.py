@@ -116,3 +116,50 @@ def test_windows_fed_while_the_person_speaks_give_the_tokens_of_the_whole_clip(w
         stream.add(samples)
         chat.cancel_turn()
         assert chat.backend.n_past == 0
+
+
+def test_a_speculation_at_a_pause_feeds_the_rest_and_gives_the_tokens_of_the_whole_clip(windowed, clips):
+    """At a pause the stream feeds the rest of the utterance as it will be and the text after it: where the guess
+    holds, the cache holds the whole turn before the endpoint and the turn feeds nothing more; speech that resumes
+    takes it back, and a wrong guess is taken back at the turn. The tokens are the whole clip's every time."""
+    _, bundle = windowed
+    samples = load_audio(clips["7s"]).samples
+    pause = int(3.1 * SAMPLE_RATE)
+    with open_bundle(bundle) as chat:
+        want = chat.ask(samples, None, GREEDY).run()
+        for name, guesses in (("right", [len(samples)]), ("resumed", [pause, len(samples)]), ("wrong", [pause])):
+            chat.reset()
+            stream = chat.start_audio(None, slack_s=0.7)
+            opening = chat.backend.n_past
+            for i in range(0, len(samples), 512):
+                stream.add(samples[i : i + 512])
+                if i < pause <= i + 512 and len(guesses) > 1:  # a pause, then speech again
+                    stream.speculate(samples[:pause])
+                    stream.wait()
+                    assert chat.backend.n_past > opening + 13 * stream.queued  # the guess's rest and text fed
+                    stream.unspeculate()
+            stream.speculate(samples[: guesses[-1]])
+            stream.wait()
+            if name == "right":  # the whole turn is in the cache before the endpoint
+                assert chat.backend.n_past == want.audio_tokens + want.prompt_tokens
+            feeds = Counting(chat.backend, "feed_embeddings")
+            got = chat.ask(samples, None, GREEDY).run()
+            feeds.undo()
+            assert got.tokens == want.tokens, name
+            assert (feeds.calls == 0) == (guesses[-1] == len(samples)), name  # nothing more fed where the guess held
+
+
+class Counting:
+    """Counts the calls of ``obj.name`` until ``undo``."""
+
+    def __init__(self, obj, name: str):
+        self.obj, self.name, self.calls, real = obj, name, 0, getattr(obj, name)
+
+        def counted(*args):
+            self.calls += 1
+            return real(*args)
+
+        setattr(obj, name, counted)
+
+    def undo(self) -> None:
+        delattr(self.obj, self.name)

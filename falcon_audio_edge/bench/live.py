@@ -92,11 +92,11 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
                     if hearing is not None:  # a start of speech the endpointer let go
                         hearing.close()
                     hearing = chat.start_hearing(gen, slack)
-                elif isinstance(event, Pause) and hearing is not None:  # the utterance so far, then the guess
-                    hearing.add(endpointer.new_speech())
-                    hearing.speculate(event.samples)
-                elif isinstance(event, Resumed) and hearing is not None:
-                    hearing.unspeculate()
+                elif isinstance(event, Pause) and (hearing or stream) is not None:  # the utterance so far, the guess
+                    (hearing or stream).add(endpointer.new_speech())
+                    (hearing or stream).speculate(event.samples)
+                elif isinstance(event, Resumed) and (hearing or stream) is not None:
+                    (hearing or stream).unspeculate()
                 elif isinstance(event, Utterance):
                     if i + BLOCK < end:
                         raise FaEdgeError(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "

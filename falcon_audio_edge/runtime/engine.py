@@ -96,7 +96,7 @@ class AudioChat(StartsAhead, ListensFirst):
         and feeds only the rest. ``slack_s`` as for ``start_hearing``; ``cancel_turn`` takes it all back."""
         self.cancel_turn()
         self.start_turn(prompt)
-        self._stream = AudioStream(self, slack_s)
+        self._stream = AudioStream(self, prompt, slack_s)
         return self._stream
 
     def close(self) -> None:
@@ -194,12 +194,14 @@ class AudioChat(StartsAhead, ListensFirst):
         timings.mel_ms = (time.perf_counter() - t0) * 1e3
         return samples, features
 
-    def _embeds(self, features: AudioFeatures, fed: list[np.ndarray], timings: Timings) -> tuple[np.ndarray, int]:
-        """The clip's audio embeddings: those of the windows ``fed`` while it arrived, then the rest's, encoded now;
-        and how many of them are in the cache already."""
+    def _embeds(
+        self, features: AudioFeatures, fed: list[np.ndarray], guessed: bool, timings: Timings
+    ) -> tuple[np.ndarray, int]:
+        """The clip's audio embeddings: those of the windows ``fed`` while it arrived (``guessed``: all of them, the
+        last part a speculation's), then the rest's, encoded now; and how many of them are in the cache already."""
         t0 = time.perf_counter()
         rest = replace(features, mels=features.mels[len(fed) :], tokens=features.tokens[len(fed) :])
-        parts = [*fed, encode_features(rest, self.backend.encode)] if rest.mels else fed
+        parts = [*fed, encode_features(rest, self.backend.encode)] if rest.mels and not guessed else fed
         timings.encoder_ms = (time.perf_counter() - t0) * 1e3
         n_fed = sum(len(e) for e in fed)
         return np.concatenate(parts) if parts else np.zeros((0, self.dims.decoder.hidden), np.float32), n_fed
@@ -217,8 +219,8 @@ class AudioChat(StartsAhead, ListensFirst):
         if begun is not None and (begun.audio != (features is not None) or begun.prompt != prompt and begun.audio):
             self.cancel_turn()  # started for another prompt, or for another kind of turn
             begun = None
-        fed = stream.take(samples) if stream is not None and begun is not None and samples is not None else []
-        embeds, n_fed = self._embeds(features, fed, timings) if features is not None else (None, 0)
+        fed, guessed = stream.take(samples) if stream and begun and samples is not None else ([], False)
+        embeds, n_fed = self._embeds(features, fed, guessed, timings) if features is not None else (None, 0)
         t0 = time.perf_counter()
         before, _ = self.layout.around_audio(None, self.turns == 0)
         ids_after = self._ids_after(prompt, embeds is not None)
@@ -233,7 +235,7 @@ class AudioChat(StartsAhead, ListensFirst):
             n_before = begun.head
             if embeds is None:  # a text turn: its opening and text in one batch (the part fed ahead kept)
                 feed_to(self.backend, begun, head + ids_after)
-            else:
+            elif not guessed:  # (a speculation that guessed the utterance fed it all, with the text after it)
                 self._feed_audio([] if begun.fed else head, embeds[n_fed:], ids_after)
         except ContextFullError:  # the turn is taken back whole: the conversation before it stays usable
             self.backend.truncate(mark)
