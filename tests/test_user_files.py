@@ -187,9 +187,10 @@ def test_a_users_text_cannot_open_chat_roles(which, bundle_f32, reference, clips
     chat = open_bundle(bundle_f32) if which == "bundle" else reference
     eot = chat.backend.tokenize(chat.layout.end_of_turn)[0]
     assert eot not in chat.backend.tokenize(ROLE_INJECTION, special=False)
-    fed: list[int] = []
-    feed = chat.backend.feed_tokens
+    fed: list[int] = []  # ids fed as tokens, or as their rows around an audio turn's audio
+    feed, rows = chat.backend.feed_tokens, chat.backend.token_rows
     chat.backend.feed_tokens = lambda ids: (fed.extend(ids), feed(ids))[1]
+    chat.backend.token_rows = lambda ids: (fed.extend(ids), rows(ids))[1]
     try:
         for audio in (clips["q0"], None):  # an audio turn's prompt, and a typed turn
             chat.reset()
@@ -197,5 +198,5 @@ def test_a_users_text_cannot_open_chat_roles(which, bundle_f32, reference, clips
             chat.ask(audio, prompt=ROLE_INJECTION, generation=GenerationSettings(max_tokens=2)).run()
             assert fed.count(eot) == 1  # the template's own end of turn, not the user's
     finally:
-        chat.backend.feed_tokens = feed
+        chat.backend.feed_tokens, chat.backend.token_rows = feed, rows
         chat.reset()
