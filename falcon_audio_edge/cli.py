@@ -195,7 +195,9 @@ def bench(
     warmup: int = 1,
     tokens: Annotated[int, typer.Option(help="tokens generated per turn (end of turn ignored)")] = 32,
     threads: Annotated[int, typer.Option(help="threads for every target (0 = all usable cores)")] = 0,
-    baselines: Annotated[bool, typer.Option(help="PyTorch, llama.cpp text and cascade baselines")] = True,
+    baselines: Annotated[
+        bool, typer.Option(help="PyTorch, llama.cpp text and cascade baselines (--live: PyTorch bf16)")
+    ] = True,
     whisper: Annotated[Path | None, typer.Option(help="CTranslate2 Whisper folder for the cascade baseline")] = None,
     out: Annotated[Path | None, typer.Option(help="write the markdown report here (e.g. docs/benchmarks.md)")] = None,
     plot: Annotated[Path | None, typer.Option(help="write the stage-breakdown PNG here")] = None,
@@ -214,7 +216,8 @@ def bench(
     if live:
         if suite:
             raise FaEdgeError(f"--live measures one bundle you name; --suite {suite} is for the stage benchmark")
-        return _bench_live(bundles or [], audio_seconds, repeats, tokens, threads, out, as_json, end_silence_ms)
+        return _bench_live(bundles or [], audio_seconds, repeats, tokens, threads, out, as_json, end_silence_ms,
+                           baselines)  # fmt: skip
     from falcon_audio_edge.bench.report import markdown
     from falcon_audio_edge.bench.report import plot as write_plot
     from falcon_audio_edge.bench.run import BenchSettings, parse_seconds, run_bench
@@ -243,13 +246,13 @@ def bench(
 
 
 def _bench_live(bundles: list[Path], audio_seconds: str | None, repeats: int, tokens: int, threads: int,
-                out: Path | None, as_json: bool, end_silence_ms: int | None) -> None:  # fmt: skip
+                out: Path | None, as_json: bool, end_silence_ms: int | None, baselines: bool) -> None:  # fmt: skip
     from falcon_audio_edge.bench.live import live_report
     from falcon_audio_edge.files import atomic_text
 
     command = " ".join(["fa-edge", *sys.argv[1:]])
     text, turns = live_report(bundles, audio_seconds, repeats, tokens, threads, command, end_silence_ms,
-                              progress=lambda m: typer.echo(m, err=True))  # fmt: skip
+                              progress=lambda m: typer.echo(m, err=True), baselines=baselines)  # fmt: skip
     if out:
         atomic_text(out, text)
     if as_json:

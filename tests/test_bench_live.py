@@ -43,9 +43,10 @@ def test_a_live_run_measures_the_gap_from_the_end_of_speech(tmp_path, bundle_f32
     row = next(line for line in text.splitlines() if line.startswith("| 3 |")).strip("|").split("|")
     assert abs(float(row[6]) - turn["torch_bf16_s"] / turn["whole_clip_s"]) < 0.01  # the ratio of the two
     proc = fa_edge("bench", "--live", bundle_f32, "--audio-seconds", "3", "--repeats", "1", "--tokens", "2",
-                   "--threads", "1", "--end-silence-ms", "600", "--out", out, "--json")  # fmt: skip
+                   "--threads", "1", "--end-silence-ms", "600", "--no-baselines", "--out", out, "--json")  # fmt: skip
     (turn,) = json.loads(proc.stdout)
     assert 0.5 <= turn["endpoint_s"] <= 1.1 and "600 ms of silence" in out.read_text(), turn  # the wait follows it
+    assert turn["torch_bf16_s"] is None and "not measured (--no-baselines)" in out.read_text()
     bad = fa_edge("bench", "--live", bundle_f32, "--end-silence-ms", "150", check=False)
     assert bad.returncode == 2 and "end_silence_ms must be above speculate_ms = 200" in bad.stderr
 

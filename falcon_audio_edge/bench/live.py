@@ -140,9 +140,11 @@ def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, endpoin
 
 
 def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: int, threads: int, command: str,
-                end_silence_ms: int | None = None, progress=print) -> tuple[str, list[dict]]:  # fmt: skip
+                end_silence_ms: int | None = None, progress=print,
+                baselines: bool = True) -> tuple[str, list[dict]]:  # fmt: skip
     """``fa-edge bench --live``: the markdown report and the turns (clip lengths: LIVE_SECONDS unless given; the
-    endpointer's end silence: the assistant's unless given)."""
+    endpointer's end silence: the assistant's unless given; ``baselines`` False: no PyTorch bf16 run, which on a CPU
+    without bf16 instructions takes minutes a turn for a 1B model)."""
     from falcon_audio_edge.apps.endpoint import EndpointSettings
 
     from falcon_audio_edge.bench.run import BenchSettings, machine, parse_seconds
@@ -155,7 +157,8 @@ def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: 
     endpoint = EndpointSettings() if end_silence_ms is None else EndpointSettings(end_silence_ms=end_silence_ms)
     window_ms = read_bundle(bundles[0], verify=True).dims.audio.window_ms
     turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, endpoint, progress)
-    reference = torch_turns(bundles[0], turns, repeats, tokens, settings.n_threads, progress)
+    reference = (torch_turns(bundles[0], turns, repeats, tokens, settings.n_threads, progress) if baselines
+                 else "PyTorch bf16: not measured (--no-baselines)")  # fmt: skip
     reference += f". Encoder windows of {window_ms / 1000:g} s, each fed as it ends"
     return markdown(turns, command, machine(), endpoint, reference), [asdict(t) for t in turns]
 
