@@ -136,7 +136,8 @@ class Assistant:
         self.screen.line(f"microphone problem: {exc}; retrying (the conversation is kept)")
         self.endpointer.reset()
         self._drop_hearing()
-        self.chat.cancel_turn()
+        self.chat.cancel_turn()  # a stream's windows with it
+        self.stream = None
         while self.running:
             time.sleep(1.0)
             self._commands(None)

@@ -163,3 +163,31 @@ class Counting:
 
     def undo(self) -> None:
         delattr(self.obj, self.name)
+
+
+def test_a_turn_that_fails_after_its_windows_were_fed_is_taken_back_whole(windowed, clips):
+    """The rest of the utterance cannot be encoded: the turn's opening and its windows fed during speech leave the
+    cache, a closed stream feeds nothing more, and the next turn answers as on a fresh conversation."""
+    from falcon_audio_edge.errors import FaEdgeError
+
+    _, bundle = windowed
+    samples = load_audio(clips["7s"]).samples
+    with open_bundle(bundle) as chat:
+        want = chat.ask(samples, None, GREEDY).run().tokens
+        chat.reset()
+        stream = chat.start_audio(None, slack_s=0.7)
+        stream.add(samples)
+        stream.wait()
+        assert chat.backend.n_past > 13
+
+        def broken(mel):
+            raise FaEdgeError("the encoder failed")
+
+        encode, chat.backend.encode = chat.backend.encode, broken
+        with pytest.raises(FaEdgeError, match="the encoder failed"):
+            chat.ask(samples, None, GREEDY).run()
+        chat.backend.encode = encode
+        assert chat.backend.n_past == 0
+        stream.add(samples)  # too late: the turn took it
+        assert stream._worker is None and chat.backend.n_past == 0
+        assert chat.ask(samples, None, GREEDY).run().tokens == want

@@ -102,7 +102,9 @@ class TrainingStep(nn.Module):
         if key not in self._frames:  # kept in host memory: on a GPU the whole set's frames would fill it
             with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 self._frames[key] = [
-                    whisper_encode(self.model.encoder, torch.from_numpy(mel)[None].to(self.device))[:, : t * k].cpu()
+                    whisper_encode(self.model.encoder, torch.from_numpy(mel)[None].to(self.device))[:, : t * k]
+                    .cpu()
+                    .clone()
                     for mel, t in zip(ex.mels, ex.window_tokens, strict=True)
                 ]
         return self._frames[key]

@@ -208,19 +208,21 @@ class AudioChat(StartsAhead, ListensFirst):
 
     def prefill(self, audio: Any, prompt: str | None, timings: Timings) -> tuple[int, Any, np.ndarray | None]:
         stream, self._stream = self._stream, None
-        if stream is not None:  # its worker done before anything here uses the cache
-            stream.wait()
         try:
+            if stream is not None:  # its worker done before anything here uses the cache
+                stream.wait()
             samples, features = self._features(audio, timings)
-        except Exception:
+            begun = self._begun
+            if begun is not None and (begun.audio != (features is not None) or begun.prompt != prompt and begun.audio):
+                self.cancel_turn()  # started for another prompt, or for another kind of turn
+                begun = None
+            fed, guessed = stream.take(samples) if stream and begun and samples is not None else ([], False)
+            embeds, n_fed = self._embeds(features, fed, guessed, timings) if features is not None else (None, 0)
+        except BaseException:  # (Ctrl-C too) the turn's start is taken back once its stream's worker has stopped
+            if stream is not None:
+                stream.close()
             self.cancel_turn()
             raise
-        begun = self._begun
-        if begun is not None and (begun.audio != (features is not None) or begun.prompt != prompt and begun.audio):
-            self.cancel_turn()  # started for another prompt, or for another kind of turn
-            begun = None
-        fed, guessed = stream.take(samples) if stream and begun and samples is not None else ([], False)
-        embeds, n_fed = self._embeds(features, fed, guessed, timings) if features is not None else (None, 0)
         t0 = time.perf_counter()
         before, _ = self.layout.around_audio(None, self.turns == 0)
         ids_after = self._ids_after(prompt, embeds is not None)
@@ -237,8 +239,8 @@ class AudioChat(StartsAhead, ListensFirst):
                 feed_to(self.backend, begun, head + ids_after)
             elif not guessed:  # (a speculation that guessed the utterance fed it all, with the text after it)
                 self._feed_audio([] if begun.fed else head, embeds[n_fed:], ids_after)
-        except ContextFullError:  # the turn is taken back whole: the conversation before it stays usable
-            self.backend.truncate(mark)
+        except FaEdgeError:  # the turn is taken back whole (the context is full, or a row or llama.cpp failed): the
+            self.backend.truncate(mark)  # conversation before it stays usable
             self._close_previous = list(close)
             raise
         timings.prefill_ms = (time.perf_counter() - t0) * 1e3

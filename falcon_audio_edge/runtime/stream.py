@@ -53,7 +53,8 @@ class AudioStream:
         self._start = chat.backend.n_past  # the cache's length after the turn's opening
         self._worker: ThreadPoolExecutor | None = None
         self._jobs: list[Future] = []
-        self._failed = False
+        self._failed = False  # a window could not be fed: the turn feeds the whole utterance
+        self._closed = False
         self._guess: Future | None = None  # a speculation being fed, or fed (its _Guess; None: not fed)
         self._stop_guess = threading.Event()
 
@@ -85,16 +86,24 @@ class AudioStream:
                 self._submit(self._drop_guess, guess)
             self.add(np.zeros(0, dtype=np.float32))  # the windows the utterance ran past meanwhile
 
-    def _submit(self, fn, *args) -> Future:
+    def _submit(self, fn, *args) -> Future | None:
+        if self._closed:  # after close or take: nothing more goes into the cache
+            return None
         self._worker = self._worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fa-edge-stream")
         job = self._worker.submit(fn, *args)
         self._jobs.append(job)
         return job
 
     def _feed(self, part: np.ndarray) -> None:
+        if self._failed:
+            return
         backend = self.chat.backend
-        embeds = encode_features(audio_features(part, self.chat.dims, "stream"), backend.encode)
-        backend.feed_embeddings(embeds)
+        try:
+            embeds = encode_features(audio_features(part, self.chat.dims, "stream"), backend.encode)
+            backend.feed_embeddings(embeds)
+        except Exception:  # (a window of digital silence, a full context) no more windows after it
+            self._failed = True
+            raise
         self._fed.append((embeds, backend.n_past))
 
     def _feed_guess(self, utterance: np.ndarray, stop: threading.Event) -> _Guess | None:
@@ -122,6 +131,7 @@ class AudioStream:
         feeds the whole utterance, and an error that persists shows there). Ends the stream."""
         guess, self._guess = self._guess, None
         self.wait()
+        self._closed = True
         if self._failed:
             self.chat.backend.truncate(self._start)
             return [], False
@@ -148,11 +158,12 @@ class AudioStream:
         """Stop feeding (the window being fed finishes, the queued ones are dropped); what was fed stays until the
         turn is cancelled."""
         self._stop_guess.set()
+        self._closed = True
         self._stop(cancel=True)
 
     def _stop(self, cancel: bool) -> None:
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.shutdown(wait=True, cancel_futures=cancel)
+        if self._worker is not None:  # let go only once it has stopped (an interrupt here leaves it to a later stop)
+            self._worker.shutdown(wait=True, cancel_futures=cancel)
+            self._worker = None
         jobs, self._jobs = self._jobs, []
         self._failed |= any(not job.cancelled() and job.exception() is not None for job in jobs)
