@@ -180,7 +180,7 @@ class SlowListener:
     def answerer(self):
         return self
 
-    def start_text(self, text):
+    def start_text(self, text, whole=False):
         self.fed.append(text)
 
     def cancel_turn(self):

@@ -46,7 +46,9 @@ class BundleBackend:
 
     def _load_ctc(self) -> CTCHead:
         dec = self.bundle.dims.decoder
-        return load_ctc_head(self.bundle.ctc_path, self.bundle.decoder_path, dec.vocab_size, dec.hidden)
+        return load_ctc_head(
+            self.bundle.ctc_path, self.bundle.decoder_path, dec.vocab_size, dec.hidden, self._rows.tensor()
+        )  # the header walked once for the rows and the table
 
     def preload_ctc(self) -> None:
         """Start reading the CTC head's token table in a background thread (a tenth of a second for SmolLM2's,
@@ -58,8 +60,10 @@ class BundleBackend:
             pool.shutdown(wait=False)  # the thread ends with its one task; nothing waits for it here
 
     def _preload(self) -> CTCHead | None:
-        self._rows.tensor()
-        return self._load_ctc() if self.bundle.ctc_path is not None else None
+        if self.bundle.ctc_path is None:
+            self._rows.tensor()
+            return None
+        return self._load_ctc()  # the rows' table found on the way
 
     def ctc_posteriors(self, embeds: np.ndarray) -> Any:
         """The bundle's CTC head on audio embeddings, (T, H) -> (T, 1 + V); its token table is read from the

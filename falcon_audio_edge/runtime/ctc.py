@@ -282,13 +282,14 @@ def guided_choice(
     return int(candidates[np.argmax(combined)])
 
 
-def gguf_token_table(path, vocab: int, hidden: int, rows_per_part: int = 1024) -> TokenTable:
+def gguf_token_table(path, vocab: int, hidden: int, rows_per_part: int = 1024, tensor=None) -> TokenTable:
     """The decoder's token embedding table (V, H), read from its GGUF a thousand rows at a time (``gguf_tensor``;
     gguf-py's dequantizing makes several copies of a part): nothing else of the file is loaded.
-    f32 rows stay f32; f16 and quantized rows are dequantized and kept as int8 per row (``TokenTable``)."""
+    f32 rows stay f32; f16 and quantized rows are dequantized and kept as int8 per row (``TokenTable``).
+    ``tensor``: the table's place in the file where the header was walked already (``TokenRows.tensor``)."""
     from falcon_audio_edge.runtime.gguf_tensor import dequantize_rows, read_tensor
 
-    tensor = read_tensor(path, "token_embd.weight")
+    tensor = tensor or read_tensor(path, "token_embd.weight")
     if tensor.shape != (vocab, hidden):
         raise BundleError(f"{path}: token_embd.weight is {tensor.shape}, the dims say ({vocab}, {hidden})")
     exact = tensor.type == 0  # ggml F32
@@ -296,9 +297,8 @@ def gguf_token_table(path, vocab: int, hidden: int, rows_per_part: int = 1024) -
     scales = None if exact else np.empty(vocab, dtype=np.float32)
     for start in range(0, vocab, rows_per_part):
         raw = tensor.rows(start, start + rows_per_part)
-        part = dequantize_rows(
-            raw, tensor.type, hidden, path
-        )  # f32 and f16 rows viewed as floats, the others dequantized
+        # f32 and f16 rows viewed as floats, the others dequantized
+        part = dequantize_rows(raw, tensor.type, hidden, path)
         if exact:
             rows[start : start + len(raw)] = part
         else:
@@ -307,8 +307,9 @@ def gguf_token_table(path, vocab: int, hidden: int, rows_per_part: int = 1024) -
     return TokenTable(rows, scales)
 
 
-def load_ctc_head(ctc_file, gguf_file, vocab: int, hidden: int) -> CTCHead:
-    """A bundle's CTC head: its own weights from ``ctc_file`` (npz), the token table from the decoder GGUF."""
+def load_ctc_head(ctc_file, gguf_file, vocab: int, hidden: int, tensor=None) -> CTCHead:
+    """A bundle's CTC head: its own weights from ``ctc_file`` (npz), the token table from the decoder GGUF
+    (``tensor``: its place there, found already)."""
     try:
         with np.load(ctc_file, allow_pickle=False) as data:
             parts = {k: np.asarray(data[k], dtype=np.float32) for k in ("blank_weight", "blank_bias", "log_scale")}
@@ -321,7 +322,7 @@ def load_ctc_head(ctc_file, gguf_file, vocab: int, hidden: int) -> CTCHead:
     if parts["blank_weight"].shape != (hidden,):
         raise BundleError(f"{ctc_file}: blank_weight is {parts['blank_weight'].shape}, the dims say ({hidden},)")
     return CTCHead(
-        table=gguf_token_table(gguf_file, vocab, hidden),
+        table=gguf_token_table(gguf_file, vocab, hidden, tensor=tensor),
         blank_weight=parts["blank_weight"],
         blank_bias=float(parts["blank_bias"]),
         log_scale=float(parts["log_scale"]),

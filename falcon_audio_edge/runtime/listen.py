@@ -142,13 +142,16 @@ class Hearing:
         self._feeds.append(self._submit(self._feed_answer, list(self._queued)))
         self.pending, self.offset = self.pending[end:], self.offset + end
 
-    def _feed_answer(self, settled: list[Future]) -> None:
+    def _feed_answer(self, settled: list[Future], rest: list[_Part | None] | None = None) -> None:
         """On the worker, after the pieces ``settled``: their transcript into the answer model (``start_text``),
-        so that at the end only the rest of the question is fed. Where one of them failed, nothing is fed."""
+        so that at the end only the rest of the question is fed; with the ``rest`` of the utterance heard (a
+        speculation), the whole transcript and the template up to the answer. Where a piece failed, nothing is
+        fed."""
         try:
-            texts = [part.text for future in settled if (part := future.result()) is not None and part.text]
+            parts = [future.result() for future in settled] + (rest or [])
+            texts = [part.text for part in parts if part is not None and part.text]
             if texts:
-                self.chat.answerer().start_text(" ".join(texts))
+                self.chat.answerer().start_text(" ".join(texts), whole=rest is not None)
         except (FaEdgeError, CancelledError):  # a piece failed (heard afresh at the end), or the answer model did
             return
 
@@ -175,13 +178,7 @@ class Hearing:
         the answer's first token waits for nothing but the endpoint."""
         parts = self._hear_rest(rest, stop)
         if parts is not None and not stop.is_set():
-            try:
-                texts = [p.text for f in settled if (p := f.result()) is not None and p.text]
-                texts += [p.text for p in parts if p is not None and p.text]
-                if texts:
-                    self.chat.answerer().start_text(" ".join(texts), whole=True)
-            except (FaEdgeError, CancelledError):  # a piece failed (heard afresh at the end), or the answer model did
-                pass
+            self._feed_answer(settled, parts)
         return parts
 
     def _settle_within(self, utterance: np.ndarray) -> bool:
