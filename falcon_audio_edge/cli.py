@@ -356,7 +356,9 @@ def ask(
         data["note"] = (f"audio of {result.audio_seconds:.1f} s was heard in {result.pieces} phrases cut at "
                         f"pauses (each at most {SEGMENT_SECONDS:g} s)")  # fmt: skip
     elif result.windows > 1:
-        data["note"] = f"audio of {result.audio_seconds:.1f} s was split into {result.windows} windows of up to 30 s"
+        window = chat.dims.audio.window_ms / 1000
+        data["note"] = (f"audio of {result.audio_seconds:.1f} s was split into {result.windows} windows of "
+                        f"up to {window:g} s")  # fmt: skip
     typer.echo(json.dumps(data, indent=2))
 
 

@@ -76,6 +76,13 @@ def test_windows_cut_the_clip_and_each_is_heard_alone(windowed, clips):
     np.testing.assert_allclose(trained, runtime, atol=1e-4)
 
 
+def test_ask_says_the_model_s_windows(windowed, clips):
+    import json
+
+    out = json.loads(fa_edge("ask", windowed[1], "--audio", clips["q0"], "--max-tokens", "2", "--json").stdout)
+    assert out["split_into_windows"] is True and f"windows of up to {WINDOW_MS / 1000:g} s" in out["note"]
+
+
 def test_a_windowed_bundle_matches_its_reference(windowed, clips):
     from falcon_audio_edge.reference import open_checkpoint
 
