@@ -157,6 +157,23 @@ def piece_end(samples: np.ndarray, whole: bool, slack: int = 0, max_seconds: flo
     return n if n <= longest else _quietest(quiet, longest, room)
 
 
+def cut_ahead(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) -> int | None:
+    """The cut ``piece_end`` will make in the piece that starts at ``samples[0]`` if the utterance goes on at least
+    MIN_TAIL_SECONDS past it, as soon as the pause it is in is over (a stretch within PAUSE_DB of the loudest
+    follows it); None before. Every cut depends only on the audio up to just after it, so this one cannot move: a
+    person who goes on after a pause makes this the piece, one who stops within the tail leaves it uncut."""
+    quiet, valid = stretch_power(samples)
+    lo, hi = int(PHRASE_SECONDS * FRAMES_PER_SECOND), min(int(max_seconds * SAMPLE_RATE) // HOP_LENGTH, valid)
+    if hi <= lo:
+        return None
+    loud = np.maximum.accumulate(quiet[:hi])
+    is_pause = quiet[lo:hi] * 10 ** (PAUSE_DB / 10) <= loud[lo:hi]
+    pauses = np.flatnonzero(is_pause)
+    if not pauses.size or is_pause[pauses[0] :].all():  # no pause yet, or still in it
+        return None
+    return (lo + int(pauses[0])) * HOP_LENGTH
+
+
 def _quietest(quiet: np.ndarray, longest: int, room: int) -> int:
     lo, hi = (longest // 2) // HOP_LENGTH, room // HOP_LENGTH
     return (lo + int(np.argmin(quiet[lo:hi]))) * HOP_LENGTH

@@ -11,6 +11,7 @@ from falcon_audio_edge.audio import (
     N_SAMPLES,
     SAMPLE_RATE,
     SEGMENT_SECONDS,
+    cut_ahead,
     load_audio,
     log_mel_spectrogram,
     pause_segments,
@@ -121,6 +122,13 @@ def test_a_piece_ends_at_the_first_pause_two_seconds_in_and_arriving_audio_is_cu
             pending = pending[end:]
     assert [e for _, e in spans[:-1]] == arrived
     assert piece_end(phrases[: int(2.2 * sec)], False) is None  # no pause yet: waits for more
+    # the cut ahead: known once the pause is over, long before the second that settles it, and it is that cut
+    assert cut_ahead(phrases[: int(2.2 * sec)]) is None  # no pause yet
+    assert cut_ahead(phrases[: int(2.75 * sec)]) is None  # in the pause: the person may have stopped
+    ahead = next(n for n in range(int(2.75 * sec), len(phrases), block) if cut_ahead(phrases[:n]) is not None)
+    assert ahead <= int(3.0 * sec) and piece_end(phrases[:ahead], False) is None  # 0.2 s into the next words
+    assert cut_ahead(phrases[:ahead]) == spans[0][1] == cut_ahead(phrases)  # the cut, and it does not move
+    assert cut_ahead(early) is None and cut_ahead(utterance(1.0, 0.4, 1.0, 0.4, 1.0)) is not None  # 2 s in
 
 
 @pytest.mark.parametrize(

@@ -294,6 +294,33 @@ def test_a_piece_is_heard_once_its_end_is_found_and_that_work_is_taken_when_it_s
     assert short.finish(samples[:end]).pieces == len(pause_segments(samples[:end])) == 1  # the early one dropped
 
 
+def test_a_piece_is_heard_from_the_moment_its_pause_is_over_and_a_speculation_puts_its_rest_first(clips):
+    from falcon_audio_edge.audio import cut_ahead, load_audio, pause_segments, piece_end
+    from falcon_audio_edge.runtime.listen import Hearing
+
+    samples = load_audio(clips["45s"]).samples
+    cut = pause_segments(samples)[0][1]
+    listener = SlowListener()
+    hearing = Hearing(listener, GenerationSettings(max_tokens=4), slack_s=0.7)
+    added = 0
+    while cut_ahead(samples[:added]) is None:  # the words after the first pause begin
+        hearing.add(samples[added : added + 512])
+        added += 512
+    assert piece_end(samples[:added], False) is None and added < cut + SAMPLE_RATE  # a second before it is found
+    assert list(hearing._early) == [cut] and not hearing._queued  # heard now, not settled
+    # a pause right after, where the utterance would end too soon after the cut to make it: the rest comes first
+    _, stop = hearing._early[cut]
+    hearing.speculate(samples[:added])
+    assert not hearing._early and stop.is_set() and hearing._guess is not None  # stopped at its next token
+    listener.go.set()
+    hearing.unspeculate()  # speech again: the piece is found again and heard
+    assert list(hearing._early) == [cut]
+    for i in range(added, len(samples), 512):
+        hearing.add(samples[i : i + 512])
+    heard = hearing.finish(samples)
+    assert heard.pieces == len(pause_segments(samples)) == len(heard.transcript.split())
+
+
 def test_listen_first_needs_an_answer_model(bundle_f32, clips):
     from falcon_audio_edge.runtime.backend import open_bundle
 

@@ -24,6 +24,7 @@ from falcon_audio_edge.audio import (
     SEGMENT_SECONDS,
     SILENCE_PEAK,
     Audio,
+    cut_ahead,
     load_audio,
     pause_segments,
     piece_end,
@@ -103,9 +104,12 @@ class Hearing:
     audio loop that calls it keeps time (llama.cpp and onnxruntime release the GIL while they work).
     ``speculate`` starts on the rest when a pause begins, before the end of the utterance is confirmed:
     ``finish`` uses that work where the utterance ended there, and ``unspeculate`` (speech again) drops it.
-    A piece whose end is found but not yet sure (the final utterance may still end less than ``slack_s`` after
-    the audio added) is heard early, and that work is taken where the piece settles as it was found (the same
-    samples); a piece that settles otherwise drops it. ``slack_s``: how much of the audio added last the final
+    A piece whose end is found but not yet sure is heard early: from the moment the pause it ends in is over
+    (``audio.cut_ahead``; the utterance may still end within ``MIN_TAIL_SECONDS`` of it, and then it is not cut
+    there), and likewise a long piece's cut without a pause (the final utterance may still end less than
+    ``slack_s`` after the audio added). That work is taken where the piece settles as it was found (the same
+    samples); a piece that settles otherwise drops it, and so does a speculation whose utterance does not make the
+    cut (the rest is heard first). ``slack_s``: how much of the audio added last the final
     utterance may still leave out (an endpointer's trimmed end silence). A hearing that is dropped before
     ``finish`` must be ``close``d: its worker uses the model."""
 
@@ -130,9 +134,12 @@ class Hearing:
         self.pending = np.concatenate([self.pending, np.asarray(samples, dtype=np.float32).reshape(-1)])
         while self._guess is None and (end := piece_end(self.pending, False, self.slack)) is not None:
             self._settle(end)
-        if self._guess is None and (end := piece_end(self.pending, False)) is not None and end not in self._early:
-            stop = threading.Event()  # an end found, not yet sure: heard now, taken if the piece settles so
-            self._early[end] = (self._submit(self._hear, self.pending[:end], stop), stop)
+        if self._guess is not None:
+            return
+        for end in (cut_ahead(self.pending), piece_end(self.pending, False)):  # a pause over; a long piece's cut
+            if end is not None and end not in self._early:  # not yet sure: heard now, taken if the piece settles so
+                stop = threading.Event()
+                self._early[end] = (self._submit(self._hear, self.pending[:end], stop), stop)
 
     def _settle(self, end: int) -> None:
         """The next ``end`` samples are a piece whatever comes: queued for the worker, or its early hearing taken."""
@@ -168,6 +175,7 @@ class Hearing:
         self.unspeculate()
         if not self._settle_within(utterance):
             return  # not this hearing's utterance, or not all of it added: heard at the end as usual
+        self._drop_early()  # cuts this utterance does not make: the rest comes first (found again if speech resumes)
         rest, stop = np.array(utterance[self.offset :], dtype=np.float32), threading.Event()
         self._guess = _Guess(self.offset, rest, self._submit(self._guess_rest, rest, stop, list(self._queued)), stop)
         self._fed_ahead = True
