@@ -211,13 +211,21 @@ def bench(
         ),
     ] = False,
     end_silence_ms: Annotated[int | None, typer.Option(help=f"--live: {END_SILENCE_HELP}")] = None,
+    clips: Annotated[
+        Path | None,
+        typer.Option(
+            help='--live: play the recordings of this manifest (JSONL rows with "audio"), each once', metavar="MANIFEST"
+        ),
+    ] = None,
 ) -> None:
     """Where the time and memory go: every stage per clip length, against the baselines, in one run."""
     if live:
         if suite:
             raise FaEdgeError(f"--live measures one bundle you name; --suite {suite} is for the stage benchmark")
         return _bench_live(bundles or [], audio_seconds, repeats, tokens, threads, out, as_json, end_silence_ms,
-                           baselines)  # fmt: skip
+                           baselines, clips)  # fmt: skip
+    if clips is not None:
+        raise FaEdgeError("--clips is for --live (the response gap on recordings)")
     from falcon_audio_edge.bench.report import markdown
     from falcon_audio_edge.bench.report import plot as write_plot
     from falcon_audio_edge.bench.run import BenchSettings, parse_seconds, run_bench
@@ -246,13 +254,15 @@ def bench(
 
 
 def _bench_live(bundles: list[Path], audio_seconds: str | None, repeats: int, tokens: int, threads: int,
-                out: Path | None, as_json: bool, end_silence_ms: int | None, baselines: bool) -> None:  # fmt: skip
+                out: Path | None, as_json: bool, end_silence_ms: int | None, baselines: bool,
+                clips: Path | None) -> None:  # fmt: skip
     from falcon_audio_edge.bench.live import live_report
     from falcon_audio_edge.files import atomic_text
 
     command = " ".join(["fa-edge", *sys.argv[1:]])
     text, turns = live_report(bundles, audio_seconds, repeats, tokens, threads, command, end_silence_ms,
-                              progress=lambda m: typer.echo(m, err=True), baselines=baselines)  # fmt: skip
+                              progress=lambda m: typer.echo(m, err=True), baselines=baselines,
+                              clips=clips)  # fmt: skip
     if out:
         atomic_text(out, text)
     if as_json:

@@ -71,3 +71,44 @@ def test_no_pytorch_baseline_without_its_checkpoint_or_beside_a_listen_first_bun
     (moved / "manifest.json").write_text(json.dumps(manifest))
     turns = [LiveTurn(3.0, 3.0, 1.0, 0.7, 0.5)]
     assert "gone is not on this machine" in torch_turns(moved, turns, 1, 2, 1) and turns[0].torch_bf16_s is None
+
+
+def test_live_plays_the_recordings_of_a_manifest_and_names_those_the_endpointer_cut(tmp_path, bundle_f32, clips):
+    import soundfile as sf
+
+    from falcon_audio_edge.audio import load_audio
+
+    paused = load_audio(clips["q1"]).samples  # a question with a 1.5 s pause in it: the endpointer ends it there
+    sf.write(tmp_path / "paused.wav", np.concatenate([paused, np.zeros(24000, np.float32), paused]), SAMPLE_RATE)
+    sf.write(tmp_path / "blip.wav", 0.01 * np.ones(1600, np.float32), SAMPLE_RATE)  # 0.1 s: never speech
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"audio": str(clips["q0"])}, {"audio": "paused.wav", "text": "x"}, {"audio": str(clips["q2"])},
+            {"audio": "blip.wav"}]  # fmt: skip
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rec.md"
+    proc = fa_edge("bench", "--live", bundle_f32, "--clips", manifest, "--tokens", "2", "--threads", "1",
+                   "--out", out, "--json")  # fmt: skip
+    turns = json.loads(proc.stdout)
+    played = {t["name"]: t for t in turns if "gap_s" in t}
+    assert set(played) == {"q0", "q2"}
+    assert turns[2:] == [{"left_out": "paused (ended in a pause)"}, {"left_out": "blip (never ended)"}]
+    for t in played.values():
+        assert 0.5 <= t["endpoint_s"] < t["gap_s"] < t["endpoint_s"] + 5, t
+        assert 0.5 < t["speech_s"] <= t["clip_s"] + 0.05, t  # the silence played before it is not counted
+    text = out.read_text()
+    assert (
+        "| q0 |" in text
+        and "| q2 |" in text
+        and "never heard to end: paused (ended in a pause)" in text
+        and "recordings under 4 s" in text
+    )
+    # bad input: a missing manifest, a row without audio, --clips without --live, or with --audio-seconds
+    for args, message in [
+        (("--clips", tmp_path / "none.jsonl"), "no such manifest"),
+        (("--clips", tmp_path / "rec.md"), "not a manifest row"),
+        (("--clips", manifest, "--audio-seconds", "3"), "--clips plays its recordings"),
+    ]:
+        bad = fa_edge("bench", "--live", bundle_f32, *args, check=False)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+    bad = fa_edge("bench", bundle_f32, "--clips", manifest, check=False)
+    assert bad.returncode == 2 and "--clips is for --live" in bad.stderr

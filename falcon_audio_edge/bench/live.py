@@ -16,6 +16,7 @@ PyTorch reference has none), the same whole clip through the PyTorch reference o
 from __future__ import annotations
 
 import datetime as dt
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +29,8 @@ from falcon_audio_edge.bench.clips import speech_clip
 from falcon_audio_edge.errors import FaEdgeError
 
 LIVE_SECONDS = (3.0, 8.0, 20.0)
+LEAD_S = 0.5  # silence before a recording (--clips), so the endpointer hears its speech start as it would live
+LONG_S = 4.0  # recordings this long or longer are summed up apart
 BLOCK = 512  # samples a simulated microphone delivers at a time (32 ms, the endpointer's frame)
 TAIL_S = 2.0  # silence played after the speech
 SPEECH_DBFS = -40.0  # a 32 ms frame this loud (relative to the clip's peak) is speech, for the clip's end
@@ -41,6 +44,43 @@ class LiveTurn:
     endpoint_s: float  # the part of it spent deciding the person had stopped
     whole_clip_s: float  # the same clip given whole (fa-edge ask): clip in hand -> first token
     torch_bf16_s: float | None = None  # the same, through the PyTorch reference in bfloat16 (None: not measured)
+    name: str = ""  # the recording's (--clips)
+
+
+@dataclass
+class Clip:
+    """What is played: a spoken question of a length asked for, or a recording of a manifest."""
+
+    name: str
+    clip_s: float  # the length asked for, or the recording's
+    samples: np.ndarray
+    lead: int = 0  # samples of silence played before it
+
+
+def recordings(manifest: Path) -> list[Clip]:
+    """Each row's recording (``audio``, relative to the manifest), with LEAD_S of silence before it."""
+    from falcon_audio_edge.audio import load_audio
+
+    if not manifest.is_file():
+        raise FaEdgeError(f"no such manifest: {manifest}")
+    clips = []
+    for n, line in enumerate(manifest.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            audio = json.loads(line)["audio"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise FaEdgeError(f'{manifest}:{n}: not a manifest row with an "audio" ({exc})') from None
+        samples = load_audio(manifest.parent / audio).samples
+        lead = np.zeros(int(LEAD_S * SAMPLE_RATE), dtype=np.float32)
+        clips.append(Clip(Path(audio).stem, len(samples) / SAMPLE_RATE, np.concatenate([lead, samples]), len(lead)))
+    if not clips:
+        raise FaEdgeError(f"{manifest} has no rows")
+    return clips
+
+
+class CutShort(FaEdgeError):
+    """The endpointer ended the question in one of its pauses, or never heard it end."""
 
 
 def speech_end(samples: np.ndarray) -> int:
@@ -99,20 +139,25 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
                     (hearing or stream).unspeculate()
                 elif isinstance(event, Utterance):
                     if i + BLOCK < end:
-                        raise FaEdgeError(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "
+                        raise CutShort(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "
                                           f"{end / SAMPLE_RATE:.1f} s (a pause in the clip)")  # fmt: skip
                     detected = time.perf_counter()
                     turn = chat.ask(Audio(event.samples, "live"), None, gen, listen_first, hearing=hearing)
                     return first_token_s(turn) - spoken_end, detected - spoken_end
             if (hearing or stream) is not None and endpointer.in_speech:
                 (hearing or stream).add(endpointer.new_speech())
-        raise FaEdgeError(f"the endpointer never reported the end of the {end / SAMPLE_RATE:.1f} s question")
+        raise CutShort(f"the endpointer never reported the end of the {end / SAMPLE_RATE:.1f} s question")
     finally:
         if hearing is not None:  # one an error left: its worker stops before the model is used again
             hearing.close()
 
 
-def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, endpoint, progress=print) -> list[LiveTurn]:
+def live_turns(bundle, clips: list[Clip], repeats: int, tokens: int, threads: int, endpoint, progress=print,
+               cut: list[str] | None = None) -> list[LiveTurn]:  # fmt: skip
+    """Each clip played ``repeats`` times after a warm-up turn of its own, or where ``cut`` is given (recordings),
+    once each after one warm-up turn on the first; a recording the endpointer ends in one of its pauses, or never
+    hears end (too short or quiet for it), is named in ``cut`` with why and left out. Without ``cut`` that is an
+    error: the question asked has a pause that long."""
     from falcon_audio_edge.apps.endpoint import Endpointer
 
     from falcon_audio_edge.runtime.backend import open_bundle
@@ -126,25 +171,34 @@ def live_turns(bundle, seconds, repeats: int, tokens: int, threads: int, endpoin
         gen = GenerationSettings(max_tokens=tokens, ignore_end_of_turn=True, **chat.decoding.search())
         if listen_first:
             chat.prepare_listen_first()
-        for s in seconds:
-            clip = speech_clip(s).samples
-            for r in range(repeats + 1):  # the first turn of each length warms up
+        for i, clip in enumerate(clips):
+            warmups = 1 if cut is None or i == 0 else 0
+            for r in range(warmups + (repeats if cut is None else 1)):
                 chat.reset()
                 endpointer.reset()
-                gap, waited = play(chat, endpointer, clip, gen, listen_first)
-                whole = whole_clip_s(chat, clip, gen, listen_first)
-                if r:
-                    out.append(LiveTurn(s, speech_end(clip) / SAMPLE_RATE, gap, waited, whole))
-                    progress(f"{s:g} s: gap {gap:.2f} s ({waited:.2f} s waiting for silence), whole clip {whole:.2f} s")
+                try:
+                    gap, waited = play(chat, endpointer, clip.samples, gen, listen_first)
+                except CutShort as exc:
+                    if cut is None:
+                        raise
+                    cut.append(f"{clip.name} ({'never ended' if 'never' in str(exc) else 'ended in a pause'})")
+                    break
+                whole = whole_clip_s(chat, clip.samples, gen, listen_first)
+                if r >= warmups:
+                    speech = (speech_end(clip.samples) - clip.lead) / SAMPLE_RATE
+                    out.append(LiveTurn(clip.clip_s, speech, gap, waited, whole, name=clip.name))
+                    progress(f"{clip.name}: gap {gap:.2f} s ({waited:.2f} s waiting for silence), whole clip "
+                             f"{whole:.2f} s")  # fmt: skip
     return out
 
 
 def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: int, threads: int, command: str,
-                end_silence_ms: int | None = None, progress=print,
-                baselines: bool = True) -> tuple[str, list[dict]]:  # fmt: skip
+                end_silence_ms: int | None = None, progress=print, baselines: bool = True,
+                clips: Path | None = None) -> tuple[str, list[dict]]:  # fmt: skip
     """``fa-edge bench --live``: the markdown report and the turns (clip lengths: LIVE_SECONDS unless given; the
     endpointer's end silence: the assistant's unless given; ``baselines`` False: no PyTorch bf16 run, which on a CPU
-    without bf16 instructions takes minutes a turn for a 1B model)."""
+    without bf16 instructions takes minutes a turn for a 1B model; ``clips``: a manifest whose recordings are
+    played instead of the spoken questions, each once)."""
     from falcon_audio_edge.apps.endpoint import EndpointSettings
 
     from falcon_audio_edge.bench.run import BenchSettings, machine, parse_seconds
@@ -152,11 +206,19 @@ def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: 
 
     if len(bundles) != 1:
         raise FaEdgeError(f"--live measures one bundle; got {len(bundles)}")
+    if clips is not None and audio_seconds:
+        raise FaEdgeError("--clips plays its recordings; --audio-seconds asks for spoken questions: give one")
     seconds = parse_seconds(audio_seconds) if audio_seconds else LIVE_SECONDS
     settings = BenchSettings(seconds, repeats, 0, tokens, threads)  # validates them
     endpoint = EndpointSettings() if end_silence_ms is None else EndpointSettings(end_silence_ms=end_silence_ms)
     window_ms = read_bundle(bundles[0], verify=True).dims.audio.window_ms
-    turns = live_turns(bundles[0], settings.seconds, repeats, tokens, settings.n_threads, endpoint, progress)
+    if clips is not None:
+        played, cut = recordings(clips), []
+        turns = live_turns(bundles[0], played, 1, tokens, settings.n_threads, endpoint, progress, cut)
+        text = recordings_markdown(turns, cut, command, machine(), endpoint, window_ms)
+        return text, [asdict(t) for t in turns] + [{"left_out": name} for name in cut]
+    asked = [Clip(f"{s:g} s", s, speech_clip(s).samples) for s in settings.seconds]
+    turns = live_turns(bundles[0], asked, repeats, tokens, settings.n_threads, endpoint, progress)
     reference = (torch_turns(bundles[0], turns, repeats, tokens, settings.n_threads, progress) if baselines
                  else "PyTorch bf16: not measured (--no-baselines)")  # fmt: skip
     reference += f". Encoder windows of {window_ms / 1000:g} s, each fed as it ends"
@@ -218,3 +280,36 @@ def markdown(turns: list[LiveTurn], command: str, machine: dict, endpoint, refer
         lines.append(f"| {length:g} | {m['speech_s']:.1f} | {m['gap_s']:.2f} | {m['endpoint_s']:.2f} | "
                      f"{m['whole_clip_s']:.2f} | {torch_s} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def recordings_markdown(turns: list[LiveTurn], cut: list[str], command: str, machine: dict, endpoint,
+                        window_ms: int) -> str:  # fmt: skip
+    """The report of ``--clips``: every recording's gap, shortest first, and the medians under and over LONG_S."""
+    head = [
+        "# Response gap on recordings", "",
+        f"Produced by `{command}` on {dt.date.today().isoformat()} (rerun it to refresh). Machine: {machine['cpu']}, "
+        f"{machine['usable_cores']} usable cores. {machine.get('extra_bufts', '')}.",
+        f"Endpoint: {endpoint.end_silence_ms} ms of silence ends a question; the rest of it is heard from "
+        f"{endpoint.speculate_ms} ms of silence on. Each recording played once at real time ({LEAD_S:g} s of silence "
+        f"before it, {TAIL_S:g} s after its last frame within {-SPEECH_DBFS:g} dB of its peak, which is where its "
+        f"speech is taken to end), after one warm-up turn. Encoder windows of {window_ms / 1000:g} s.", "",
+    ]  # fmt: skip
+    lines = []
+    for label, part in (
+        ("under", [t for t in turns if t.clip_s < LONG_S]),
+        ("at least", [t for t in turns if t.clip_s >= LONG_S]),
+    ):
+        if part:
+            gaps = [t.gap_s for t in part]
+            lines.append(f"- {len(part)} recordings {label} {LONG_S:g} s: median gap {statistics.median(gaps):.2f} s, "
+                         f"longest {max(gaps):.2f} s")  # fmt: skip
+    lines.append(
+        f"- left out, ended by the endpointer in a pause of the speaker's or never heard to end: "
+        f"{', '.join(cut) or 'none'}"
+    )
+    table = ["", "| recording | length s | speech s | gap: end of speech → first token s | of it waiting for "
+             "silence s | whole clip in hand → first token s |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for t in sorted(turns, key=lambda t: (t.clip_s, t.name)):
+        table.append(f"| {t.name} | {t.clip_s:.1f} | {t.speech_s:.1f} | {t.gap_s:.2f} | {t.endpoint_s:.2f} | "
+                     f"{t.whole_clip_s:.2f} |")  # fmt: skip
+    return "\n".join(head + lines + table) + "\n"
