@@ -34,7 +34,9 @@ MAX_FILE_CHANNELS = 8
 SEGMENT_SECONDS = 10.0
 PHRASE_SECONDS = 2.0  # a piece ends at the first pause at least this far in (heard while the person goes on)
 PAUSE_SECONDS = 0.2  # a pause: a stretch this long ...
-PAUSE_DB = 25.0  # ... at least this much quieter than the piece's loudest stretch before it
+PAUSE_DB = 25.0  # ... at least this much quieter than the piece's loudest stretch before it, or
+ROOM_PAUSE_DB = 15.0  # ... this much quieter than it and
+ROOM_DB = 10.0  # ... within this much of the piece's quietest stretch before it (the room's own level)
 MIN_TAIL_SECONDS = 1.0  # a cut leaves at least this much for the next piece
 
 
@@ -134,8 +136,8 @@ def pause_segments(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) ->
 
 
 def piece_end(samples: np.ndarray, whole: bool, slack: int = 0, max_seconds: float = SEGMENT_SECONDS) -> int | None:
-    """Where the piece that starts at ``samples[0]`` ends: at the middle of the first pause (PAUSE_SECONDS at
-    PAUSE_DB under the loudest stretch before it) at least PHRASE_SECONDS in; with no pause in ``max_seconds``,
+    """Where the piece that starts at ``samples[0]`` ends: at the middle of the first pause (a PAUSE_SECONDS
+    stretch, ``is_pause``) at least PHRASE_SECONDS in; with no pause in ``max_seconds``,
     in the quietest stretch of its second half, so pieces stay bounded and the work stays in proportion to the
     audio. A cut leaves at least MIN_TAIL_SECONDS after it. ``whole``: ``samples`` is all the rest of the
     utterance (no cut: ``len(samples)``). Else more may come, and the utterance may end up to ``slack`` samples
@@ -146,8 +148,7 @@ def piece_end(samples: np.ndarray, whole: bool, slack: int = 0, max_seconds: flo
     room = n - int(MIN_TAIL_SECONDS * SAMPLE_RATE) - (0 if whole else slack)  # the last cut this audio allows
     quiet, valid = stretch_power(samples)
     lo, hi = int(PHRASE_SECONDS * FRAMES_PER_SECOND), min(min(longest, room) // HOP_LENGTH, valid)
-    loud = np.maximum.accumulate(quiet[: max(hi, 0)])
-    pauses = np.flatnonzero(quiet[lo:hi] * 10 ** (PAUSE_DB / 10) <= loud[lo:hi])
+    pauses = np.flatnonzero(is_pause(quiet[: max(hi, 0)])[lo:])
     if pauses.size:
         return (lo + int(pauses[0])) * HOP_LENGTH
     if room >= longest:  # no pause in the piece's longest span: the quietest stretch of its second half
@@ -159,19 +160,27 @@ def piece_end(samples: np.ndarray, whole: bool, slack: int = 0, max_seconds: flo
 
 def cut_ahead(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) -> int | None:
     """The cut ``piece_end`` will make in the piece that starts at ``samples[0]`` if the utterance goes on at least
-    MIN_TAIL_SECONDS past it, as soon as the pause it is in is over (a stretch within PAUSE_DB of the loudest
-    follows it); None before. Every cut depends only on the audio up to just after it, so this one cannot move: a
+    MIN_TAIL_SECONDS past it, as soon as the pause it is in is over (a stretch that is no pause follows it); None
+    before. Every cut depends only on the audio up to just after it, so this one cannot move: a
     person who goes on after a pause makes this the piece, one who stops within the tail leaves it uncut."""
     quiet, valid = stretch_power(samples)
     lo, hi = int(PHRASE_SECONDS * FRAMES_PER_SECOND), min(int(max_seconds * SAMPLE_RATE) // HOP_LENGTH, valid)
     if hi <= lo:
         return None
-    loud = np.maximum.accumulate(quiet[:hi])
-    is_pause = quiet[lo:hi] * 10 ** (PAUSE_DB / 10) <= loud[lo:hi]
-    pauses = np.flatnonzero(is_pause)
-    if not pauses.size or is_pause[pauses[0] :].all():  # no pause yet, or still in it
+    paused = is_pause(quiet[:hi])[lo:]
+    pauses = np.flatnonzero(paused)
+    if not pauses.size or paused[pauses[0] :].all():  # no pause yet, or still in it
         return None
     return (lo + int(pauses[0])) * HOP_LENGTH
+
+
+def is_pause(quiet: np.ndarray) -> np.ndarray:
+    """Which of a piece's stretches (``stretch_power``) are pauses: PAUSE_DB under the loudest before it, or, in a
+    room whose own noise is within PAUSE_DB of the speech, ROOM_PAUSE_DB under it and within ROOM_DB of the
+    quietest before it (the room's level). Each depends only on the stretches up to it."""
+    loud, floor = np.maximum.accumulate(quiet), np.minimum.accumulate(quiet)
+    near_floor = (quiet * 10 ** (ROOM_PAUSE_DB / 10) <= loud) & (quiet <= floor * 10 ** (ROOM_DB / 10))
+    return (quiet * 10 ** (PAUSE_DB / 10) <= loud) | near_floor
 
 
 def _quietest(quiet: np.ndarray, longest: int, room: int) -> int:

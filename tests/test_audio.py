@@ -131,6 +131,23 @@ def test_a_piece_ends_at_the_first_pause_two_seconds_in_and_arriving_audio_is_cu
     assert cut_ahead(early) is None and cut_ahead(utterance(1.0, 0.4, 1.0, 0.4, 1.0)) is not None  # 2 s in
 
 
+def test_in_a_noisy_room_a_pause_is_the_room_s_own_level_not_a_dip_in_the_words():
+    rng = np.random.default_rng(2)
+    sec = SAMPLE_RATE
+
+    def noisy(*talk_pause, dip=1.0):  # talk 20 dB over the room's noise, pauses at the room's level x dip
+        parts = [0.02 * rng.standard_normal(int(0.3 * sec))]  # the endpointer's pre-roll: the room before the words
+        for i, s in enumerate(talk_pause):
+            room = 0.02 * rng.standard_normal(int(s * sec))
+            parts.append(room + 0.2 * rng.standard_normal(len(room)) if i % 2 == 0 else dip * room)
+        return np.concatenate(parts).astype(np.float32)
+
+    room = noisy(2.4, 0.4, 2.0)  # a pause 20 dB under the words (not PAUSE_DB), at the room's level: cut there
+    (_, cut), _ = pause_segments(room)
+    assert 2.7 * sec <= cut <= 3.1 * sec, cut / sec
+    assert len(pause_segments(noisy(2.4, 0.4, 2.0, dip=4.0))) == 1  # a dip 8 dB under the words: not a pause
+
+
 @pytest.mark.parametrize(
     "samples, message",
     [
