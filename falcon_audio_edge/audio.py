@@ -36,7 +36,7 @@ PHRASE_SECONDS = 2.0  # a piece ends at the first pause at least this far in (he
 PAUSE_SECONDS = 0.2  # a pause: a stretch this long ...
 PAUSE_DB = 25.0  # ... at least this much quieter than the piece's loudest stretch before it, or
 ROOM_PAUSE_DB = 15.0  # ... this much quieter than it and
-ROOM_DB = 10.0  # ... within this much of the piece's quietest stretch before it (the room's own level)
+ROOM_DB = 10.0  # ... within this much of the piece's quietest stretch up to it (the room's own level)
 MIN_TAIL_SECONDS = 1.0  # a cut leaves at least this much for the next piece
 
 
@@ -175,9 +175,10 @@ def cut_ahead(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) -> int 
 
 
 def is_pause(quiet: np.ndarray) -> np.ndarray:
-    """Which of a piece's stretches (``stretch_power``) are pauses: PAUSE_DB under the loudest before it, or, in a
-    room whose own noise is within PAUSE_DB of the speech, ROOM_PAUSE_DB under it and within ROOM_DB of the
-    quietest before it (the room's level). Each depends only on the stretches up to it."""
+    """Which of a piece's stretches (``stretch_power``) are pauses: PAUSE_DB under the loudest up to it, or
+    ROOM_PAUSE_DB under it where no stretch up to it is more than ROOM_DB quieter (a room whose noise is within
+    PAUSE_DB of the voice: where the room showed before, a pause must come down near its level; a dip inside a
+    word seldom does). Each depends only on the stretches up to it."""
     loud, floor = np.maximum.accumulate(quiet), np.minimum.accumulate(quiet)
     near_floor = (quiet * 10 ** (ROOM_PAUSE_DB / 10) <= loud) & (quiet <= floor * 10 ** (ROOM_DB / 10))
     return (quiet * 10 ** (PAUSE_DB / 10) <= loud) | near_floor

@@ -214,7 +214,9 @@ def bench(
     clips: Annotated[
         Path | None,
         typer.Option(
-            help='--live: play the recordings of this manifest (JSONL rows with "audio"), each once', metavar="MANIFEST"
+            help='--live: play the recordings of this manifest (JSONL rows with "audio"), each once (no --repeats, '
+            "no PyTorch run)",
+            metavar="MANIFEST",
         ),
     ] = None,
 ) -> None:

@@ -135,10 +135,10 @@ def test_in_a_noisy_room_a_pause_is_the_room_s_own_level_not_a_dip_in_the_words(
     rng = np.random.default_rng(2)
     sec = SAMPLE_RATE
 
-    def noisy(*talk_pause, dip=1.0):  # talk 20 dB over the room's noise, pauses at the room's level x dip
-        parts = [0.02 * rng.standard_normal(int(0.3 * sec))]  # the endpointer's pre-roll: the room before the words
+    def noisy(*talk_pause, dip=1.0, level=0.02):  # talk (0.2) over the room's noise, pauses at its level x dip
+        parts = [level * rng.standard_normal(int(0.3 * sec))]  # the room before the words
         for i, s in enumerate(talk_pause):
-            room = 0.02 * rng.standard_normal(int(s * sec))
+            room = level * rng.standard_normal(int(s * sec))
             parts.append(room + 0.2 * rng.standard_normal(len(room)) if i % 2 == 0 else dip * room)
         return np.concatenate(parts).astype(np.float32)
 
@@ -146,6 +146,9 @@ def test_in_a_noisy_room_a_pause_is_the_room_s_own_level_not_a_dip_in_the_words(
     (_, cut), _ = pause_segments(room)
     assert 2.7 * sec <= cut <= 3.1 * sec, cut / sec
     assert len(pause_segments(noisy(2.4, 0.4, 2.0, dip=4.0))) == 1  # a dip 8 dB under the words: not a pause
+    # a quieter room: a dip 16 dB under the words is 14 dB over the room heard before it, so no pause either
+    assert len(pause_segments(noisy(2.4, 0.4, 2.0, dip=5.0, level=0.2 / 10**1.5))) == 1
+    assert len(pause_segments(noisy(2.4, 0.4, 2.0, level=0.2 / 10**1.5))) == 2  # at the room's level: cut
 
 
 @pytest.mark.parametrize(

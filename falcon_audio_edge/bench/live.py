@@ -71,6 +71,8 @@ def recordings(manifest: Path) -> list[Clip]:
             audio = json.loads(line)["audio"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise FaEdgeError(f'{manifest}:{n}: not a manifest row with an "audio" ({exc})') from None
+        if not isinstance(audio, str) or not audio:
+            raise FaEdgeError(f'{manifest}:{n}: "audio" must be a file path, got {audio!r}')
         samples = load_audio(manifest.parent / audio).samples
         lead = np.zeros(int(LEAD_S * SAMPLE_RATE), dtype=np.float32)
         clips.append(Clip(Path(audio).stem, len(samples) / SAMPLE_RATE, np.concatenate([lead, samples]), len(lead)))
@@ -111,12 +113,16 @@ def whole_clip_s(chat, clip: np.ndarray, gen, listen_first: bool = False) -> flo
     return first_token_s(chat.ask(Audio(clip, "whole"), None, gen, listen_first)) - t0
 
 
-def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tuple[float, float]:
-    """Play ``samples`` (speech, then silence) at real time; (gap, endpoint wait) in seconds."""
+def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool,
+         vad_end: bool = False) -> tuple[float, float, float]:  # fmt: skip
+    """Play ``samples`` (speech, then silence) at real time; (gap, endpoint wait, end of speech in ``samples``) in
+    seconds. The end of speech: the last frame within SPEECH_DBFS of the peak, an utterance that ends before it is
+    an error (a pause in the question); ``vad_end``: the last frame the endpointer hears as speech (a recording,
+    whose breath or room after the words may be louder than that)."""
     from falcon_audio_edge.apps.endpoint import Pause, Resumed, SpeechStarted, Utterance
 
     end = speech_end(samples)
-    samples = np.concatenate([samples[:end], np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)])
+    samples = np.concatenate([samples if vad_end else samples[:end], np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)])
     t0 = time.perf_counter()
     spoken_end = t0 + end / SAMPLE_RATE
     hearing = stream = None  # as the assistant does: a listen-first turn's settled pieces are heard during
@@ -138,12 +144,14 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
                 elif isinstance(event, Resumed) and (hearing or stream) is not None:
                     (hearing or stream).unspeculate()
                 elif isinstance(event, Utterance):
-                    if i + BLOCK < end:
+                    if i + BLOCK < end and not vad_end:
                         raise CutShort(f"the endpointer ended the question at {i / SAMPLE_RATE:.1f} s of "
-                                          f"{end / SAMPLE_RATE:.1f} s (a pause in the clip)")  # fmt: skip
+                                       f"{end / SAMPLE_RATE:.1f} s (a pause in the clip)")  # fmt: skip
                     detected = time.perf_counter()
+                    if vad_end:
+                        spoken_end, end = t0 + event.end_s, int(event.end_s * SAMPLE_RATE)
                     turn = chat.ask(Audio(event.samples, "live"), None, gen, listen_first, hearing=hearing)
-                    return first_token_s(turn) - spoken_end, detected - spoken_end
+                    return first_token_s(turn) - spoken_end, detected - spoken_end, end / SAMPLE_RATE
             if (hearing or stream) is not None and endpointer.in_speech:
                 (hearing or stream).add(endpointer.new_speech())
         raise CutShort(f"the endpointer never reported the end of the {end / SAMPLE_RATE:.1f} s question")
@@ -152,12 +160,25 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool) -> tupl
             hearing.close()
 
 
+def unheard(clip: Clip, endpoint) -> str | None:
+    """Why the endpointer does not hear ``clip`` as one utterance (its speech probabilities computed once, as
+    ``bench.pauses`` does), or None."""
+    from falcon_audio_edge.apps.endpoint import FRAME, Endpointer, Utterance
+
+    from falcon_audio_edge.bench.pauses import Replay, speech_probs
+
+    probs = speech_probs(clip.samples[clip.lead :])
+    endpointer = Endpointer(endpoint, vad=Replay(probs))
+    heard = sum(isinstance(e, Utterance) for e in endpointer.feed(np.zeros(len(probs) * FRAME, np.float32)))
+    return None if heard == 1 else "never heard" if heard == 0 else "ended in a pause"
+
+
 def live_turns(bundle, clips: list[Clip], repeats: int, tokens: int, threads: int, endpoint, progress=print,
                cut: list[str] | None = None) -> list[LiveTurn]:  # fmt: skip
     """Each clip played ``repeats`` times after a warm-up turn of its own, or where ``cut`` is given (recordings),
-    once each after one warm-up turn on the first; a recording the endpointer ends in one of its pauses, or never
-    hears end (too short or quiet for it), is named in ``cut`` with why and left out. Without ``cut`` that is an
-    error: the question asked has a pause that long."""
+    once each after one warm-up turn on the first, the gap counted from the endpointer's own end of speech; a
+    recording the endpointer ends in one of its pauses, or never hears (too short or quiet for it), is named in
+    ``cut`` with why and left out. Without ``cut`` that is an error: the question asked has a pause that long."""
     from falcon_audio_edge.apps.endpoint import Endpointer
 
     from falcon_audio_edge.runtime.backend import open_bundle
@@ -171,21 +192,26 @@ def live_turns(bundle, clips: list[Clip], repeats: int, tokens: int, threads: in
         gen = GenerationSettings(max_tokens=tokens, ignore_end_of_turn=True, **chat.decoding.search())
         if listen_first:
             chat.prepare_listen_first()
-        for i, clip in enumerate(clips):
-            warmups = 1 if cut is None or i == 0 else 0
+        warmed = False
+        for clip in clips:
+            if cut is not None and (why := unheard(clip, endpoint)):
+                cut.append(f"{clip.name} ({why})")
+                continue
+            warmups = 0 if cut is not None and warmed else 1  # recordings: one warm-up turn, on the first played
             for r in range(warmups + (repeats if cut is None else 1)):
                 chat.reset()
                 endpointer.reset()
                 try:
-                    gap, waited = play(chat, endpointer, clip.samples, gen, listen_first)
-                except CutShort as exc:
+                    gap, waited, end_s = play(chat, endpointer, clip.samples, gen, listen_first, cut is not None)
+                except CutShort as exc:  # a recording the endpointer heard otherwise live than offline
                     if cut is None:
                         raise
-                    cut.append(f"{clip.name} ({'never ended' if 'never' in str(exc) else 'ended in a pause'})")
+                    cut.append(f"{clip.name} ({exc})")
                     break
                 whole = whole_clip_s(chat, clip.samples, gen, listen_first)
+                warmed = True
                 if r >= warmups:
-                    speech = (speech_end(clip.samples) - clip.lead) / SAMPLE_RATE
+                    speech = end_s - clip.lead / SAMPLE_RATE
                     out.append(LiveTurn(clip.clip_s, speech, gap, waited, whole, name=clip.name))
                     progress(f"{clip.name}: gap {gap:.2f} s ({waited:.2f} s waiting for silence), whole clip "
                              f"{whole:.2f} s")  # fmt: skip
@@ -194,11 +220,12 @@ def live_turns(bundle, clips: list[Clip], repeats: int, tokens: int, threads: in
 
 def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: int, threads: int, command: str,
                 end_silence_ms: int | None = None, progress=print, baselines: bool = True,
-                clips: Path | None = None) -> tuple[str, list[dict]]:  # fmt: skip
+                clips: Path | None = None) -> tuple[str, list[dict] | dict]:  # fmt: skip
     """``fa-edge bench --live``: the markdown report and the turns (clip lengths: LIVE_SECONDS unless given; the
     endpointer's end silence: the assistant's unless given; ``baselines`` False: no PyTorch bf16 run, which on a CPU
     without bf16 instructions takes minutes a turn for a 1B model; ``clips``: a manifest whose recordings are
-    played instead of the spoken questions, each once)."""
+    played instead of the spoken questions, each once, no PyTorch run: then the turns and the recordings left
+    out)."""
     from falcon_audio_edge.apps.endpoint import EndpointSettings
 
     from falcon_audio_edge.bench.run import BenchSettings, machine, parse_seconds
@@ -216,7 +243,7 @@ def live_report(bundles: list, audio_seconds: str | None, repeats: int, tokens: 
         played, cut = recordings(clips), []
         turns = live_turns(bundles[0], played, 1, tokens, settings.n_threads, endpoint, progress, cut)
         text = recordings_markdown(turns, cut, command, machine(), endpoint, window_ms)
-        return text, [asdict(t) for t in turns] + [{"left_out": name} for name in cut]
+        return text, {"turns": [asdict(t) for t in turns], "left_out": cut}
     asked = [Clip(f"{s:g} s", s, speech_clip(s).samples) for s in settings.seconds]
     turns = live_turns(bundles[0], asked, repeats, tokens, settings.n_threads, endpoint, progress)
     reference = (torch_turns(bundles[0], turns, repeats, tokens, settings.n_threads, progress) if baselines
@@ -291,8 +318,8 @@ def recordings_markdown(turns: list[LiveTurn], cut: list[str], command: str, mac
         f"{machine['usable_cores']} usable cores. {machine.get('extra_bufts', '')}.",
         f"Endpoint: {endpoint.end_silence_ms} ms of silence ends a question; the rest of it is heard from "
         f"{endpoint.speculate_ms} ms of silence on. Each recording played once at real time ({LEAD_S:g} s of silence "
-        f"before it, {TAIL_S:g} s after its last frame within {-SPEECH_DBFS:g} dB of its peak, which is where its "
-        f"speech is taken to end), after one warm-up turn. Encoder windows of {window_ms / 1000:g} s.", "",
+        f"before it, {TAIL_S:g} s after it), after one warm-up turn; its speech ends at the last 32 ms frame the "
+        f"endpointer (Silero VAD) hears as speech. Encoder windows of {window_ms / 1000:g} s.", "",
     ]  # fmt: skip
     lines = []
     for label, part in (
@@ -304,8 +331,7 @@ def recordings_markdown(turns: list[LiveTurn], cut: list[str], command: str, mac
             lines.append(f"- {len(part)} recordings {label} {LONG_S:g} s: median gap {statistics.median(gaps):.2f} s, "
                          f"longest {max(gaps):.2f} s")  # fmt: skip
     lines.append(
-        f"- left out, ended by the endpointer in a pause of the speaker's or never heard to end: "
-        f"{', '.join(cut) or 'none'}"
+        f"- left out, ended by the endpointer in a pause of the speaker's or never heard: {', '.join(cut) or 'none'}"
     )
     table = ["", "| recording | length s | speech s | gap: end of speech → first token s | of it waiting for "
              "silence s | whole clip in hand → first token s |", "|---|---|---|---|---|---|"]  # fmt: skip

@@ -108,10 +108,10 @@ class Hearing:
     (``audio.cut_ahead``; the utterance may still end within ``MIN_TAIL_SECONDS`` of it, and then it is not cut
     there), and likewise a long piece's cut without a pause (the final utterance may still end less than
     ``slack_s`` after the audio added). That work is taken where the piece settles as it was found (the same
-    samples); a piece that settles otherwise drops it, and so does a speculation whose utterance does not make the
-    cut (the rest is heard first). ``slack_s``: how much of the audio added last the final
-    utterance may still leave out (an endpointer's trimmed end silence). A hearing that is dropped before
-    ``finish`` must be ``close``d: its worker uses the model."""
+    samples); a piece that settles otherwise drops it, and a speculation whose utterance does not make the cut
+    stops it if it is not done (the rest is heard first; it is heard again if speech resumes). ``slack_s``: how
+    much of the audio added last the final utterance may still leave out (an endpointer's trimmed end silence).
+    A hearing that is dropped before ``finish`` must be ``close``d: its worker uses the model."""
 
     def __init__(self, chat: Any, listen: GenerationSettings, slack_s: float = 0.0):
         self.chat, self.listen = chat, listen
@@ -162,11 +162,14 @@ class Hearing:
         except (FaEdgeError, CancelledError):  # a piece failed (heard afresh at the end), or the answer model did
             return
 
-    def _drop_early(self) -> None:
-        for future, stop in self._early.values():
-            stop.set()
-            future.cancel()
-        self._early = {}
+    def _drop_early(self, keep_done: bool = False) -> None:
+        """Stop the pieces heard early (``keep_done``: those still being heard or queued; a finished one is kept,
+        to be taken if its piece settles so)."""
+        for end, (future, stop) in list(self._early.items()):
+            if not (keep_done and future.done()):
+                stop.set()
+                future.cancel()
+                del self._early[end]
 
     def speculate(self, utterance: np.ndarray) -> None:
         """A pause began: hear the rest of ``utterance`` (the whole of it, as it ends if the pause lasts, all of it
@@ -175,7 +178,7 @@ class Hearing:
         self.unspeculate()
         if not self._settle_within(utterance):
             return  # not this hearing's utterance, or not all of it added: heard at the end as usual
-        self._drop_early()  # cuts this utterance does not make: the rest comes first (found again if speech resumes)
+        self._drop_early(keep_done=True)  # cuts this utterance does not make: the rest comes first
         rest, stop = np.array(utterance[self.offset :], dtype=np.float32), threading.Event()
         self._guess = _Guess(self.offset, rest, self._submit(self._guess_rest, rest, stop, list(self._queued)), stop)
         self._fed_ahead = True
