@@ -176,9 +176,9 @@ def cut_ahead(samples: np.ndarray, max_seconds: float = SEGMENT_SECONDS) -> int 
 
 def is_pause(quiet: np.ndarray) -> np.ndarray:
     """Which of a piece's stretches (``stretch_power``) are pauses: PAUSE_DB under the loudest up to it, or
-    ROOM_PAUSE_DB under it where no stretch up to it is more than ROOM_DB quieter (a room whose noise is within
-    PAUSE_DB of the voice: where the room showed before, a pause must come down near its level; a dip inside a
-    word seldom does). Each depends only on the stretches up to it."""
+    ROOM_PAUSE_DB under it where no stretch up to it is more than ROOM_DB quieter (a room whose noise is near the
+    voice: where the room showed before, a pause must come down near its level; a dip inside a word seldom does).
+    Each depends only on the stretches up to it."""
     loud, floor = np.maximum.accumulate(quiet), np.minimum.accumulate(quiet)
     near_floor = (quiet * 10 ** (ROOM_PAUSE_DB / 10) <= loud) & (quiet <= floor * 10 ** (ROOM_DB / 10))
     return (quiet * 10 ** (PAUSE_DB / 10) <= loud) | near_floor

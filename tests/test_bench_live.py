@@ -97,7 +97,7 @@ def test_live_plays_the_recordings_of_a_manifest_and_names_those_the_endpointer_
     played = {t["name"]: t for t in report["turns"]}
     assert set(played) == {"q0", "q2"} and report["left_out"] == ["paused (ended in a pause)", "blip (never heard)"]
     for t in played.values():  # counted from the endpointer's end of speech: its whole end silence is waited
-        assert 0.65 <= t["endpoint_s"] <= 0.9 and t["endpoint_s"] < t["gap_s"] < t["endpoint_s"] + 5, t
+        assert 0.65 <= t["endpoint_s"] <= 1.5 and t["endpoint_s"] < t["gap_s"] < t["endpoint_s"] + 5, t
         assert 0.5 < t["speech_s"] <= t["clip_s"] + 0.05, t  # the silence played before it is not counted
     text = out.read_text()
     assert (

@@ -320,6 +320,7 @@ def test_a_piece_is_heard_from_the_moment_its_pause_is_over_and_a_speculation_pu
     hearing.speculate(samples[:added])  # another pause there: a piece already heard is kept, not heard again
     assert hearing._early == {cut: (done, hearing._early[cut][1])} and not hearing._early[cut][1].is_set()
     hearing.unspeculate()
+    assert hearing._early[cut][0] is done
     for i in range(added, len(samples), 512):
         hearing.add(samples[i : i + 512])
     heard = hearing.finish(samples)

@@ -7,10 +7,11 @@ window as it ends (``AudioChat.start_audio``), or, listen-first
 where the bundle has an answer model (its settled pieces transcribed while the question is still being spoken,
 ``runtime/listen.py``; the rest from the moment a pause begins), the answer streamed once the endpointer
 reports the end of the utterance.
-The gap is measured from the moment the last speech sample reached the microphone to the first answer token,
-the wait for silence included. Beside it, in the same run, the whole-clip path (``fa-edge ask``: the clip in
-hand -> first token) on the same clip, and, where the bundle answers from the audio itself (no answer model: the
-PyTorch reference has none), the same whole clip through the PyTorch reference of its checkpoint in bfloat16.
+The gap is measured from the moment the last speech sample reached the microphone (a recording's, ``--clips``:
+the last frame the endpointer hears as speech) to the first answer token, the wait for silence included. Beside
+it, in the same run, the whole-clip path (``fa-edge ask``: the clip in hand -> first token) on the same clip,
+and, where the bundle answers from the audio itself (no answer model: the PyTorch reference has none), the same
+whole clip through the PyTorch reference of its checkpoint in bfloat16.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool,
                                        f"{end / SAMPLE_RATE:.1f} s (a pause in the clip)")  # fmt: skip
                     detected = time.perf_counter()
                     if vad_end:
-                        spoken_end, end = t0 + event.end_s, int(event.end_s * SAMPLE_RATE)
+                        spoken_end, end = t0 + event.end_s, round(event.end_s * SAMPLE_RATE)
                     turn = chat.ask(Audio(event.samples, "live"), None, gen, listen_first, hearing=hearing)
                     return first_token_s(turn) - spoken_end, detected - spoken_end, end / SAMPLE_RATE
             if (hearing or stream) is not None and endpointer.in_speech:
@@ -203,10 +204,10 @@ def live_turns(bundle, clips: list[Clip], repeats: int, tokens: int, threads: in
                 endpointer.reset()
                 try:
                     gap, waited, end_s = play(chat, endpointer, clip.samples, gen, listen_first, cut is not None)
-                except CutShort as exc:  # a recording the endpointer heard otherwise live than offline
+                except CutShort:  # a recording the endpointer did not hear end live, though it did offline
                     if cut is None:
                         raise
-                    cut.append(f"{clip.name} ({exc})")
+                    cut.append(f"{clip.name} (never heard to end)")
                     break
                 whole = whole_clip_s(chat, clip.samples, gen, listen_first)
                 warmed = True

@@ -166,7 +166,7 @@ class Hearing:
         """Stop the pieces heard early (``keep_done``: those still being heard or queued; a finished one is kept,
         to be taken if its piece settles so)."""
         for end, (future, stop) in list(self._early.items()):
-            if not (keep_done and future.done()):
+            if not (keep_done and future.done() and not future.cancelled() and future.exception() is None):
                 stop.set()
                 future.cancel()
                 del self._early[end]
