@@ -27,15 +27,20 @@ def test_the_report_groups_by_family_and_asks_the_questions(answer_bundle, manif
     assert set(rows) == {"rhvoice", "svox-pico", "all"}  # the answer row is not a transcription row
     assert rows["all"]["clips"] == 2 and rows["rhvoice"]["clips"] == rows["svox-pico"]["clips"] == 1
     assert all(r["wer"] >= 0 and r["whisper_wer"] is None and r["seconds"] > 0 for r in rows.values())
+    assert all(isinstance(r["phrases_wer"], float) and r["phrases_wer"] >= 0 for r in rows.values())  # listen-first
     assert rows["rhvoice"]["questions"] == 1 and 0.0 <= rows["rhvoice"]["agreement"] <= 1.0
     assert rows["svox-pico"]["questions"] == 0 and rows["svox-pico"]["agreement"] is None  # a statement asks nothing
     text = hearing.markdown(result, "python -m falcon_audio_edge.train.hearing B --split M")
-    assert f"| {manifest.parent.name} | **all** | 2 |" in text
+    assert (
+        f"| {manifest.parent.name} | **all** | 2 | {rows['all']['wer']:.3f} | {rows['all']['phrases_wer']:.3f} |"
+        in text
+    )
 
 
 def test_a_bundle_without_an_answer_model_reports_no_agreement(bundle_f32, manifest):
     result = hearing.evaluate(bundle_f32, [manifest], None, 1)
     assert all(r["agreement"] is None and r["questions"] == 0 for r in result["rows"])
+    assert all(r["phrases_wer"] is None for r in result["rows"])  # it does not listen first
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):

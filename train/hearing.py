@@ -42,6 +42,7 @@ class Row:
     whisper_seconds: float | None
     agreement: float | None = None  # spoken-question agreement over ``questions`` clips
     questions: int = 0
+    phrases_wer: float | None = None  # heard in phrases, as the assistant hears (None: no answer model)
 
 
 def family(voice: str) -> str:
@@ -68,6 +69,18 @@ def bundle_transcripts(chat, clips: list[Path]) -> tuple[list[str], float]:
         chat.reset()
         out.append(chat.ask(clip, TRANSCRIBE_PROMPT, gen).run().text)
     return out, (time.perf_counter() - t0) / len(clips)
+
+
+def phrase_transcripts(chat, clips: list[Path]) -> list[str] | None:
+    """Each clip's transcript as a listen-first turn hears it (the assistant's default: in phrases cut at its
+    pauses, ``runtime/listen.py``); None where the bundle has no answer model (it does not listen first)."""
+    from falcon_audio_edge.runtime.listen import Hearing
+    from falcon_audio_edge.settings import GenerationSettings
+
+    if chat.open_answerer is None:
+        return None
+    listen = chat.listening_for(GenerationSettings(**chat.decoding.search()))
+    return [Hearing(chat, listen).finish(clip).transcript for clip in clips]
 
 
 def question_agreement(chat, rows: list[dict], clips: list[Path]) -> dict[int, bool]:
@@ -125,6 +138,7 @@ def add_split(result: dict, chat, manifest: Path, rows: list[dict], whispered: t
     of the rows and its seconds a clip, or None)."""
     clips = clips_of(manifest, rows)
     hyps, seconds = bundle_transcripts(chat, clips)
+    phrased = phrase_transcripts(chat, clips)
     said, w_seconds = whispered if whispered else (None, None)
     agree = question_agreement(chat, rows, clips)
     name = manifest.parent.name
@@ -139,6 +153,7 @@ def add_split(result: dict, chat, manifest: Path, rows: list[dict], whispered: t
             name, fam, len(idx), word_error_rate(refs, [hyps[i] for i in idx]),
             word_error_rate(refs, [said[i] for i in idx]) if said else None,
             seconds, w_seconds, sum(asked) / len(asked) if asked else None, len(asked),
+            word_error_rate(refs, [phrased[i] for i in idx]) if phrased else None,
         ).__dict__)  # fmt: skip
     shown = range(0, len(rows), max(1, len(rows) // 4))
     result["examples"] += [{"split": name, "voice": rows[i]["voice"], "text": rows[i]["text"], "bundle": hyps[i],
@@ -154,17 +169,20 @@ def markdown(result: dict, command: str) -> str:
         "# How well the bundle hears voices close to people",
         "",
         f"Bundle `{result['bundle']}`. Transcription WER after Whisper's English normalizer, the bundle's default "
-        "decoding beside Whisper tiny.en alone (faster-whisper, int8) on the same clips; question agreement: the "
+        "decoding beside Whisper tiny.en alone (faster-whisper, int8) on the same clips, and, with an answer "
+        "model, heard in phrases as the assistant hears (runtime/listen.py; a clip of one phrase is heard whole); "
+        "question agreement: the "
         "share of spoken questions whose default answer has the words of the answer model's answer to the question "
         "typed. Voices, licences and splits: docs/training.md; the held-out family is never trained or chosen on.",
         "",
-        "| split | voice family | clips | bundle WER | Whisper tiny.en WER | bundle s/clip | Whisper s/clip "
-        "| question agreement (questions) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| split | voice family | clips | bundle WER | in phrases | Whisper tiny.en WER | bundle s/clip "
+        "| Whisper s/clip | question agreement (questions) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         name = f"**{r['family']}**" if r["family"] == "all" else r["family"]
-        lines.append(f"| {r['split']} | {name} | {r['clips']} | {fmt(r['wer'])} | {fmt(r['whisper_wer'])} | "
+        lines.append(f"| {r['split']} | {name} | {r['clips']} | {fmt(r['wer'])} | {fmt(r.get('phrases_wer'))} | "
+                     f"{fmt(r['whisper_wer'])} | "
                      f"{fmt(r['seconds'], 2)} | {fmt(r['whisper_seconds'], 2)} | "
                      f"{fmt(r.get('agreement'), 2)} ({r.get('questions', 0)}) |")  # fmt: skip
     lines += ["", "Examples:", ""]
