@@ -164,13 +164,11 @@ def play(chat, endpointer, samples: np.ndarray, gen, listen_first: bool,
 def unheard(clip: Clip, endpoint) -> str | None:
     """Why the endpointer does not hear ``clip`` as one utterance (its speech probabilities computed once, as
     ``bench.pauses`` does), or None."""
-    from falcon_audio_edge.apps.endpoint import FRAME, Endpointer, Utterance
+    from falcon_audio_edge.apps.endpoint import Utterance
 
-    from falcon_audio_edge.bench.pauses import Replay, speech_probs
+    from falcon_audio_edge.bench.pauses import replayed, speech_probs
 
-    probs = speech_probs(clip.samples[clip.lead :])
-    endpointer = Endpointer(endpoint, vad=Replay(probs))
-    heard = sum(isinstance(e, Utterance) for e in endpointer.feed(np.zeros(len(probs) * FRAME, np.float32)))
+    heard = sum(isinstance(e, Utterance) for e in replayed(speech_probs(clip.samples[clip.lead :]), endpoint))
     return None if heard == 1 else "never heard" if heard == 0 else "ended in a pause"
 
 

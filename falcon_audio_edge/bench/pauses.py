@@ -53,12 +53,18 @@ def speech_probs(samples: np.ndarray) -> list[float]:
     return [vad(audio[i : i + FRAME].astype(np.float32)) for i in range(0, len(audio) - FRAME + 1, FRAME)]
 
 
+def replayed(probs: list[float], settings) -> list:
+    """The events of an endpointer of ``settings`` over the frames whose speech probabilities are ``probs``."""
+    from falcon_audio_edge.apps.endpoint import FRAME, Endpointer
+
+    return list(Endpointer(settings, vad=Replay(probs)).feed(np.zeros(len(probs) * FRAME, dtype=np.float32)))
+
+
 def count(probs: list[float], end_silence_ms: int, name: str, counts: Counts) -> None:
     """One clip through an endpointer of ``end_silence_ms``, its utterances and dropped speculations counted."""
-    from falcon_audio_edge.apps.endpoint import FRAME, Endpointer, EndpointSettings, Resumed, Utterance
+    from falcon_audio_edge.apps.endpoint import EndpointSettings, Resumed, Utterance
 
-    endpointer = Endpointer(EndpointSettings(end_silence_ms=end_silence_ms), vad=Replay(probs))
-    events = list(endpointer.feed(np.zeros(len(probs) * FRAME, dtype=np.float32)))
+    events = replayed(probs, EndpointSettings(end_silence_ms=end_silence_ms))
     utterances = sum(isinstance(e, Utterance) for e in events)
     counts.clips += 1
     counts.dropped += sum(isinstance(e, Resumed) for e in events)

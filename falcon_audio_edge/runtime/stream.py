@@ -120,8 +120,7 @@ class AudioStream:
         return _Guess(utterance, embeds, mark)
 
     def _drop_guess(self, guess: Future) -> None:
-        fed = guess.result() if not guess.cancelled() and guess.exception() is None else None
-        if fed is not None:
+        if (fed := _fed(guess)) is not None:
             self.chat.backend.truncate(fed.mark)
 
     def take(self, samples: np.ndarray) -> tuple[list[np.ndarray], bool]:
@@ -135,7 +134,7 @@ class AudioStream:
         if self._failed:
             self.chat.backend.truncate(self._start)
             return [], False
-        fed = guess.result() if guess is not None and guess.exception() is None else None
+        fed = _fed(guess) if guess is not None else None
         if fed is not None and np.array_equal(samples, fed.samples):
             return [e for e, _ in self._fed] + [fed.embeds], True
         if fed is not None:
@@ -167,3 +166,8 @@ class AudioStream:
             self._worker = None
         jobs, self._jobs = self._jobs, []
         self._failed |= any(not job.cancelled() and job.exception() is not None for job in jobs)
+
+
+def _fed(guess: Future) -> _Guess | None:
+    """What a speculation fed, where it ran to its end (None: it was cancelled, failed or fed nothing)."""
+    return guess.result() if guess.done() and not guess.cancelled() and guess.exception() is None else None
